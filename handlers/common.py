@@ -1,0 +1,65 @@
+"""Shared handler plumbing: the current user, client address, JSON responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from actors.errors import Unauthorized
+from handlers.json import dumps, iso
+from server.keys import AUTH, CURRENT_USER, LIMITER, SETTINGS
+from storage.users import User
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def require_user(request: web.Request) -> User:
+    """Authenticate the request and count it against the caller's per-user API limit."""
+    if CURRENT_USER in request:
+        return request[CURRENT_USER]
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing bearer token")
+    user = await request.app[AUTH].authenticate(token)
+    settings = request.app[SETTINGS]
+    await request.app[LIMITER].hit(
+        "api-user", str(user.id), limit=settings.api_rate_per_user, window=settings.api_rate_window
+    )
+    request[CURRENT_USER] = user
+    return user
+
+
+def client_ip(request: web.Request) -> str:
+    if request.app[SETTINGS].trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first[:64]
+    return request.remote or "unknown"
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": str(user.id),
+        "email": user.email,
+        "name": user.name,
+        "role": user.role,
+        "status": user.status,
+        "createdAt": iso(user.created_at),
+        "updatedAt": iso(user.updated_at),
+    }
+
+
+def page_meta(*, total: int, page: int, limit: int) -> dict[str, int]:
+    return {"total": total, "page": page, "limit": limit, "totalPages": (total + limit - 1) // limit}

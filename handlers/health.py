@@ -1,0 +1,72 @@
+"""/health and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import sqlalchemy as sa
+from aiohttp import web
+from aiohttp_apigami import docs
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from handlers.common import json_response
+from handlers.schemas import HealthOut
+from server.keys import ENGINE, METRICS, REDIS, SETTINGS
+from server.version import VERSION
+
+routes = web.RouteTableDef()
+
+
+async def _check(probe: Awaitable[object], limit: float) -> str:
+    try:
+        await asyncio.wait_for(probe, limit)
+    except TimeoutError:
+        return "timeout"
+    except Exception as exc:  # a health check reports every failure, it never raises
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+async def _database(request: web.Request) -> None:
+    async with request.app[ENGINE].connect() as conn:
+        await conn.execute(sa.text("SELECT 1"))
+
+
+@routes.get("/health")
+@docs(
+    tags=["operations"],
+    summary="Liveness and dependency checks (answers within 1 s even when a dependency hangs)",
+    responses={
+        200: {"schema": HealthOut, "description": "All dependencies answer"},
+        503: {"schema": HealthOut, "description": "A dependency is failing; `checks` names it"},
+    },
+)
+async def health(request: web.Request) -> web.Response:
+    timeout = request.app[SETTINGS].health_timeout
+    database, redis = await asyncio.gather(
+        _check(_database(request), timeout),
+        _check(request.app[REDIS].ping(), timeout),
+    )
+    healthy = database == "ok" and redis == "ok"
+    return json_response(
+        {
+            "status": "ok" if healthy else "degraded",
+            "checks": {"database": database, "redis": redis},
+            "version": VERSION,
+        },
+        status=200 if healthy else 503,
+    )
+
+
+@routes.get("/metrics")
+@docs(
+    tags=["operations"],
+    summary="Prometheus metrics",
+    responses={200: {"description": "Prometheus text format"}},
+)
+async def metrics(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[METRICS].registry)
+    response = web.Response(body=payload)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response

@@ -1,0 +1,139 @@
+"""The `booking` console script: one entry point for every process in the Procfile."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from server.settings import Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"configuration error: {exc}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from server import logs
+    from server.app import create_app
+
+    settings = _settings()
+    logs.configure(level=settings.log_level, json_output=settings.log_json, process="web")
+    port = args.port if args.port is not None else settings.port
+    web.run_app(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=port,
+        reuse_port=True,
+        access_log=None,
+        shutdown_timeout=10.0,
+        print=None,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from storage import migrate
+
+    settings = _settings()
+    if args.downgrade:
+        migrate.downgrade(settings.database_url, args.downgrade)
+    else:
+        migrate.upgrade(settings.database_url, args.revision)
+    return 0
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    from actors.auth import AuthService
+    from actors.security import TokenCodec
+    from storage.db import create_engine
+
+    settings = _settings()
+    email = args.email or input("Admin email: ").strip()
+    password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass("Admin password (8-128 chars): ")
+    if not 8 <= len(password) <= 128:
+        sys.exit("password must be 8-128 characters")
+
+    async def run() -> None:
+        engine = create_engine(settings.sqlalchemy_url, pool_size=1)
+        codec = TokenCodec(
+            access_secret=settings.jwt_secret,
+            refresh_secret=settings.refresh_secret,
+            access_ttl=settings.access_token_ttl,
+            refresh_ttl=settings.refresh_token_ttl,
+        )
+        try:
+            user = await AuthService(engine, codec).ensure_admin(
+                email=email, password=password, name=args.name
+            )
+        finally:
+            await engine.dispose()
+        print(f"admin ready: {user.email} ({user.id})")  # noqa: T201
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from server.up import up
+
+    return up(root=Path.cwd(), procfile=Path(args.procfile), web_concurrency=args.web_concurrency)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="booking", description="Booking service: every process of the Procfile."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="web process: REST /api/, WebSocket /ws/, /health, /metrics, Swagger UI"
+    )
+    serve.add_argument("--host", default=None, help="bind address (default HOST or 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=None, help="port (default PORT or 5000; SO_REUSEPORT)")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="release step: alembic upgrade head (never run at web start-up)")
+    migrate.add_argument("--revision", default="head", help="upgrade to this revision (default head)")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead (e.g. base)")
+    migrate.set_defaults(func=cmd_migrate)
+
+    admin = sub.add_parser(
+        "create-admin", help="create or promote an admin (password from ADMIN_PASSWORD or prompt)"
+    )
+    admin.add_argument("--email", help="admin email (prompted when omitted)")
+    admin.add_argument("--name", default="Administrator")
+    admin.set_defaults(func=cmd_create_admin)
+
+    up = sub.add_parser(
+        "up", help="run every Procfile process locally (embedded PostgreSQL/Redis when unset)"
+    )
+    up.add_argument("--procfile", default=str(ROOT / "Procfile"))
+    up.add_argument(
+        "--web-concurrency",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        help="web processes on PORT (default WEB_CONCURRENCY or 1)",
+    )
+    up.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Request id, problem+json for every error, body rules, metrics, CORS and the per-user API limit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from actors.errors import DomainError, Unavailable
+from handlers.problems import from_domain, problem
+from server.keys import METRICS, REQUEST_ID, SETTINGS
+from server.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_STATUS_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    429: "rate-limited",
+    503: "unavailable",
+}
+
+
+def _is_dependency_failure(exc: BaseException) -> bool:
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: request id, timing, metrics, and the error → problem+json mapping."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        response = await _guarded(request, handler, request_id)
+    finally:
+        request_id_var.reset(token)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    metrics = request.app[METRICS]
+    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+async def _guarded(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DomainError as exc:
+        return from_domain(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        slug = _STATUS_SLUGS.get(exc.status, "error")
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return problem(exc.status, slug, exc.reason, detail, request_id, headers or None)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if _is_dependency_failure(exc):
+            log.warning("dependency unavailable: %s", type(exc).__name__)
+            return from_domain(Unavailable("a backing service is unavailable; retry shortly"), request_id)
+        log.exception("unhandled error")
+        return problem(500, "internal", "Internal server error", "unexpected error", request_id)
+
+
+@web.middleware
+async def body_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """JSON-only bodies and the size limit, checked before any handler reads the body."""
+    if request.method in _BODY_METHODS and request.path.startswith("/api/"):
+        limit = request.app[SETTINGS].max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        if (
+            request.body_exists
+            and request.content_type != "application/json"
+            and not (
+                request.content_type.startswith("application/") and request.content_type.endswith("+json")
+            )
+        ):
+            raise web.HTTPUnsupportedMediaType(text="request body must be application/json")
+    return await handler(request)
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origin = request.headers.get("Origin")
+    allowed = request.app[SETTINGS].cors_origins
+    permitted = origin is not None and (origin in allowed or "*" in allowed)
+    if request.method == "OPTIONS" and permitted and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Content-Type, Idempotency-Key, If-Match, X-Request-ID"
+        )
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        response = await handler(request)
+    if permitted and origin is not None and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "ETag, Location, X-Request-ID, Retry-After"
+        response.headers["Vary"] = "Origin"
+    return response

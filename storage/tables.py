@@ -1,0 +1,86 @@
+"""SQLAlchemy Core tables: the one `MetaData` that Alembic migrations are checked against."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+NOW = sa.text("now()")
+GEN_UUID = sa.text("gen_random_uuid()")
+
+
+def _timestamps() -> list[sa.Column[object]]:
+    return [
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    ]
+
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    # A bigint per user: the exclusion constraint on bookings needs a scalar that fits int8range.
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False, server_default="user"),
+    sa.Column("status", sa.Text, nullable=False, server_default="active"),
+    *_timestamps(),
+    sa.CheckConstraint("role IN ('user', 'admin')", name="role"),
+    sa.CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    sa.Index("uq_users_email_lower", sa.text("lower(email)"), unique=True),
+)
+
+refresh_families = sa.Table(
+    "refresh_families",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("revoke_reason", sa.Text),
+    sa.Index("ix_refresh_families_user_id", "user_id"),
+)
+
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("jti", UUID(as_uuid=True), primary_key=True),
+    sa.Column(
+        "family_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("refresh_families.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("used_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_refresh_tokens_family_id", "family_id"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("actor_id", UUID(as_uuid=True)),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("entity_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("before", JSONB),
+    sa.Column("after", JSONB),
+    sa.Index("ix_audit_log_entity_id", "entity_id"),
+    sa.Index("ix_audit_log_at", "at"),
+)

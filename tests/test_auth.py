@@ -1,0 +1,268 @@
+"""Auth over real HTTP against real PostgreSQL and Redis, hostile cases included."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import uuid
+from typing import Any
+
+import jwt
+import pytest
+
+from server.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
+from tests.conftest import Client, Registrar, auth
+from tests.support import unique_email
+
+PASSWORD = "correct horse battery"
+
+
+async def test_register_returns_user_and_token_pair(client: Client) -> None:
+    email = unique_email()
+    resp = await client.post("/api/auth/register", json={"email": email, "password": PASSWORD, "name": "Ann"})
+    assert resp.status == 201
+    body = await resp.json()
+    assert body["user"]["email"] == email
+    assert body["user"]["role"] == "user"
+    assert body["tokenType"] == "Bearer"
+    assert body["expiresIn"] > 0
+    assert body["user"]["createdAt"].endswith("Z")
+    assert "password" not in json.dumps(body["user"]).lower()
+
+
+async def test_register_never_grants_admin(client: Client) -> None:
+    resp = await client.post(
+        "/api/auth/register",
+        json={"email": unique_email(), "password": PASSWORD, "name": "M", "role": "admin"},
+    )
+    assert resp.status == 400
+    problem = await resp.json()
+    assert problem["errors"][0]["field"] == "role"
+
+
+async def test_duplicate_email_in_any_case_is_409(client: Client, register: Registrar) -> None:
+    email = unique_email()
+    await register(email=email)
+    resp = await client.post(
+        "/api/auth/register", json={"email": email.upper(), "password": PASSWORD, "name": "X"}
+    )
+    assert resp.status == 409
+    assert resp.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"email": "not-an-email", "password": PASSWORD, "name": "x"}, "email"),
+        ({"email": "a@example.com", "password": "short", "name": "x"}, "password"),
+        ({"email": "a@example.com", "password": "x" * 129, "name": "x"}, "password"),
+        ({"email": "a@example.com", "password": PASSWORD, "name": ""}, "name"),
+        ({"email": "a@example.com", "password": 12345678, "name": "x"}, "password"),
+        ({"password": PASSWORD, "name": "x"}, "email"),
+    ],
+)
+async def test_register_rejects_invalid_fields(client: Client, payload: dict[str, Any], field: str) -> None:
+    resp = await client.post("/api/auth/register", json=payload)
+    assert resp.status == 400
+    problem = await resp.json()
+    assert problem["status"] == 400
+    assert field in [e["field"] for e in problem["errors"]]
+    assert problem["requestId"] == resp.headers["X-Request-ID"]
+
+
+async def test_malformed_json_is_400(client: Client) -> None:
+    resp = await client.post(
+        "/api/auth/register", data=b'{"email": "a@b.c", ', headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["field"] == "body"
+
+
+@pytest.mark.parametrize("payload", [b"[]", b'"text"', b"null", b"42"])
+async def test_non_object_json_is_400(client: Client, payload: bytes) -> None:
+    resp = await client.post("/api/auth/login", data=payload, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+
+
+async def test_wrong_content_type_is_415(client: Client) -> None:
+    resp = await client.post("/api/auth/register", data="email=a@b.c", headers={"Content-Type": "text/plain"})
+    assert resp.status == 415
+    assert resp.content_type == "application/problem+json"
+
+
+async def test_oversized_body_is_413_and_writes_nothing(client: Client) -> None:
+    email = unique_email()
+    huge = json.dumps({"email": email, "password": PASSWORD, "name": "x" * (2 * 1024 * 1024)}).encode()
+    resp = await client.post(
+        "/api/auth/register", data=io.BytesIO(huge), headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 413
+    login = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+    assert login.status == 401
+
+
+async def test_login_unknown_email_and_wrong_password_answer_alike(
+    client: Client, register: Registrar
+) -> None:
+    email = unique_email()
+    await register(email=email)
+    timings = []
+    bodies = []
+    for payload in (
+        {"email": email, "password": "wrong password"},
+        {"email": unique_email(), "password": "x" * 10},
+    ):
+        started = time.perf_counter()
+        resp = await client.post("/api/auth/login", json=payload)
+        timings.append(time.perf_counter() - started)
+        assert resp.status == 401
+        body = await resp.json()
+        body.pop("requestId")
+        bodies.append(body)
+    assert bodies[0] == bodies[1]
+    # Both paths run one argon2 verification; an unknown email must not answer instantly.
+    assert min(timings) > 0.2 * max(timings)
+
+
+async def test_login_is_case_insensitive_on_email(client: Client, register: Registrar) -> None:
+    email = unique_email()
+    await register(email=email)
+    resp = await client.post("/api/auth/login", json={"email": email.upper(), "password": PASSWORD})
+    assert resp.status == 200
+
+
+async def test_me_requires_a_valid_access_token(client: Client, register: Registrar) -> None:
+    session = await register()
+    ok = await client.get("/api/auth/me", headers=auth(session))
+    assert ok.status == 200
+    assert (await ok.json())["id"] == session["user"]["id"]
+    missing = await client.get("/api/auth/me")
+    assert missing.status == 401
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+
+
+def _forge(payload: dict[str, Any], secret: str = DEV_JWT_SECRET, alg: str = "HS256") -> str:
+    return jwt.encode(payload, secret, algorithm=alg)
+
+
+def _claims(user_id: str, **over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {"sub": user_id, "jti": str(uuid.uuid4()), "type": "access", "iat": now, "exp": now + 60}
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _alg_none(payload: dict[str, Any]) -> str:
+    def seg(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'none', 'typ': 'JWT'})}.{seg(payload)}."
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(lambda uid: _forge(_claims(uid, exp=int(time.time()) - 60)), id="expired"),
+        pytest.param(lambda uid: _forge(_claims(uid), secret="x" * 40), id="wrong-key"),
+        pytest.param(lambda uid: _alg_none(_claims(uid)), id="alg-none"),
+        pytest.param(
+            lambda uid: _forge(_claims(uid, type="refresh"), secret=DEV_REFRESH_SECRET),
+            id="refresh-as-access",
+        ),
+        pytest.param(lambda uid: _forge(_claims(uid, type="refresh")), id="wrong-type"),
+        pytest.param(lambda uid: _forge(_claims(uid, jti=None)), id="missing-jti"),
+        pytest.param(lambda uid: _forge(_claims(uid, type=None)), id="missing-type"),
+        pytest.param(lambda uid: _forge(_claims(uid, iat=int(time.time()) + 3600)), id="future-iat"),
+        pytest.param(lambda uid: _forge(_claims(str(uuid.uuid4()))), id="unknown-user"),
+        pytest.param(lambda uid: _forge(_claims("not-a-uuid")), id="sub-not-uuid"),
+        pytest.param(lambda uid: "garbage", id="garbage"),
+    ],
+)
+async def test_hostile_access_tokens_are_401(client: Client, register: Registrar, make_token: Any) -> None:
+    session = await register()
+    token = make_token(session["user"]["id"])
+    resp = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 401
+
+
+async def test_tampered_payload_is_401(client: Client, register: Registrar) -> None:
+    session = await register()
+    header, payload, signature = session["accessToken"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = str(uuid.uuid4())
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    resp = await client.get(
+        "/api/auth/me", headers={"Authorization": f"Bearer {header}.{forged}.{signature}"}
+    )
+    assert resp.status == 401
+
+
+async def test_access_token_is_not_a_refresh_token(client: Client, register: Registrar) -> None:
+    session = await register()
+    resp = await client.post("/api/auth/refresh", json={"refreshToken": session["accessToken"]})
+    assert resp.status == 401
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(client: Client, register: Registrar) -> None:
+    session = await register()
+    first = await client.post("/api/auth/refresh", json={"refreshToken": session["refreshToken"]})
+    assert first.status == 200
+    rotated = await first.json()
+    assert rotated["refreshToken"] != session["refreshToken"]
+    me = await client.get("/api/auth/me", headers=auth(rotated))
+    assert me.status == 200
+
+    reuse = await client.post("/api/auth/refresh", json={"refreshToken": session["refreshToken"]})
+    assert reuse.status == 401
+    # The whole family is gone: even the newest token of it no longer refreshes.
+    after = await client.post("/api/auth/refresh", json={"refreshToken": rotated["refreshToken"]})
+    assert after.status == 401
+
+
+async def test_concurrent_refresh_of_one_token_has_one_winner(client: Client, register: Registrar) -> None:
+    import asyncio
+
+    session = await register()
+    results = await asyncio.gather(
+        *(client.post("/api/auth/refresh", json={"refreshToken": session["refreshToken"]}) for _ in range(5))
+    )
+    assert sorted(r.status for r in results).count(200) == 1
+
+
+async def test_logout_revokes_the_family(client: Client, register: Registrar) -> None:
+    session = await register()
+    resp = await client.post("/api/auth/logout", json={"refreshToken": session["refreshToken"]})
+    assert resp.status == 204
+    again = await client.post("/api/auth/refresh", json={"refreshToken": session["refreshToken"]})
+    assert again.status == 401
+    bad = await client.post("/api/auth/logout", json={"refreshToken": "nope"})
+    assert bad.status == 401
+
+
+async def test_login_rate_limit_per_email_gives_429_with_retry_after(make_client: Any) -> None:
+    client = await make_client(auth_rate_per_email=3)
+    email = unique_email()
+    statuses = []
+    for _ in range(5):
+        resp = await client.post("/api/auth/login", json={"email": email, "password": "whatever1"})
+        statuses.append(resp.status)
+    assert statuses[:3] == [401, 401, 401]
+    assert statuses[3:] == [429, 429]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    # Another email from the same address is not blocked by that email's counter.
+    other = await client.post("/api/auth/login", json={"email": unique_email(), "password": "whatever1"})
+    assert other.status == 401
+
+
+async def test_register_rate_limit_per_ip(make_client: Any) -> None:
+    client = await make_client(auth_rate_per_ip=2)
+    statuses = []
+    for _ in range(3):
+        resp = await client.post(
+            "/api/auth/register", json={"email": unique_email(), "password": PASSWORD, "name": "x"}
+        )
+        statuses.append(resp.status)
+    assert statuses == [201, 201, 429]
+    assert "Retry-After" in resp.headers
