@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+from actors.views import iso
 
 
 def _default(value: Any) -> Any:
@@ -22,3 +20,6 @@ def _default(value: Any) -> Any:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
+
+
+__all__ = ["dumps", "iso"]

@@ -113,3 +113,105 @@ class HealthOut(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded"]))
     checks = fields.Nested(HealthChecks, required=True)
     version = fields.String(required=True)
+
+
+# --- bookings -----------------------------------------------------------------------------------
+
+STATUSES = ["scheduled", "in-progress", "completed", "cancelled"]
+_TEXT = 5000
+
+
+def _aware(
+    description: str = "ISO-8601 with an offset, e.g. 2030-01-01T10:00:00Z", **kwargs: Any
+) -> fields.AwareDateTime:
+    return fields.AwareDateTime(format="iso", metadata=_desc(description), **kwargs)
+
+
+class CreateBookingRequest(Strict):
+    title = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    description = fields.String(allow_none=True, validate=validate.Length(max=_TEXT))
+    location = fields.String(allow_none=True, validate=validate.Length(max=500))
+    notes = fields.String(allow_none=True, validate=validate.Length(max=_TEXT))
+    start_time = _aware(required=True, data_key="startTime")
+    end_time = _aware(required=True, data_key="endTime")
+    reminder_minutes_before = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=0, max=10080),
+        data_key="reminderMinutesBefore",
+        metadata=_desc("Minutes before start (default 10); null for no reminder"),
+    )
+
+
+class UpdateBookingRequest(Strict):
+    title = fields.String(validate=validate.Length(min=1, max=255))
+    description = fields.String(allow_none=True, validate=validate.Length(max=_TEXT))
+    location = fields.String(allow_none=True, validate=validate.Length(max=500))
+    notes = fields.String(allow_none=True, validate=validate.Length(max=_TEXT))
+    start_time = _aware(data_key="startTime")
+    end_time = _aware(data_key="endTime")
+    reminder_minutes_before = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=0, max=10080),
+        data_key="reminderMinutesBefore",
+    )
+    status = fields.String(validate=validate.OneOf(STATUSES))
+
+
+class StatusRequest(Strict):
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+
+
+class BookingListQuery(PageQuery):
+    from_ = _aware("Only bookings starting at or after this instant", data_key="from")
+    to = _aware("Only bookings starting before this instant")
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    user_id = fields.UUID(data_key="userId", metadata=_desc("Admins only: that user's bookings"))
+
+
+class BookingLimitQuery(Strict):
+    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
+    user_id = fields.UUID(data_key="userId", metadata=_desc("Admins only: that user's bookings"))
+
+
+class BookingOut(Schema):
+    id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True, data_key="userId")
+    title = fields.String(required=True)
+    description = fields.String(allow_none=True, required=True)
+    location = fields.String(allow_none=True, required=True)
+    notes = fields.String(allow_none=True, required=True)
+    start_time = fields.DateTime(required=True, data_key="startTime")
+    end_time = fields.DateTime(required=True, data_key="endTime")
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    reminder_minutes_before = fields.Integer(allow_none=True, required=True, data_key="reminderMinutesBefore")
+    reminder_sent_at = fields.DateTime(allow_none=True, required=True, data_key="reminderSentAt")
+    version = fields.Integer(required=True)
+    created_at = fields.DateTime(required=True, data_key="createdAt")
+    updated_at = fields.DateTime(required=True, data_key="updatedAt")
+
+
+class BookingPage(Schema):
+    data = fields.List(fields.Nested(BookingOut), required=True)
+    meta = fields.Nested(PageMeta, required=True)
+
+
+class BookingList(Schema):
+    data = fields.List(fields.Nested(BookingOut), required=True)
+
+
+class AuditEntry(Schema):
+    id = fields.Integer(required=True)
+    at = fields.DateTime(required=True)
+    actor_id = fields.UUID(allow_none=True, required=True, data_key="actorId")
+    action = fields.String(required=True)
+    entity = fields.String(required=True)
+    entity_id = fields.UUID(required=True, data_key="entityId")
+    before = fields.Dict(allow_none=True, required=True)
+    after = fields.Dict(allow_none=True, required=True)
+
+
+class AuditPage(Schema):
+    data = fields.List(fields.Nested(AuditEntry), required=True)
+    meta = fields.Nested(PageMeta, required=True)

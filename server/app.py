@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from aiohttp import web
 from redis.asyncio import Redis
 
 from actors.auth import AuthService
+from actors.base import Event, Registry
+from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.security import TokenCodec
-from handlers import auth, health, users
-from server.keys import AUTH, ENGINE, LIMITER, METRICS, REDIS, SETTINGS
+from handlers import auth, bookings, health, users, ws
+from server.events import EventBus, make_event
+from server.keys import AUTH, BOOKINGS, BUS, ENGINE, LIMITER, METRICS, REDIS, REGISTRY, SETTINGS
 from server.metrics import Metrics
 from server.middlewares import body_rules, cors, request_context
 from server.openapi import setup_openapi
@@ -59,10 +64,52 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Actor registry, the cross-process event bus and its listener; shutdown drains the mailboxes."""
+    settings = app[SETTINGS]
+    deps = Deps(
+        engine=app[ENGINE],
+        emitter=_LateEmitter(app),
+        rules=Rules(
+            max_duration=timedelta(days=settings.max_booking_days),
+            max_advance=timedelta(days=settings.max_advance_days),
+            default_reminder_minutes=settings.default_reminder_minutes,
+        ),
+        make_event=make_event,
+    )
+    registry: Registry[uuid.UUID] = Registry(
+        actor_factory(deps),
+        mailbox_size=settings.actor_mailbox_size,
+        idle_timeout=settings.actor_idle_seconds,
+    )
+    app[REGISTRY] = registry
+    app[BUS] = EventBus(app[REDIS], prefix=settings.redis_prefix, registry=registry)
+    app[BOOKINGS] = BookingService(deps, registry)
+    metrics = app[METRICS]
+    metrics.actors.set_function(lambda: len(registry))
+    metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth)
+    app[BUS].start()
+    yield
+    await registry.close()
+    await app[BUS].close()
+
+
+class _LateEmitter:
+    """Resolves the bus at call time: the bus needs the registry, the registry's actors need an emitter."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    async def emit(self, user_id: uuid.UUID, event: Event) -> None:
+        await self._app[BUS].emit(user_id, event)
+
+
 def setup_routes(app: web.Application) -> None:
     app.add_routes(auth.routes)
     app.add_routes(users.routes)
+    app.add_routes(bookings.routes)
     app.add_routes(health.routes)
+    ws.setup(app)  # /ws/, its socket set, and the on_shutdown hook that closes sockets with 1001
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -72,7 +119,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app.cleanup_ctx.extend([database_ctx, redis_ctx, services_ctx])
+    app.cleanup_ctx.extend([database_ctx, redis_ctx, services_ctx, actors_ctx])
     setup_routes(app)
     setup_openapi(app)
     return app

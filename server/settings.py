@@ -38,6 +38,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024
     max_booking_days: int = 7
+    max_advance_days: int = 730
     default_reminder_minutes: int = 10
     actor_idle_seconds: float = 300.0
     actor_mailbox_size: int = 256
@@ -187,6 +188,7 @@ def _build(env: Mapping[str, str]) -> Settings:
         cors_origins=origins,
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 256 * 1024, low=1024, high=64 * 1024 * 1024),
         max_booking_days=_int(env, "MAX_BOOKING_DAYS", 7, low=1, high=366),
+        max_advance_days=_int(env, "MAX_ADVANCE_DAYS", 730, low=1, high=36600),
         default_reminder_minutes=_int(env, "DEFAULT_REMINDER_MINUTES", 10, low=0, high=10080),
         actor_idle_seconds=_float(env, "ACTOR_IDLE_SECONDS", 300.0),
         actor_mailbox_size=_int(env, "ACTOR_MAILBOX_SIZE", 256, low=1, high=100_000),

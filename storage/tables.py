@@ -84,3 +84,45 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_entity_id", "entity_id"),
     sa.Index("ix_audit_log_at", "at"),
 )
+
+ACTIVE_STATUSES = ("scheduled", "in-progress")
+BOOKING_STATUSES = ("scheduled", "in-progress", "completed", "cancelled")
+OVERLAP_CONSTRAINT = "ex_bookings_no_overlap"
+
+bookings = sa.Table(
+    "bookings",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("user_seq", sa.BigInteger, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("location", sa.Text),
+    sa.Column("notes", sa.Text),
+    sa.Column("start_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("end_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="scheduled"),
+    sa.Column("reminder_minutes_before", sa.Integer),
+    sa.Column("reminder_sent_at", sa.DateTime(timezone=True)),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    *_timestamps(),
+    sa.CheckConstraint("end_time > start_time", name="time_order"),
+    sa.CheckConstraint("status IN ('scheduled', 'in-progress', 'completed', 'cancelled')", name="status"),
+    sa.CheckConstraint("reminder_minutes_before BETWEEN 0 AND 10080", name="reminder_range"),
+    sa.Index("ix_bookings_user_id_start_time", "user_id", "start_time", "id"),
+    sa.Index("ix_bookings_start_time", "start_time", "id"),
+)
+# The exclusion constraint itself lives in the migration (Alembic cannot autogenerate EXCLUDE
+# over expressions); storage refers to it by OVERLAP_CONSTRAINT.
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("request_hash", sa.Text, nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Index("ix_idempotency_keys_created_at", "created_at"),
+)

@@ -1,0 +1,233 @@
+"""Actors: one named task and one bounded mailbox each, owned by a registry.
+
+`ask` returns the handler's result or raises its exception in the caller. A full mailbox answers at once
+(`Busy`), it never queues without bound. Idle actors with no subscribers stop by themselves; stopping
+drains what is already queued and fails anything that arrives later, so no caller ever hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from actors.errors import RateLimited, Unavailable
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+Event = dict[str, Any]
+Subscriber = Callable[[Event], None]
+Handler = Callable[[Any], Awaitable[Any]]
+
+# Bound per message, so a request id never leaks from one user's message into another's log lines.
+message_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("actor_message", default=None)
+
+
+class ActorStopped(Exception):
+    """The actor stopped before taking the message; the registry retries on a fresh actor."""
+
+
+class Busy(RateLimited):
+    def __init__(self) -> None:
+        super().__init__("too many requests in flight for this user; retry shortly", retry_after=1)
+
+
+@dataclass(slots=True)
+class Envelope:
+    message: Any
+    reply: asyncio.Future[Any]
+    context: str | None = None
+
+
+_STOP = object()
+
+
+@dataclass(eq=False)
+class Actor(Generic[K]):
+    key: K
+    handler: Handler
+    mailbox_size: int
+    idle_timeout: float
+    on_exit: Callable[[Actor[K]], None]
+    subscribers: list[Subscriber] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._mailbox: asyncio.Queue[Envelope | object] = asyncio.Queue(self.mailbox_size + 1)
+        self._stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"actor:user:{self.key}"
+
+    @property
+    def depth(self) -> int:
+        return self._mailbox.qsize()
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping
+
+    def start(self) -> None:
+        # A fresh context: the spawning request's context variables must not leak into the actor.
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=self.name, context=contextvars.Context()
+        )
+        self.task.add_done_callback(self._finished)
+
+    async def ask(self, message: Any) -> Any:
+        if self._stopping:
+            raise ActorStopped
+        if self._mailbox.qsize() >= self.mailbox_size:
+            raise Busy
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._mailbox.put_nowait(Envelope(message, reply, message_context.get()))
+        return await reply
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        self.subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self.subscribers:
+                self.subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def fanout(self, event: Event) -> None:
+        for subscriber in tuple(self.subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("subscriber of %s failed", self.name)
+
+    def stop(self) -> None:
+        """Stop after what is already queued (drain)."""
+        if not self._stopping:
+            self._stopping = True
+            self._mailbox.put_nowait(_STOP)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._mailbox.get(), self.idle_timeout)
+            except TimeoutError:
+                # Decided without awaiting, so no ask can slip in between the check and the stop.
+                if self._mailbox.empty() and not self.subscribers:
+                    self._stopping = True
+                    return
+                continue
+            if item is _STOP:
+                return
+            assert isinstance(item, Envelope)  # noqa: S101
+            await self._handle(item)
+
+    async def _handle(self, envelope: Envelope) -> None:
+        if envelope.reply.done():  # the caller gave up (cancelled); nothing to do
+            return
+        token = message_context.set(envelope.context)
+        try:
+            result = await self.handler(envelope.message)
+        except asyncio.CancelledError:
+            if not envelope.reply.done():
+                envelope.reply.set_exception(Unavailable("shutting down"))
+            raise
+        except Exception as exc:  # every failure goes back to its caller; the actor lives on
+            if not envelope.reply.done():
+                envelope.reply.set_exception(exc)
+        else:
+            if not envelope.reply.done():
+                envelope.reply.set_result(result)
+        finally:
+            message_context.reset(token)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._stopping = True
+        # Fail whatever is still queued (a crash or cancellation), so no caller hangs.
+        while not self._mailbox.empty():
+            item = self._mailbox.get_nowait()
+            if isinstance(item, Envelope) and not item.reply.done():
+                item.reply.set_exception(ActorStopped())
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s crashed", self.name, exc_info=task.exception())
+        self.on_exit(self)
+
+
+class Registry(Generic[K]):
+    """Owns every actor of a process: spawn on demand, route asks, fan events out, drain on shutdown."""
+
+    def __init__(
+        self,
+        handler_factory: Callable[[K], Handler],
+        *,
+        mailbox_size: int = 256,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self._factory = handler_factory
+        self._mailbox_size = mailbox_size
+        self._idle_timeout = idle_timeout
+        self._actors: dict[K, Actor[K]] = {}
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._actors
+
+    @property
+    def mailbox_depth(self) -> int:
+        return sum(actor.depth for actor in self._actors.values())
+
+    def get(self, key: K) -> Actor[K]:
+        if self._closed:
+            raise Unavailable("the service is shutting down")
+        actor = self._actors.get(key)
+        if actor is None or not actor.accepting:
+            actor = Actor(key, self._factory(key), self._mailbox_size, self._idle_timeout, self._forget)
+            self._actors[key] = actor
+            actor.start()
+        return actor
+
+    async def ask(self, key: K, message: Any) -> Any:
+        for _ in range(3):
+            try:
+                return await self.get(key).ask(message)
+            except ActorStopped:
+                continue
+        raise Unavailable("the service is shutting down")
+
+    def subscribe(self, key: K, subscriber: Subscriber) -> Callable[[], None]:
+        return self.get(key).subscribe(subscriber)
+
+    def deliver(self, key: K, event: Event) -> None:
+        """Hand an event to the local subscribers of `key`, if any (no actor is spawned for it)."""
+        actor = self._actors.get(key)
+        if actor is not None:
+            actor.fanout(event)
+
+    def broadcast(self, event: Event) -> None:
+        for actor in tuple(self._actors.values()):
+            actor.fanout(event)
+
+    def _forget(self, actor: Actor[K]) -> None:
+        if self._actors.get(actor.key) is actor:
+            del self._actors[actor.key]
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Refuse new work, drain every mailbox, then cancel whatever is still running."""
+        self._closed = True
+        actors = list(self._actors.values())
+        for actor in actors:
+            actor.stop()
+        tasks = [a.task for a in actors if a.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

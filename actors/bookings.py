@@ -1,0 +1,430 @@
+"""Bookings: the per-user actor that serializes mutations, and the service REST and WebSocket share.
+
+Every mutation of a user's bookings runs inside that user's actor: validate against the current row,
+write (the exclusion constraint is the last word across processes), audit, then emit the event, in
+that order, one message at a time. Reads go straight to storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from actors.base import Event, Handler, Registry
+from actors.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    IdempotencyMismatch,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+    ValidationFailed,
+)
+from actors.views import booking_view
+from storage import bookings as store
+from storage.bookings import Booking, ListFilter
+from storage.errors import sqlstate
+from storage.users import User
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "scheduled": frozenset({"in-progress", "completed", "cancelled"}),
+    "in-progress": frozenset({"completed", "cancelled"}),
+    "completed": frozenset(),
+    "cancelled": frozenset(),
+}
+EDITABLE = ("title", "description", "location", "notes", "start_time", "end_time", "reminder_minutes_before")
+DEADLOCK_RETRIES = 3
+
+
+# --- messages ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateBooking:
+    actor_id: uuid.UUID
+    owner_seq: int
+    fields: Mapping[str, Any]
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBooking:
+    actor_id: uuid.UUID
+    booking_id: uuid.UUID
+    changes: Mapping[str, Any]
+    if_match: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteBooking:
+    actor_id: uuid.UUID
+    booking_id: uuid.UUID
+    if_match: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    booking: dict[str, Any]
+    replayed: bool = False
+
+
+# --- collaborators ----------------------------------------------------------------------------------
+
+
+class Emitter(Protocol):
+    async def emit(self, user_id: uuid.UUID, event: Event) -> None: ...
+
+
+class ReminderHook(Protocol):
+    """Writes the reminder intent in the booking's transaction; schedules it after commit."""
+
+    async def in_transaction(
+        self, conn: AsyncConnection, booking: Booking | None, *, booking_id: uuid.UUID
+    ) -> None: ...
+
+    async def after_commit(self, booking: Booking | None, *, booking_id: uuid.UUID) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    max_duration: timedelta = timedelta(days=7)
+    max_advance: timedelta = timedelta(days=730)
+    default_reminder_minutes: int = 10
+
+
+@dataclass
+class Deps:
+    engine: AsyncEngine
+    emitter: Emitter
+    rules: Rules = field(default_factory=Rules)
+    reminders: ReminderHook | None = None
+    make_event: Callable[[str, dict[str, Any]], Event] = lambda name, data: {"event": name, "data": data}
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+# --- rules ------------------------------------------------------------------------------------------
+
+
+def check_times(rules: Rules, *, start: datetime, end: datetime, now: datetime, start_changed: bool) -> None:
+    errors: list[FieldError] = []
+    if start_changed and start <= now:
+        errors.append(FieldError("startTime", "must be in the future"))
+    if start_changed and start - now > rules.max_advance:
+        errors.append(FieldError("startTime", f"must be within {rules.max_advance.days} days from now"))
+    if end <= start:
+        errors.append(FieldError("endTime", "must be after startTime"))
+    elif end - start > rules.max_duration:
+        errors.append(FieldError("endTime", f"booking may last at most {rules.max_duration.days} days"))
+    if errors:
+        raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
+
+
+def request_hash(fields: Mapping[str, Any]) -> str:
+    canonical = json.dumps(
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in sorted(fields.items())},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """`"3"`, `W/"3"` or `3` → 3; `*` or absent → None (no precondition)."""
+    if header is None or header.strip() in {"", "*"}:
+        return None
+    value = header.strip().removeprefix("W/").strip('"')
+    if not value.isdigit() or len(value) > 9:
+        raise PreconditionFailed("If-Match must be an ETag returned by this API")
+    return int(value)
+
+
+def _conflict(conflicting: uuid.UUID | None) -> Conflict:
+    if conflicting is None:
+        return Conflict("the booking overlaps another active booking")
+    return Conflict(f"the booking overlaps active booking {conflicting}", conflictingId=str(conflicting))
+
+
+# --- the actor's behaviour ---------------------------------------------------------------------------
+
+
+class BookingActor:
+    """Handles one user's mutation messages; the registry runs one per active user."""
+
+    def __init__(self, owner_id: uuid.UUID, deps: Deps) -> None:
+        self.owner_id = owner_id
+        self.deps = deps
+        self._dispatch: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            CreateBooking: self.create,
+            UpdateBooking: self.update,
+            DeleteBooking: self.delete,
+        }
+
+    async def __call__(self, message: Any) -> Any:
+        return await self._dispatch[type(message)](message)
+
+    async def create(self, msg: CreateBooking) -> Created:
+        d = self.deps
+        fields = dict(msg.fields)
+        fields.setdefault("reminder_minutes_before", d.rules.default_reminder_minutes)
+        check_times(
+            d.rules, start=fields["start_time"], end=fields["end_time"], now=d.clock(), start_changed=True
+        )
+        digest = request_hash(msg.fields)
+        async with d.engine.begin() as conn:
+            if msg.idempotency_key:
+                replay = await self._replay(conn, msg.idempotency_key, digest)
+                if replay:
+                    return replay
+            booking = await store.insert_booking(
+                conn, {**fields, "user_id": self.owner_id, "user_seq": msg.owner_seq}
+            )
+            if booking is None:
+                raise _conflict(
+                    await store.find_overlap(
+                        conn, user_seq=msg.owner_seq, start=fields["start_time"], end=fields["end_time"]
+                    )
+                )
+            view = booking_view(booking)
+            if msg.idempotency_key and not await store.put_idempotent(
+                conn,
+                user_id=self.owner_id,
+                key=msg.idempotency_key,
+                request_hash=digest,
+                status_code=201,
+                response=view,
+            ):
+                # Another process took the key between our check and our insert: undo ours, replay theirs.
+                await conn.rollback()
+                async with d.engine.connect() as again:
+                    replay = await self._replay(again, msg.idempotency_key, digest)
+                if replay:
+                    return replay
+                raise Unavailable("idempotency key is being processed; retry")
+            await store.audit(
+                conn,
+                actor_id=msg.actor_id,
+                action="create",
+                entity_id=booking.id,
+                before=None,
+                after=booking.snapshot(),
+            )
+            if d.reminders:
+                await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
+        await self._after(booking, booking.id, "booking.created", view)
+        return Created(view)
+
+    async def _replay(self, conn: AsyncConnection, key: str, digest: str) -> Created | None:
+        stored = await store.get_idempotent(conn, user_id=self.owner_id, key=key)
+        if stored is None:
+            return None
+        if stored.request_hash != digest:
+            raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
+        return Created(stored.response, replayed=True)
+
+    async def update(self, msg: UpdateBooking) -> dict[str, Any]:
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                return await self._update_once(msg)
+            except DBAPIError as exc:
+                code = sqlstate(exc)
+                if code == "23P01":
+                    async with self.deps.engine.connect() as conn:
+                        current = await store.get_booking(conn, msg.booking_id)
+                        start = msg.changes.get("start_time", current.start_time if current else None)
+                        end = msg.changes.get("end_time", current.end_time if current else None)
+                        other = None
+                        if current and start and end:
+                            other = await store.find_overlap(
+                                conn, user_seq=current.user_seq, start=start, end=end, exclude=current.id
+                            )
+                    raise _conflict(other) from None
+                if code == "40P01" and attempt < DEADLOCK_RETRIES - 1:
+                    log.info("deadlock on booking update; retrying")
+                    continue
+                if code == "40P01":
+                    raise Conflict("the booking is contended; retry") from None
+                raise
+        raise Conflict("the booking is contended; retry")  # pragma: no cover
+
+    async def _update_once(self, msg: UpdateBooking) -> dict[str, Any]:
+        d = self.deps
+        async with d.engine.begin() as conn:
+            current = await store.get_booking(conn, msg.booking_id, for_update=True)
+            if current is None or current.user_id != self.owner_id:
+                raise NotFound("booking not found")
+            if msg.if_match is not None and msg.if_match != current.version:
+                raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
+            changes = {k: v for k, v in msg.changes.items() if getattr(current, k) != v}
+            if not changes:
+                return booking_view(current)
+            new_status = changes.get("status")
+            edits = {k for k in changes if k in EDITABLE}
+            if current.status in ("completed", "cancelled"):
+                raise Conflict(f"a {current.status} booking cannot be changed")
+            if new_status is not None and new_status not in TRANSITIONS[current.status]:
+                raise Conflict(f"status cannot go from {current.status} to {new_status}")
+            if edits & {"start_time", "end_time"}:
+                check_times(
+                    d.rules,
+                    start=changes.get("start_time", current.start_time),
+                    end=changes.get("end_time", current.end_time),
+                    now=d.clock(),
+                    start_changed="start_time" in changes,
+                )
+            booking = await store.update_booking(conn, current.id, changes)
+            await store.audit(
+                conn,
+                actor_id=msg.actor_id,
+                action="update",
+                entity_id=booking.id,
+                before=current.snapshot(),
+                after=booking.snapshot(),
+            )
+            if d.reminders:
+                await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
+        view = booking_view(booking)
+        await self._after(booking, booking.id, "booking.updated", view)
+        return view
+
+    async def delete(self, msg: DeleteBooking) -> None:
+        d = self.deps
+        async with d.engine.begin() as conn:
+            current = await store.get_booking(conn, msg.booking_id, for_update=True)
+            if current is None or current.user_id != self.owner_id:
+                raise NotFound("booking not found")
+            if msg.if_match is not None and msg.if_match != current.version:
+                raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
+            await store.delete_booking(conn, current.id)
+            await store.audit(
+                conn,
+                actor_id=msg.actor_id,
+                action="delete",
+                entity_id=current.id,
+                before=current.snapshot(),
+                after=None,
+            )
+            if d.reminders:
+                await d.reminders.in_transaction(conn, None, booking_id=current.id)
+        await self._after(
+            None, current.id, "booking.deleted", {"id": str(current.id), "userId": str(self.owner_id)}
+        )
+
+    async def _after(
+        self, booking: Booking | None, booking_id: uuid.UUID, name: str, data: dict[str, Any]
+    ) -> None:
+        d = self.deps
+        if d.reminders:
+            try:
+                await d.reminders.after_commit(booking, booking_id=booking_id)
+            except Exception:  # the reconciler re-schedules from PostgreSQL; the change stands
+                log.exception("reminder scheduling failed for %s", booking_id)
+        await d.emitter.emit(self.owner_id, d.make_event(name, data))
+
+
+def actor_factory(deps: Deps) -> Callable[[uuid.UUID], Handler]:
+    def make(owner_id: uuid.UUID) -> Handler:
+        return BookingActor(owner_id, deps)
+
+    return make
+
+
+# --- the service REST and WebSocket call ---------------------------------------------------------------
+
+
+class BookingService:
+    def __init__(self, deps: Deps, registry: Registry[uuid.UUID]) -> None:
+        self.deps = deps
+        self.registry = registry
+
+    async def create(
+        self, actor: User, fields: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Created:
+        result: Created = await self.registry.ask(
+            actor.id, CreateBooking(actor.id, actor.seq, dict(fields), idempotency_key)
+        )
+        return result
+
+    async def update(
+        self, actor: User, booking_id: uuid.UUID, changes: Mapping[str, Any], *, if_match: int | None = None
+    ) -> dict[str, Any]:
+        if not changes:
+            raise ValidationFailed("nothing to change", [FieldError("body", "give at least one field")])
+        owner = await self._owner(actor, booking_id)
+        result: dict[str, Any] = await self.registry.ask(
+            owner, UpdateBooking(actor.id, booking_id, dict(changes), if_match)
+        )
+        return result
+
+    async def delete(self, actor: User, booking_id: uuid.UUID, *, if_match: int | None = None) -> None:
+        owner = await self._owner(actor, booking_id)
+        await self.registry.ask(owner, DeleteBooking(actor.id, booking_id, if_match))
+
+    async def get(self, actor: User, booking_id: uuid.UUID) -> Booking:
+        async with self.deps.engine.connect() as conn:
+            booking = await store.get_booking(conn, booking_id)
+        if booking is None or (booking.user_id != actor.id and not actor.is_admin):
+            raise NotFound("booking not found")
+        return booking
+
+    async def list_page(
+        self,
+        actor: User,
+        *,
+        page: int,
+        limit: int,
+        user_id: uuid.UUID | None = None,
+        start_from: datetime | None = None,
+        start_to: datetime | None = None,
+        status: str | None = None,
+    ) -> tuple[list[Booking], int]:
+        scope = self._scope(actor, user_id)
+        async with self.deps.engine.connect() as conn:
+            return await store.list_bookings(
+                conn, ListFilter(scope, start_from, start_to, status), offset=(page - 1) * limit, limit=limit
+            )
+
+    async def upcoming(self, actor: User, *, limit: int, user_id: uuid.UUID | None = None) -> list[Booking]:
+        async with self.deps.engine.connect() as conn:
+            return await store.upcoming(
+                conn, user_id=self._scope(actor, user_id), now=self.deps.clock(), limit=limit
+            )
+
+    async def past(self, actor: User, *, limit: int, user_id: uuid.UUID | None = None) -> list[Booking]:
+        async with self.deps.engine.connect() as conn:
+            return await store.past(
+                conn, user_id=self._scope(actor, user_id), now=self.deps.clock(), limit=limit
+            )
+
+    async def history(
+        self, actor: User, booking_id: uuid.UUID, *, page: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        if not actor.is_admin:
+            raise Forbidden("admin role required")
+        async with self.deps.engine.connect() as conn:
+            return await store.audit_entries(
+                conn, entity_id=booking_id, offset=(page - 1) * limit, limit=limit
+            )
+
+    @staticmethod
+    def _scope(actor: User, user_id: uuid.UUID | None) -> uuid.UUID | None:
+        """Whose bookings a list shows: your own; an admin sees `userId`'s, or everyone's without it."""
+        if actor.is_admin:
+            return user_id
+        if user_id is not None and user_id != actor.id:
+            raise Forbidden("only admins may list another user's bookings")
+        return actor.id
+
+    async def _owner(self, actor: User, booking_id: uuid.UUID) -> uuid.UUID:
+        return (await self.get(actor, booking_id)).user_id

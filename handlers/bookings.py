@@ -1,0 +1,295 @@
+"""/api/booking: thin handlers over BookingService (the WebSocket handler calls the same service)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp_apigami import docs, querystring_schema, request_schema
+
+from actors.bookings import parse_if_match
+from actors.errors import FieldError, ValidationFailed
+from actors.views import booking_view
+from handlers.common import json_response, page_meta, require_user
+from handlers.schemas import (
+    AuditPage,
+    BookingLimitQuery,
+    BookingList,
+    BookingListQuery,
+    BookingOut,
+    BookingPage,
+    CreateBookingRequest,
+    PageQuery,
+    Problem,
+    StatusRequest,
+    UpdateBookingRequest,
+)
+from handlers.users import path_uuid
+from handlers.validation import body, query
+from server.keys import BOOKINGS
+
+routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+_create = CreateBookingRequest()
+_update = UpdateBookingRequest()
+_status = StatusRequest()
+_list = BookingListQuery()
+_limit = BookingLimitQuery()
+_page = PageQuery()
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+_AUTH_ERRORS: dict[int, dict[str, Any]] = {
+    401: {"schema": Problem, "description": "Missing or invalid access token"},
+    429: {"schema": Problem, "description": "Rate limited"},
+}
+_ID_PARAM = [{"in": "path", "name": "id", "required": True, "schema": {"type": "string", "format": "uuid"}}]
+_IF_MATCH = {
+    "in": "header",
+    "name": "If-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "ETag from a previous read; 412 when the booking changed since",
+}
+
+
+def _etag(view: dict[str, Any]) -> dict[str, str]:
+    return {"ETag": f'"{view["version"]}"'}
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+            [FieldError("Idempotency-Key", "1-255 visible ASCII characters")],
+        )
+    return key
+
+
+@routes.post("/api/booking")
+@docs(
+    tags=["bookings"],
+    summary="Create a booking (never overlapping another active one of yours)",
+    security=[{"bearerAuth": []}],
+    parameters=[
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 255},
+            "description": "Retries with the same key and body return the first response",
+        }
+    ],
+    responses={
+        201: {"schema": BookingOut, "description": "Created (Location header points at it)"},
+        400: {"schema": Problem, "description": "Invalid input"},
+        409: {"schema": Problem, "description": "Overlaps an active booking (`conflictingId`)"},
+        413: {"schema": Problem, "description": "Body too large"},
+        415: {"schema": Problem, "description": "Body is not JSON"},
+        422: {"schema": Problem, "description": "Idempotency-Key reused with another body"},
+        **_AUTH_ERRORS,
+    },
+)
+@request_schema(CreateBookingRequest)
+async def create_booking(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    key = _idempotency_key(request)
+    data = await body(request, _create)
+    created = await request.app[BOOKINGS].create(user, data, idempotency_key=key)
+    view = created.booking
+    headers = {**_etag(view), "Location": f"/api/booking/{view['id']}"}
+    if created.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(view, status=201, headers=headers)
+
+
+@routes.get("/api/booking")
+@docs(
+    tags=["bookings"],
+    summary="List bookings by start time (yours; admins: `userId` or everyone's)",
+    security=[{"bearerAuth": []}],
+    responses={
+        200: {"schema": BookingPage, "description": "A page of bookings"},
+        400: {"schema": Problem, "description": "Invalid query"},
+        403: {"schema": Problem, "description": "`userId` of another user without the admin role"},
+        **_AUTH_ERRORS,
+    },
+)
+@querystring_schema(BookingListQuery)
+async def list_bookings(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    q = query(request, _list)
+    found, total = await request.app[BOOKINGS].list_page(
+        user,
+        page=q["page"],
+        limit=q["limit"],
+        user_id=q.get("user_id"),
+        start_from=q.get("from_"),
+        start_to=q.get("to"),
+        status=q.get("status"),
+    )
+    meta = page_meta(total=total, page=q["page"], limit=q["limit"])
+    return json_response({"data": [booking_view(b) for b in found], "meta": meta})
+
+
+def _short_list_doc(summary: str) -> Callable[[Handler], Handler]:
+    decorator: Callable[[Handler], Handler] = docs(
+        tags=["bookings"],
+        summary=summary,
+        security=[{"bearerAuth": []}],
+        responses={
+            200: {"schema": BookingList, "description": "Bookings"},
+            400: {"schema": Problem, "description": "Invalid query"},
+            403: {"schema": Problem, "description": "`userId` of another user without the admin role"},
+            **_AUTH_ERRORS,
+        },
+    )
+    return decorator
+
+
+@routes.get("/api/booking/upcoming")
+@_short_list_doc("Active bookings that have not started, soonest first")
+@querystring_schema(BookingLimitQuery)
+async def upcoming(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    q = query(request, _limit)
+    found = await request.app[BOOKINGS].upcoming(user, limit=q["limit"], user_id=q.get("user_id"))
+    return json_response({"data": [booking_view(b) for b in found]})
+
+
+@routes.get("/api/booking/past")
+@_short_list_doc("Bookings that have ended, latest first")
+@querystring_schema(BookingLimitQuery)
+async def past(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    q = query(request, _limit)
+    found = await request.app[BOOKINGS].past(user, limit=q["limit"], user_id=q.get("user_id"))
+    return json_response({"data": [booking_view(b) for b in found]})
+
+
+@routes.get("/api/booking/{id}")
+@docs(
+    tags=["bookings"],
+    summary="One booking (ETag = its version)",
+    security=[{"bearerAuth": []}],
+    parameters=_ID_PARAM,
+    responses={
+        200: {"schema": BookingOut, "description": "The booking"},
+        404: {"schema": Problem, "description": "Missing, or someone else's"},
+        **_AUTH_ERRORS,
+    },
+)
+async def get_booking(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    view = booking_view(await request.app[BOOKINGS].get(user, path_uuid(request)))
+    return json_response(view, headers=_etag(view))
+
+
+_MUTATION_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"schema": Problem, "description": "Invalid input"},
+    404: {"schema": Problem, "description": "Missing, or someone else's"},
+    409: {"schema": Problem, "description": "Overlap, or a change a finished booking cannot take"},
+    412: {"schema": Problem, "description": "If-Match is stale"},
+    413: {"schema": Problem, "description": "Body too large"},
+    415: {"schema": Problem, "description": "Body is not JSON"},
+    **_AUTH_ERRORS,
+}
+
+
+@routes.patch("/api/booking/{id}")
+@docs(
+    tags=["bookings"],
+    summary="Change some fields (same rules as create)",
+    security=[{"bearerAuth": []}],
+    parameters=[*_ID_PARAM, _IF_MATCH],
+    responses={200: {"schema": BookingOut, "description": "The updated booking"}, **_MUTATION_ERRORS},
+)
+@request_schema(UpdateBookingRequest)
+async def patch_booking(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    booking_id = path_uuid(request)
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    changes = await body(request, _update)
+    view = await request.app[BOOKINGS].update(user, booking_id, changes, if_match=if_match)
+    return json_response(view, headers=_etag(view))
+
+
+@routes.patch("/api/booking/{id}/status")
+@docs(
+    tags=["bookings"],
+    summary="Move a booking through scheduled → in-progress → completed, or cancel it",
+    security=[{"bearerAuth": []}],
+    parameters=[*_ID_PARAM, _IF_MATCH],
+    responses={200: {"schema": BookingOut, "description": "The updated booking"}, **_MUTATION_ERRORS},
+)
+@request_schema(StatusRequest)
+async def patch_status(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    booking_id = path_uuid(request)
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    changes = await body(request, _status)
+    view = await request.app[BOOKINGS].update(user, booking_id, changes, if_match=if_match)
+    return json_response(view, headers=_etag(view))
+
+
+@routes.delete("/api/booking/{id}")
+@docs(
+    tags=["bookings"],
+    summary="Delete a booking (its reminder is cancelled; the audit log keeps it)",
+    security=[{"bearerAuth": []}],
+    parameters=[*_ID_PARAM, _IF_MATCH],
+    responses={
+        204: {"description": "Deleted"},
+        404: {"schema": Problem, "description": "Missing, or someone else's"},
+        412: {"schema": Problem, "description": "If-Match is stale"},
+        **_AUTH_ERRORS,
+    },
+)
+async def delete_booking(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    booking_id = path_uuid(request)
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    await request.app[BOOKINGS].delete(user, booking_id, if_match=if_match)
+    return web.Response(status=204)
+
+
+@routes.get("/api/booking/{id}/history")
+@docs(
+    tags=["bookings"],
+    summary="Audit trail of a booking, deleted ones included (admin)",
+    security=[{"bearerAuth": []}],
+    parameters=_ID_PARAM,
+    responses={
+        200: {"schema": AuditPage, "description": "Audit entries, oldest first"},
+        400: {"schema": Problem, "description": "Invalid query"},
+        403: {"schema": Problem, "description": "Admin role required"},
+        404: {"schema": Problem, "description": "Not a booking id"},
+        **_AUTH_ERRORS,
+    },
+)
+@querystring_schema(PageQuery)
+async def history(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    booking_id = path_uuid(request)
+    q = query(request, _page)
+    entries, total = await request.app[BOOKINGS].history(user, booking_id, page=q["page"], limit=q["limit"])
+    data = [
+        {
+            "id": e["id"],
+            "at": e["at"],
+            "actorId": e["actor_id"],
+            "action": e["action"],
+            "entity": e["entity"],
+            "entityId": e["entity_id"],
+            "before": e["before"],
+            "after": e["after"],
+        }
+        for e in entries
+    ]
+    return json_response({"data": data, "meta": page_meta(total=total, page=q["page"], limit=q["limit"])})

@@ -1,0 +1,122 @@
+"""Cross-process event fan-out through Redis pub/sub.
+
+An event is handed to this process's subscribers at once (they hang off the user's actor), then
+published on one channel; every other web process (and workers, which only publish) receives it and
+hands it to its own subscribers of that user. A process ignores its own messages by origin id. Per-user
+order holds because a user's events are emitted one at a time by that user's actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from actors.base import Event, Registry
+from handlers.json import dumps, iso
+
+log = logging.getLogger(__name__)
+
+BROADCAST = "*"
+
+
+def make_event(name: str, data: dict[str, Any]) -> Event:
+    return {"event": name, "data": data, "timestamp": iso(datetime.now(UTC))}
+
+
+class EventBus:
+    def __init__(self, redis: Redis, *, prefix: str, registry: Registry[uuid.UUID] | None) -> None:
+        self._redis = redis
+        self.channel = f"{prefix}events"
+        self._registry = registry
+        self.origin = uuid.uuid4().hex
+        self.connected = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.listen(), name="event-bus-listener")
+
+    async def close(self) -> None:
+        """Stop the listener. The flag ends the loop within a poll interval even if a cancellation is
+        swallowed inside redis-py (seen when cancelling during connect)."""
+        self._stopping = True
+        if self._task is None:
+            return
+        self._task.cancel()
+        done, _ = await asyncio.wait({self._task}, timeout=3.0)
+        if not done:
+            log.warning("event listener did not stop within 3s")
+
+    async def emit(self, user_id: uuid.UUID, event: Event) -> None:
+        """Deliver to local subscribers now, then to every other process. Never raises for Redis."""
+        if self._registry is not None:
+            self._registry.deliver(user_id, event)
+        await self._publish(str(user_id), event)
+
+    async def broadcast(self, event: Event) -> None:
+        if self._registry is not None:
+            self._registry.broadcast(event)
+        await self._publish(BROADCAST, event)
+
+    async def _publish(self, target: str, event: Event) -> None:
+        payload = dumps({"origin": self.origin, "user": target, "event": event})
+        try:
+            await self._redis.publish(self.channel, payload)
+        except (RedisError, OSError) as exc:
+            # The change is committed and local sockets have it; remote sockets miss this one event.
+            log.warning(
+                "event publish failed (%s); remote sockets miss %s", type(exc).__name__, event["event"]
+            )
+
+    def _dispatch(self, raw: bytes | str) -> None:
+        if self._registry is None:
+            return
+        try:
+            message = json.loads(raw)
+            if message["origin"] == self.origin:
+                return
+            target, event = message["user"], message["event"]
+            if target == BROADCAST:
+                self._registry.broadcast(event)
+            else:
+                self._registry.deliver(uuid.UUID(target), event)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed event on %s", self.channel)
+
+    async def listen(self) -> None:
+        """Run until cancelled; re-subscribes with backoff whenever Redis goes away."""
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                async for raw in self._messages():
+                    backoff = 0.1
+                    self._dispatch(raw)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("event listener lost Redis (%s); retrying in %.1fs", type(exc).__name__, backoff)
+            self.connected.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _messages(self) -> AsyncIterator[bytes | str]:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            self.connected.set()
+            while not self._stopping:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    yield message["data"]
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
