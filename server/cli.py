@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import sys
 from pathlib import Path
@@ -30,9 +31,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure(level=settings.log_level, json_output=settings.log_json, process="web")
     port = args.port if args.port is not None else settings.port
+    host = args.host or settings.host
+    logging.getLogger("server").info(
+        "web process %d listening on %s:%d (%s)", os.getpid(), host, port, settings.environment
+    )
     web.run_app(
         create_app(settings),
-        host=args.host or settings.host,
+        host=host,
         port=port,
         reuse_port=True,
         access_log=None,

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
@@ -56,7 +56,7 @@ def up(*, root: Path, procfile: Path, web_concurrency: int) -> int:
                 if outcome.exit_code != 0:
                     _say(f"release failed with exit code {outcome.exit_code}; nothing else was started")
                     return outcome.exit_code
-            _say_urls(env)
+            _say_urls(env, {name.split(".")[0] for name, _ in processes})
             return run(processes, env, grace_seconds=GRACE_SECONDS)
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
@@ -93,22 +93,18 @@ def _provide_redis(env: dict[str, str], root: Path, servers: contextlib.ExitStac
     _say(f"Redis: {redis.url} (embedded)")
 
 
-def _say_urls(env: dict[str, str]) -> None:
+def _say_urls(env: dict[str, str], processes: Iterable[str]) -> None:
     web = f"localhost:{env['PORT']}"
-    _say(
-        "\n".join(
-            [
-                "",
-                f"  API         http://{web}/api/",
-                f"  Swagger UI  http://{web}/api/",
-                f"  WebSocket   ws://{web}/ws/",
-                f"  Health      http://{web}/health",
-                f"  Jobs        http://localhost:{env['JOB_PORT']}/jobs/",
-                "",
-                "Ctrl-C stops everything.",
-            ]
-        )
-    )
+    lines = [
+        "",
+        f"  API         http://{web}/api/booking",
+        f"  Swagger UI  http://{web}/api/",
+        f"  WebSocket   ws://{web}/ws/",
+        f"  Health      http://{web}/health",
+    ]
+    if "jobs" in processes:
+        lines.append(f"  Jobs        http://localhost:{env['JOB_PORT']}/jobs/")
+    _say("\n".join([*lines, "", "Ctrl-C stops everything."]))
 
 
 @contextlib.contextmanager
