@@ -14,7 +14,7 @@ user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_i
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get() or "-"
+        record.request_id = getattr(record, "request_id", None) or request_id_var.get() or "-"
         record.user_id = getattr(record, "user_id", None) or user_id_var.get() or "-"
         return True
 

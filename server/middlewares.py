@@ -15,10 +15,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from actors.errors import DomainError, Unavailable
 from handlers.problems import from_domain, problem
-from server.keys import METRICS, REQUEST_ID, SETTINGS
+from server.keys import CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
 from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("booking.access")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -61,10 +62,23 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = await _guarded(request, handler, request_id)
     finally:
         request_id_var.reset(token)
+    elapsed = time.perf_counter() - started
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     metrics = request.app[METRICS]
     metrics.requests.labels(request.method, route, str(response.status)).inc()
-    metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+    metrics.latency.labels(request.method, route).observe(elapsed)
+    # The path only: query strings may carry tokens (WebSocket `?token=`), and logs must not.
+    access_log.info(
+        "%s %s %d %.1fms",
+        request.method,
+        request.path[:200],
+        response.status,
+        elapsed * 1000,
+        extra={
+            "request_id": request_id,
+            "user_id": str(request[CURRENT_USER].id) if CURRENT_USER in request else None,
+        },
+    )
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
     return response
