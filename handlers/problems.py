@@ -47,6 +47,8 @@ def from_domain(error: DomainError, request_id: str) -> web.Response:
         extra["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
     if isinstance(error, RateLimited):
         headers["Retry-After"] = str(error.retry_after)
+    if error.status == 503:
+        headers["Retry-After"] = "1"
     if error.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return problem(error.status, error.slug, error.title, error.detail, request_id, headers or None, **extra)

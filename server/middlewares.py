@@ -10,6 +10,8 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -17,6 +19,7 @@ from actors.errors import DomainError, Unavailable
 from handlers.problems import from_domain, problem
 from server.keys import CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
 from server.logs import request_id_var
+from storage.errors import sqlstate
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("booking.access")
@@ -39,13 +42,12 @@ _STATUS_SLUGS = {
 def _is_dependency_failure(exc: BaseException) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)):
         return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # pragma: no cover
-        return False
+    if isinstance(exc, DBAPIError):
+        # 08: connection exception, 53: insufficient resources (too many connections),
+        # 57: operator intervention (shutdown, cannot connect now).
+        code = sqlstate(exc) or ""
+        if exc.connection_invalidated or code[:2] in {"08", "53", "57"}:
+            return True
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
 
 

@@ -1,0 +1,134 @@
+"""Start, health-check and stop real `booking serve` processes for end-to-end tests.
+
+Each process logs to its own file (a pipe nobody reads would fill and block the server); `output(proc)`
+returns that log so a failing test can show why a process misbehaved.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOKING = ROOT / ".venv" / "bin" / "booking"
+
+_logs: dict[int, IO[bytes]] = {}
+
+
+class WebProcess(NamedTuple):
+    base_url: str
+    process: subprocess.Popen[bytes]
+
+
+class Exit(NamedTuple):
+    base_url: str
+    code: int
+    output: str
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports that were free a moment ago (all held open together so none repeats)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def output(process: subprocess.Popen[bytes], limit: int = 4000) -> str:
+    """The tail of a process's combined stdout/stderr."""
+    log = _logs.get(process.pid)
+    if log is None:
+        return ""
+    log.flush()
+    return Path(log.name).read_bytes()[-limit:].decode(errors="replace")
+
+
+def wait_healthy(url: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `GET <url>/health` until 200; fail by `deadline` (a `time.monotonic()` value) or if it dies."""
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{url} exited with {process.returncode}:\n{output(process)}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:  # noqa: S310 (our own URL)
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    detail = output(process) if process is not None else ""
+    raise AssertionError(f"{url}/health not 200 before the deadline (last: {last})\n{detail}")
+
+
+def start_web(
+    n: int, env: Mapping[str, str], *, host: str = "127.0.0.1", timeout: float = 30.0
+) -> list[WebProcess]:
+    """Start `n` web processes (`booking serve`) with `env` over this one's, and wait until all are healthy.
+
+    On any failure the processes already started are stopped before the error propagates.
+    """
+    full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
+    started: list[WebProcess] = []
+    try:
+        for port in free_ports(n):
+            log = tempfile.NamedTemporaryFile(prefix=f"web-{port}-", suffix=".log", delete=False)  # noqa: SIM115
+            process = subprocess.Popen(
+                [str(BOOKING), "serve", "--host", host, "--port", str(port)],
+                cwd=ROOT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            _logs[process.pid] = log
+            started.append(WebProcess(f"http://{host}:{port}", process))
+        deadline = time.monotonic() + timeout
+        for web in started:
+            wait_healthy(web.base_url, deadline, web.process)
+    except BaseException:
+        stop(started)
+        raise
+    return started
+
+
+def stop(procs: list[WebProcess], *, timeout: float = 15.0) -> list[Exit]:
+    """SIGTERM every process, SIGKILL whatever is left after `timeout`; how each one exited.
+
+    Raises if a process is still alive afterwards, so a leaked server fails the test instead of lingering.
+    """
+    for web in procs:
+        if web.process.poll() is None:
+            web.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for web in procs:
+        try:
+            web.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            web.process.kill()
+            web.process.wait(timeout=5)
+    exits: list[Exit] = []
+    for web in procs:
+        code = web.process.poll()
+        assert code is not None, f"{web.base_url} (pid {web.process.pid}) is still running"
+        exits.append(Exit(web.base_url, code, output(web.process)))
+        log = _logs.pop(web.process.pid, None)
+        if log is not None:
+            log.close()
+            Path(log.name).unlink(missing_ok=True)
+    return exits
