@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from weakref import WeakSet
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from actors.auth import AuthService
 from actors.base import Registry
 from actors.bookings import BookingService
+from actors.reminders import NotificationService
 from server.events import EventBus
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
@@ -26,6 +28,9 @@ METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
 BUS = web.AppKey("bus", EventBus)
 BOOKINGS = web.AppKey("bookings", BookingService)
+NOTIFICATIONS = web.AppKey("notifications", NotificationService)
+# Every open socket, so shutdown can close them with 1001; weak, so a finished socket needs no removal.
+WEBSOCKETS = web.AppKey("websockets", WeakSet[web.WebSocketResponse])
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CURRENT_USER = web.RequestKey("current_user", User)

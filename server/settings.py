@@ -55,6 +55,15 @@ class Settings:
     admin_password: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
     log_json: bool = False
+    # WebSocket limits (SPEC §6); see docs/WEBSOCKET.md.
+    ws_max_frame_bytes: int = 64 * 1024
+    ws_rate_per_second: float = 20.0
+    ws_rate_burst: int = 40
+    ws_rate_strikes: int = 10
+    ws_outbox_size: int = 256
+    ws_heartbeat_seconds: float = 30.0
+    ws_auth_timeout: float = 10.0
+    ws_allowed_origins: tuple[str, ...] = ()
 
     @property
     def production(self) -> bool:
@@ -134,6 +143,10 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false (got {raw!r})")
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in env.get(name, "").split(",") if o.strip())
+
+
 def _environment(env: Mapping[str, str]) -> Environment:
     raw = (env.get("NODE_ENV") or env.get("APP_ENV") or "development").strip().lower()
     if raw == "development":
@@ -205,4 +218,13 @@ def _build(env: Mapping[str, str]) -> Settings:
         admin_password=env.get("ADMIN_PASSWORD") or None,
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         log_json=_bool(env, "LOG_JSON", production),
+        ws_max_frame_bytes=_int(env, "WS_MAX_FRAME_BYTES", 64 * 1024, low=1024, high=16 * 1024 * 1024),
+        ws_rate_per_second=_float(env, "WS_RATE_PER_SECOND", 20.0),
+        ws_rate_burst=_int(env, "WS_RATE_BURST", 40, low=1, high=100_000),
+        ws_rate_strikes=_int(env, "WS_RATE_STRIKES", 10, low=1, high=100_000),
+        ws_outbox_size=_int(env, "WS_OUTBOX_SIZE", 256, low=1, high=100_000),
+        ws_heartbeat_seconds=_float(env, "WS_HEARTBEAT_SECONDS", 30.0),
+        ws_auth_timeout=_float(env, "WS_AUTH_TIMEOUT", 10.0),
+        # Unset means the CORS allow-list: a browser page allowed to call the API may open a socket.
+        ws_allowed_origins=_origins(env, "WS_ALLOWED_ORIGINS") if "WS_ALLOWED_ORIGINS" in env else origins,
     )
