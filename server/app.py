@@ -13,10 +13,23 @@ from redis.asyncio import Redis
 from actors.auth import AuthService
 from actors.base import Event, Registry
 from actors.bookings import BookingService, Deps, Rules, actor_factory
+from actors.reminders import NotificationService, Reminders
 from actors.security import TokenCodec
-from handlers import auth, bookings, health, users, ws
+from handlers import auth, bookings, health, notifications, users, ws
+from server.broker import ReminderSource
 from server.events import EventBus, make_event
-from server.keys import AUTH, BOOKINGS, BUS, ENGINE, LIMITER, METRICS, REDIS, REGISTRY, SETTINGS
+from server.keys import (
+    AUTH,
+    BOOKINGS,
+    BUS,
+    ENGINE,
+    LIMITER,
+    METRICS,
+    NOTIFICATIONS,
+    REDIS,
+    REGISTRY,
+    SETTINGS,
+)
 from server.metrics import Metrics
 from server.middlewares import body_rules, cors, request_context
 from server.openapi import setup_openapi
@@ -67,6 +80,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
 async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     """Actor registry, the cross-process event bus and its listener; shutdown drains the mailboxes."""
     settings = app[SETTINGS]
+    reminder_source = ReminderSource(settings)  # the Redis copy of reminders; PostgreSQL holds the intent
     deps = Deps(
         engine=app[ENGINE],
         emitter=_LateEmitter(app),
@@ -76,6 +90,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
             default_reminder_minutes=settings.default_reminder_minutes,
         ),
         make_event=make_event,
+        reminders=Reminders(reminder_source),
     )
     registry: Registry[uuid.UUID] = Registry(
         actor_factory(deps),
@@ -85,6 +100,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY] = registry
     app[BUS] = EventBus(app[REDIS], prefix=settings.redis_prefix, registry=registry)
     app[BOOKINGS] = BookingService(deps, registry)
+    app[NOTIFICATIONS] = NotificationService(app[ENGINE])
     metrics = app[METRICS]
     metrics.actors.set_function(lambda: len(registry))
     metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth)
@@ -92,6 +108,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await registry.close()
     await app[BUS].close()
+    await reminder_source.close()
 
 
 class _LateEmitter:
@@ -108,6 +125,7 @@ def setup_routes(app: web.Application) -> None:
     app.add_routes(auth.routes)
     app.add_routes(users.routes)
     app.add_routes(bookings.routes)
+    app.add_routes(notifications.routes)
     app.add_routes(health.routes)
     ws.setup(app)  # /ws/, its socket set, and the on_shutdown hook that closes sockets with 1001
 

@@ -89,6 +89,33 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from server import logs
+    from server.workers import run_worker
+
+    settings = _settings()
+    logs.configure(level=settings.log_level, json_output=settings.log_json, process="worker")
+    asyncio.run(run_worker(settings, max_tasks=args.max_tasks, grace=args.grace))
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from server import logs
+    from server.workers import run_scheduler
+
+    settings = _settings()
+    logs.configure(level=settings.log_level, json_output=settings.log_json, process="scheduler")
+    asyncio.run(
+        run_scheduler(
+            settings,
+            update_interval=args.update_interval,
+            reconcile_interval=args.reconcile_interval,
+            grace=args.grace,
+        )
+    )
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from server.up import up
 
@@ -119,6 +146,30 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--email", help="admin email (prompted when omitted)")
     admin.add_argument("--name", default="Administrator")
     admin.set_defaults(func=cmd_create_admin)
+
+    worker = sub.add_parser("worker", help="taskiq worker: delivers reminders (Redis stream, acknowledged)")
+    worker.add_argument(
+        "--max-tasks", type=int, default=500, help="concurrent tasks per worker (default 500)"
+    )
+    worker.add_argument("--grace", type=float, default=5.0, help="seconds to finish on SIGTERM (default 5)")
+    worker.set_defaults(func=cmd_worker)
+
+    scheduler = sub.add_parser(
+        "scheduler", help="the one taskiq scheduler: fires due reminders and reconciles Redis with PostgreSQL"
+    )
+    scheduler.add_argument(
+        "--update-interval",
+        type=float,
+        default=1.0,
+        help="seconds between re-reads of the schedule (default 1)",
+    )
+    scheduler.add_argument(
+        "--reconcile-interval", type=float, default=2.0, help="seconds between reconciler passes (default 2)"
+    )
+    scheduler.add_argument(
+        "--grace", type=float, default=5.0, help="seconds to finish on SIGTERM (default 5)"
+    )
+    scheduler.set_defaults(func=cmd_scheduler)
 
     up = sub.add_parser(
         "up", help="run every Procfile process locally (embedded PostgreSQL/Redis when unset)"

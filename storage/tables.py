@@ -126,3 +126,37 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.Index("ix_idempotency_keys_created_at", "created_at"),
 )
+
+REMINDER_STATES = ("pending", "sent", "cancelled")
+
+# The reminder intent, written in the booking's transaction; Redis only holds a copy to fire on time.
+reminders = sa.Table(
+    "reminders",
+    metadata,
+    sa.Column(
+        "booking_id", UUID(as_uuid=True), sa.ForeignKey("bookings.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("user_id", UUID(as_uuid=True), nullable=False),
+    # The booking start this reminder was armed for: a sent reminder re-arms only when the start moves.
+    sa.Column("start_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.CheckConstraint("state IN ('pending', 'sent', 'cancelled')", name="state"),
+    sa.Index("ix_reminders_due_at_pending", "due_at", postgresql_where=sa.text("state = 'pending'")),
+)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("data", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("read_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_notifications_user_id_created_at", "user_id", sa.text("created_at DESC"), "id"),
+)

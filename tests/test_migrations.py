@@ -30,7 +30,16 @@ def test_upgrade_downgrade_upgrade(backing_services: tuple[str, str]) -> None:
     url = asyncio.run(create_database(admin_url, name))
     try:
         migrate.upgrade(url)
-        assert {"users", "refresh_families", "refresh_tokens", "audit_log"} <= asyncio.run(_tables(url))
+        assert {
+            "users",
+            "refresh_families",
+            "refresh_tokens",
+            "audit_log",
+            "bookings",
+            "idempotency_keys",
+            "reminders",
+            "notifications",
+        } <= asyncio.run(_tables(url))
         migrate.downgrade(url, "base")
         assert asyncio.run(_tables(url)) <= {"alembic_version"}
         migrate.upgrade(url)

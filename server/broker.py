@@ -1,0 +1,196 @@
+"""Taskiq through Redis: the broker, the reminder schedule source and the scheduler, in one place.
+
+Designed around the library facts in docs/REMINDERS.md (SPEC §9):
+- `RedisStreamBroker` (consumer group + XACK), so a killed worker's message is not lost; its reclaim
+  is slow (idle time + new traffic), so the reconciler also re-enqueues overdue pending reminders.
+- The stream listener survives Redis restarts and FLUSHDB (re-creates its consumer group from id 0).
+- The source fires a reminder one `LEAD` early; the task waits out the rest, so the 1 s scheduler tick
+  does not add up to 1 s of lateness. The scheduler runs with a 1 s update interval.
+- `pre_send` skips a schedule whose data key is gone or now names another due time (deleted or moved
+  after the scheduler fetched it) and claims the send with SET NX EX (two schedulers send once).
+  The task's database claim is still the real exactly-once guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from taskiq import AckableMessage, AsyncBroker, ScheduledTask, ScheduleSource, TaskiqScheduler
+from taskiq.exceptions import ScheduledTaskCancelledError
+from taskiq.serializers import JSONSerializer
+from taskiq_redis import ListRedisScheduleSource, RedisStreamBroker
+
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DELIVER_REMINDER = "booking.deliver_reminder"
+LEAD = timedelta(seconds=1)
+CLAIM_TTL = 3600
+
+
+def schedule_id(booking_id: uuid.UUID | str) -> str:
+    return f"reminder:{booking_id}"
+
+
+def _connection_kwargs(settings: Settings) -> dict[str, Any]:
+    # Without timeouts a Redis that hangs would hang a booking request (and the blocking pool waits 20 s).
+    return {
+        "socket_connect_timeout": settings.db_timeout,
+        "socket_timeout": settings.db_timeout,
+        "timeout": settings.db_timeout,
+    }
+
+
+class ReminderBroker(RedisStreamBroker):
+    """A stream broker whose listener outlives Redis outages and flushes instead of crashing."""
+
+    async def startup(self) -> None:
+        await AsyncBroker.startup(self)
+        try:
+            await self._declare_consumer_group()
+        except (RedisError, OSError) as exc:  # the listener declares it once Redis answers
+            log.warning("consumer group not declared at start-up (%s)", type(exc).__name__)
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        backoff = 0.1
+        while True:
+            try:
+                async for message in super().listen():
+                    backoff = 0.1
+                    yield message
+            except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    log.warning(
+                        "consumer group %s is gone (Redis flushed?); re-creating", self.consumer_group_name
+                    )
+                else:
+                    log.warning(
+                        "stream listener lost Redis (%s); retrying in %.1fs", type(exc).__name__, backoff
+                    )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                try:
+                    await self._declare_consumer_group()
+                except (RedisError, OSError):
+                    continue
+
+
+def make_broker(settings: Settings, *, idle_timeout_ms: int = 60_000) -> ReminderBroker:
+    prefix = settings.redis_prefix
+    return ReminderBroker(
+        settings.redis_url,
+        queue_name=f"{prefix}taskiq:stream",
+        consumer_group_name=f"{prefix}taskiq:workers",
+        # From the start of the stream: messages added while the group did not exist (after FLUSHDB,
+        # before the first worker) are still read; an existing group keeps its position.
+        consumer_id="0",
+        idle_timeout=idle_timeout_ms,
+        unacknowledged_lock_timeout=5.0,
+        maxlen=100_000,
+        xread_block=1000,
+        **_connection_kwargs(settings),
+    )
+
+
+PendingCheck = Callable[[uuid.UUID, datetime], Awaitable[bool]]
+
+
+class ReminderSource(ListRedisScheduleSource):
+    """The Redis schedule source for reminders: `reminder:<booking id>` schedules, JSON-encoded."""
+
+    def __init__(self, settings: Settings, *, is_pending: PendingCheck | None = None) -> None:
+        self.key_prefix = f"{settings.redis_prefix}schedule"
+        super().__init__(
+            settings.redis_url,
+            prefix=self.key_prefix,
+            serializer=JSONSerializer(),
+            **_connection_kwargs(settings),
+        )
+        self.is_pending = is_pending
+        self._claim_prefix = f"{settings.redis_prefix}reminder-claim:"
+
+    def redis(self) -> Redis:
+        return Redis(connection_pool=self._connection_pool)
+
+    async def close(self) -> None:
+        await self._connection_pool.disconnect()
+
+    def data_key(self, booking_id: uuid.UUID | str) -> str:
+        return self._get_data_key(schedule_id(booking_id))
+
+    @staticmethod
+    def task_for(booking_id: uuid.UUID, due_at: datetime) -> ScheduledTask:
+        return ScheduledTask(
+            task_name=DELIVER_REMINDER,
+            labels={},
+            args=[],
+            kwargs={"booking_id": str(booking_id), "due_at": due_at.isoformat()},
+            schedule_id=schedule_id(booking_id),
+            time=due_at - LEAD,
+        )
+
+    async def schedule(self, booking_id: uuid.UUID, due_at: datetime) -> None:
+        """Replace the reminder's schedule (delete + add under the same id)."""
+        await self.delete_schedule(schedule_id(booking_id))
+        await self.add_schedule(self.task_for(booking_id, due_at))
+
+    async def unschedule(self, booking_id: uuid.UUID) -> None:
+        await self.delete_schedule(schedule_id(booking_id))
+
+    async def pre_send(self, task: ScheduledTask) -> None:
+        booking_id, due_at = task.kwargs["booking_id"], task.kwargs["due_at"]
+        async with self.redis() as redis:
+            raw = await redis.get(self._get_data_key(task.schedule_id))
+            if (
+                raw is None
+                or self._serializer.loadb(raw if isinstance(raw, bytes) else raw.encode())
+                .get("kwargs", {})
+                .get("due_at")
+                != due_at
+            ):
+                log.info("schedule %s was cancelled or moved after it was fetched; skipped", task.schedule_id)
+                raise ScheduledTaskCancelledError()
+            if self.is_pending is not None and not await self.is_pending(
+                uuid.UUID(booking_id), datetime.fromisoformat(due_at)
+            ):
+                log.info("reminder %s is no longer pending; skipped", booking_id)
+                raise ScheduledTaskCancelledError()
+            if not await redis.set(f"{self._claim_prefix}{booking_id}:{due_at}", "1", nx=True, ex=CLAIM_TTL):
+                log.info("schedule %s already sent by another scheduler", task.schedule_id)
+                raise ScheduledTaskCancelledError()
+
+    async def release(self, task: ScheduledTask) -> None:
+        """Give up this scheduler's claim on a send that failed, so a retry is not refused."""
+        async with self.redis() as redis:
+            await redis.delete(f"{self._claim_prefix}{task.kwargs['booking_id']}:{task.kwargs['due_at']}")
+
+
+class ReminderScheduler(TaskiqScheduler):
+    """Retries a failed enqueue once (the first command on a pooled connection after a Redis restart
+    fails) and then releases the claim; the reconciler enqueues whatever is still pending."""
+
+    async def on_ready(self, source: ScheduleSource, task: ScheduledTask) -> None:
+        for attempt in (1, 2):
+            try:
+                await super().on_ready(source, task)
+                return
+            except Exception as exc:
+                log.warning("sending %s failed (attempt %d): %s", task.schedule_id, attempt, exc)
+                if isinstance(source, ReminderSource):
+                    with contextlib.suppress(RedisError, OSError):
+                        await source.release(task)
+                await asyncio.sleep(0.1)
+        log.error("schedule %s not sent; the reconciler will enqueue it", task.schedule_id)
+
+
+def make_scheduler(broker: ReminderBroker, source: ReminderSource) -> TaskiqScheduler:
+    return ReminderScheduler(broker=broker, sources=[source])

@@ -1,0 +1,192 @@
+"""The reminder task, the worker's resources, and the reconciler that heals what Redis lost.
+
+No `from __future__ import annotations` here: taskiq resolves the task's dependency annotations at
+run time.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
+from taskiq.kicker import AsyncKicker
+
+from actors.views import booking_view, iso
+from server.broker import DELIVER_REMINDER, LEAD, ReminderSource
+from server.events import EventBus, make_event
+from server.settings import Settings
+from storage import reminders as store
+from storage.db import create_engine
+from storage.tables import ACTIVE_STATUSES
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str  # "sent" | "duplicate" | "inactive" | "early"
+    lateness: float | None = None
+    notification_id: uuid.UUID | None = None
+
+
+async def deliver(
+    engine: AsyncEngine, bus: EventBus, *, booking_id: uuid.UUID, due_at: datetime, clock: Clock = utcnow
+) -> Outcome:
+    """Claim, store and publish one reminder. Safe to run any number of times: one notification."""
+    early = (due_at - clock()).total_seconds()
+    if early > LEAD.total_seconds() + 1.0:  # not from the scheduler: the schedule will fire it
+        log.warning("reminder %s arrived %.1fs early; left to its schedule", booking_id, early)
+        return Outcome("early")
+    if early > 0:  # the schedule fires up to LEAD early so the 1 s scheduler tick adds no lateness
+        await asyncio.sleep(early)
+    async with engine.begin() as conn:
+        booking = await store.lock_booking(conn, booking_id)
+        if booking is None or booking.status not in ACTIVE_STATUSES:
+            await store.cancel(conn, booking_id)
+            return Outcome("inactive")
+        if not await store.claim(conn, booking_id=booking_id, due_at=due_at):
+            return Outcome("duplicate")
+        minutes = booking.reminder_minutes_before
+        note = await store.add_notification(
+            conn,
+            user_id=booking.user_id,
+            kind="booking.reminder",
+            title=f"Reminder: {booking.title}",
+            data={
+                "bookingId": str(booking.id),
+                "startTime": iso(booking.start_time),
+                "dueAt": iso(due_at),
+                "minutesBefore": minutes,
+            },
+        )
+        await store.mark_booking_reminded(conn, booking_id)
+        booking = await store.lock_booking(conn, booking_id) or booking
+    lateness = (clock() - due_at).total_seconds()
+    await bus.emit(
+        booking.user_id,
+        make_event(
+            "booking.reminder",
+            {
+                "notificationId": str(note.id),
+                "bookingId": str(booking.id),
+                "title": booking.title,
+                "startTime": iso(booking.start_time),
+                "dueAt": iso(due_at),
+                "minutesBefore": minutes,
+                "booking": booking_view(booking),
+            },
+        ),
+    )
+    log.info("reminder %s delivered %.3fs after due", booking_id, lateness)
+    return Outcome("sent", lateness, note.id)
+
+
+# --- the worker ----------------------------------------------------------------------------------------
+
+
+async def deliver_reminder(booking_id: str, due_at: str, state: TaskiqState = TaskiqDepends()) -> str:  # noqa: B008
+    outcome = await deliver(
+        state.engine, state.bus, booking_id=uuid.UUID(booking_id), due_at=datetime.fromisoformat(due_at)
+    )
+    return outcome.status
+
+
+def register(broker: AsyncBroker, settings: Settings) -> None:
+    """The task and the worker's resources (created in WORKER_STARTUP, closed in WORKER_SHUTDOWN)."""
+    broker.register_task(deliver_reminder, task_name=DELIVER_REMINDER)
+
+    @broker.on_event(TaskiqEvents.WORKER_STARTUP)
+    async def startup(state: TaskiqState) -> None:
+        state.engine = create_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+        state.redis = Redis.from_url(
+            settings.redis_url, socket_timeout=settings.db_timeout, socket_connect_timeout=settings.db_timeout
+        )
+        state.bus = EventBus(state.redis, prefix=settings.redis_prefix, registry=None)
+
+    @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
+    async def shutdown(state: TaskiqState) -> None:
+        await state.engine.dispose()
+        await state.redis.aclose()
+
+
+# --- the reconciler ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reconciler:
+    """Makes Redis agree with PostgreSQL for pending reminders due within `horizon`.
+
+    - missing from Redis and not yet due → added back (Redis flushed, or down when the booking committed);
+    - missing and overdue by `grace` → enqueued directly (a killed worker, a lost message);
+    - present but overdue by `stale` → enqueued directly (a send that failed while Redis was down).
+    The task's database claim makes every extra enqueue harmless.
+    """
+
+    engine: AsyncEngine
+    source: ReminderSource
+    broker: AsyncBroker
+    horizon: timedelta = timedelta(minutes=10)
+    grace: timedelta = timedelta(seconds=3)
+    stale: timedelta = timedelta(seconds=3)
+    rekick_after: float = 15.0
+    batch: int = 5000
+    clock: Clock = utcnow
+    _kicked: dict[uuid.UUID, float] = field(default_factory=dict)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.once()
+            except (RedisError, OSError) as exc:
+                log.warning("reconciler: Redis unavailable (%s)", type(exc).__name__)
+            except Exception:
+                log.exception("reconciler pass failed")
+            await asyncio.sleep(interval)
+
+    async def once(self) -> dict[str, int]:
+        now = self.clock()
+        async with self.engine.connect() as conn:
+            rows = await store.pending_before(conn, until=now + self.horizon, limit=self.batch)
+        counts = {"pending": len(rows), "added": 0, "enqueued": 0}
+        if not rows:
+            return counts
+        async with self.source.redis() as redis:
+            pipe = redis.pipeline(transaction=False)
+            for booking_id, _ in rows:
+                pipe.exists(self.source.data_key(booking_id))
+            present = await pipe.execute()
+        mono = time.monotonic()
+        self._kicked = {k: v for k, v in self._kicked.items() if mono - v < self.rekick_after}
+        for (booking_id, due_at), exists in zip(rows, present, strict=True):
+            if not exists and due_at - LEAD > now:
+                await self.source.add_schedule(self.source.task_for(booking_id, due_at))
+                counts["added"] += 1
+            elif (not exists and due_at <= now - self.grace) or (exists and due_at <= now - self.stale):
+                if booking_id in self._kicked:
+                    continue
+                await self.enqueue(booking_id, due_at)
+                self._kicked[booking_id] = mono
+                counts["enqueued"] += 1
+        if counts["added"] or counts["enqueued"]:
+            log.info(
+                "reconciler: %(added)d re-scheduled, %(enqueued)d enqueued of %(pending)d pending", counts
+            )
+        return counts
+
+    async def enqueue(self, booking_id: uuid.UUID, due_at: datetime) -> None:
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(DELIVER_REMINDER, self.broker, {})
+        await kicker.kiq(booking_id=str(booking_id), due_at=due_at.isoformat())

@@ -1,0 +1,118 @@
+"""`booking worker` and `booking scheduler`: taskiq run in-process, with a bounded SIGTERM shutdown.
+
+The taskiq CLI's stream worker was seen ignoring SIGTERM for over 20 s; here a signal cancels the
+receiver (messages are acknowledged only after the task ran, so an interrupted one is redelivered or
+re-enqueued by the reconciler) and the process exits within `grace` seconds whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskiq.api import run_receiver_task
+from taskiq.cli.scheduler.run import SchedulerLoop
+
+from server.broker import ReminderSource, make_broker, make_scheduler
+from server.settings import Settings
+from server.tasks import Reconciler, register
+from storage import reminders as store
+from storage.db import create_engine
+
+log = logging.getLogger(__name__)
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _run_until_stopped(
+    stop: asyncio.Event, jobs: list[Coroutine[Any, Any, None]], *, grace: float, what: str
+) -> None:
+    tasks = [asyncio.create_task(job) for job in jobs]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in done - {stopper}:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped unexpectedly", what, exc_info=task.exception())
+    log.info("%s stopping", what)
+    for task in (*tasks, stopper):
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    if pending:
+        log.warning("%s: %d task(s) did not stop within %.1fs; exiting anyway", what, len(pending), grace)
+
+
+async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float = 5.0) -> None:
+    stop = _stop_event()
+    broker = make_broker(settings)
+    register(broker, settings)
+    broker.is_worker_process = True
+    await broker.startup()  # WORKER_STARTUP: engine, Redis, event bus
+    log.info("reminder worker ready on %s", broker.queue_name)
+    try:
+        await _run_until_stopped(
+            stop,
+            [run_receiver_task(broker, max_async_tasks=max_tasks, run_startup=False)],
+            grace=grace,
+            what="worker",
+        )
+    finally:
+        async with asyncio.timeout(grace):
+            await broker.shutdown()  # WORKER_SHUTDOWN
+    log.info("worker stopped")
+
+
+async def run_scheduler(
+    settings: Settings, *, update_interval: float = 1.0, reconcile_interval: float = 2.0, grace: float = 5.0
+) -> None:
+    stop = _stop_event()
+    # The list source logs every 1 s update at INFO.
+    logging.getLogger("taskiq.redis_schedule_source").setLevel(logging.WARNING)
+    engine = create_engine(settings.sqlalchemy_url, pool_size=4)
+
+    async def is_pending(booking_id: uuid.UUID, due_at: datetime) -> bool:
+        async with engine.connect() as conn:
+            reminder = await store.get_reminder(conn, booking_id)
+        return reminder is not None and reminder.state == "pending" and reminder.due_at == due_at
+
+    source = ReminderSource(settings, is_pending=is_pending)
+    broker = make_broker(settings)
+    scheduler = make_scheduler(broker, source)
+    await source.startup()
+    await scheduler.startup()
+    reconciler = Reconciler(engine=engine, source=source, broker=broker)
+    loop = SchedulerLoop(scheduler)
+    log.info("reminder scheduler ready (update every %.1fs)", update_interval)
+    try:
+        await _run_until_stopped(
+            stop,
+            [
+                loop.run(
+                    update_interval=timedelta(seconds=update_interval),
+                    loop_interval=timedelta(seconds=1),
+                    send_timeout=settings.db_timeout,
+                ),
+                reconciler.run(reconcile_interval),
+            ],
+            grace=grace,
+            what="scheduler",
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(grace):
+                await scheduler.shutdown()
+                await source.shutdown()
+                await source.close()
+                await engine.dispose()
+    log.info("scheduler stopped")

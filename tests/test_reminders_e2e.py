@@ -1,0 +1,419 @@
+"""Reminders end to end: real `booking worker` and `booking scheduler` processes on real Redis and
+PostgreSQL. Bookings are made through the real app (in-process) sharing the processes' key prefix; the
+`booking.reminder` event is read from the Redis events channel every web process listens to."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.keys import BOOKINGS, ENGINE
+from server.settings import Settings
+from storage import reminders as store
+from storage.users import get_user
+from tests.conftest import Client, Registrar, auth
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+BIN = Path(sys.executable).parent / "booking"
+LATENESS: list[float] = []
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self._file = self.log.open("wb")
+        self.popen = subprocess.Popen(
+            [str(BIN), *args], env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 8.0) -> float:
+        """Signal and wait; SIGKILL after `timeout`. Returns how long it took to exit."""
+        started = time.monotonic()
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._file.close()
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def processes(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "REDIS_KEY_PREFIX": settings.redis_prefix,
+        "NODE_ENV": "test",
+        "DB_POOL_SIZE": "3",
+    }
+    started: list[Proc] = []
+
+    def start(name: str, args: list[str], **overrides: str) -> Proc:
+        proc = Proc(f"{name}{len(started)}", args, {**env, **overrides}, tmp_path)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(signal.SIGKILL if proc.popen.poll() is None else signal.SIGTERM, timeout=5)
+
+
+async def ready(proc: Proc, marker: str) -> None:
+    async def seen() -> bool:
+        assert proc.popen.poll() is None, f"{proc.name} exited:\n{proc.text()}"
+        return marker in proc.text()
+
+    await wait_for(seen, timeout=10, what=f"{proc.name} ready")
+
+
+def start_worker(start: Callable[..., Proc], **env: str) -> Proc:
+    return start("worker", ["worker", "--grace", "3"], **{k.upper(): v for k, v in env.items()})
+
+
+def start_scheduler(start: Callable[..., Proc], **env: str) -> Proc:
+    args = ["scheduler", "--update-interval", "1", "--reconcile-interval", "1"]
+    return start("scheduler", args, **{k.upper(): v for k, v in env.items()})
+
+
+@pytest.fixture
+async def events(client: Client, settings: Settings, redis_url: str) -> AsyncIterator[PubSub]:
+    redis = Redis.from_url(redis_url)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(f"{settings.redis_prefix}events")
+    yield pubsub
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await redis.aclose()
+
+
+async def book(
+    client: Client, user: dict[str, Any], *, seconds: float, minutes: int | None = 0
+) -> dict[str, Any]:
+    """A 0.2 s booking starting in `seconds` (short, so one user's bookings can start 0.3 s apart)."""
+    start = datetime.now(UTC) + timedelta(seconds=seconds)
+    body = {
+        "title": "Standup",
+        "startTime": start.isoformat(),
+        "endTime": (start + timedelta(seconds=0.2)).isoformat(),
+        "reminderMinutesBefore": minutes,
+    }
+    resp = await client.post("/api/booking", json=body, headers=auth(user))
+    assert resp.status == 201, await resp.text()
+    data: dict[str, Any] = await resp.json()
+    return data
+
+
+async def reminders_seen(
+    pubsub: PubSub, user: dict[str, Any], *, until: float, expect: int | None = None, settle: float = 2.0
+) -> list[tuple[dict[str, Any], datetime]]:
+    """`booking.reminder` events for `user` with their arrival times: returns `settle` seconds after the
+    `expect`-th (so a duplicate would still be caught), or at the deadline `until` (monotonic).
+    (The processes serve the whole session database, so other tests' reminders may pass by.)"""
+    seen: list[tuple[dict[str, Any], datetime]] = []
+    while time.monotonic() < until:
+        message = await pubsub.get_message(timeout=min(0.2, max(0.01, until - time.monotonic())))
+        if message is None:
+            continue
+        envelope = json.loads(message["data"])
+        if envelope["event"]["event"] == "booking.reminder" and envelope["user"] == user["user"]["id"]:
+            seen.append((envelope, datetime.now(UTC)))
+            if expect is not None and len(seen) == expect:
+                until = min(until, time.monotonic() + settle)
+    return seen
+
+
+def lateness(envelope: dict[str, Any], arrived: datetime) -> float:
+    due = datetime.fromisoformat(envelope["event"]["data"]["dueAt"].replace("Z", "+00:00"))
+    late = (arrived - due).total_seconds()
+    LATENESS.append(late)
+    print(f"reminder {envelope['event']['data']['bookingId']} arrived {late:+.3f}s after due")  # noqa: T201
+    return late
+
+
+async def notifications(engine: AsyncEngine, user: dict[str, Any]) -> int:
+    async with engine.connect() as conn:
+        _, total = await store.list_notifications(
+            conn, user_id=uuid.UUID(user["user"]["id"]), unread=None, offset=0, limit=1
+        )
+    return total
+
+
+async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
+    client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub
+) -> None:
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    user = await register()
+    engine = client.app[ENGINE]
+
+    on_time = await book(client, user, seconds=4)
+    moved = await book(client, user, seconds=3.5, minutes=0)
+    cancelled = await book(client, user, seconds=3)
+    deleted = await book(client, user, seconds=3.2)
+    new_start = datetime.fromisoformat(moved["startTime"].replace("Z", "+00:00")) + timedelta(seconds=3)
+    resp = await client.patch(
+        f"/api/booking/{moved['id']}",
+        json={
+            "startTime": new_start.isoformat(),
+            "endTime": (new_start + timedelta(seconds=0.2)).isoformat(),
+        },
+        headers=auth(user),
+    )
+    assert resp.status == 200, await resp.text()
+    resp = await client.patch(
+        f"/api/booking/{cancelled['id']}/status", json={"status": "cancelled"}, headers=auth(user)
+    )
+    assert resp.status == 200
+    assert (await client.delete(f"/api/booking/{deleted['id']}", headers=auth(user))).status == 204
+
+    seen = await reminders_seen(events, user, until=time.monotonic() + 11, expect=2)
+    by_booking = {e["event"]["data"]["bookingId"]: (e, at) for e, at in seen}
+    assert sorted(by_booking) == sorted([on_time["id"], moved["id"]]), seen
+    assert len(seen) == 2
+    for envelope, arrived in by_booking.values():
+        assert envelope["user"] == user["user"]["id"]
+        assert -0.05 < lateness(envelope, arrived) < 3.0
+    moved_due = by_booking[moved["id"]][0]["event"]["data"]["dueAt"]
+    assert datetime.fromisoformat(moved_due.replace("Z", "+00:00")) == new_start  # the new time only
+    assert await notifications(engine, user) == 2
+
+    resp = await client.get("/api/notifications", headers=auth(user))
+    assert {n["data"]["bookingId"] for n in (await resp.json())["data"]} == {on_time["id"], moved["id"]}
+
+    # SIGTERM: both stop well within their grace.
+    assert worker.stop(signal.SIGTERM) < 6.0, worker.text()
+    assert scheduler.stop(signal.SIGTERM) < 6.0, scheduler.text()
+
+
+async def test_two_schedulers_send_each_reminder_once(
+    client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub
+) -> None:
+    procs = [start_worker(processes), start_scheduler(processes), start_scheduler(processes)]
+    for proc, marker in zip(procs, ["worker ready", "scheduler ready", "scheduler ready"], strict=True):
+        await ready(proc, marker)
+    user = await register()
+    booked = [await book(client, user, seconds=3 + i * 0.7) for i in range(4)]
+
+    seen = await reminders_seen(events, user, until=time.monotonic() + 9, expect=4)
+    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(b["id"] for b in booked)
+    for envelope, arrived in seen:
+        lateness(envelope, arrived)
+    assert await notifications(client.app[ENGINE], user) == 4
+
+
+async def test_redis_flushed_after_commit_still_delivers_once(
+    client: Client,
+    register: Registrar,
+    processes: Callable[..., Proc],
+    events: PubSub,
+    settings: Settings,
+    redis_url: str,
+) -> None:
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    user = await register()
+    booked = [await book(client, user, seconds=4), await book(client, user, seconds=4.5)]
+
+    # The shared test Redis serves other runs: "flush" every key of this run's prefix (the schedules,
+    # the stream, its consumer group, the claims), which is what FLUSHDB does to this deployment.
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"*{settings.redis_prefix}*")]
+        assert keys
+        await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+
+    seen = await reminders_seen(events, user, until=time.monotonic() + 12, expect=2)
+    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(b["id"] for b in booked)
+    for envelope, arrived in seen:
+        lateness(envelope, arrived)
+    assert await notifications(client.app[ENGINE], user) == 2
+
+
+async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_starts(
+    client: Client,
+    register: Registrar,
+    processes: Callable[..., Proc],
+    events: PubSub,
+    settings: Settings,
+    redis_url: str,
+) -> None:
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    user = await register()
+    booking = await book(client, user, seconds=4)
+
+    # The schedule fires one second early and the task waits for the due time: the message is then
+    # delivered to the worker and not yet acknowledged. Kill the worker right there.
+    redis = Redis.from_url(redis_url)
+    try:
+
+        async def in_flight() -> bool:
+            try:
+                info = await redis.xpending(
+                    f"{settings.redis_prefix}taskiq:stream", f"{settings.redis_prefix}taskiq:workers"
+                )
+            except Exception:  # no stream or group yet
+                return False
+            return bool(info["pending"])
+
+        await wait_for(in_flight, timeout=8, interval=0.02, what="the reminder in flight")
+    finally:
+        await redis.aclose()
+    worker.stop(signal.SIGKILL)
+    assert await notifications(client.app[ENGINE], user) == 0
+    assert await reminders_seen(events, user, until=time.monotonic() + 1.5) == []
+
+    replacement = start_worker(processes)
+    await ready(replacement, "reminder worker ready")
+    seen = await reminders_seen(events, user, until=time.monotonic() + 10, expect=1)
+    assert [e["event"]["data"]["bookingId"] for e, _ in seen] == [booking["id"]]
+    assert await notifications(client.app[ENGINE], user) == 1
+    due = datetime.fromisoformat(seen[0][0]["event"]["data"]["dueAt"].replace("Z", "+00:00"))
+    print(f"after SIGKILL: delivered {(seen[0][1] - due).total_seconds():.3f}s after due")  # noqa: T201
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_lateness() -> Iterator[None]:
+    yield
+    if LATENESS:
+        ordered = sorted(LATENESS)
+        print(  # noqa: T201
+            f"\nreminder lateness over {len(ordered)}: min {ordered[0]:.3f}s, "
+            f"median {ordered[len(ordered) // 2]:.3f}s, max {ordered[-1]:.3f}s"
+        )
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, so it can really be stopped, restarted and flushed."""
+
+    def __init__(self, tmp: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tmp
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen(
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise AssertionError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="needs a redis-server binary")
+async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_reminded_once(
+    make_client: Callable[..., Any],
+    settings: Settings,
+    tmp_path: Path,
+    processes: Callable[..., Proc],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redis_server = PrivateRedis(tmp_path)
+    redis_server.start()
+    try:
+        client: Client = await make_client(redis_url=redis_server.url, db_timeout=0.5)
+        monkeypatch.setitem(os.environ, "REDIS_URL", redis_server.url)
+        worker = start_worker(processes, redis_url=redis_server.url)
+        scheduler = start_scheduler(processes, redis_url=redis_server.url)
+        await ready(worker, "reminder worker ready")
+        await ready(scheduler, "reminder scheduler ready")
+        resp = await client.post(
+            "/api/auth/register",
+            json={
+                "email": f"down-{uuid.uuid4().hex[:8]}@example.com",
+                "password": "correct horse",
+                "name": "D",
+            },
+        )
+        session = await resp.json()
+        engine = client.app[ENGINE]
+        async with engine.connect() as conn:
+            user = await get_user(conn, uuid.UUID(session["user"]["id"]))
+        assert user is not None
+
+        redis_server.stop()
+        start = datetime.now(UTC) + timedelta(seconds=5)
+        created = await client.app[BOOKINGS].create(
+            user,
+            {
+                "title": "While down",
+                "start_time": start,
+                "end_time": start + timedelta(seconds=1),
+                "reminder_minutes_before": 0,
+            },
+        )
+        down_id = created.booking["id"]
+        redis_server.start()  # back, and empty: nothing of the schedule survived
+        flushed = await book(client, session, seconds=6)
+        redis = Redis.from_url(redis_server.url)
+        try:
+            await redis.flushdb()
+            pubsub = redis.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(f"{settings.redis_prefix}events")
+            seen = await reminders_seen(pubsub, session, until=time.monotonic() + 12, expect=2)
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await redis.aclose()
+        assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([down_id, flushed["id"]])
+        for envelope, arrived in seen:
+            lateness(envelope, arrived)
+        assert await notifications(engine, session) == 2
+    finally:
+        redis_server.stop()
