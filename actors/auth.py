@@ -111,16 +111,21 @@ class AuthService:
     async def ensure_admin(self, *, email: str, password: str, name: str = "Administrator") -> User:
         """Create the admin, or promote and re-password an existing account (idempotent)."""
         password_hash = await hash_password(password)
+        try:
+            async with self._engine.begin() as conn:
+                if await users.get_user_by_email(conn, email) is None:
+                    return await users.insert_user(
+                        conn, email=email, name=name, password_hash=password_hash, role="admin"
+                    )
+        except DuplicateEmail:
+            pass  # another process created it between our read and our insert: promote that one
         async with self._engine.begin() as conn:
             existing = await users.get_user_by_email(conn, email)
-            if existing is None:
-                return await users.insert_user(
-                    conn, email=email, name=name, password_hash=password_hash, role="admin"
-                )
-            updated = await users.update_user(
+            updated = existing and await users.update_user(
                 conn, existing.id, role="admin", status="active", password_hash=password_hash
             )
-            assert updated is not None  # noqa: S101  (row locked by the same transaction)
+            if not updated:
+                raise Conflict(f"could not create or promote {email}; retry")
             return updated
 
     async def _session(self, conn: AsyncConnection, user: User) -> Session:

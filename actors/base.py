@@ -170,6 +170,7 @@ class Registry(Generic[K]):
         self._mailbox_size = mailbox_size
         self._idle_timeout = idle_timeout
         self._actors: dict[K, Actor[K]] = {}
+        self._subscribers: dict[K, list[Subscriber]] = {}
         self._closed = False
 
     def __len__(self) -> int:
@@ -187,7 +188,12 @@ class Registry(Generic[K]):
             raise Unavailable("the service is shutting down")
         actor = self._actors.get(key)
         if actor is None or not actor.accepting:
-            actor = Actor(key, self._factory(key), self._mailbox_size, self._idle_timeout, self._forget)
+            # The subscriber list belongs to the key, not to one actor: a replacement actor (after an
+            # idle stop raced a subscribe, or a crash) serves the same open sockets.
+            subscribers = self._subscribers.setdefault(key, [])
+            actor = Actor(
+                key, self._factory(key), self._mailbox_size, self._idle_timeout, self._forget, subscribers
+            )
             self._actors[key] = actor
             actor.start()
         return actor
@@ -214,8 +220,15 @@ class Registry(Generic[K]):
             actor.fanout(event)
 
     def _forget(self, actor: Actor[K]) -> None:
-        if self._actors.get(actor.key) is actor:
-            del self._actors[actor.key]
+        if self._actors.get(actor.key) is not actor:
+            return
+        del self._actors[actor.key]
+        if not actor.subscribers:
+            self._subscribers.pop(actor.key, None)
+        elif not self._closed:
+            # Only a crash or a cancellation ends an actor that still has subscribers (idle actors
+            # stop only without any): a fresh actor takes over the same list, so sockets keep working.
+            self.get(actor.key)
 
     async def close(self, grace: float = 10.0) -> None:
         """Refuse new work, drain every mailbox, then cancel whatever is still running."""

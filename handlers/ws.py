@@ -42,7 +42,7 @@ from handlers.ws_protocol import (
 )
 from server.keys import AUTH, BOOKINGS, LIMITER, METRICS, REGISTRY, SETTINGS, WEBSOCKETS
 from server.logs import user_id_var
-from server.middlewares import _is_dependency_failure as is_dependency_failure  # one rule for REST and WS
+from server.middlewares import is_dependency_failure  # one rule for REST and WS
 from server.settings import Settings
 from storage.users import User
 

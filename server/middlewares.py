@@ -39,7 +39,7 @@ _STATUS_SLUGS = {
 }
 
 
-def _is_dependency_failure(exc: BaseException) -> bool:
+def is_dependency_failure(exc: BaseException) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, DBAPIError):
@@ -68,7 +68,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     metrics = request.app[METRICS]
     metrics.requests.labels(request.method, route, str(response.status)).inc()
-    metrics.latency.labels(request.method, route).observe(elapsed)
+    if response.status != 101:  # a WebSocket's lifetime is not a request latency
+        metrics.latency.labels(request.method, route).observe(elapsed)
     # The path only: query strings may carry tokens (WebSocket `?token=`), and logs must not.
     access_log.info(
         "%s %s %d %.1fms",
@@ -101,7 +102,7 @@ async def _guarded(request: web.Request, handler: Handler, request_id: str) -> w
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        if _is_dependency_failure(exc):
+        if is_dependency_failure(exc):
             log.warning("dependency unavailable: %s", type(exc).__name__)
             return from_domain(Unavailable("a backing service is unavailable; retry shortly"), request_id)
         log.exception("unhandled error")

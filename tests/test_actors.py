@@ -460,3 +460,23 @@ async def test_the_actor_task_does_not_inherit_the_spawning_callers_context(
     )
     assert second == ("two", None, "req-B")
     assert third == ("three", None, None)
+
+
+async def test_subscribers_survive_a_crashed_actor(make_registry: MakeRegistry) -> None:
+    async def handler(message: str) -> str:
+        return message
+
+    registry = make_registry(lambda key: handler)
+    seen: list[dict[str, Any]] = []
+    unsubscribe = registry.subscribe("alice", seen.append)
+    first = actor_of(registry, "alice")
+    assert first.task is not None
+    first.task.cancel()
+    await until(
+        lambda: "alice" in registry and actor_of(registry, "alice") is not first, what="a replacement"
+    )
+    registry.deliver("alice", {"n": 1})
+    assert seen == [{"n": 1}]
+    unsubscribe()
+    registry.deliver("alice", {"n": 2})
+    assert seen == [{"n": 1}]

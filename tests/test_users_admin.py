@@ -81,3 +81,17 @@ async def test_admin_promotes_a_user(client: Client, admin: dict[str, Any], regi
     assert resp.status == 200
     listing = await client.get("/api/users", headers=auth(user))
     assert listing.status == 200
+
+
+async def test_concurrent_ensure_admin_for_one_new_email_makes_one_admin(client: Client) -> None:
+    import asyncio
+
+    from server.keys import AUTH
+    from tests.support import unique_email
+
+    email = unique_email("race-admin")
+    results = await asyncio.gather(
+        *(client.app[AUTH].ensure_admin(email=email, password="admin password 123") for _ in range(4))
+    )
+    assert len({u.id for u in results}) == 1
+    assert all(u.role == "admin" for u in results)
