@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
+from marshmallow import Schema
 
 from actors.bookings import parse_if_match
 from actors.errors import FieldError, ValidationFailed
@@ -34,7 +35,7 @@ routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 _create = CreateBookingRequest()
-_update = UpdateBookingRequest()
+_update_schema = UpdateBookingRequest()
 _status = StatusRequest()
 _list = BookingListQuery()
 _limit = BookingLimitQuery()
@@ -212,10 +213,15 @@ _MUTATION_ERRORS: dict[int, dict[str, Any]] = {
 )
 @request_schema(UpdateBookingRequest)
 async def patch_booking(request: web.Request) -> web.Response:
+    return await _update(request, _update_schema)
+
+
+async def _update(request: web.Request, schema: Schema) -> web.Response:
+    """PATCH of fields and PATCH of status: one path, differing only in what the body may hold."""
     user = await require_user(request)
     booking_id = path_uuid(request)
     if_match = parse_if_match(request.headers.get("If-Match"))
-    changes = await body(request, _update)
+    changes = await body(request, schema)
     view = await request.app[BOOKINGS].update(user, booking_id, changes, if_match=if_match)
     return json_response(view, headers=_etag(view))
 
@@ -230,12 +236,7 @@ async def patch_booking(request: web.Request) -> web.Response:
 )
 @request_schema(StatusRequest)
 async def patch_status(request: web.Request) -> web.Response:
-    user = await require_user(request)
-    booking_id = path_uuid(request)
-    if_match = parse_if_match(request.headers.get("If-Match"))
-    changes = await body(request, _status)
-    view = await request.app[BOOKINGS].update(user, booking_id, changes, if_match=if_match)
-    return json_response(view, headers=_etag(view))
+    return await _update(request, _status)
 
 
 @routes.delete("/api/booking/{id}")
