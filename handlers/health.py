@@ -43,6 +43,11 @@ async def _database(request: web.Request) -> None:
     },
 )
 async def health(request: web.Request) -> web.Response:
+    return await health_response(request)
+
+
+async def health_response(request: web.Request) -> web.Response:
+    """The dependency checks of any app holding ENGINE, REDIS and SETTINGS (the job service too)."""
     timeout = request.app[SETTINGS].health_timeout
     database, redis = await asyncio.gather(
         _check(_database(request), timeout),

@@ -84,12 +84,19 @@ class ReminderBroker(RedisStreamBroker):
                     continue
 
 
+def stream_name(settings: Settings) -> str:
+    return f"{settings.redis_prefix}taskiq:stream"
+
+
+def group_name(settings: Settings) -> str:
+    return f"{settings.redis_prefix}taskiq:workers"
+
+
 def make_broker(settings: Settings, *, idle_timeout_ms: int = 60_000) -> ReminderBroker:
-    prefix = settings.redis_prefix
     return ReminderBroker(
         settings.redis_url,
-        queue_name=f"{prefix}taskiq:stream",
-        consumer_group_name=f"{prefix}taskiq:workers",
+        queue_name=stream_name(settings),
+        consumer_group_name=group_name(settings),
         # From the start of the stream: messages added while the group did not exist (after FLUSHDB,
         # before the first worker) are still read; an existing group keeps its position.
         consumer_id="0",

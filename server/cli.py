@@ -47,6 +47,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from server import logs
+    from server.jobs import create_jobs_app
+
+    settings = _settings()
+    logs.configure(level=settings.log_level, json_output=settings.log_json, process="jobs")
+    port = args.port if args.port is not None else settings.job_port
+    host = args.host or settings.host
+    logging.getLogger("server").info("job service %d listening on %s:%d", os.getpid(), host, port)
+    web.run_app(
+        create_jobs_app(settings),
+        host=host,
+        port=port,
+        reuse_port=True,
+        access_log=None,
+        shutdown_timeout=10.0,
+        print=None,
+    )
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from storage import migrate
 
@@ -134,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, default=None, help="port (default PORT or 5000; SO_REUSEPORT)")
     serve.set_defaults(func=cmd_serve)
+
+    jobs = sub.add_parser(
+        "jobs", help="job service: /jobs/health, /jobs/metrics, /jobs/queue/stats, /jobs/cleanup (admin)"
+    )
+    jobs.add_argument("--host", default=None, help="bind address (default HOST or 0.0.0.0)")
+    jobs.add_argument("--port", type=int, default=None, help="port (default JOB_PORT or 5001; SO_REUSEPORT)")
+    jobs.set_defaults(func=cmd_jobs)
 
     migrate = sub.add_parser("migrate", help="release step: alembic upgrade head (never run at web start-up)")
     migrate.add_argument("--revision", default="head", help="upgrade to this revision (default head)")

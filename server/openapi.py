@@ -36,16 +36,24 @@ def _tidy(document: dict[str, Any]) -> None:
                     response["content"] = {"application/problem+json": json_body}
 
 
-def setup_openapi(app: web.Application) -> None:
+def setup_openapi(
+    app: web.Application,
+    *,
+    title: str = "Booking API",
+    url: str = OPENAPI_PATH,
+    swagger_path: str | None = "/api/",
+    static_path: str = "/api/docs/static",
+    description: str = DESCRIPTION,
+) -> None:
     setup_aiohttp_apispec(
         app,
-        title="Booking API",
+        title=title,
         version=VERSION,
-        url=OPENAPI_PATH,
-        swagger_path="/api/",
-        static_path="/api/docs/static",
+        url=url,
+        swagger_path=swagger_path,
+        static_path=static_path,
         openapi_version="3.0.3",
-        info={"description": DESCRIPTION},
+        info={"description": description},
         components={
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
         },

@@ -22,6 +22,7 @@ from taskiq.kicker import AsyncKicker
 from actors.views import booking_view, iso
 from server.broker import DELIVER_REMINDER, LEAD, ReminderSource
 from server.events import EventBus, make_event
+from server.jobstats import JobStats
 from server.settings import Settings
 from storage import reminders as store
 from storage.db import create_engine
@@ -99,9 +100,17 @@ async def deliver(
 
 
 async def deliver_reminder(booking_id: str, due_at: str, state: TaskiqState = TaskiqDepends()) -> str:  # noqa: B008
-    outcome = await deliver(
-        state.engine, state.bus, booking_id=uuid.UUID(booking_id), due_at=datetime.fromisoformat(due_at)
-    )
+    """The task: one delivery, counted in Redis for the job service (server/jobstats.py)."""
+    stats: JobStats = state.stats
+    key = uuid.UUID(booking_id)
+    try:
+        outcome = await deliver(
+            state.engine, state.bus, booking_id=key, due_at=datetime.fromisoformat(due_at)
+        )
+    except Exception as exc:
+        await stats.record(booking_id=key, due_at=due_at, status="failed", error=exc)
+        raise
+    await stats.record(booking_id=key, due_at=due_at, status=outcome.status, lateness=outcome.lateness)
     return outcome.status
 
 
@@ -116,6 +125,7 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
             settings.redis_url, socket_timeout=settings.db_timeout, socket_connect_timeout=settings.db_timeout
         )
         state.bus = EventBus(state.redis, prefix=settings.redis_prefix, registry=None)
+        state.stats = JobStats(state.redis, prefix=settings.redis_prefix)
 
     @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
     async def shutdown(state: TaskiqState) -> None:

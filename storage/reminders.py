@@ -179,3 +179,11 @@ async def mark_read(
     )
     row = (await conn.execute(stmt)).one_or_none()
     return _notification(row) if row else None
+
+
+async def purge_read_notifications(conn: AsyncConnection, *, read_before: datetime) -> int:
+    """Delete notifications read before `read_before`; unread ones are kept whatever their age."""
+    stmt = sa.delete(notifications).where(
+        notifications.c.read_at.is_not(None), notifications.c.read_at < read_before
+    )
+    return int((await conn.execute(stmt)).rowcount or 0)

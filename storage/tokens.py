@@ -92,3 +92,13 @@ async def revoke_user_families(conn: AsyncConnection, user_id: uuid.UUID, *, rea
         .where(refresh_families.c.user_id == user_id, refresh_families.c.revoked_at.is_(None))
         .values(revoked_at=sa.func.now(), revoke_reason=reason)
     )
+
+
+async def purge_expired(conn: AsyncConnection, *, expired_before: datetime) -> tuple[int, int]:
+    """Delete refresh tokens (used or not) that expired before `expired_before`, then the families left
+    without tokens. An unexpired used token is kept: presenting it again must still revoke its family.
+    Returns (tokens, families) deleted."""
+    tokens = await conn.execute(sa.delete(refresh_tokens).where(refresh_tokens.c.expires_at < expired_before))
+    orphaned = ~sa.exists().where(refresh_tokens.c.family_id == refresh_families.c.id)
+    families = await conn.execute(sa.delete(refresh_families).where(orphaned))
+    return int(tokens.rowcount or 0), int(families.rowcount or 0)

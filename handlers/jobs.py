@@ -1,0 +1,266 @@
+"""The job service's endpoints (`/jobs/…`, admin only): health, reminder metrics, queue stats, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp_apigami import docs, request_schema
+from marshmallow import Schema, ValidationError, fields, validate
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from actors.errors import FieldError, Forbidden, Unauthorized, ValidationFailed
+from handlers import health
+from handlers.common import bearer_token, json_response
+from handlers.schemas import HealthOut, Problem, Strict
+from handlers.validation import read_json
+from handlers.validation import validate as validate_body
+from server import jobstats
+from server.broker import group_name, schedule_id, stream_name
+from server.keys import AUTH, CURRENT_USER, ENGINE, REDIS, SETTINGS
+from storage import bookings as booking_store
+from storage import reminders as reminder_store
+from storage import tokens as token_store
+from storage.users import User
+
+routes = web.RouteTableDef()
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+_AUTH_ERRORS: dict[int, dict[str, Any]] = {
+    401: {"schema": Problem, "description": "Missing or invalid access token"},
+    403: {"schema": Problem, "description": "Not an admin"},
+    503: {"schema": Problem, "description": "PostgreSQL or Redis is unavailable"},
+}
+
+
+async def require_admin(request: web.Request) -> User:
+    """The web app's bearer check (same parsing, same AuthService), then the role. No per-user rate
+    limit here: it lives in Redis, and /jobs/health must still answer (503) when Redis is down."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing bearer token")
+    user = await request.app[AUTH].authenticate(token)
+    request[CURRENT_USER] = user
+    if not user.is_admin:
+        raise Forbidden("admin role required")
+    return user
+
+
+@routes.get("/jobs/health")
+@docs(
+    tags=["jobs"],
+    summary="Database and Redis checks of the job service (answers within 1 s)",
+    security=[{"bearerAuth": []}],
+    responses={
+        200: {"schema": HealthOut, "description": "All dependencies answer"},
+        503: {"schema": HealthOut, "description": "A dependency is failing; `checks` names it"},
+        **{k: v for k, v in _AUTH_ERRORS.items() if k != 503},
+    },
+)
+async def jobs_health(request: web.Request) -> web.Response:
+    await require_admin(request)
+    return await health.health_response(request)
+
+
+async def _metrics(request: web.Request) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    redis = request.app[REDIS]
+
+    async def pending_rows() -> int:
+        async with request.app[ENGINE].connect() as conn:
+            return await reminder_store.count_pending(conn)
+
+    # Every probe finishes before an error propagates: none outlives the request (or the app's engine).
+    results = await asyncio.gather(
+        jobstats.read(redis, prefix=settings.redis_prefix),
+        jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
+        pending_rows(),
+        jobstats.count_keys(redis, f"{settings.redis_prefix}schedule:data:{schedule_id('*')}"),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    snapshot, queue, in_database, in_redis = cast(
+        tuple[jobstats.Snapshot, dict[str, Any], int, int], tuple(results)
+    )
+    return {
+        "queue": {
+            "stream": queue["stream"],
+            "length": queue["length"],
+            "depth": queue["waiting"],
+            "pending": queue["pending"]["count"],
+        },
+        "inFlight": queue["pending"]["count"],
+        "scheduled": {"database": in_database, "redis": in_redis},
+        "counters": snapshot.counters,
+        "lateness": snapshot.lateness,
+        "recentFailures": snapshot.failures,
+    }
+
+
+class _Snapshot:
+    """A one-off collector: the metrics document as Prometheus families."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def collect(self) -> Iterator[Metric]:
+        data = self.data
+        yield GaugeMetricFamily(
+            "reminder_queue_depth",
+            "Stream entries not yet read by the workers",
+            value=data["queue"]["depth"] or 0,
+        )
+        yield GaugeMetricFamily(
+            "reminder_queue_length", "Entries in the stream", value=data["queue"]["length"]
+        )
+        yield GaugeMetricFamily("reminder_in_flight", "Read but not acknowledged", value=data["inFlight"])
+        scheduled = GaugeMetricFamily("reminders_scheduled", "Pending reminders", labels=["store"])
+        for store, value in data["scheduled"].items():
+            scheduled.add_metric([store], value)
+        yield scheduled
+        deliveries = CounterMetricFamily(
+            "reminder_deliveries", "Reminder delivery attempts by outcome", labels=["outcome"]
+        )
+        for outcome, value in data["counters"].items():
+            deliveries.add_metric([outcome], value)
+        yield deliveries
+        lateness = GaugeMetricFamily(
+            "reminder_lateness_seconds", "Seconds after due of recent sends", labels=["quantile"]
+        )
+        for name, quantile in (("p50", "0.5"), ("p99", "0.99"), ("max", "1")):
+            if data["lateness"][name] is not None:
+                lateness.add_metric([quantile], data["lateness"][name])
+        yield lateness
+        yield GaugeMetricFamily(
+            "reminder_lateness_samples",
+            "Samples behind the lateness quantiles",
+            value=data["lateness"]["samples"],
+        )
+
+
+def _wants_prometheus(request: web.Request) -> bool:
+    fmt = request.query.get("format")
+    if fmt is not None:
+        if fmt not in ("json", "prometheus"):
+            raise ValidationFailed(
+                "format must be json or prometheus", [FieldError("format", "json|prometheus")]
+            )
+        return fmt == "prometheus"
+    accept = request.headers.get("Accept", "")
+    return "text/plain" in accept and "application/json" not in accept
+
+
+@routes.get("/jobs/metrics")
+@docs(
+    tags=["jobs"],
+    summary="Reminder metrics: queue depth, in flight, scheduled, outcomes, lateness, recent failures",
+    description="JSON by default; Prometheus text with `?format=prometheus` or `Accept: text/plain`.",
+    security=[{"bearerAuth": []}],
+    parameters=[
+        {
+            "in": "query",
+            "name": "format",
+            "required": False,
+            "schema": {"type": "string", "enum": ["json", "prometheus"]},
+        }
+    ],
+    responses={
+        200: {"description": "The metrics (JSON or Prometheus text)"},
+        400: {"schema": Problem, "description": "Unknown format"},
+        **_AUTH_ERRORS,
+    },
+)
+async def jobs_metrics(request: web.Request) -> web.Response:
+    await require_admin(request)
+    prometheus = _wants_prometheus(request)
+    data = await _metrics(request)
+    if not prometheus:
+        return json_response(data)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(data))
+    response = web.Response(body=generate_latest(registry))
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+@routes.get("/jobs/queue/stats")
+@docs(
+    tags=["jobs"],
+    summary="The reminder stream: length, consumer groups, consumers with idle times, pending entries",
+    security=[{"bearerAuth": []}],
+    responses={200: {"description": "Stream statistics"}, **_AUTH_ERRORS},
+)
+async def queue_stats(request: web.Request) -> web.Response:
+    await require_admin(request)
+    settings = request.app[SETTINGS]
+    stats = await jobstats.queue_stats(
+        request.app[REDIS], stream=stream_name(settings), group=group_name(settings)
+    )
+    return json_response(stats)
+
+
+def _not_bool(value: Any) -> None:
+    if isinstance(value, bool):
+        raise ValidationError("Not a valid integer.")
+
+
+class CleanupRequest(Strict):
+    notification_days = fields.Integer(
+        strict=True,
+        load_default=30,
+        data_key="notificationDays",
+        validate=[_not_bool, validate.Range(min=1, max=3650)],
+        metadata={"description": "Delete notifications read more than this many days ago (default 30)"},
+    )
+
+
+class CleanupOut(Schema):
+    idempotency_keys = fields.Integer(required=True, data_key="idempotencyKeys")
+    notifications = fields.Integer(required=True)
+    refresh_tokens = fields.Integer(required=True, data_key="refreshTokens")
+    refresh_families = fields.Integer(required=True, data_key="refreshFamilies")
+
+
+@routes.post("/jobs/cleanup")
+@docs(
+    tags=["jobs"],
+    summary="Purge idempotency keys older than 24 h, old read notifications and expired refresh tokens",
+    description="The JSON body is optional.",
+    security=[{"bearerAuth": []}],
+    responses={
+        200: {"schema": CleanupOut, "description": "How many rows each purge deleted"},
+        400: {"schema": Problem, "description": "Invalid body"},
+        415: {"schema": Problem, "description": "Body is not JSON"},
+        **_AUTH_ERRORS,
+    },
+)
+@request_schema(CleanupRequest, required=False)
+async def cleanup(request: web.Request) -> web.Response:
+    await require_admin(request)
+    options: dict[str, Any] = {"notification_days": 30}
+    if request.body_exists:
+        if request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(text="request body must be application/json")
+        options = validate_body(CleanupRequest(), await read_json(request))
+    now = datetime.now(UTC)
+    async with request.app[ENGINE].begin() as conn:
+        keys = await booking_store.purge_idempotency(conn, older_than=now - IDEMPOTENCY_TTL)
+        notes = await reminder_store.purge_read_notifications(
+            conn, read_before=now - timedelta(days=options["notification_days"])
+        )
+        tokens, families = await token_store.purge_expired(conn, expired_before=now)
+    return json_response(
+        {
+            "idempotencyKeys": keys,
+            "notifications": notes,
+            "refreshTokens": tokens,
+            "refreshFamilies": families,
+        }
+    )

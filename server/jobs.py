@@ -1,0 +1,62 @@
+"""The job service's composition root: `create_jobs_app(settings)`, served by `booking jobs` on JOB_PORT.
+
+Its own cleanup contexts (database → Redis → auth), the web app's request_context middleware (request
+ids, problem+json), and `/jobs/…` paths served as they are (nginx strips nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp_apigami.constants import SWAGGER_DICT
+
+from actors.auth import AuthService
+from actors.security import TokenCodec
+from handlers import jobs
+from server.app import database_ctx, redis_ctx
+from server.keys import AUTH, ENGINE, METRICS, SETTINGS
+from server.metrics import Metrics
+from server.middlewares import request_context
+from server.openapi import setup_openapi
+from server.settings import Settings
+
+JOBS_OPENAPI_PATH = "/jobs/docs/openapi.json"
+
+DESCRIPTION = """Operations on reminder delivery. Every endpoint needs an admin access token
+(`Authorization: Bearer <accessToken>` from the web API's `/api/auth/login`)."""
+
+
+async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Tokens are checked exactly as the web app checks them (same codec, same AuthService)."""
+    settings = app[SETTINGS]
+    codec = TokenCodec(
+        access_secret=settings.jwt_secret,
+        refresh_secret=settings.refresh_secret,
+        access_ttl=settings.access_token_ttl,
+        refresh_ttl=settings.refresh_token_ttl,
+    )
+    app[AUTH] = AuthService(app[ENGINE], codec)
+    yield
+
+
+def create_jobs_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()  # request_context counts requests here too
+    app.cleanup_ctx.extend([database_ctx, redis_ctx, auth_ctx])
+    app.add_routes(jobs.routes)
+    setup_openapi(
+        app,
+        title="Booking job service",
+        url=JOBS_OPENAPI_PATH,
+        swagger_path=None,
+        static_path="/jobs/docs/static",
+        description=DESCRIPTION,
+    )
+
+    async def optional_cleanup_body(app: web.Application) -> None:  # after setup_openapi's tidy step
+        app[SWAGGER_DICT]["paths"]["/jobs/cleanup"]["post"]["requestBody"]["required"] = False
+
+    app.on_startup.append(optional_cleanup_body)
+    return app

@@ -1,0 +1,333 @@
+"""The job service in-process (`create_jobs_app`) against real PostgreSQL and Redis: the admin-only auth
+matrix, hostile cleanup bodies, health with a dead Redis, cleanup's purges, queue stats from a real
+consumer group, and /jobs/metrics numbers that match deliveries made through the real task function."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from openapi_spec_validator import validate
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+from taskiq import TaskiqState
+from taskiq.kicker import AsyncKicker
+
+from server.broker import DELIVER_REMINDER, group_name, make_broker, stream_name
+from server.events import EventBus
+from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
+from server.jobstats import JobStats
+from server.keys import ENGINE
+from server.settings import Settings
+from server.tasks import deliver_reminder
+from storage import reminders as store
+from storage.db import create_engine
+from storage.tables import idempotency_keys, notifications, refresh_families, refresh_tokens
+from tests.conftest import Client, Registrar, auth
+from tests.test_reminders import create
+
+ENDPOINTS = [
+    ("GET", "/jobs/health"),
+    ("GET", "/jobs/metrics"),
+    ("GET", "/jobs/queue/stats"),
+    ("POST", "/jobs/cleanup"),
+]
+MakeJobs = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def make_jobs(aiohttp_client: Callable[..., Awaitable[Client]], settings: Settings) -> MakeJobs:
+    async def make(**overrides: Any) -> Client:
+        return await aiohttp_client(create_jobs_app(replace(settings, **overrides)))
+
+    return make
+
+
+@pytest.fixture
+async def jobs(make_jobs: MakeJobs) -> Client:
+    return await make_jobs()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    r = Redis.from_url(redis_url)
+    yield r
+    await r.aclose()
+
+
+def is_problem(resp: Any, status: int) -> bool:
+    return bool(resp.status == status and resp.content_type == "application/problem+json")
+
+
+async def test_every_endpoint_is_admin_only(jobs: Client, register: Registrar, admin: dict[str, Any]) -> None:
+    user = await register()
+    for method, path in ENDPOINTS:
+        anonymous = await jobs.request(method, path)
+        assert is_problem(anonymous, 401), (path, anonymous.status)
+        assert anonymous.headers["X-Request-ID"]
+        forged = await jobs.request(method, path, headers={"Authorization": "Bearer not.a.token"})
+        assert is_problem(forged, 401), (path, forged.status)
+        basic = await jobs.request(method, path, headers={"Authorization": "Basic YTpi"})
+        assert is_problem(basic, 401), (path, basic.status)
+        # A refresh token is not an access token.
+        refresh = await jobs.request(
+            method, path, headers={"Authorization": f"Bearer {admin['refreshToken']}"}
+        )
+        assert is_problem(refresh, 401), (path, refresh.status)
+        forbidden = await jobs.request(method, path, headers=auth(user))
+        assert is_problem(forbidden, 403), (path, forbidden.status)
+        allowed = await jobs.request(method, path, headers=auth(admin))
+        assert allowed.status == 200, (path, await allowed.text())
+
+
+async def test_paths_are_served_unstripped_and_documented(jobs: Client, admin: dict[str, Any]) -> None:
+    assert (await jobs.get("/health", headers=auth(admin))).status == 404
+    assert (await jobs.get("/metrics", headers=auth(admin))).status == 404
+    resp = await jobs.get(JOBS_OPENAPI_PATH)
+    assert resp.status == 200
+    document = await resp.json()
+    validate(document)
+    assert {"/jobs/health", "/jobs/metrics", "/jobs/queue/stats", "/jobs/cleanup"} <= set(document["paths"])
+    assert document["paths"]["/jobs/cleanup"]["post"]["requestBody"]["required"] is False
+
+
+async def test_cleanup_rejects_hostile_bodies(jobs: Client, admin: dict[str, Any]) -> None:
+    headers = auth(admin)
+    text = await jobs.post("/jobs/cleanup", data="notificationDays=3", headers=headers)
+    assert is_problem(text, 415)
+    form = await jobs.post("/jobs/cleanup", data={"notificationDays": "3"}, headers=headers)
+    assert is_problem(form, 415)
+    json_headers = {**headers, "Content-Type": "application/json"}
+    for raw in ("{not json", "\xff\xfe", "[]", "true", "null", "7", '"x"'):
+        resp = await jobs.post("/jobs/cleanup", data=raw.encode("latin-1"), headers=json_headers)
+        assert is_problem(resp, 400), (raw, resp.status)
+    for body in (
+        {"notificationDays": "7"},
+        {"notificationDays": 7.5},
+        {"notificationDays": True},
+        {"notificationDays": None},
+        {"notificationDays": 0},
+        {"notificationDays": 10**12},
+        {"unexpected": 1},
+    ):
+        resp = await jobs.post("/jobs/cleanup", json=body, headers=headers)
+        assert is_problem(resp, 400), (body, resp.status)
+        problem = await resp.json()
+        assert problem["errors"] and problem["requestId"]
+    assert (await jobs.post("/jobs/cleanup", json={}, headers=headers)).status == 200
+    assert (await jobs.post("/jobs/cleanup", json={"notificationDays": 1}, headers=headers)).status == 200
+
+
+async def test_health_degrades_to_503_when_redis_is_dead(make_jobs: MakeJobs, admin: dict[str, Any]) -> None:
+    dead = await make_jobs(redis_url="redis://127.0.0.1:1/0")
+    resp = await dead.get("/jobs/health", headers=auth(admin))
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"] != "ok"
+    assert body["status"] == "degraded"
+    # The rest of the service says so as problem+json, never 500.
+    assert is_problem(await dead.get("/jobs/metrics", headers=auth(admin)), 503)
+
+
+async def test_cleanup_purges_only_what_is_old(
+    client: Client, jobs: Client, register: Registrar, admin: dict[str, Any]
+) -> None:
+    user = await register()
+    user_id = uuid.UUID(user["user"]["id"])
+    now = datetime.now(UTC)
+    engine: AsyncEngine = client.app[ENGINE]
+    old_family, live_family = uuid.uuid4(), uuid.uuid4()
+    expired_jti, used_live_jti = uuid.uuid4(), uuid.uuid4()
+    async with engine.begin() as conn:
+        keys = [f"old-{uuid.uuid4().hex}", f"new-{uuid.uuid4().hex}"]
+        for key, age in zip(keys, (timedelta(hours=25), timedelta(hours=1)), strict=True):
+            await conn.execute(
+                sa.insert(idempotency_keys).values(
+                    user_id=user_id,
+                    key=key,
+                    request_hash="h",
+                    status_code=201,
+                    response={},
+                    created_at=now - age,
+                )
+            )
+        notes = {}
+        for name, read_at in (
+            ("old-read", now - timedelta(days=40)),
+            ("recent-read", now - timedelta(days=2)),
+            ("unread", None),
+        ):
+            notes[name] = (
+                await conn.execute(
+                    sa.insert(notifications)
+                    .values(user_id=user_id, kind="system", title=name, created_at=now - timedelta(days=60))
+                    .values(read_at=read_at)
+                    .returning(notifications.c.id)
+                )
+            ).scalar_one()
+        await conn.execute(sa.insert(refresh_families).values([{"id": old_family, "user_id": user_id}]))
+        await conn.execute(sa.insert(refresh_families).values([{"id": live_family, "user_id": user_id}]))
+        await conn.execute(
+            sa.insert(refresh_tokens).values(
+                jti=expired_jti, family_id=old_family, expires_at=now - timedelta(days=1), used_at=now
+            )
+        )
+        await conn.execute(
+            sa.insert(refresh_tokens).values(
+                jti=used_live_jti, family_id=live_family, expires_at=now + timedelta(days=1), used_at=now
+            )
+        )
+
+    resp = await jobs.post("/jobs/cleanup", json={"notificationDays": 30}, headers=auth(admin))
+    assert resp.status == 200, await resp.text()
+    counts = await resp.json()
+    assert counts["idempotencyKeys"] >= 1 and counts["notifications"] >= 1
+    assert counts["refreshTokens"] >= 1 and counts["refreshFamilies"] >= 1
+
+    async with engine.connect() as conn:
+        left_keys = set(
+            (
+                await conn.execute(
+                    sa.select(idempotency_keys.c.key).where(idempotency_keys.c.user_id == user_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        left_notes = set(
+            (await conn.execute(sa.select(notifications.c.title).where(notifications.c.user_id == user_id)))
+            .scalars()
+            .all()
+        )
+        left_tokens = set((await conn.execute(sa.select(refresh_tokens.c.jti))).scalars().all())
+        left_families = set((await conn.execute(sa.select(refresh_families.c.id))).scalars().all())
+    assert left_keys == {keys[1]}
+    assert left_notes == {"recent-read", "unread"}
+    assert expired_jti not in left_tokens and old_family not in left_families
+    # A used but unexpired token stays: presenting it again must still revoke its family.
+    assert used_live_jti in left_tokens and live_family in left_families
+    # The user's own login family (unexpired) survives too.
+    assert (await client.get("/api/auth/me", headers=auth(user))).status == 200
+
+
+async def test_queue_stats_show_a_real_consumer_group(
+    jobs: Client, admin: dict[str, Any], settings: Settings, redis: Redis
+) -> None:
+    broker = make_broker(settings)
+    await broker.startup()  # declares the consumer group, as a worker does
+    stream, group = stream_name(settings), group_name(settings)
+    try:
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(DELIVER_REMINDER, broker, {})
+        for _ in range(3):
+            await kicker.kiq(booking_id=str(uuid.uuid4()), due_at=datetime.now(UTC).isoformat())
+        # One consumer reads one message and never acknowledges it: one in flight, two waiting.
+        await redis.xreadgroup(group, "test-consumer", {stream: ">"}, count=1)
+
+        resp = await jobs.get("/jobs/queue/stats", headers=auth(admin))
+        assert resp.status == 200
+        stats = await resp.json()
+        assert stats["stream"] == stream and stats["length"] == 3 and stats["waiting"] == 2
+        assert [g["name"] for g in stats["groups"]] == [group]
+        assert stats["groups"][0]["pending"] == 1
+        (consumer,) = [c for c in stats["consumers"] if c["name"] == "test-consumer"]
+        assert consumer["pending"] == 1 and isinstance(consumer["idleMs"], int)
+        assert stats["pending"]["count"] == 1
+
+        metrics = await (await jobs.get("/jobs/metrics", headers=auth(admin))).json()
+        assert metrics["queue"] == {"stream": stream, "length": 3, "depth": 2, "pending": 1}
+        assert metrics["inFlight"] == 1
+    finally:
+        await broker.shutdown()
+        await redis.delete(stream)
+
+
+async def test_metrics_match_the_deliveries_made(
+    client: Client,
+    jobs: Client,
+    register: Registrar,
+    admin: dict[str, Any],
+    settings: Settings,
+    redis: Redis,
+) -> None:
+    engine: AsyncEngine = client.app[ENGINE]
+    before = await (await jobs.get("/jobs/metrics", headers=auth(admin))).json()
+    assert before["counters"]["sent"] == 0 and before["lateness"]["samples"] == 0  # a fresh prefix
+
+    user = await register()
+    rows = []
+    for i in range(4):  # all due already: back-to-back hour-long bookings, reminders 10 h before
+        booking = await create(
+            client, user, start_in=timedelta(minutes=30 + 70 * i), reminderMinutesBefore=600
+        )
+        row = await reminder_row(engine, booking["id"])
+        rows.append(row)
+    metrics = await (await jobs.get("/jobs/metrics", headers=auth(admin))).json()
+    assert metrics["scheduled"]["redis"] == len(rows)
+    assert metrics["scheduled"]["database"] >= len(rows)
+
+    stats = JobStats(redis, prefix=settings.redis_prefix)
+    state = TaskiqState()
+    state.engine, state.bus, state.stats = (
+        engine,
+        EventBus(redis, prefix=settings.redis_prefix, registry=None),
+        stats,
+    )
+    # An honest failure: the same task with a worker whose PostgreSQL is unreachable.
+    broken = TaskiqState()
+    broken.engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none", pool_size=1, timeout=1.0)
+    broken.bus, broken.stats = state.bus, stats
+    first = rows[0]
+    try:
+        with pytest.raises(OSError):
+            await deliver_reminder(str(first.booking_id), first.due_at.isoformat(), broken)
+    finally:
+        await broken.engine.dispose()
+    statuses = [await deliver_reminder(str(r.booking_id), r.due_at.isoformat(), state) for r in rows]
+    duplicate = await deliver_reminder(str(rows[1].booking_id), rows[1].due_at.isoformat(), state)
+    assert statuses == ["sent"] * len(rows) and duplicate == "duplicate"
+
+    resp = await jobs.get("/jobs/metrics", headers=auth(admin))
+    assert resp.status == 200
+    after = await resp.json()
+    assert after["counters"] == {
+        "sent": len(rows),  # the failed reminder was sent on its retry
+        "duplicate": 1,
+        "inactive": 0,
+        "early": 0,
+        "failed": 1,
+        "retried": 1,
+    }
+    lateness = after["lateness"]
+    assert lateness["samples"] == len(rows)
+    assert 0 <= lateness["p50"] <= lateness["p99"] <= lateness["max"]
+    (failure,) = after["recentFailures"]
+    assert failure["bookingId"] == str(first.booking_id)
+    assert failure["dueAt"] == first.due_at.isoformat()
+    assert failure["error"] and "postgres" not in json.dumps(failure).lower()
+    assert after["scheduled"]["database"] <= metrics["scheduled"]["database"] - len(rows)
+
+    # The same numbers as Prometheus text, by query or by Accept.
+    for kwargs in ({"params": {"format": "prometheus"}}, {"headers": {"Accept": "text/plain"}}):
+        headers = {**auth(admin), **kwargs.pop("headers", {})}
+        text_resp = await jobs.get("/jobs/metrics", headers=headers, **kwargs)
+        assert text_resp.status == 200 and text_resp.content_type == "text/plain"
+        text = await text_resp.text()
+        assert f'reminder_deliveries_total{{outcome="sent"}} {float(len(rows))}' in text
+        assert 'reminder_deliveries_total{outcome="failed"} 1.0' in text
+        assert 'reminder_lateness_seconds{quantile="0.99"}' in text
+    bad = await jobs.get("/jobs/metrics", params={"format": "xml"}, headers=auth(admin))
+    assert is_problem(bad, 400)
+
+
+async def reminder_row(engine: AsyncEngine, booking_id: str) -> store.Reminder:
+    async with engine.connect() as conn:
+        row = await store.get_reminder(conn, uuid.UUID(booking_id))
+    assert row is not None and row.state == "pending"
+    return row
