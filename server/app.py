@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from aiohttp import web
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actors.auth import AuthService
 from actors.base import Event, Registry
@@ -61,15 +62,20 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+def auth_service(settings: Settings, engine: AsyncEngine) -> AuthService:
+    """The one way every process (web, jobs, CLI) builds token checking and issuing."""
     codec = TokenCodec(
         access_secret=settings.jwt_secret,
         refresh_secret=settings.refresh_secret,
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
     )
-    app[AUTH] = AuthService(app[ENGINE], codec)
+    return AuthService(engine, codec)
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[AUTH] = auth_service(settings, app[ENGINE])
     app[LIMITER] = RateLimiter(app[REDIS], prefix=settings.redis_prefix)
     if settings.admin_email and settings.admin_password:
         admin = await app[AUTH].ensure_admin(email=settings.admin_email, password=settings.admin_password)

@@ -8,7 +8,10 @@ import getpass
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from aiohttp import web
 
 from server.settings import Settings, SettingsError
 
@@ -22,21 +25,22 @@ def _settings() -> Settings:
         sys.exit(f"configuration error: {exc}")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
+def _run_http(
+    args: argparse.Namespace, process: str, make_app: Callable[[Settings], web.Application], default_port: int
+) -> int:
+    """`serve` and `jobs` run the same way: SO_REUSEPORT (several processes on one port), no access
+    log from aiohttp (ours omits query strings), a bounded graceful shutdown."""
     from server import logs
-    from server.app import create_app
 
     settings = _settings()
-    logs.configure(level=settings.log_level, json_output=settings.log_json, process="web")
-    port = args.port if args.port is not None else settings.port
+    logs.configure(level=settings.log_level, json_output=settings.log_json, process=process)
+    port = args.port if args.port is not None else default_port
     host = args.host or settings.host
     logging.getLogger("server").info(
-        "web process %d listening on %s:%d (%s)", os.getpid(), host, port, settings.environment
+        "%s process %d listening on %s:%d (%s)", process, os.getpid(), host, port, settings.environment
     )
     web.run_app(
-        create_app(settings),
+        make_app(settings),
         host=host,
         port=port,
         reuse_port=True,
@@ -45,29 +49,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print=None,
     )
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import create_app
+
+    return _run_http(args, "web", create_app, _settings().port)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from server import logs
     from server.jobs import create_jobs_app
 
-    settings = _settings()
-    logs.configure(level=settings.log_level, json_output=settings.log_json, process="jobs")
-    port = args.port if args.port is not None else settings.job_port
-    host = args.host or settings.host
-    logging.getLogger("server").info("job service %d listening on %s:%d", os.getpid(), host, port)
-    web.run_app(
-        create_jobs_app(settings),
-        host=host,
-        port=port,
-        reuse_port=True,
-        access_log=None,
-        shutdown_timeout=10.0,
-        print=None,
-    )
-    return 0
+    return _run_http(args, "jobs", create_jobs_app, _settings().job_port)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -82,8 +75,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
-    from actors.auth import AuthService
-    from actors.security import TokenCodec
+    from server.app import auth_service
     from storage.db import create_engine
 
     settings = _settings()
@@ -94,14 +86,8 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         engine = create_engine(settings.sqlalchemy_url, pool_size=1)
-        codec = TokenCodec(
-            access_secret=settings.jwt_secret,
-            refresh_secret=settings.refresh_secret,
-            access_ttl=settings.access_token_ttl,
-            refresh_ttl=settings.refresh_token_ttl,
-        )
         try:
-            user = await AuthService(engine, codec).ensure_admin(
+            user = await auth_service(settings, engine).ensure_admin(
                 email=email, password=password, name=args.name
             )
         finally:

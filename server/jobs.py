@@ -11,10 +11,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp_apigami.constants import SWAGGER_DICT
 
-from actors.auth import AuthService
-from actors.security import TokenCodec
 from handlers import jobs
-from server.app import database_ctx, redis_ctx
+from server.app import auth_service, database_ctx, redis_ctx
 from server.keys import AUTH, ENGINE, METRICS, SETTINGS
 from server.metrics import Metrics
 from server.middlewares import request_context
@@ -29,14 +27,7 @@ DESCRIPTION = """Operations on reminder delivery. Every endpoint needs an admin 
 
 async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     """Tokens are checked exactly as the web app checks them (same codec, same AuthService)."""
-    settings = app[SETTINGS]
-    codec = TokenCodec(
-        access_secret=settings.jwt_secret,
-        refresh_secret=settings.refresh_secret,
-        access_ttl=settings.access_token_ttl,
-        refresh_ttl=settings.refresh_token_ttl,
-    )
-    app[AUTH] = AuthService(app[ENGINE], codec)
+    app[AUTH] = auth_service(app[SETTINGS], app[ENGINE])
     yield
 
 

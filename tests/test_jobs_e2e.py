@@ -43,7 +43,7 @@ async def test_jobs_metrics_match_real_deliveries(
     (port,) = free_ports(1)
     jobs = processes("jobs", ["jobs", "--host", "127.0.0.1", "--port", str(port)])
     worker, scheduler = start_worker(processes), start_scheduler(processes)
-    await ready(jobs, "job service")
+    await ready(jobs, "jobs process")
     await ready(worker, "reminder worker ready")
     await ready(scheduler, "reminder scheduler ready")
     base = f"http://127.0.0.1:{port}"
