@@ -1,0 +1,494 @@
+"""Deployment files, checked with real parsers (Docker cannot run here): docker-compose.yml (YAML),
+ops/Dockerfile, .dockerignore, the Procfile runner every container uses, and both nginx configs (`nginx -t`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from server.supervisor import parse_procfile
+from tests import nginx_support
+from tests.processes import free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = ROOT / "ops" / "procfile"
+PROCFILE = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
+
+DEV = {"postgres", "redis", "migrate", "web", "jobs", "worker", "scheduler", "nginx"}
+PROD = {"migrate-prod", "web-prod", "jobs-prod", "worker-prod", "scheduler-prod", "nginx-prod"}
+# Compose service → the Procfile process it runs (a platform calls the release step `release`).
+PROCESS_OF = {
+    "migrate": "release",
+    "web": "web",
+    "jobs": "jobs",
+    "worker": "worker",
+    "scheduler": "scheduler",
+}
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+DEV_TOOLS = {"pytest", "pytest-aiohttp", "pytest-asyncio", "pytest-timeout", "mypy", "ruff"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def process_of(service: str) -> str | None:
+    return PROCESS_OF.get(service.removesuffix("-prod"))
+
+
+def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in services.items() if process_of(name) is not None}
+
+
+# ---------------------------------------------------------------- compose structure
+
+
+def test_compose_has_the_dev_stack_by_default_and_prod_behind_a_profile(services: dict[str, Any]) -> None:
+    assert set(services) == DEV | PROD
+    for name in DEV:
+        assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
+    for name in PROD:
+        assert services[name].get("profiles") == ["prod"], name
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["redis"]["image"].startswith("redis:7")
+    assert services["web"]["deploy"]["replicas"] >= 2
+    assert services["web-prod"]["deploy"]["replicas"] >= 2
+    assert services["scheduler"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
+    assert services["scheduler-prod"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
+
+
+def test_nginx_publishes_port_80_and_prod_443(services: dict[str, Any]) -> None:
+    assert "80:80" in services["nginx"]["ports"]
+    assert {"80:80", "443:443"} <= set(services["nginx-prod"]["ports"])
+    published = [
+        p for name, svc in services.items() for p in svc.get("ports", []) if name not in DEV - {"nginx"}
+    ]
+    assert sorted(published) == ["443:443", "80:80", "80:80"], "only nginx is public"
+    for name in ("postgres", "redis"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+
+
+def test_every_dependency_waits_on_a_condition_its_target_can_meet(services: dict[str, Any]) -> None:
+    for name, svc in services.items():
+        for target, spec in svc.get("depends_on", {}).items():
+            assert isinstance(spec, dict) and spec.get("condition") in CONDITIONS, f"{name} → {target}"
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target}'s healthcheck"
+            if spec["condition"] == "service_completed_successfully":
+                assert services[target].get("restart") == "no", f"{target} is one-shot"
+            if process_of(target) == "release":
+                assert spec["condition"] == "service_completed_successfully", f"{name} runs after migrations"
+    for name in ("postgres", "redis", "web", "jobs", "nginx", "web-prod", "jobs-prod", "nginx-prod"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+    for name, svc in app_services(services).items():
+        if process_of(name) != "release":
+            migrate = "migrate-prod" if name in PROD else "migrate"
+            assert svc["depends_on"][migrate]["condition"] == "service_completed_successfully", name
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["nginx"]["depends_on"]["web"]["condition"] == "service_healthy"
+    assert services["nginx"]["depends_on"]["jobs"]["condition"] == "service_healthy"
+
+
+def test_healthchecks_hit_the_real_health_endpoints(services: dict[str, Any]) -> None:
+    assert "/health" in " ".join(services["web"]["healthcheck"]["test"])
+    assert "/jobs/health" in " ".join(services["jobs"]["healthcheck"]["test"])
+    assert services["web"]["healthcheck"] == services["web-prod"]["healthcheck"]
+    for svc in services.values():
+        for part in svc.get("healthcheck", {}).get("test", []):
+            assert "$" not in part, "compose would interpolate it"
+
+
+def test_python_healthchecks_compile(services: dict[str, Any]) -> None:
+    for name, svc in services.items():
+        check = svc.get("healthcheck", {}).get("test", [])
+        if check[1:3] == ["python", "-c"]:
+            compile(check[3], f"{name} healthcheck", "exec")
+
+
+def test_prod_is_self_contained_and_has_no_dev_mounts(services: dict[str, Any]) -> None:
+    def closure(name: str) -> set[str]:
+        seen = {name}
+        for target in services[name].get("depends_on", {}):
+            seen |= closure(target)
+        return seen
+
+    # `docker compose --profile prod up -d nginx-prod` starts exactly the production stack.
+    assert closure("nginx-prod") == PROD
+    assert closure("nginx") <= DEV
+    assert all(closure(name) <= DEV for name in DEV), "the dev stack never waits on a prod service"
+    for name in PROD:
+        svc = services[name]
+        assert set(svc.get("networks", [])) == {"prod"}, name
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            assert not source.startswith(
+                ("./server", "./handlers", "./actors", "./storage", "./migrations", ".:")
+            )
+            assert source.startswith(("./ops/nginx/", "${TLS_CERT_DIR", "acme")), f"{name}: {volume}"
+        if process_of(name) is not None:
+            assert "volumes" not in svc, name
+            assert svc["env_file"] == [".env"], f"{name} reads the external databases from .env"
+            assert svc["environment"]["NODE_ENV"] == "production"
+            assert "DATABASE_URL" not in svc["environment"] and "REDIS_URL" not in svc["environment"]
+            assert "PYTHONPATH" not in svc["environment"]
+
+
+def test_dev_mounts_source_only(services: dict[str, Any]) -> None:
+    for name, svc in app_services(services).items():
+        if name in PROD:
+            continue
+        sources = [v.split(":")[0] for v in svc["volumes"]]
+        assert "./server" in sources and "./Procfile" in sources, name
+        assert all(v.endswith(":ro") for v in svc["volumes"]), name
+        assert not any(s in {".", "./.venv", "./.data", "./.env"} for s in sources), name
+        assert svc["environment"]["PYTHONPATH"] == "/app", "mounted source shadows the installed package"
+        assert svc["environment"]["DATABASE_URL"].endswith("@postgres:5432/booking_db")
+
+
+def test_nginx_mounts_the_repo_configs(services: dict[str, Any]) -> None:
+    for name, conf in (("nginx", "dev.conf"), ("nginx-prod", "prod.conf")):
+        mounts = {v.split(":")[0]: v.split(":")[1] for v in services[name]["volumes"]}
+        assert mounts[f"./ops/nginx/{conf}"] == "/etc/nginx/nginx.conf"
+        assert mounts["./ops/nginx/compose"] == "/etc/nginx/booking"
+        text = (ROOT / "ops" / "nginx" / conf).read_text(encoding="utf-8")
+        for include in re.findall(r"^\s*include\s+(\S+);", text, re.MULTILINE):
+            assert (ROOT / "ops" / "nginx" / "compose" / include.removeprefix("booking/")).is_file(), include
+
+
+# ---------------------------------------------------------------- one source of truth for commands
+
+
+def test_every_app_service_runs_its_procfile_line(services: dict[str, Any]) -> None:
+    covered: dict[str, set[str]] = {"dev": set(), "prod": set()}
+    for name, svc in app_services(services).items():
+        process = process_of(name)
+        assert svc["command"] == ["ops/procfile", process], f"{name} must not repeat a command"
+        assert process in PROCFILE, f"compose runs {name} but the Procfile has no {process!r} line"
+        covered["prod" if name in PROD else "dev"].add(process)
+    for stack, processes in covered.items():
+        assert processes == set(PROCFILE), f"{stack}: every Procfile process has a compose service"
+
+
+@pytest.mark.parametrize("process", sorted(PROCFILE))
+def test_runner_prints_what_parse_procfile_reads(process: str) -> None:
+    printed = subprocess.run(
+        ["sh", str(RUNNER), "--print", process], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    assert printed == PROCFILE[process] + "\n"
+
+
+def test_runner_parses_like_parse_procfile(tmp_path: Path) -> None:
+    text = "# comment\n\n  web :  booking serve --port ${PORT:-5000}  \nworker:booking worker\n   #x: y\n"
+    (tmp_path / "Procfile").write_text(text, encoding="utf-8")
+    expected = parse_procfile(text)
+    env = {**os.environ, "PROCFILE": str(tmp_path / "Procfile")}
+    for process, command in expected.items():
+        out = subprocess.run(["sh", str(RUNNER), "--print", process], env=env, capture_output=True, text=True)
+        assert out.stdout == command + "\n"
+    missing = subprocess.run(["sh", str(RUNNER), "x"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "no process 'x'" in missing.stderr
+
+
+def test_runner_execs_the_command_with_variables_expanded(tmp_path: Path) -> None:
+    fake = tmp_path / "booking"
+    fake.write_text('#!/bin/sh\necho "pid=$$ args=$*"\n', encoding="utf-8")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "PORT": "6123"}
+    # `exec` keeps the process id: the app is the container's direct child and receives its SIGTERM.
+    script = f'echo "shell=$$"; exec sh {shlex.quote(str(RUNNER))} web'
+    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    shell, app = out.splitlines()
+    assert app == f"pid={shell.removeprefix('shell=')} args=serve --port 6123"
+    del env["PORT"]
+    out = subprocess.run(
+        ["sh", str(RUNNER), "web"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.endswith("args=serve --port 5000\n")
+
+
+def test_runner_is_executable() -> None:
+    assert os.access(RUNNER, os.X_OK)
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_stages() -> list[dict[str, Any]]:
+    """[{name, base, instructions: [(KEYWORD, args)]}] with continuations joined and comments dropped."""
+    text = (ROOT / "ops" / "Dockerfile").read_text(encoding="utf-8")
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        if raw.strip().startswith("#") or not raw.strip():
+            continue
+        if raw.rstrip().endswith("\\"):
+            current += raw.rstrip()[:-1] + " "
+            continue
+        logical.append(current + raw.strip())
+        current = ""
+    args: dict[str, str] = {}
+    stages: list[dict[str, Any]] = []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "ARG" and not stages:
+            key, _, value = rest.partition("=")
+            args[key] = value
+        elif keyword == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.IGNORECASE)
+            assert match, line
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], match.group(1))
+            stages.append({"name": match.group(2), "base": base, "instructions": []})
+        else:
+            assert stages, f"{keyword} before FROM"
+            stages[-1]["instructions"].append((keyword, rest))
+    return stages
+
+
+def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
+    stages = dockerfile_stages()
+    assert [s["name"] for s in stages] == ["builder", "runtime"]
+    assert all(s["base"] == "python:3.11-slim" for s in stages)
+    builder, runtime = (dict(s["instructions"]) | {"_all": s["instructions"]} for s in stages)
+    users = [args for kw, args in runtime["_all"] if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, "the runtime stage runs as a non-root user"
+    assert runtime["CMD"] == '["ops/procfile", "web"]'
+    runs = " ".join(args for kw, args in builder["_all"] if kw == "RUN")
+    assert "--constraint requirements.lock" in runs, "dependencies come from the lock file"
+    assert "pip install --no-deps ." in runs, "then the project itself, without resolving again"
+    assert "grep -vxF -f requirements.lock" in runs, "the build fails on anything the lock does not pin"
+    runtime_runs = " ".join(args for kw, args in runtime["_all"] if kw == "RUN")
+    assert "pip" not in runtime_runs, "nothing is installed in the runtime stage"
+    copies = [args for kw, args in runtime["_all"] if kw == "COPY"]
+    assert "--from=builder /opt/venv /opt/venv" in copies
+    assert any(c.endswith("Procfile ./Procfile") for c in copies)
+    assert any("ops/procfile ./ops/procfile" in c for c in copies)
+
+
+def test_runtime_dependencies_are_locked_and_exclude_dev_tools() -> None:
+    """What the builder's `pip install --constraint requirements.lock` resolves: the project's runtime
+    closure. Every package in it is pinned by the lock (so the freeze check passes) and none is a dev tool."""
+    locked = {}
+    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        name, _, version = line.partition("==")
+        locked[canonicalize_name(name)] = version
+    closure: set[str] = set()
+    pending = [Requirement(r) for r in metadata.requires("booking") or []]
+    pending = [r for r in pending if r.marker is None or r.marker.evaluate({"extra": ""})]
+    while pending:
+        req = pending.pop()
+        name = canonicalize_name(req.name)
+        key = name + "".join(sorted(f"[{e}]" for e in req.extras))
+        if key in closure:
+            continue
+        closure.add(key)
+        closure.add(name)
+        for raw in metadata.requires(req.name) or []:
+            sub = Requirement(raw)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in ({""} | req.extras)):
+                pending.append(sub)
+    # pip, setuptools and wheel ship with the venv and `pip freeze` leaves them out, as the lock does.
+    names = {n for n in closure if "[" not in n} - {"pip", "setuptools", "wheel"}
+    assert names <= set(locked), f"runtime packages missing from requirements.lock: {names - set(locked)}"
+    assert not names & {canonicalize_name(t) for t in DEV_TOOLS}
+    assert "pgserver" in names and "aiohttp" in names
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out_but_lets_copies_in() -> None:
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    assert patterns[0] == "*", "deny by default"
+    allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    assert not allowed & {".env", ".venv", ".data", ".git"}
+    for keyword, args in (i for s in dockerfile_stages() for i in s["instructions"]):
+        if keyword == "COPY" and "--from=" not in args:
+            for source in [a for a in args.split() if not a.startswith("--")][:-1]:
+                assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
+
+
+# ---------------------------------------------------------------- nginx -t
+
+
+# The first test to ask for nginx may install Debian's package (apt-get update + install).
+NGINX_INSTALL_TIMEOUT = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def nginx() -> str:
+    binary, reason = nginx_support.nginx_binary()
+    if binary is None:
+        pytest.skip(reason)
+    return binary
+
+
+def nginx_test(nginx: str, prefix: Path, conf: Path) -> None:
+    result = subprocess.run(
+        [*nginx_support.command(nginx, prefix, conf), "-t"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@NGINX_INSTALL_TIMEOUT
+def test_nginx_dev_config_is_valid(nginx: str, tmp_path: Path) -> None:
+    conf = nginx_support.write_config(
+        tmp_path,
+        "dev",
+        web=["127.0.0.1:5000", "127.0.0.1:5002"],
+        jobs=["127.0.0.1:5001"],
+        listen="127.0.0.1:8080",
+    )
+    nginx_test(nginx, tmp_path, conf)
+
+
+@NGINX_INSTALL_TIMEOUT
+def test_nginx_prod_config_is_valid_with_tls(nginx: str, tmp_path: Path) -> None:
+    cert, key = nginx_support.self_signed_cert(tmp_path)
+    conf = nginx_support.write_config(
+        tmp_path,
+        "prod",
+        web=["127.0.0.1:5000", "127.0.0.1:5002"],
+        jobs=["127.0.0.1:5001"],
+        listen="127.0.0.1:8080",
+        tls=("127.0.0.1:8443", cert, key),
+    )
+    nginx_test(nginx, tmp_path, conf)
+
+
+def locations(text: str) -> dict[str, str]:
+    """`location` selector → its block body in the config's last server block (the public one in prod;
+    the configs nest no blocks inside locations)."""
+    last_server = text.rpartition("\n    server {")[2]
+    return {
+        m.group(1).strip(): m.group(2) for m in re.finditer(r"location\s+([^{]+)\{([^}]*)\}", last_server)
+    }
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_nginx_routes_every_prefix_without_stripping_it(name: str) -> None:
+    text = (ROOT / "ops" / "nginx" / f"{name}.conf").read_text(encoding="utf-8")
+    blocks = locations(text)
+    for selector, upstream in (
+        ("/api/", "booking_web"),
+        ("/ws/", "booking_web"),
+        ("/jobs/", "booking_jobs"),
+        ("= /health", "booking_web"),
+    ):
+        assert f"proxy_pass http://{upstream};" in blocks[selector], f"{name}: {selector}"
+    # A URI part after the upstream (`proxy_pass http://x/;`) would strip the location's prefix.
+    assert re.findall(r"proxy_pass\s+http://\w+(/[^;]*)?;", text) and not any(
+        re.findall(r"proxy_pass\s+http://\w+(/[^;]*);", text)
+    )
+    ws = blocks["/ws/"]
+    assert "proxy_set_header Upgrade $http_upgrade;" in ws
+    assert "proxy_set_header Connection $connection_upgrade;" in ws
+    assert re.search(r"proxy_read_timeout\s+1h;", ws)
+    assert "gzip on;" in text
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in text
+    assert "X-Request-ID $booking_request_id" in text
+    assert "include booking/upstreams.conf;" in text
+
+
+def test_nginx_prod_hardening() -> None:
+    text = (ROOT / "ops" / "nginx" / "prod.conf").read_text(encoding="utf-8")
+    blocks = locations(text)
+    assert "include booking/tls.conf;" in text
+    for header in (
+        "Strict-Transport-Security",
+        "X-Content-Type-Options",
+        "X-Frame-Options",
+        "Referrer-Policy",
+    ):
+        assert re.search(rf"add_header {header} .* always;", text), header
+    assert "limit_req zone=booking_auth" in blocks["/api/auth/"]
+    assert "limit_req zone=booking_api" in blocks["/api/"]
+    metrics = blocks["= /metrics"]
+    assert "deny all;" in metrics and "allow 10.0.0.0/8;" in metrics
+    assert blocks["/"].strip() == "return 404;"
+    plain = text.partition("include booking/listen.conf;")[2].partition("include booking/tls.conf;")[0]
+    assert "return 301 https://$host$request_uri;" in plain, "plain HTTP redirects to HTTPS"
+    assert "/metrics" not in plain and "/api/" not in plain
+
+
+@NGINX_INSTALL_TIMEOUT
+def test_nginx_prod_runs_tls_redirects_headers_and_auth_rate_limit(nginx: str, tmp_path: Path) -> None:
+    """The prod config for real (upstreams down: nginx's own behaviour is what is checked)."""
+    http_port, https_port, dead = free_ports(3)
+    cert, key = nginx_support.self_signed_cert(tmp_path)
+    conf = nginx_support.write_config(
+        tmp_path,
+        "prod",
+        web=[f"127.0.0.1:{dead}"],
+        jobs=[f"127.0.0.1:{dead}"],
+        listen=f"127.0.0.1:{http_port}",
+        tls=(f"127.0.0.1:{https_port}", cert, key),
+    )
+    proc = subprocess.Popen(
+        nginx_support.command(nginx, tmp_path, conf, foreground=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=tls))
+
+    def fetch(url: str, method: str = "GET") -> tuple[int, Any]:
+        try:
+            request = urllib.request.Request(url, method=method)  # noqa: S310 (our own nginx)
+            with opener.open(request, timeout=5) as resp:
+                return resp.status, resp.headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers
+
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, "nginx exited"
+            try:
+                status, headers = fetch(f"http://127.0.0.1:{http_port}/api/booking")
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+        assert status == 301 and headers["Location"] == "https://127.0.0.1/api/booking"
+        status, headers = fetch(f"https://127.0.0.1:{https_port}/nope")
+        assert status == 404
+        assert headers["Strict-Transport-Security"].startswith("max-age=")
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        statuses = [fetch(f"https://127.0.0.1:{https_port}/api/auth/login", "POST")[0] for _ in range(25)]
+        assert statuses[0] == 502, "forwarded (to a dead upstream) while under the limit"
+        assert statuses[-1] == 429, statuses
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

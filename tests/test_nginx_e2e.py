@@ -1,0 +1,267 @@
+"""The seed README's session through real nginx (the repo's ops/nginx/dev.conf) in front of two web
+processes, the job service, a reminder worker and the scheduler, at the seed's paths."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import aiohttp
+import pytest
+
+from tests import nginx_support
+from tests.processes import BOOKING, ROOT, free_ports, start_web, stop, wait_healthy
+from tests.support import unique_email
+from tests.ws_support import ask, next_frame
+
+# Generous: set-up may first install Debian's nginx; every wait inside has its own deadline.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+ADMIN_PASSWORD = "admin password 123"
+
+
+class Proc(NamedTuple):
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Stack(NamedTuple):
+    base: str  # nginx
+    web: list[str]  # the web processes' own URLs
+    nginx: Proc
+    admin_email: str
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Proc:
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    return Proc(name, popen, log)
+
+
+def wait_until(check: Any, what: str, proc: Proc, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.popen.poll() is None, f"{proc.name} exited with {proc.popen.returncode}:\n{proc.text()}"
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}:\n{proc.text()[-3000:]}")
+
+
+def answers(url: str, *statuses: int) -> bool:
+    """`url` answers 200 (or one of `statuses`)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (our own URL)
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError as exc:
+        return exc.code in statuses
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def halt(procs: list[Proc]) -> None:
+    for proc in procs:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(timeout=5)
+    alive = [p.name for p in procs if p.popen.poll() is None]
+    assert not alive, f"still running: {alive}"
+
+
+@pytest.fixture
+def stack(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    nginx, reason = nginx_support.nginx_binary()
+    if nginx is None:
+        pytest.skip(reason)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": f"ngx{uuid.uuid4().hex[:10]}:",
+        "NODE_ENV": "test",
+        "DB_POOL_SIZE": "3",
+        "TRUST_PROXY": "true",
+        "AUTH_RATE_LIMIT_PER_IP": "1000",
+        "AUTH_RATE_LIMIT_PER_EMAIL": "1000",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+    admin_email = unique_email("admin")
+    created = subprocess.run(
+        [str(BOOKING), "create-admin", "--email", admin_email],
+        env={**env, "ADMIN_PASSWORD": ADMIN_PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+
+    procs: list[Proc] = []
+    webs = start_web(2, {k: v for k, v in env.items() if k != "LOG_LEVEL"})
+    try:
+        job_port, nginx_port = free_ports(2)
+        jobs = spawn(
+            "jobs", [str(BOOKING), "jobs", "--host", "127.0.0.1", "--port", str(job_port)], env, tmp_path
+        )
+        procs.append(jobs)
+        worker = spawn("worker", [str(BOOKING), "worker", "--grace", "3"], env, tmp_path)
+        procs.append(worker)
+        scheduler_args = ["scheduler", "--update-interval", "1", "--reconcile-interval", "1"]
+        scheduler = spawn("scheduler", [str(BOOKING), *scheduler_args], env, tmp_path)
+        procs.append(scheduler)
+
+        prefix = tmp_path / "nginx"
+        conf = nginx_support.write_config(
+            prefix,
+            "dev",
+            web=[w.base_url.removeprefix("http://") for w in webs],
+            jobs=[f"127.0.0.1:{job_port}"],
+            listen=f"127.0.0.1:{nginx_port}",
+        )
+        proxy = spawn("nginx", nginx_support.command(nginx, prefix, conf, foreground=True), env, tmp_path)
+        procs.append(proxy)
+
+        # /jobs/health is admin-only; an answering 401 means the job service is up.
+        job_health = f"http://127.0.0.1:{job_port}/jobs/health"
+        wait_until(lambda: answers(job_health, 401), "the job service answering", jobs)
+        wait_until(lambda: "reminder worker ready" in worker.text(), "worker ready", worker)
+        wait_until(lambda: "reminder scheduler ready" in scheduler.text(), "scheduler ready", scheduler)
+        base = f"http://127.0.0.1:{nginx_port}"
+        wait_healthy(base, time.monotonic() + 20, proxy.popen)
+        yield Stack(base, [w.base_url for w in webs], proxy, admin_email)
+    finally:
+        try:
+            halt(procs)
+        finally:
+            exits = stop(webs)
+            assert all(e.code is not None for e in exits)
+
+
+def future(days: int, hour: int) -> str:
+    day = datetime.now(UTC).date() + timedelta(days=days)
+    return f"{day}T{hour:02d}:00:00Z"
+
+
+async def test_seed_session_through_nginx(stack: Stack) -> None:
+    base, ws_base = stack.base, stack.base.replace("http://", "ws://")
+    email, password = unique_email("seed"), "password123"
+    async with aiohttp.ClientSession() as http:
+        # Health, through nginx to both web processes (round robin), with the request id passed through.
+        for n in range(4):
+            async with http.get(f"{base}/health", headers={"X-Request-ID": f"e2e-{n}"}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["X-Request-ID"] == f"e2e-{n}"
+        async with http.get(f"{base}/health") as resp:
+            assert len(resp.headers["X-Request-ID"]) == 32, "nginx's own id when the client sends none"
+
+        # Register, login (the seed's bodies).
+        body = {"email": email, "password": password, "name": "Test User"}
+        async with http.post(f"{base}/api/auth/register", json=body) as resp:
+            assert resp.status == 201, await resp.text()
+        async with http.post(f"{base}/api/auth/login", json={"email": email, "password": password}) as resp:
+            assert resp.status == 200, await resp.text()
+            session = await resp.json()
+        token, user_id = session["accessToken"], session["user"]["id"]
+        bearer = {"Authorization": f"Bearer {token}"}
+
+        # Create a booking, list it.
+        booking = {"title": "Test Booking", "startTime": future(1, 10), "endTime": future(1, 11)}
+        async with http.post(f"{base}/api/booking", json=booking, headers=bearer) as resp:
+            assert resp.status == 201, await resp.text()
+            created = await resp.json()
+        async with http.get(f"{base}/api/booking?page=1&limit=10", headers=bearer) as resp:
+            assert resp.status == 200
+            listed = await resp.json()
+        assert [b["id"] for b in listed["data"]] == [created["id"]]
+
+        # gzip on a large JSON answer; Swagger's document is served under /api/ unchanged.
+        async with http.get(f"{base}/api/docs/openapi.json", headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.status == 200
+            assert resp.headers.get("Content-Encoding") == "gzip"
+            assert "paths" in await resp.json()
+
+        # The wscat session, with ?token= (the query string survives the proxy).
+        async with http.ws_connect(f"{ws_base}/ws/?token={token}") as ws:
+            joined = await ask(ws, "join-user-room", {"userId": user_id}, id="1")
+            assert joined["event"] == "join-user-room", joined
+            data = {"title": "Test Booking", "startTime": future(2, 10), "endTime": future(2, 11)}
+            made = await ask(ws, "create-booking", data, id="2")
+            assert made["event"] == "create-booking", made
+            booking_id = made["data"]["id"]
+            got = await ask(ws, "get-bookings", {"userId": user_id}, id="3")
+            assert got["event"] == "get-bookings", got
+            assert {b["id"] for b in got["data"]["data"]} == {created["id"], booking_id}
+            updated = await ask(ws, "update-booking", {"id": booking_id, "title": "Updated Title"}, id="4")
+            assert updated["event"] == "update-booking" and updated["data"]["title"] == "Updated Title", (
+                updated
+            )
+            deleted = await ask(ws, "delete-booking", {"id": booking_id}, id="5")
+            assert deleted == {"event": "delete-booking", "data": {"id": booking_id}, "id": "5"}, deleted
+
+            # A reminder: start 3 s ahead, reminder at the start; it reaches this socket through nginx.
+            start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+            soon = {
+                "title": "Soon",
+                "startTime": start.isoformat().replace("+00:00", "Z"),
+                "endTime": (start + timedelta(minutes=30)).isoformat().replace("+00:00", "Z"),
+                "reminderMinutesBefore": 0,
+            }
+            async with http.post(f"{base}/api/booking", json=soon, headers=bearer) as resp:
+                assert resp.status == 201, await resp.text()
+                soon_id = (await resp.json())["id"]
+            deadline = time.monotonic() + 20
+            while True:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, "no booking.reminder arrived through nginx"
+                frame = await next_frame(ws, timeout=remaining)
+                if frame["event"] == "booking.reminder" and soon_id in str(frame["data"]):
+                    break
+
+        # The job service at the seed's /jobs/metrics (prefix kept), admin only.
+        async with http.get(f"{base}/jobs/metrics", headers=bearer) as resp:
+            assert resp.status == 403, await resp.text()
+        login = {"email": stack.admin_email, "password": ADMIN_PASSWORD}
+        async with http.post(f"{base}/api/auth/login", json=login) as resp:
+            assert resp.status == 200, await resp.text()
+            admin_token = (await resp.json())["accessToken"]
+        async with http.get(
+            f"{base}/jobs/metrics", headers={"Authorization": f"Bearer {admin_token}"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.get(
+            f"{base}/jobs/health", headers={"Authorization": f"Bearer {admin_token}"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+
+        # Unknown prefixes stop at nginx.
+        async with http.get(f"{base}/nope") as resp:
+            assert resp.status == 404
+
+    # Both web processes served traffic (nginx logs the upstream of every request, never the token).
+    await asyncio.sleep(0)
+    log = stack.nginx.text()
+    for web in stack.web:
+        assert f"up={web.removeprefix('http://')}" in log, log[-2000:]
+    assert "token=" not in log
