@@ -1,0 +1,1 @@
+"""The benchmark tool: `.venv/bin/python -m bench` (see docs/BENCHMARKS.md)."""

@@ -1,0 +1,308 @@
+"""The benchmark tool: `python -m bench [--quick] [--only create,ws,reminders,list,memory] [--url ...]`.
+
+It creates a throwaway database on the PostgreSQL in BENCH_DATABASE_URL (else TEST_DATABASE_URL), uses a
+unique key prefix on the Redis in BENCH_REDIS_URL (else TEST_REDIS_URL), starts two `booking serve`
+processes on free ports (and `booking worker` + `booking scheduler` for reminders), loads them from this
+process over loopback with a live counter on stderr, drops the database, and prints the summary table on
+stdout: every figure next to its reference measured in the same run. See docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from bench import create, listing, memory, reminders, ws
+from bench.common import Stack, ms, pct, register_users, say
+
+SCENARIOS = ("create", "ws", "reminders", "list", "memory")
+FULL = {
+    "duration": 10.0, "warmup": 2.0, "create_users": 512, "sockets": 1000, "ws_users": 250,
+    "mutations": 500, "reminders": 2000, "spread": 20.0, "reminder_users": 200,
+    "list_rows": 1_000_000, "list_per_user": 10_000, "samples": 200, "mem_sockets": 1000, "mem_actors": 200,
+}  # fmt: skip
+QUICK = {
+    "duration": 1.5, "warmup": 0.5, "create_users": 64, "sockets": 40, "ws_users": 10,
+    "mutations": 20, "reminders": 20, "spread": 2.0, "reminder_users": 5,
+    "list_rows": 4_000, "list_per_user": 1_000, "samples": 20, "mem_sockets": 30, "mem_actors": 5,
+}  # fmt: skip
+
+
+@dataclass
+class Row:
+    figure: str
+    measured: str
+    reference: str
+    target: str
+    verdict: str
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("MET" if ok else "MISSED")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}"
+    )
+    p.add_argument("--quick", action="store_true", help="a tiny size (the smoke test); figures mean little")
+    p.add_argument(
+        "--url", help="target a running stack (comma-separated web URLs: A[,B]); create and ws only"
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL")
+        or os.environ.get("TEST_DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1/postgres",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL")
+        or os.environ.get("TEST_REDIS_URL")
+        or "redis://127.0.0.1:6379/0",
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=8,
+        help="DB_POOL_SIZE per web process (the shared server allows 100 connections)",
+    )
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--duration", type=float, help="seconds of measured create load (each of raw and HTTP)")
+    p.add_argument("--sockets", type=int, help="open WebSockets on process B for the latency test")
+    p.add_argument("--reminders", type=int, help="reminders due within one minute")
+    p.add_argument("--list-rows", type=int, help="rows in the bookings table for the list test")
+    p.add_argument("--list-per-user", type=int, help="bookings of the listed user")
+    args = p.parse_args()
+    size = QUICK if args.quick else FULL
+    for key, value in size.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+async def run(args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    stack = Stack(args.database_url, args.redis_url, args.pool_size)
+    if args.url:
+        stack.external = [u.rstrip("/") for u in args.url.split(",")]
+    else:
+        say(f"bench: database {stack.db_name}, Redis prefix {stack.prefix}")
+        await stack.create_database()
+    try:
+        if not args.url and set(args.only) & {"create", "ws", "reminders", "list"}:
+            say("bench: starting two `booking serve` processes")
+            await stack.start_web(2)
+        for name in args.only:
+            started = time.monotonic()
+            say(f"bench: {name}")
+            rows += await SCENARIO_RUNNERS[name](stack, args)
+            say(f"bench: {name} done in {time.monotonic() - started:.1f}s")
+    finally:
+        await stack.stop()
+        if not args.url:
+            await stack.drop_database()
+    return rows
+
+
+async def run_create(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    c = args.concurrency
+    if stack.external:
+        async with aiohttp.ClientSession() as http:
+            users = await register_users(stack.urls, min(args.create_users, 4 * c), http)
+        raw = None
+    else:
+        raw_users = await stack.seed_users(args.create_users, "raw")
+        users = await stack.seed_users(args.create_users, "http")
+        raw = await create.raw_rate(
+            stack.database_url,
+            raw_users,
+            concurrency=c,
+            pool=2 * args.pool_size,
+            duration=args.duration,
+            warmup=args.warmup,
+        )
+    http = await create.http_rate(
+        stack.urls, users, concurrency=c, duration=args.duration, warmup=args.warmup
+    )
+    ratio = http.per_second / raw.per_second if raw and raw.per_second else math.nan
+    ref = f"raw asyncpg {raw.per_second:,.0f}/s ({ratio:.0%})" if raw else "raw: n/a (--url)"
+    ok = http.per_second >= 1000 and (raw is None or ratio >= 0.5)
+    errors = f", {http.errors} errors" if http.errors else ""
+    return [
+        Row(
+            f"create over HTTP, c={c}",
+            f"{http.per_second:,.0f}/s{errors}",
+            ref,
+            ">= 50% of raw and >= 1,000/s",
+            verdict(ok),
+        ),
+        Row(
+            "create latency p50/p99",
+            f"{ms(http.p50)} / {ms(http.p99)}",
+            f"raw {ms(raw.p50)} / {ms(raw.p99)}" if raw else "n/a",
+            "-",
+            "-",
+        ),
+    ]
+
+
+async def run_ws(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    if stack.external:
+        async with aiohttp.ClientSession() as http:
+            users = await register_users(stack.urls, args.ws_users, http)
+    else:
+        users = await stack.seed_users(args.ws_users, "ws")
+    a, b = stack.urls[0], stack.urls[-1]
+    r = await ws.ws_latency(a, b, users, sockets=args.sockets, mutations=args.mutations)
+    p50, p99 = ws.summary(r)
+    ok = p99 <= 0.010 and r.lost == 0
+    return [
+        Row(
+            f"WS commit->frame on other process, {r.sockets} sockets",
+            f"p50 {ms(p50)} / p99 {ms(p99)}",
+            f"{len(r.latencies)}/{r.expected} frames, lost {r.lost}, {r.early} before the REST reply",
+            "p99 <= 10 ms",
+            verdict(ok),
+        )
+    ]
+
+
+def skipped(figures: list[str], target: str) -> list[Row]:
+    return [Row(f, "skipped", "needs the tool's own stack (not --url)", target, "-") for f in figures]
+
+
+async def run_reminders(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    figure = f"reminder lateness, {args.reminders} due in one minute"
+    if stack.external:
+        return skipped([figure], "p99 <= 1 s, 0 lost, 0 dup")
+    users = await stack.seed_users(args.reminder_users, "rem")
+    say("bench: starting `booking worker` + `booking scheduler`")
+    await stack.start_jobs()
+    try:
+        r = await reminders.reminder_lateness(
+            stack.urls, users, redis_url=stack.redis_url, prefix=stack.prefix,
+            database_url=stack.database_url, count=args.reminders, spread=args.spread,
+        )  # fmt: skip
+    finally:
+        await stack.stop_jobs()
+    ok = r.p(0.99) <= 1.0 and r.lost == 0 and r.duplicated == 0
+    return [
+        Row(
+            figure,
+            f"p50 {ms(r.p(0.5))} / p99 {ms(r.p(0.99))} / max {ms(r.p(1.0))}",
+            f"lost {r.lost}, duplicated {r.duplicated}; {r.notifications} notification rows",
+            "p99 <= 1 s, 0 lost, 0 dup",
+            verdict(ok),
+        )
+    ]
+
+
+async def run_list(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    per_user = args.list_per_user
+    fillers = max(0, args.list_rows // per_user - 1)
+    figures = [f"list p99, page 1 ({per_user:,} of {args.list_rows:,} rows)", "list p99, last page"]
+    if stack.external:
+        return skipped(figures, "<= 10 ms")
+    target = (await stack.seed_users(1, "list"))[0]
+    filler_users = await stack.seed_users(fillers, "fill") if fillers else []
+    took = await listing.load(stack.database_url, target, filler_users, per_user)
+    total = per_user * (fillers + 1)
+    say(f"bench: loaded {total:,} bookings in {took:.1f}s")
+    http_t, sql_t = await listing.latency(
+        stack.urls[0], stack.database_url, target, per_user=per_user, samples=args.samples
+    )
+    rows = []
+    for (name, times), figure in zip(http_t.items(), figures, strict=True):
+        p99 = pct(times, 0.99)
+        rows.append(
+            Row(
+                figure if "page 1" in figure else f"list p99, {name}",
+                f"{ms(p99)} (p50 {ms(pct(times, 0.5))})",
+                f"same 2 queries via asyncpg: p99 {ms(pct(sql_t[name], 0.99))}",
+                "<= 10 ms",
+                verdict(p99 <= 0.010),
+            )
+        )
+    return rows
+
+
+async def run_memory(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    figures = [
+        f"memory per idle WebSocket ({args.mem_sockets} sockets)",
+        f"memory per idle actor ({args.mem_actors})",
+    ]
+    if stack.external:
+        return skipped(figures, "-")
+    m = await memory.memory(
+        stack.database_url,
+        stack.redis_url,
+        sockets=args.mem_sockets,
+        actors=args.mem_actors,
+        pool_size=args.pool_size,
+    )
+    ref = f"process RSS before {m.rss_before_kib / 1024:.1f} MiB"
+    return [
+        Row(figures[0], f"{m.per_socket_kib:.1f} KiB", ref, "<= 50 KiB", verdict(m.per_socket_kib <= 50)),
+        Row(
+            figures[1],
+            f"{m.per_actor_kib:.1f} KiB",
+            "(socket+actor) - socket",
+            "<= 10 KiB",
+            verdict(m.per_actor_kib <= 10),
+        ),
+    ]
+
+
+SCENARIO_RUNNERS = {
+    "create": run_create,
+    "ws": run_ws,
+    "reminders": run_reminders,
+    "list": run_list,
+    "memory": run_memory,
+}
+
+
+def table(rows: list[Row]) -> str:
+    header = Row("figure", "measured", "reference (same run)", "target", "verdict")
+    cols = list(
+        zip(*[(r.figure, r.measured, r.reference, r.target, r.verdict) for r in [header, *rows]], strict=True)
+    )
+    widths = [max(len(c) for c in col) for col in cols]
+    lines = []
+    for i, r in enumerate([header, *rows]):
+        cells = (r.figure, r.measured, r.reference, r.target, r.verdict)
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse()
+    started = time.monotonic()
+    rows = asyncio.run(run(args))
+    size = "quick" if args.quick else "full"
+    took = time.monotonic() - started
+    print(f"\nbench summary ({size}; {os.cpu_count()} CPUs, Python {platform.python_version()}; {took:.0f}s)")
+    print(table(rows))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

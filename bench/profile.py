@@ -1,0 +1,73 @@
+"""cProfile one `booking serve` process under the create load (py-spy is not installed):
+
+    .venv/bin/python -m bench.profile [--seconds 8] [--out /tmp/web.prof]
+
+Same throwaway database / Redis prefix / env as `python -m bench`; prints the top functions by
+cumulative and by own time. cProfile slows the process down (~2x), so read it for shares, not rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench import create
+from bench.common import BOOKING, ROOT, Stack, say
+from tests.processes import free_ports, wait_healthy
+
+
+async def main(args: argparse.Namespace) -> None:
+    stack = Stack(args.database_url, args.redis_url, 8)
+    await stack.create_database()
+    port = free_ports(1)[0]
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(  # noqa: S603, ASYNC220 (our own interpreter; returns at once)
+            [sys.executable, "-m", "cProfile", "-o", args.out, str(BOOKING), "serve", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, **stack.env(), "HOST": "127.0.0.1"},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            await asyncio.to_thread(wait_healthy, url, time.monotonic() + 60, proc)
+            users = await stack.seed_users(256, "prof")
+            rate = await create.http_rate([url], users, concurrency=32, duration=args.seconds, warmup=1.0)
+            p99 = rate.p99 * 1000
+            say(f"under cProfile: {rate.per_second:,.0f}/s, p99 {p99:.1f} ms, {rate.errors} errors")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 30)
+            await stack.drop_database()
+    stats = pstats.Stats(args.out)
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "booking-web.prof"))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL")
+        or os.environ.get("TEST_DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1/postgres",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL")
+        or os.environ.get("TEST_REDIS_URL")
+        or "redis://127.0.0.1:6379/0",
+    )
+    asyncio.run(main(parser.parse_args()))

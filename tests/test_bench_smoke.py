@@ -1,0 +1,58 @@
+"""The benchmark tool at its tiny size, so it cannot rot. Never asserts a timing: only that it runs to the
+end and prints the summary table with every row."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = (
+    "create over HTTP",
+    "create latency p50/p99",
+    "WS commit->frame on other process",
+    "reminder lateness",
+    "list p99, page 1",
+    "list p99, page",
+    "memory per idle WebSocket",
+    "memory per idle actor",
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("TEST_DATABASE_URL") and os.environ.get("TEST_REDIS_URL")),
+    reason="needs TEST_DATABASE_URL and TEST_REDIS_URL (a real PostgreSQL and Redis)",
+)
+def test_bench_quick_prints_the_whole_summary_table() -> None:
+    env = {
+        **os.environ,
+        "BENCH_DATABASE_URL": os.environ["TEST_DATABASE_URL"],
+        "BENCH_REDIS_URL": os.environ["TEST_REDIS_URL"],
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout
+    assert "bench summary (quick" in out, out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert lines[0].split("|")[1].strip() == "figure"
+    body = lines[1:]
+    assert len(body) == len(ROWS), out
+    for line, prefix in zip(body, ROWS, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0].startswith(prefix), line
+        assert len(cells) == 5 and cells[1] and cells[1] != "skipped", line
+        assert cells[4] in {"MET", "MISSED", "-"}, line
