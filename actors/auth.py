@@ -7,11 +7,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from actors.errors import Conflict, Forbidden, NotFound, Unauthorized
 from actors.security import TokenCodec, hash_password, verify_password
 from storage import tokens, users
+from storage.db import Connection, Database
 from storage.errors import DuplicateEmail
 from storage.users import User
 
@@ -27,13 +26,13 @@ class Session:
 
 
 class AuthService:
-    def __init__(self, engine: AsyncEngine, codec: TokenCodec) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, codec: TokenCodec) -> None:
+        self._db = db
         self.codec = codec
 
     async def register(self, *, email: str, password: str, name: str) -> Session:
         password_hash = await hash_password(password)
-        async with self._engine.begin() as conn:
+        async with self._db.begin() as conn:
             try:
                 user = await users.insert_user(conn, email=email, name=name, password_hash=password_hash)
             except DuplicateEmail:
@@ -41,20 +40,20 @@ class AuthService:
             return await self._session(conn, user)
 
     async def login(self, *, email: str, password: str) -> Session:
-        async with self._engine.connect() as conn:
+        async with self._db.connect() as conn:
             user = await users.get_user_by_email(conn, email)
         ok = await verify_password(user.password_hash if user else None, password)
         if not ok or user is None:
             raise Unauthorized("invalid email or password")
         if not user.active:
             raise Unauthorized("invalid email or password")
-        async with self._engine.begin() as conn:
+        async with self._db.begin() as conn:
             return await self._session(conn, user)
 
     async def refresh(self, refresh_token: str) -> Session:
         claims = self.codec.decode(refresh_token, "refresh")
         new_token, new_claims = self.codec.issue("refresh", claims.sub)
-        async with self._engine.begin() as conn:
+        async with self._db.begin() as conn:
             rotation = await tokens.rotate(
                 conn, jti=claims.jti, new_jti=new_claims.jti, new_expires_at=_at(new_claims.exp)
             )
@@ -65,7 +64,7 @@ class AuthService:
                     "refresh token reuse detected; family revoked", extra={"user_id": str(claims.sub)}
                 )
             raise Unauthorized("refresh token is no longer valid")
-        async with self._engine.connect() as conn:
+        async with self._db.connect() as conn:
             user = await users.get_user(conn, claims.sub)
         if user is None or not user.active:
             raise Unauthorized("refresh token is no longer valid")
@@ -74,7 +73,7 @@ class AuthService:
 
     async def logout(self, refresh_token: str) -> None:
         claims = self.codec.decode(refresh_token, "refresh")
-        async with self._engine.begin() as conn:
+        async with self._db.begin() as conn:
             family = await tokens.family_of(conn, claims.jti)
             if family is None:
                 raise Unauthorized("refresh token is no longer valid")
@@ -83,7 +82,7 @@ class AuthService:
     async def authenticate(self, access_token: str) -> User:
         """The user behind an access token; suspended or deleted users are refused."""
         claims = self.codec.decode(access_token, "access")
-        async with self._engine.connect() as conn:
+        async with self._db.connect() as conn:
             user = await users.get_user(conn, claims.sub)
         if user is None or not user.active:
             raise Unauthorized("invalid token")
@@ -91,7 +90,7 @@ class AuthService:
 
     async def list_users(self, actor: User, *, page: int, limit: int) -> tuple[list[User], int]:
         _require_admin(actor)
-        async with self._engine.connect() as conn:
+        async with self._db.connect() as conn:
             return await users.list_users(conn, offset=(page - 1) * limit, limit=limit)
 
     async def update_user(
@@ -100,7 +99,7 @@ class AuthService:
         _require_admin(actor)
         if actor.id == user_id and (role == "user" or status == "suspended"):
             raise Conflict("admins cannot demote or suspend themselves")
-        async with self._engine.begin() as conn:
+        async with self._db.begin() as conn:
             user = await users.update_user(conn, user_id, role=role, status=status)
             if user is None:
                 raise NotFound("user not found")
@@ -112,14 +111,14 @@ class AuthService:
         """Create the admin, or promote and re-password an existing account (idempotent)."""
         password_hash = await hash_password(password)
         try:
-            async with self._engine.begin() as conn:
+            async with self._db.begin() as conn:
                 if await users.get_user_by_email(conn, email) is None:
                     return await users.insert_user(
                         conn, email=email, name=name, password_hash=password_hash, role="admin"
                     )
         except DuplicateEmail:
             pass  # another process created it between our read and our insert: promote that one
-        async with self._engine.begin() as conn:
+        async with self._db.begin() as conn:
             existing = await users.get_user_by_email(conn, email)
             updated = existing and await users.update_user(
                 conn, existing.id, role="admin", status="active", password_hash=password_hash
@@ -128,7 +127,7 @@ class AuthService:
                 raise Conflict(f"could not create or promote {email}; retry")
             return updated
 
-    async def _session(self, conn: AsyncConnection, user: User) -> Session:
+    async def _session(self, conn: Connection, user: User) -> Session:
         access, _ = self.codec.issue("access", user.id)
         refresh, claims = self.codec.issue("refresh", user.id)
         await tokens.start_family(conn, user_id=user.id, jti=claims.jti, expires_at=_at(claims.exp))

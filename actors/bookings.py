@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
 
 from actors.base import Event, Handler, Registry
 from actors.errors import (
@@ -30,9 +29,11 @@ from actors.errors import (
     Unavailable,
     ValidationFailed,
 )
+from actors.reminders import Plan
 from actors.views import booking_view
 from storage import bookings as store
 from storage.bookings import Booking, ListFilter
+from storage.db import Connection, Database
 from storage.errors import sqlstate
 from storage.users import User
 
@@ -88,13 +89,15 @@ class Emitter(Protocol):
 
 
 class ReminderHook(Protocol):
-    """Writes the reminder intent in the booking's transaction; schedules it after commit."""
+    """Decides the reminder with the booking's transaction; tells Redis after the commit."""
+
+    def for_new(self, *, booking_id: uuid.UUID, minutes: int | None, start: datetime) -> Plan | None: ...
 
     async def in_transaction(
-        self, conn: AsyncConnection, booking: Booking | None, *, booking_id: uuid.UUID
-    ) -> None: ...
+        self, conn: Connection, booking: Booking | None, *, booking_id: uuid.UUID
+    ) -> Plan | None: ...
 
-    async def after_commit(self, booking: Booking | None, *, booking_id: uuid.UUID) -> None: ...
+    async def after_commit(self, plan: Plan) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ class Rules:
 
 @dataclass
 class Deps:
-    engine: AsyncEngine
+    db: Database
     emitter: Emitter
     rules: Rules = field(default_factory=Rules)
     reminders: ReminderHook | None = None
@@ -132,8 +135,9 @@ def check_times(rules: Rules, *, start: datetime, end: datetime, now: datetime, 
 
 
 def request_hash(fields: Mapping[str, Any]) -> str:
+    """The body's fingerprint for Idempotency-Key: the same instants in other offsets are the same body."""
     canonical = json.dumps(
-        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in sorted(fields.items())},
+        {k: (v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()},
         separators=(",", ":"),
         sort_keys=True,
     )
@@ -178,57 +182,66 @@ class BookingActor:
         d = self.deps
         fields = dict(msg.fields)
         fields.setdefault("reminder_minutes_before", d.rules.default_reminder_minutes)
-        check_times(
-            d.rules, start=fields["start_time"], end=fields["end_time"], now=d.clock(), start_changed=True
-        )
-        digest = request_hash(msg.fields)
-        async with d.engine.begin() as conn:
-            if msg.idempotency_key:
-                replay = await self._replay(conn, msg.idempotency_key, digest)
-                if replay:
-                    return replay
-            booking = await store.insert_booking(
-                conn, {**fields, "user_id": self.owner_id, "user_seq": msg.owner_seq}
-            )
-            if booking is None:
-                raise _conflict(
-                    await store.find_overlap(
-                        conn, user_seq=msg.owner_seq, start=fields["start_time"], end=fields["end_time"]
-                    )
-                )
+        booking_id = uuid.uuid4()
+        if msg.idempotency_key is None:
+            self._check_new(fields)
+            async with d.db.connect() as conn:  # one statement: atomic without a transaction block
+                booking, plan = await self._insert(conn, booking_id, fields, msg)
             view = booking_view(booking)
-            if msg.idempotency_key and not await store.put_idempotent(
-                conn,
-                user_id=self.owner_id,
-                key=msg.idempotency_key,
-                request_hash=digest,
-                status_code=201,
-                response=view,
-            ):
-                # Another process took the key between our check and our insert: undo ours, replay theirs.
-                await conn.rollback()
-                async with d.engine.connect() as again:
-                    replay = await self._replay(again, msg.idempotency_key, digest)
-                if replay:
-                    return replay
-                raise Unavailable("idempotency key is being processed; retry")
-            await store.audit(
-                conn,
-                actor_id=msg.actor_id,
-                action="create",
-                entity_id=booking.id,
-                before=None,
-                after=booking.snapshot(),
-            )
-            if d.reminders:
-                await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
-        await self._after(booking, booking.id, "booking.created", view)
+        else:
+            digest = request_hash(msg.fields)
+            async with d.db.begin() as conn:
+                if not await store.claim_idempotency_key(
+                    conn, user_id=self.owner_id, key=msg.idempotency_key, request_hash=digest
+                ):
+                    return await self._replay(conn, msg.idempotency_key, digest)
+                self._check_new(fields)
+                booking, plan = await self._insert(conn, booking_id, fields, msg)
+                view = booking_view(booking)
+                await store.store_idempotent(
+                    conn, user_id=self.owner_id, key=msg.idempotency_key, status_code=201, response=view
+                )
+        await self._after(plan, "booking.created", view)
         return Created(view)
 
-    async def _replay(self, conn: AsyncConnection, key: str, digest: str) -> Created | None:
+    def _check_new(self, fields: Mapping[str, Any]) -> None:
+        check_times(
+            self.deps.rules,
+            start=fields["start_time"],
+            end=fields["end_time"],
+            now=self.deps.clock(),
+            start_changed=True,
+        )
+
+    async def _insert(
+        self, conn: Connection, booking_id: uuid.UUID, fields: dict[str, Any], msg: CreateBooking
+    ) -> tuple[Booking, Plan | None]:
+        """The create statement: booking, audit row and reminder row together, or 409."""
+        d = self.deps
+        plan = (
+            d.reminders.for_new(
+                booking_id=booking_id, minutes=fields["reminder_minutes_before"], start=fields["start_time"]
+            )
+            if d.reminders
+            else None
+        )
+        values = {name: fields.get(name) for name in store.NEW_BOOKING_FIELDS}
+        values.update(id=booking_id, user_id=self.owner_id, user_seq=msg.owner_seq)
+        booking = await store.create_booking(
+            conn, actor_id=msg.actor_id, reminder_due_at=plan.due_at if plan else None, **values
+        )
+        if booking is None:
+            raise _conflict(
+                await store.find_overlap(
+                    conn, user_seq=msg.owner_seq, start=fields["start_time"], end=fields["end_time"]
+                )
+            )
+        return booking, plan
+
+    async def _replay(self, conn: Connection, key: str, digest: str) -> Created:
         stored = await store.get_idempotent(conn, user_id=self.owner_id, key=key)
-        if stored is None:
-            return None
+        if stored is None:  # purged between our claim and our read
+            raise Unavailable("idempotency key is being processed; retry")
         if stored.request_hash != digest:
             raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
         return Created(stored.response, replayed=True)
@@ -237,10 +250,10 @@ class BookingActor:
         for attempt in range(DEADLOCK_RETRIES):
             try:
                 return await self._update_once(msg)
-            except DBAPIError as exc:
+            except asyncpg.PostgresError as exc:
                 code = sqlstate(exc)
                 if code == "23P01":
-                    async with self.deps.engine.connect() as conn:
+                    async with self.deps.db.connect() as conn:
                         current = await store.get_booking(conn, msg.booking_id)
                         start = msg.changes.get("start_time", current.start_time if current else None)
                         end = msg.changes.get("end_time", current.end_time if current else None)
@@ -260,7 +273,8 @@ class BookingActor:
 
     async def _update_once(self, msg: UpdateBooking) -> dict[str, Any]:
         d = self.deps
-        async with d.engine.begin() as conn:
+        plan: Plan | None = None
+        async with d.db.begin() as conn:
             current = await store.get_booking(conn, msg.booking_id, for_update=True)
             if current is None or current.user_id != self.owner_id:
                 raise NotFound("booking not found")
@@ -293,14 +307,15 @@ class BookingActor:
                 after=booking.snapshot(),
             )
             if d.reminders:
-                await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
+                plan = await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
         view = booking_view(booking)
-        await self._after(booking, booking.id, "booking.updated", view)
+        await self._after(plan, "booking.updated", view)
         return view
 
     async def delete(self, msg: DeleteBooking) -> None:
         d = self.deps
-        async with d.engine.begin() as conn:
+        plan: Plan | None = None
+        async with d.db.begin() as conn:
             current = await store.get_booking(conn, msg.booking_id, for_update=True)
             if current is None or current.user_id != self.owner_id:
                 raise NotFound("booking not found")
@@ -316,20 +331,17 @@ class BookingActor:
                 after=None,
             )
             if d.reminders:
-                await d.reminders.in_transaction(conn, None, booking_id=current.id)
-        await self._after(
-            None, current.id, "booking.deleted", {"id": str(current.id), "userId": str(self.owner_id)}
-        )
+                plan = await d.reminders.in_transaction(conn, None, booking_id=current.id)
+        await self._after(plan, "booking.deleted", {"id": str(current.id), "userId": str(self.owner_id)})
 
-    async def _after(
-        self, booking: Booking | None, booking_id: uuid.UUID, name: str, data: dict[str, Any]
-    ) -> None:
+    async def _after(self, plan: Plan | None, name: str, data: dict[str, Any]) -> None:
+        """After the commit: the Redis copy of the reminder, then the event."""
         d = self.deps
-        if d.reminders:
+        if d.reminders and plan is not None:
             try:
-                await d.reminders.after_commit(booking, booking_id=booking_id)
+                await d.reminders.after_commit(plan)
             except Exception:  # the reconciler re-schedules from PostgreSQL; the change stands
-                log.exception("reminder scheduling failed for %s", booking_id)
+                log.exception("reminder scheduling failed for %s", plan.booking_id)
         await d.emitter.emit(self.owner_id, d.make_event(name, data))
 
 
@@ -372,7 +384,7 @@ class BookingService:
         await self.registry.ask(owner, DeleteBooking(actor.id, booking_id, if_match))
 
     async def get(self, actor: User, booking_id: uuid.UUID) -> Booking:
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.db.connect() as conn:
             booking = await store.get_booking(conn, booking_id)
         if booking is None or (booking.user_id != actor.id and not actor.is_admin):
             raise NotFound("booking not found")
@@ -390,19 +402,19 @@ class BookingService:
         status: str | None = None,
     ) -> tuple[list[Booking], int]:
         scope = self._scope(actor, user_id)
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.db.connect() as conn:
             return await store.list_bookings(
                 conn, ListFilter(scope, start_from, start_to, status), offset=(page - 1) * limit, limit=limit
             )
 
     async def upcoming(self, actor: User, *, limit: int, user_id: uuid.UUID | None = None) -> list[Booking]:
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.db.connect() as conn:
             return await store.upcoming(
                 conn, user_id=self._scope(actor, user_id), now=self.deps.clock(), limit=limit
             )
 
     async def past(self, actor: User, *, limit: int, user_id: uuid.UUID | None = None) -> list[Booking]:
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.db.connect() as conn:
             return await store.past(
                 conn, user_id=self._scope(actor, user_id), now=self.deps.clock(), limit=limit
             )
@@ -412,7 +424,7 @@ class BookingService:
     ) -> tuple[list[dict[str, Any]], int]:
         if not actor.is_admin:
             raise Forbidden("admin role required")
-        async with self.deps.engine.connect() as conn:
+        async with self.deps.db.connect() as conn:
             return await store.audit_entries(
                 conn, entity_id=booking_id, offset=(page - 1) * limit, limit=limit
             )

@@ -12,15 +12,15 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from actors.errors import NotFound
 from actors.views import iso
 from storage import reminders as store
 from storage.bookings import Booking
+from storage.db import Connection, Database
 from storage.reminders import Notification
 from storage.tables import ACTIVE_STATUSES
 
@@ -30,22 +30,35 @@ log = logging.getLogger(__name__)
 class ReminderSchedule(Protocol):
     """Where due reminders wait to fire (the taskiq Redis schedule source in production)."""
 
-    async def schedule(self, booking_id: uuid.UUID, due_at: datetime) -> None: ...
+    async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None: ...
 
     async def unschedule(self, booking_id: uuid.UUID) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the Redis copy must become once the booking's transaction commits."""
+
+    booking_id: uuid.UUID
+    due_at: datetime | None  # None: unschedule
+    fresh: bool = False  # a new booking: Redis cannot hold an older schedule for it
+
+
+def due_for(*, status: str, minutes: int | None, start: datetime, now: datetime) -> datetime | None:
+    """When the reminder of a booking should fire, or None when it should not."""
+    if status not in ACTIVE_STATUSES or minutes is None or start <= now:
+        return None
+    return max(start - timedelta(minutes=minutes), now)
+
+
 def due_time(booking: Booking, now: datetime) -> datetime | None:
-    """When the reminder for `booking` should fire, or None when it should not."""
-    if booking.status not in ACTIVE_STATUSES or booking.reminder_minutes_before is None:
-        return None
-    if booking.start_time <= now:
-        return None
-    return max(booking.start_time - timedelta(minutes=booking.reminder_minutes_before), now)
+    return due_for(
+        status=booking.status, minutes=booking.reminder_minutes_before, start=booking.start_time, now=now
+    )
 
 
 class Reminders:
-    """The booking actor's `ReminderHook`."""
+    """The booking actor's `ReminderHook`: decides in the transaction, tells Redis after the commit."""
 
     def __init__(
         self,
@@ -57,51 +70,50 @@ class Reminders:
         self._schedule = schedule
         self._timeout = timeout
         self._clock = clock
-        # booking id → the due time armed in the transaction (None: cancelled), consumed after commit.
-        self._decided: dict[uuid.UUID, datetime | None] = {}
+
+    def for_new(self, *, booking_id: uuid.UUID, minutes: int | None, start: datetime) -> Plan | None:
+        """The reminder of a booking about to be created (the create statement arms its row)."""
+        due = due_for(status="scheduled", minutes=minutes, start=start, now=self._clock())
+        return Plan(booking_id, due, fresh=True) if due is not None else None
 
     async def in_transaction(
-        self, conn: AsyncConnection, booking: Booking | None, *, booking_id: uuid.UUID
-    ) -> None:
+        self, conn: Connection, booking: Booking | None, *, booking_id: uuid.UUID
+    ) -> Plan | None:
+        """Bring the reminder row in line with a changed (or, as None, deleted) booking."""
         if booking is None:  # deleted: ON DELETE CASCADE already removed the row
-            self._decided[booking_id] = None
-            return
+            return Plan(booking_id, None)
         now = self._clock()
         due = due_time(booking, now)
         if due is None:
             await store.cancel(conn, booking_id)
-            self._decided[booking_id] = None
-            return
+            return Plan(booking_id, None)
         current = await store.get_reminder(conn, booking_id)
         if current is not None and current.state == "sent" and current.start_time == booking.start_time:
-            self._decided.pop(booking_id, None)  # already reminded for this start; nothing to schedule
-            return
+            return None  # already reminded for this start; nothing to schedule
         if (
             current is not None
             and current.state == "pending"
             and current.start_time == booking.start_time
             and (current.due_at == due or (due == now and current.due_at <= now))
         ):
-            self._decided.pop(booking_id, None)  # unchanged (an edit of other fields): keep the schedule
-            return
+            return None  # unchanged (an edit of other fields): keep the schedule
         await store.arm(
             conn, booking_id=booking_id, user_id=booking.user_id, start_time=booking.start_time, due_at=due
         )
-        self._decided[booking_id] = due
+        return Plan(booking_id, due)
 
-    async def after_commit(self, booking: Booking | None, *, booking_id: uuid.UUID) -> None:
-        if booking_id not in self._decided:
-            return
-        due = self._decided.pop(booking_id)
+    async def after_commit(self, plan: Plan) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                if due is None:
-                    await self._schedule.unschedule(booking_id)
+                if plan.due_at is None:
+                    await self._schedule.unschedule(plan.booking_id)
                 else:
-                    await self._schedule.schedule(booking_id, due)
+                    await self._schedule.schedule(plan.booking_id, plan.due_at, fresh=plan.fresh)
         except Exception as exc:  # any Redis failure or timeout: the booking change stands
             # PostgreSQL holds the intent; the reconciler schedules it once Redis answers again.
-            log.warning("reminder for %s not scheduled in Redis (%s); the reconciler will", booking_id, exc)
+            log.warning(
+                "reminder for %s not scheduled in Redis (%s); the reconciler will", plan.booking_id, exc
+            )
 
 
 # --- notifications ------------------------------------------------------------------------------------
@@ -120,19 +132,19 @@ def notification_view(n: Notification) -> dict[str, Any]:
 
 
 class NotificationService:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def list_page(
         self, user_id: uuid.UUID, *, unread: bool | None, page: int, limit: int
     ) -> tuple[list[Notification], int]:
-        async with self._engine.connect() as conn:
+        async with self._db.connect() as conn:
             return await store.list_notifications(
                 conn, user_id=user_id, unread=unread, offset=(page - 1) * limit, limit=limit
             )
 
     async def mark_read(self, user_id: uuid.UUID, notification_id: uuid.UUID) -> Notification:
-        async with self._engine.begin() as conn:
+        async with self._db.begin() as conn:
             found = await store.mark_read(conn, user_id=user_id, notification_id=notification_id)
         if found is None:
             raise NotFound("notification not found")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,27 +13,18 @@ import aiohttp
 import asyncpg
 
 from bench.common import BenchUser, Progress, pct
+from storage.bookings import CREATE_BOOKING
 
 SLOT = timedelta(minutes=30)
 LENGTH = timedelta(minutes=20)
+REMINDER = timedelta(minutes=10)
 
-INSERT_BOOKING = """
-INSERT INTO bookings (user_id, user_seq, title, start_time, end_time, reminder_minutes_before)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT ON CONSTRAINT ex_bookings_no_overlap DO NOTHING
-RETURNING *
-"""
-INSERT_AUDIT = """
-INSERT INTO audit_log (actor_id, action, entity, entity_id, before, after)
-VALUES ($1, 'create', 'booking', $2, NULL, $3::jsonb)
-"""
-SELECT_REMINDER = "SELECT * FROM reminders WHERE booking_id = $1"
-ARM_REMINDER = """
-INSERT INTO reminders (booking_id, user_id, start_time, due_at, state, sent_at)
-VALUES ($1, $2, $3, $4, 'pending', NULL)
-ON CONFLICT (booking_id) DO UPDATE SET user_id = excluded.user_id, start_time = excluded.start_time,
-  due_at = excluded.due_at, state = excluded.state, sent_at = excluded.sent_at, updated_at = now()
-"""
+
+class _NoReset(asyncpg.Connection):
+    """Raw asyncpg without the pool's per-release reset round trip (the service disables it too)."""
+
+    def get_reset_query(self) -> str:
+        return ""
 
 
 @dataclass
@@ -97,35 +88,38 @@ async def _run(
     return Rate(len(latencies), errors, elapsed, latencies)
 
 
-def _snapshot(row: asyncpg.Record) -> str:
-    def enc(v: Any) -> Any:
-        return v.isoformat() if isinstance(v, datetime) else str(v) if v is not None else None
-
-    return json.dumps({k: enc(v) if not isinstance(v, int | str) else v for k, v in row.items()})
-
-
 async def raw_rate(
     database_url: str, users: list[BenchUser], *, concurrency: int, pool: int, duration: float, warmup: float
 ) -> Rate:
     base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
     owned = _slots(users, concurrency, base)
-    db = await asyncpg.create_pool(database_url, min_size=pool, max_size=pool)
+    db = await asyncpg.create_pool(database_url, min_size=pool, max_size=pool, connection_class=_NoReset)
     try:
 
         async def once(w: int, n: int) -> bool:
             user, counter = owned[w][n % len(owned[w])]
             start = base + SLOT * counter[0]
             counter[0] += 1
-            async with db.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(
-                    INSERT_BOOKING, user.id, user.seq, "Bench", start, start + LENGTH, 10
-                )
-                if row is None:
-                    return False
-                await conn.execute(INSERT_AUDIT, user.id, row["id"], _snapshot(row))
-                await conn.fetchrow(SELECT_REMINDER, row["id"])
-                await conn.execute(ARM_REMINDER, row["id"], user.id, start, start - timedelta(minutes=10))
-            return True
+            # The very statement (and parameters) the service runs for a create without Idempotency-Key:
+            # booking + audit row + reminder row, atomically.
+            args = CREATE_BOOKING.args(
+                {
+                    "actor_id": user.id,
+                    "reminder_due_at": start - REMINDER,
+                    "id": uuid.uuid4(),
+                    "user_id": user.id,
+                    "user_seq": user.seq,
+                    "title": "Bench",
+                    "description": None,
+                    "location": None,
+                    "notes": None,
+                    "start_time": start,
+                    "end_time": start + LENGTH,
+                    "reminder_minutes_before": 10,
+                }
+            )
+            async with db.acquire() as conn:
+                return await conn.fetchrow(CREATE_BOOKING.sql, *args) is not None
 
         return await _run("raw asyncpg", concurrency, duration, warmup, once)
     finally:

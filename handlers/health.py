@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
-import sqlalchemy as sa
 from aiohttp import web
 from aiohttp_apigami import docs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.common import json_response
 from handlers.schemas import HealthOut
-from server.keys import ENGINE, METRICS, REDIS, SETTINGS
+from server.keys import DB, METRICS, REDIS, SETTINGS
 from server.version import VERSION
 
 routes = web.RouteTableDef()
@@ -29,8 +28,8 @@ async def _check(probe: Awaitable[object], limit: float) -> str:
 
 
 async def _database(request: web.Request) -> None:
-    async with request.app[ENGINE].connect() as conn:
-        await conn.execute(sa.text("SELECT 1"))
+    async with request.app[DB].connect() as conn:
+        await conn.execute("SELECT 1")
 
 
 @routes.get("/health")

@@ -21,7 +21,7 @@ from handlers.validation import read_json
 from handlers.validation import validate as validate_body
 from server import jobstats
 from server.broker import group_name, schedule_id, stream_name
-from server.keys import AUTH, CURRENT_USER, ENGINE, REDIS, SETTINGS
+from server.keys import AUTH, CURRENT_USER, DB, REDIS, SETTINGS
 from storage import bookings as booking_store
 from storage import reminders as reminder_store
 from storage import tokens as token_store
@@ -72,7 +72,7 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
     redis = request.app[REDIS]
 
     async def pending_rows() -> int:
-        async with request.app[ENGINE].connect() as conn:
+        async with request.app[DB].connect() as conn:
             return await reminder_store.count_pending(conn)
 
     # Every probe finishes before an error propagates: none outlives the request (or the app's engine).
@@ -250,7 +250,7 @@ async def cleanup(request: web.Request) -> web.Response:
             raise web.HTTPUnsupportedMediaType(text="request body must be application/json")
         options = validate_body(CleanupRequest(), await read_json(request))
     now = datetime.now(UTC)
-    async with request.app[ENGINE].begin() as conn:
+    async with request.app[DB].begin() as conn:
         keys = await booking_store.purge_idempotency(conn, older_than=now - IDEMPOTENCY_TTL)
         notes = await reminder_store.purge_read_notifications(
             conn, read_before=now - timedelta(days=options["notification_days"])

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 from aiohttp import web
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actors.auth import AuthService
 from actors.base import Event, Registry
@@ -23,7 +22,7 @@ from server.keys import (
     AUTH,
     BOOKINGS,
     BUS,
-    ENGINE,
+    DB,
     LIMITER,
     METRICS,
     NOTIFICATIONS,
@@ -36,18 +35,18 @@ from server.middlewares import body_rules, cors, request_context
 from server.openapi import setup_openapi
 from server.ratelimit import RateLimiter
 from server.settings import Settings
-from storage.db import create_engine
+from storage.db import Database
 
 log = logging.getLogger(__name__)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[ENGINE] = create_engine(
-        settings.sqlalchemy_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
+    app[DB] = await Database.open(
+        settings.database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
     )
     yield
-    await app[ENGINE].dispose()
+    await app[DB].close()
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -62,7 +61,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-def auth_service(settings: Settings, engine: AsyncEngine) -> AuthService:
+def auth_service(settings: Settings, db: Database) -> AuthService:
     """The one way every process (web, jobs, CLI) builds token checking and issuing."""
     codec = TokenCodec(
         access_secret=settings.jwt_secret,
@@ -70,12 +69,12 @@ def auth_service(settings: Settings, engine: AsyncEngine) -> AuthService:
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
     )
-    return AuthService(engine, codec)
+    return AuthService(db, codec)
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[AUTH] = auth_service(settings, app[ENGINE])
+    app[AUTH] = auth_service(settings, app[DB])
     app[LIMITER] = RateLimiter(app[REDIS], prefix=settings.redis_prefix)
     if settings.admin_email and settings.admin_password:
         admin = await app[AUTH].ensure_admin(email=settings.admin_email, password=settings.admin_password)
@@ -88,7 +87,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     reminder_source = ReminderSource(settings)  # the Redis copy of reminders; PostgreSQL holds the intent
     deps = Deps(
-        engine=app[ENGINE],
+        db=app[DB],
         emitter=_LateEmitter(app),
         rules=Rules(
             max_duration=timedelta(days=settings.max_booking_days),
@@ -106,7 +105,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY] = registry
     app[BUS] = EventBus(app[REDIS], prefix=settings.redis_prefix, registry=registry)
     app[BOOKINGS] = BookingService(deps, registry)
-    app[NOTIFICATIONS] = NotificationService(app[ENGINE])
+    app[NOTIFICATIONS] = NotificationService(app[DB])
     metrics = app[METRICS]
     metrics.actors.set_function(lambda: len(registry))
     metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth)

@@ -37,6 +37,14 @@ LEAD = timedelta(seconds=1)
 CLAIM_TTL = 3600
 
 
+# KEYS: data key, minute list[, the old entry's minute list]; ARGV: schedule id, serialized schedule.
+_PUT_SCHEDULE = """
+if KEYS[3] then redis.call('LREM', KEYS[3], 0, ARGV[1]) end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+"""
+
+
 def schedule_id(booking_id: uuid.UUID | str) -> str:
     return f"reminder:{booking_id}"
 
@@ -124,6 +132,8 @@ class ReminderSource(ListRedisScheduleSource):
         )
         self.is_pending = is_pending
         self._claim_prefix = f"{settings.redis_prefix}reminder-claim:"
+        self._client = Redis(connection_pool=self._connection_pool)  # one client: no per-call set-up
+        self._put = self._client.register_script(_PUT_SCHEDULE)
 
     def redis(self) -> Redis:
         return Redis(connection_pool=self._connection_pool)
@@ -145,10 +155,22 @@ class ReminderSource(ListRedisScheduleSource):
             time=due_at - LEAD,
         )
 
-    async def schedule(self, booking_id: uuid.UUID, due_at: datetime) -> None:
-        """Replace the reminder's schedule (delete + add under the same id)."""
-        await self.delete_schedule(schedule_id(booking_id))
-        await self.add_schedule(self.task_for(booking_id, due_at))
+    async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None:
+        """Replace the reminder's schedule under the same id, in the list source's own layout (a data key
+        and one list per minute). A new booking (`fresh`) has no older entry: one round trip. A moved one
+        first takes the old entry (GETDEL) to find the minute list it sits in: two."""
+        task = self.task_for(booking_id, due_at)
+        sid = task.schedule_id
+        data_key = self._get_data_key(sid)
+        keys = [data_key, self._get_time_key(task.time or due_at)]
+        if not fresh:
+            old = await self._client.getdel(data_key)
+            if old is not None:
+                raw = old if isinstance(old, bytes) else old.encode()
+                previous = ScheduledTask.model_validate(self._serializer.loadb(raw))
+                if previous.time is not None:
+                    keys.append(self._get_time_key(previous.time))
+        await self._put(keys=keys, args=[sid, self._serializer.dumpb(task.model_dump(mode="json"))])
 
     async def unschedule(self, booking_id: uuid.UUID) -> None:
         await self.delete_schedule(schedule_id(booking_id))

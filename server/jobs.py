@@ -13,7 +13,7 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 
 from handlers import jobs
 from server.app import auth_service, database_ctx, redis_ctx
-from server.keys import AUTH, ENGINE, METRICS, SETTINGS
+from server.keys import AUTH, DB, METRICS, SETTINGS
 from server.metrics import Metrics
 from server.middlewares import request_context
 from server.openapi import setup_openapi
@@ -27,7 +27,7 @@ DESCRIPTION = """Operations on reminder delivery. Every endpoint needs an admin 
 
 async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     """Tokens are checked exactly as the web app checks them (same codec, same AuthService)."""
-    app[AUTH] = auth_service(app[SETTINGS], app[ENGINE])
+    app[AUTH] = auth_service(app[SETTINGS], app[DB])
     yield
 
 

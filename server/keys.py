@@ -7,7 +7,6 @@ from weakref import WeakSet
 
 from aiohttp import web
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actors.auth import AuthService
 from actors.base import Registry
@@ -17,10 +16,11 @@ from server.events import EventBus
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.settings import Settings
+from storage.db import Database
 from storage.users import User
 
 SETTINGS = web.AppKey("settings", Settings)
-ENGINE = web.AppKey("engine", AsyncEngine)
+DB = web.AppKey("db", Database)
 REDIS = web.AppKey("redis", Redis)
 AUTH = web.AppKey("auth", AuthService)
 LIMITER = web.AppKey("limiter", RateLimiter)

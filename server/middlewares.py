@@ -8,12 +8,11 @@ import re
 import time
 import uuid
 
+import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from actors.errors import DomainError, Unavailable
 from handlers.problems import from_domain, problem
@@ -40,15 +39,24 @@ _STATUS_SLUGS = {
 
 
 def is_dependency_failure(exc: BaseException) -> bool:
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)):
+    """PostgreSQL or Redis unreachable, timing out, shutting down or full: 503, not 500."""
+    if isinstance(
+        exc,
+        (
+            asyncpg.ConnectionDoesNotExistError,
+            ConnectionError,
+            TimeoutError,  # pool acquire and command timeouts
+            RedisConnectionError,
+            RedisTimeoutError,
+            OSError,
+        ),
+    ):
         return True
-    if isinstance(exc, DBAPIError):
-        # 08: connection exception, 53: insufficient resources (too many connections),
-        # 57: operator intervention (shutdown, cannot connect now).
-        code = sqlstate(exc) or ""
-        if exc.connection_invalidated or code[:2] in {"08", "53", "57"}:
-            return True
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+    if isinstance(exc, asyncpg.InterfaceError):  # the pool or connection closed under us; not misuse
+        return "closed" in str(exc) or "closing" in str(exc)
+    # 08: connection exception, 53: insufficient resources (too many connections),
+    # 57: operator intervention (shutdown, cannot connect now).
+    return (sqlstate(exc) or "")[:2] in {"08", "53", "57"}
 
 
 @web.middleware

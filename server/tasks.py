@@ -15,7 +15,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 from taskiq.kicker import AsyncKicker
 
@@ -25,7 +24,7 @@ from server.events import EventBus, make_event
 from server.jobstats import JobStats
 from server.settings import Settings
 from storage import reminders as store
-from storage.db import create_engine
+from storage.db import Database
 from storage.tables import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class Outcome:
 
 
 async def deliver(
-    engine: AsyncEngine, bus: EventBus, *, booking_id: uuid.UUID, due_at: datetime, clock: Clock = utcnow
+    db: Database, bus: EventBus, *, booking_id: uuid.UUID, due_at: datetime, clock: Clock = utcnow
 ) -> Outcome:
     """Claim, store and publish one reminder. Safe to run any number of times: one notification."""
     early = (due_at - clock()).total_seconds()
@@ -54,7 +53,7 @@ async def deliver(
         return Outcome("early")
     if early > 0:  # the schedule fires up to LEAD early so the 1 s scheduler tick adds no lateness
         await asyncio.sleep(early)
-    async with engine.begin() as conn:
+    async with db.begin() as conn:
         booking = await store.lock_booking(conn, booking_id)
         if booking is None or booking.status not in ACTIVE_STATUSES:
             await store.cancel(conn, booking_id)
@@ -74,8 +73,7 @@ async def deliver(
                 "minutesBefore": minutes,
             },
         )
-        await store.mark_booking_reminded(conn, booking_id)
-        booking = await store.lock_booking(conn, booking_id) or booking
+        booking = await store.mark_booking_reminded(conn, booking_id) or booking
     lateness = (clock() - due_at).total_seconds()
     await bus.emit(
         booking.user_id,
@@ -104,9 +102,7 @@ async def deliver_reminder(booking_id: str, due_at: str, state: TaskiqState = Ta
     stats: JobStats = state.stats
     key = uuid.UUID(booking_id)
     try:
-        outcome = await deliver(
-            state.engine, state.bus, booking_id=key, due_at=datetime.fromisoformat(due_at)
-        )
+        outcome = await deliver(state.db, state.bus, booking_id=key, due_at=datetime.fromisoformat(due_at))
     except Exception as exc:
         await stats.record(booking_id=key, due_at=due_at, status="failed", error=exc)
         raise
@@ -120,7 +116,9 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
 
     @broker.on_event(TaskiqEvents.WORKER_STARTUP)
     async def startup(state: TaskiqState) -> None:
-        state.engine = create_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+        state.db = await Database.open(
+            settings.database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
+        )
         state.redis = Redis.from_url(
             settings.redis_url, socket_timeout=settings.db_timeout, socket_connect_timeout=settings.db_timeout
         )
@@ -129,7 +127,7 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
 
     @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
     async def shutdown(state: TaskiqState) -> None:
-        await state.engine.dispose()
+        await state.db.close()
         await state.redis.aclose()
 
 
@@ -146,7 +144,7 @@ class Reconciler:
     The task's database claim makes every extra enqueue harmless.
     """
 
-    engine: AsyncEngine
+    db: Database
     source: ReminderSource
     broker: AsyncBroker
     horizon: timedelta = timedelta(minutes=10)
@@ -169,7 +167,7 @@ class Reconciler:
 
     async def once(self) -> dict[str, int]:
         now = self.clock()
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             rows = await store.pending_before(conn, until=now + self.horizon, limit=self.batch)
         counts = {"pending": len(rows), "added": 0, "enqueued": 0}
         if not rows:

@@ -23,7 +23,7 @@ from server.broker import ReminderSource, make_broker, make_scheduler
 from server.settings import Settings
 from server.tasks import Reconciler, register
 from storage import reminders as store
-from storage.db import create_engine
+from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ async def run_scheduler(
     stop = _stop_event()
     # The list source logs every 1 s update at INFO.
     logging.getLogger("taskiq.redis_schedule_source").setLevel(logging.WARNING)
-    engine = create_engine(settings.sqlalchemy_url, pool_size=4)
+    db = await Database.open(settings.database_url, pool_size=4, timeout=settings.db_timeout)
 
     async def is_pending(booking_id: uuid.UUID, due_at: datetime) -> bool:
-        async with engine.connect() as conn:
+        async with db.connect() as conn:
             reminder = await store.get_reminder(conn, booking_id)
         return reminder is not None and reminder.state == "pending" and reminder.due_at == due_at
 
@@ -91,7 +91,7 @@ async def run_scheduler(
     scheduler = make_scheduler(broker, source)
     await source.startup()
     await scheduler.startup()
-    reconciler = Reconciler(engine=engine, source=source, broker=broker)
+    reconciler = Reconciler(db=db, source=source, broker=broker)
     loop = SchedulerLoop(scheduler)
     log.info("reminder scheduler ready (update every %.1fs)", update_interval)
     try:
@@ -114,5 +114,5 @@ async def run_scheduler(
                 await scheduler.shutdown()
                 await source.shutdown()
                 await source.close()
-                await engine.dispose()
+                await db.close()
     log.info("scheduler stopped")

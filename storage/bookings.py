@@ -5,13 +5,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.tables import ACTIVE_STATUSES, OVERLAP_CONSTRAINT, audit_log, bookings, idempotency_keys
+from storage.db import Connection, P, Paged, Query, Record, page_of, paged
+from storage.tables import (
+    ACTIVE_STATUSES,
+    OVERLAP_CONSTRAINT,
+    audit_log,
+    bookings,
+    idempotency_keys,
+    reminders,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +41,7 @@ class Booking:
     updated_at: datetime
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-ready copy for the audit log."""
+        """JSON-ready copy for the audit log (the shape PostgreSQL's to_jsonb gives a row)."""
         return {
             k: (v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v)
             for k, v in asdict(self).items()
@@ -48,104 +56,198 @@ class ListFilter:
     status: str | None = None
 
 
-def _booking(row: Any) -> Booking:
-    return Booking(**row._asdict())
+def _booking(row: Record | dict[str, Any]) -> Booking:
+    return Booking(**row)
 
 
-async def insert_booking(conn: AsyncConnection, values: dict[str, Any]) -> Booking | None:
-    """Insert unless it overlaps an active booking of the same user (then None, and no deadlock)."""
-    stmt = (
+# --- create: one statement writes the booking, its audit row and its reminder ----------------------------
+
+NEW_BOOKING_FIELDS = (
+    "id",
+    "user_id",
+    "user_seq",
+    "title",
+    "description",
+    "location",
+    "notes",
+    "start_time",
+    "end_time",
+    "reminder_minutes_before",
+)
+
+
+def _create_statement() -> sa.Select[Any]:
+    created = (
         pg_insert(bookings)
-        .values(**values)
+        .values({name: P(name) for name in NEW_BOOKING_FIELDS})
         .on_conflict_do_nothing(constraint=OVERLAP_CONSTRAINT)
         .returning(*bookings.c)
+        .cte("created")
     )
-    row = (await conn.execute(stmt)).one_or_none()
+    audited = (
+        sa.insert(audit_log)
+        .from_select(
+            ["actor_id", "action", "entity", "entity_id", "after"],
+            sa.select(
+                P("actor_id", type_=audit_log.c.actor_id.type),
+                sa.literal("create"),
+                sa.literal("booking"),
+                created.c.id,
+                sa.func.to_jsonb(created.table_valued()),
+            ),
+        )
+        .cte("audited")
+    )
+    due = P("reminder_due_at", type_=reminders.c.due_at.type)
+    armed = (
+        sa.insert(reminders)
+        .from_select(
+            ["booking_id", "user_id", "start_time", "due_at"],
+            sa.select(created.c.id, created.c.user_id, created.c.start_time, due).where(due.is_not(None)),
+        )
+        .cte("armed")
+    )
+    return sa.select(created).add_cte(audited, armed)
+
+
+CREATE_BOOKING = Query(_create_statement())
+
+
+async def create_booking(
+    conn: Connection, *, actor_id: uuid.UUID, reminder_due_at: datetime | None, **fields: Any
+) -> Booking | None:
+    """Insert the booking with its audit row and (when `reminder_due_at` is set) its pending reminder,
+    atomically in one statement; None when it overlaps an active booking of the same user (no deadlock:
+    ON CONFLICT ON CONSTRAINT ... DO NOTHING)."""
+    row = await CREATE_BOOKING.fetchrow(conn, actor_id=actor_id, reminder_due_at=reminder_due_at, **fields)
     return _booking(row) if row else None
+
+
+_OVERLAP = sa.select(bookings.c.id).where(
+    bookings.c.user_seq == P("user_seq"),
+    bookings.c.status.in_(ACTIVE_STATUSES),
+    bookings.c.start_time < P("end"),
+    bookings.c.end_time > P("start"),
+)
+_FIND_OVERLAP = Query(_OVERLAP.order_by(bookings.c.start_time).limit(1))
+_FIND_OVERLAP_EXCEPT = Query(
+    _OVERLAP.where(bookings.c.id != P("exclude")).order_by(bookings.c.start_time).limit(1)
+)
 
 
 async def find_overlap(
-    conn: AsyncConnection, *, user_seq: int, start: datetime, end: datetime, exclude: uuid.UUID | None = None
+    conn: Connection, *, user_seq: int, start: datetime, end: datetime, exclude: uuid.UUID | None = None
 ) -> uuid.UUID | None:
-    stmt = (
-        sa.select(bookings.c.id)
-        .where(
-            bookings.c.user_seq == user_seq,
-            bookings.c.status.in_(ACTIVE_STATUSES),
-            bookings.c.start_time < end,
-            bookings.c.end_time > start,
+    if exclude is None:
+        value = await _FIND_OVERLAP.fetchval(conn, user_seq=user_seq, start=start, end=end)
+    else:
+        value = await _FIND_OVERLAP_EXCEPT.fetchval(
+            conn, user_seq=user_seq, start=start, end=end, exclude=exclude
         )
-        .order_by(bookings.c.start_time)
-        .limit(1)
-    )
-    if exclude is not None:
-        stmt = stmt.where(bookings.c.id != exclude)
-    value = (await conn.execute(stmt)).scalar_one_or_none()
     return value if isinstance(value, uuid.UUID) else None
 
 
-async def get_booking(
-    conn: AsyncConnection, booking_id: uuid.UUID, *, for_update: bool = False
-) -> Booking | None:
-    stmt = sa.select(bookings).where(bookings.c.id == booking_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    row = (await conn.execute(stmt)).one_or_none()
+_GET = Query(sa.select(bookings).where(bookings.c.id == P("id")))
+_GET_FOR_UPDATE = Query(sa.select(bookings).where(bookings.c.id == P("id")).with_for_update())
+
+
+async def get_booking(conn: Connection, booking_id: uuid.UUID, *, for_update: bool = False) -> Booking | None:
+    row = await (_GET_FOR_UPDATE if for_update else _GET).fetchrow(conn, id=booking_id)
     return _booking(row) if row else None
 
 
-async def update_booking(conn: AsyncConnection, booking_id: uuid.UUID, values: dict[str, Any]) -> Booking:
-    stmt = (
+@cache
+def _update(fields: frozenset[str]) -> Query:
+    return Query(
         sa.update(bookings)
-        .where(bookings.c.id == booking_id)
-        .values(**values, version=bookings.c.version + 1, updated_at=sa.func.now())
+        .where(bookings.c.id == P("id"))
+        .values(
+            {
+                **{name: P(name) for name in sorted(fields)},
+                "version": bookings.c.version + 1,
+                "updated_at": sa.func.now(),
+            }
+        )
         .returning(*bookings.c)
     )
-    return _booking((await conn.execute(stmt)).one())
 
 
-async def delete_booking(conn: AsyncConnection, booking_id: uuid.UUID) -> None:
-    await conn.execute(sa.delete(bookings).where(bookings.c.id == booking_id))
+async def update_booking(conn: Connection, booking_id: uuid.UUID, values: dict[str, Any]) -> Booking:
+    row = await _update(frozenset(values)).fetchrow(conn, id=booking_id, **values)
+    if row is None:
+        raise LookupError(f"booking {booking_id} vanished under its row lock")
+    return _booking(row)
 
 
-def _filtered(stmt: Any, f: ListFilter) -> Any:
+_DELETE = Query(sa.delete(bookings).where(bookings.c.id == P("id")))
+
+
+async def delete_booking(conn: Connection, booking_id: uuid.UUID) -> None:
+    await _DELETE.execute(conn, id=booking_id)
+
+
+# --- reads ---------------------------------------------------------------------------------------------
+
+
+def _where(f: ListFilter) -> list[sa.ColumnElement[bool]]:
+    where: list[sa.ColumnElement[bool]] = []
     if f.user_id is not None:
-        stmt = stmt.where(bookings.c.user_id == f.user_id)
+        where.append(bookings.c.user_id == P("user_id"))
     if f.start_from is not None:
-        stmt = stmt.where(bookings.c.start_time >= f.start_from)
+        where.append(bookings.c.start_time >= P("start_from"))
     if f.start_to is not None:
-        stmt = stmt.where(bookings.c.start_time < f.start_to)
+        where.append(bookings.c.start_time < P("start_to"))
     if f.status is not None:
-        stmt = stmt.where(bookings.c.status == f.status)
-    return stmt
+        where.append(bookings.c.status == P("status"))
+    return where
+
+
+def _params(f: ListFilter) -> dict[str, Any]:
+    given = {"user_id": f.user_id, "start_from": f.start_from, "start_to": f.start_to, "status": f.status}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@cache
+def _list_query(shape: tuple[bool, ...]) -> Paged:
+    f = ListFilter(*(True if present else None for present in shape))  # type: ignore[arg-type]
+    return paged(bookings, where=_where(f), order_by=[bookings.c.start_time, bookings.c.id])
 
 
 async def list_bookings(
-    conn: AsyncConnection, f: ListFilter, *, offset: int, limit: int
+    conn: Connection, f: ListFilter, *, offset: int, limit: int
 ) -> tuple[list[Booking], int]:
-    total = (await conn.execute(_filtered(sa.select(sa.func.count()).select_from(bookings), f))).scalar_one()
-    if offset >= total:
-        return [], int(total)
-    stmt = _filtered(sa.select(bookings), f).order_by(bookings.c.start_time, bookings.c.id)
-    rows = await conn.execute(stmt.offset(offset).limit(limit))
-    return [_booking(r) for r in rows], int(total)
+    """One page and the total, from one statement (one snapshot: the two always agree)."""
+    shape = (f.user_id is not None, f.start_from is not None, f.start_to is not None, f.status is not None)
+    total, rows = await page_of(_list_query(shape), conn, offset=offset, limit=limit, **_params(f))
+    return [_booking(r) for r in rows], total
+
+
+@cache
+def _window_query(own: bool, upcoming: bool) -> Query:
+    where = [bookings.c.user_id == P("user_id")] if own else []
+    order: list[sa.ColumnElement[Any]]
+    if upcoming:
+        where += [bookings.c.start_time >= P("now"), bookings.c.status.in_(ACTIVE_STATUSES)]
+        order = [bookings.c.start_time, bookings.c.id]
+    else:
+        where.append(bookings.c.end_time <= P("now"))
+        order = [bookings.c.start_time.desc(), bookings.c.id.desc()]
+    return Query(sa.select(bookings).where(*where).order_by(*order).limit(P("limit")))
 
 
 async def upcoming(
-    conn: AsyncConnection, *, user_id: uuid.UUID | None, now: datetime, limit: int
+    conn: Connection, *, user_id: uuid.UUID | None, now: datetime, limit: int
 ) -> list[Booking]:
-    stmt = _filtered(sa.select(bookings), ListFilter(user_id=user_id)).where(
-        bookings.c.start_time >= now, bookings.c.status.in_(ACTIVE_STATUSES)
-    )
-    rows = await conn.execute(stmt.order_by(bookings.c.start_time, bookings.c.id).limit(limit))
+    """Active bookings not yet started, soonest first."""
+    params = {"user_id": user_id} if user_id is not None else {}
+    rows = await _window_query(user_id is not None, True).fetch(conn, now=now, limit=limit, **params)
     return [_booking(r) for r in rows]
 
 
-async def past(
-    conn: AsyncConnection, *, user_id: uuid.UUID | None, now: datetime, limit: int
-) -> list[Booking]:
-    stmt = _filtered(sa.select(bookings), ListFilter(user_id=user_id)).where(bookings.c.end_time <= now)
-    rows = await conn.execute(stmt.order_by(bookings.c.start_time.desc(), bookings.c.id.desc()).limit(limit))
+async def past(conn: Connection, *, user_id: uuid.UUID | None, now: datetime, limit: int) -> list[Booking]:
+    """Bookings already ended, latest first."""
+    params = {"user_id": user_id} if user_id is not None else {}
+    rows = await _window_query(user_id is not None, False).fetch(conn, now=now, limit=limit, **params)
     return [_booking(r) for r in rows]
 
 
@@ -159,45 +261,69 @@ class StoredResponse:
     response: dict[str, Any]
 
 
-async def get_idempotent(conn: AsyncConnection, *, user_id: uuid.UUID, key: str) -> StoredResponse | None:
-    stmt = sa.select(
-        idempotency_keys.c.request_hash, idempotency_keys.c.status_code, idempotency_keys.c.response
-    ).where(idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key)
-    row = (await conn.execute(stmt)).one_or_none()
-    return StoredResponse(row.request_hash, row.status_code, row.response) if row else None
-
-
-async def put_idempotent(
-    conn: AsyncConnection,
-    *,
-    user_id: uuid.UUID,
-    key: str,
-    request_hash: str,
-    status_code: int,
-    response: dict[str, Any],
-) -> bool:
-    """False when another request took the key first (it blocks until that one commits)."""
-    stmt = (
-        pg_insert(idempotency_keys)
-        .values(
-            user_id=user_id, key=key, request_hash=request_hash, status_code=status_code, response=response
-        )
-        .on_conflict_do_nothing()
-        .returning(idempotency_keys.c.key)
+_CLAIM_KEY = Query(
+    pg_insert(idempotency_keys)
+    .values(
+        user_id=P("user_id"),
+        key=P("key"),
+        request_hash=P("request_hash"),
+        status_code=0,
+        response=sa.text("'{}'::jsonb"),
     )
-    return (await conn.execute(stmt)).one_or_none() is not None
+    .on_conflict_do_nothing()
+    .returning(idempotency_keys.c.key)
+)
+_GET_KEY = Query(
+    sa.select(
+        idempotency_keys.c.request_hash, idempotency_keys.c.status_code, idempotency_keys.c.response
+    ).where(idempotency_keys.c.user_id == P("user_id"), idempotency_keys.c.key == P("key"))
+)
+_STORE_KEY = Query(
+    sa.update(idempotency_keys)
+    .where(idempotency_keys.c.user_id == P("user_id"), idempotency_keys.c.key == P("key"))
+    .values(status_code=P("status_code"), response=P("response", type_=idempotency_keys.c.response.type))
+)
+_PURGE_KEYS = Query(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < P("before")))
 
 
-async def purge_idempotency(conn: AsyncConnection, *, older_than: datetime) -> int:
-    result = await conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than))
-    return int(result.rowcount or 0)
+async def claim_idempotency_key(conn: Connection, *, user_id: uuid.UUID, key: str, request_hash: str) -> bool:
+    """Take the key for this transaction; False when it is already taken. A concurrent claimant of the
+    same key waits here until the first one commits (then sees its response) or rolls back (then wins)."""
+    return await _CLAIM_KEY.fetchval(conn, user_id=user_id, key=key, request_hash=request_hash) is not None
+
+
+async def get_idempotent(conn: Connection, *, user_id: uuid.UUID, key: str) -> StoredResponse | None:
+    row = await _GET_KEY.fetchrow(conn, user_id=user_id, key=key)
+    return StoredResponse(row["request_hash"], row["status_code"], row["response"]) if row else None
+
+
+async def store_idempotent(
+    conn: Connection, *, user_id: uuid.UUID, key: str, status_code: int, response: dict[str, Any]
+) -> None:
+    await _STORE_KEY.execute(conn, user_id=user_id, key=key, status_code=status_code, response=response)
+
+
+async def purge_idempotency(conn: Connection, *, older_than: datetime) -> int:
+    return await _PURGE_KEYS.execute(conn, before=older_than)
 
 
 # --- audit ----------------------------------------------------------------------------------------
 
+_AUDIT = Query(
+    sa.insert(audit_log).values(
+        actor_id=P("actor_id"),
+        action=P("action"),
+        entity=P("entity"),
+        entity_id=P("entity_id"),
+        before=P("before", type_=audit_log.c.before.type),
+        after=P("after", type_=audit_log.c.after.type),
+    )
+)
+_AUDIT_PAGE = paged(audit_log, where=[audit_log.c.entity_id == P("entity_id")], order_by=[audit_log.c.id])
+
 
 async def audit(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     actor_id: uuid.UUID | None,
     action: str,
@@ -206,19 +332,13 @@ async def audit(
     after: dict[str, Any] | None,
     entity: str = "booking",
 ) -> None:
-    await conn.execute(
-        sa.insert(audit_log).values(
-            actor_id=actor_id, action=action, entity=entity, entity_id=entity_id, before=before, after=after
-        )
+    await _AUDIT.execute(
+        conn, actor_id=actor_id, action=action, entity=entity, entity_id=entity_id, before=before, after=after
     )
 
 
 async def audit_entries(
-    conn: AsyncConnection, *, entity_id: uuid.UUID, offset: int, limit: int
+    conn: Connection, *, entity_id: uuid.UUID, offset: int, limit: int
 ) -> tuple[list[dict[str, Any]], int]:
-    where = audit_log.c.entity_id == entity_id
-    total = (await conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(where))).scalar_one()
-    rows = await conn.execute(
-        sa.select(audit_log).where(where).order_by(audit_log.c.id).offset(offset).limit(limit)
-    )
-    return [dict(r._asdict()) for r in rows], int(total)
+    total, rows = await page_of(_AUDIT_PAGE, conn, entity_id=entity_id, offset=offset, limit=limit)
+    return rows, total

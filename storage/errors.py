@@ -14,7 +14,7 @@ class DuplicateEmail(StorageError):
 
 
 def sqlstate(exc: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE of a SQLAlchemy-wrapped asyncpg error, if any."""
+    """The PostgreSQL SQLSTATE of an asyncpg error (or of one it wraps), if any."""
     orig: Any = getattr(exc, "orig", None)
     for candidate in (orig, getattr(orig, "__cause__", None), exc):
         code = getattr(candidate, "sqlstate", None)

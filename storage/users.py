@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
+import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.errors import DuplicateEmail, sqlstate
+from storage.db import Connection, P, Query, Record
+from storage.errors import DuplicateEmail
 from storage.tables import users
 
 
@@ -35,62 +36,69 @@ class User:
         return self.status == "active"
 
 
-def _user(row: sa.Row[tuple[object, ...]]) -> User:
-    return User(**row._asdict())
+def _user(row: Record) -> User:
+    return User(**row)
+
+
+_INSERT = Query(
+    sa.insert(users)
+    .values(email=P("email"), name=P("name"), password_hash=P("password_hash"), role=P("role"))
+    .returning(*users.c)
+)
+_BY_ID = Query(sa.select(users).where(users.c.id == P("id")))
+_BY_EMAIL = Query(sa.select(users).where(sa.func.lower(users.c.email) == sa.func.lower(P("email", sa.Text))))
+_COUNT = Query(sa.select(sa.func.count()).select_from(users))
+_PAGE = Query(sa.select(users).order_by(users.c.created_at, users.c.id).offset(P("offset")).limit(P("limit")))
 
 
 async def insert_user(
-    conn: AsyncConnection, *, email: str, name: str, password_hash: str, role: str = "user"
+    conn: Connection, *, email: str, name: str, password_hash: str, role: str = "user"
 ) -> User:
     try:
-        row = (
-            await conn.execute(
-                sa.insert(users)
-                .values(email=email, name=name, password_hash=password_hash, role=role)
-                .returning(*users.c)
-            )
-        ).one()
-    except IntegrityError as exc:
-        if sqlstate(exc) == "23505":
-            raise DuplicateEmail(email) from exc
-        raise
+        row = await _INSERT.fetchrow(conn, email=email, name=name, password_hash=password_hash, role=role)
+    except asyncpg.UniqueViolationError as exc:
+        raise DuplicateEmail(email) from exc
+    assert row is not None  # noqa: S101 (INSERT ... RETURNING returns the row)
     return _user(row)
 
 
-async def get_user(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
-    row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).one_or_none()
+async def get_user(conn: Connection, user_id: uuid.UUID) -> User | None:
+    row = await _BY_ID.fetchrow(conn, id=user_id)
     return _user(row) if row else None
 
 
-async def get_user_by_email(conn: AsyncConnection, email: str) -> User | None:
-    stmt = sa.select(users).where(sa.func.lower(users.c.email) == email.lower())
-    row = (await conn.execute(stmt)).one_or_none()
+async def get_user_by_email(conn: Connection, email: str) -> User | None:
+    row = await _BY_EMAIL.fetchrow(conn, email=email)
     return _user(row) if row else None
 
 
-async def list_users(conn: AsyncConnection, *, offset: int, limit: int) -> tuple[list[User], int]:
-    total = (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar_one()
-    rows = await conn.execute(
-        sa.select(users).order_by(users.c.created_at, users.c.id).offset(offset).limit(limit)
+async def list_users(conn: Connection, *, offset: int, limit: int) -> tuple[list[User], int]:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        total = int(await _COUNT.fetchval(conn))
+        rows = await _PAGE.fetch(conn, offset=offset, limit=limit) if offset < total else []
+    return [_user(r) for r in rows], total
+
+
+@cache
+def _update(fields: frozenset[str]) -> Query:
+    values: dict[str, object] = {name: P(name) for name in sorted(fields)}
+    return Query(
+        sa.update(users)
+        .where(users.c.id == P("id"))
+        .values(**values, updated_at=sa.func.now())
+        .returning(*users.c)
     )
-    return [_user(r) for r in rows], int(total)
 
 
 async def update_user(
-    conn: AsyncConnection,
+    conn: Connection,
     user_id: uuid.UUID,
     *,
     role: str | None = None,
     status: str | None = None,
     password_hash: str | None = None,
 ) -> User | None:
-    values: dict[str, object] = {"updated_at": sa.func.now()}
-    if role is not None:
-        values["role"] = role
-    if status is not None:
-        values["status"] = status
-    if password_hash is not None:
-        values["password_hash"] = password_hash
-    stmt = sa.update(users).where(users.c.id == user_id).values(**values).returning(*users.c)
-    row = (await conn.execute(stmt)).one_or_none()
+    given = {"role": role, "status": status, "password_hash": password_hash}
+    changes = {k: v for k, v in given.items() if v is not None}
+    row = await _update(frozenset(changes)).fetchrow(conn, id=user_id, **changes)
     return _user(row) if row else None

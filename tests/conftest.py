@@ -124,8 +124,8 @@ async def admin(client: Client, register: Registrar, settings: Settings) -> dict
 
 
 @pytest.fixture
-async def engine_conn(client: Client) -> AsyncIterator[Any]:
-    from server.keys import ENGINE
+async def db_conn(client: Client) -> AsyncIterator[Any]:
+    from server.keys import DB
 
-    async with client.app[ENGINE].connect() as conn:
+    async with client.app[DB].connect() as conn:
         yield conn

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from tests.conftest import Client, Registrar, auth
 
@@ -349,7 +348,7 @@ async def test_concurrent_same_idempotency_key_creates_once(client: Client, regi
 
 
 async def test_no_overlapping_active_rows_after_a_burst(
-    client: Client, register: Registrar, engine_conn: Any
+    client: Client, register: Registrar, db_conn: Any
 ) -> None:
     user = await register()
     bodies = [booking_body(hours=100 + (i % 4) * 0.5, length=1) for i in range(24)]
@@ -358,14 +357,12 @@ async def test_no_overlapping_active_rows_after_a_burst(
     )
     statuses = sorted(r.status for r in responses)
     assert set(statuses) <= {201, 409}
-    overlapping = await engine_conn.execute(
-        sa.text(
-            """SELECT count(*) FROM bookings a JOIN bookings b ON a.user_id = b.user_id AND a.id < b.id
-               WHERE a.user_id = :uid AND a.status IN ('scheduled','in-progress')
-               AND b.status IN ('scheduled','in-progress')
-               AND tstzrange(a.start_time, a.end_time, '[)') && tstzrange(b.start_time, b.end_time, '[)')"""
-        ),
-        {"uid": user["user"]["id"]},
+    overlapping = await db_conn.fetchval(
+        """SELECT count(*) FROM bookings a JOIN bookings b ON a.user_id = b.user_id AND a.id < b.id
+           WHERE a.user_id = $1 AND a.status IN ('scheduled','in-progress')
+           AND b.status IN ('scheduled','in-progress')
+           AND tstzrange(a.start_time, a.end_time, '[)') && tstzrange(b.start_time, b.end_time, '[)')""",
+        uuid.UUID(user["user"]["id"]),
     )
-    assert overlapping.scalar_one() == 0
+    assert overlapping == 0
     assert statuses.count(201) == 2  # slots at +0h and +1h fit; +0.5h and +1.5h overlap them

@@ -12,10 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from openapi_spec_validator import validate
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 from taskiq import TaskiqState
 from taskiq.kicker import AsyncKicker
 
@@ -23,12 +21,11 @@ from server.broker import DELIVER_REMINDER, group_name, make_broker, stream_name
 from server.events import EventBus
 from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
 from server.jobstats import JobStats
-from server.keys import ENGINE
+from server.keys import DB
 from server.settings import Settings
 from server.tasks import deliver_reminder
 from storage import reminders as store
-from storage.db import create_engine
-from storage.tables import idempotency_keys, notifications, refresh_families, refresh_tokens
+from storage.db import Database
 from tests.conftest import Client, Registrar, auth
 from tests.test_reminders import create
 
@@ -142,48 +139,45 @@ async def test_cleanup_purges_only_what_is_old(
     user = await register()
     user_id = uuid.UUID(user["user"]["id"])
     now = datetime.now(UTC)
-    engine: AsyncEngine = client.app[ENGINE]
+    db: Database = client.app[DB]
     old_family, live_family = uuid.uuid4(), uuid.uuid4()
     expired_jti, used_live_jti = uuid.uuid4(), uuid.uuid4()
-    async with engine.begin() as conn:
+    async with db.begin() as conn:
         keys = [f"old-{uuid.uuid4().hex}", f"new-{uuid.uuid4().hex}"]
         for key, age in zip(keys, (timedelta(hours=25), timedelta(hours=1)), strict=True):
             await conn.execute(
-                sa.insert(idempotency_keys).values(
-                    user_id=user_id,
-                    key=key,
-                    request_hash="h",
-                    status_code=201,
-                    response={},
-                    created_at=now - age,
-                )
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response, created_at)"
+                " VALUES ($1, $2, 'h', 201, '{}', $3)",
+                user_id,
+                key,
+                now - age,
             )
-        notes = {}
         for name, read_at in (
             ("old-read", now - timedelta(days=40)),
             ("recent-read", now - timedelta(days=2)),
             ("unread", None),
         ):
-            notes[name] = (
-                await conn.execute(
-                    sa.insert(notifications)
-                    .values(user_id=user_id, kind="system", title=name, created_at=now - timedelta(days=60))
-                    .values(read_at=read_at)
-                    .returning(notifications.c.id)
-                )
-            ).scalar_one()
-        await conn.execute(sa.insert(refresh_families).values([{"id": old_family, "user_id": user_id}]))
-        await conn.execute(sa.insert(refresh_families).values([{"id": live_family, "user_id": user_id}]))
-        await conn.execute(
-            sa.insert(refresh_tokens).values(
-                jti=expired_jti, family_id=old_family, expires_at=now - timedelta(days=1), used_at=now
+            await conn.execute(
+                "INSERT INTO notifications (user_id, kind, title, created_at, read_at)"
+                " VALUES ($1, 'system', $2, $3, $4)",
+                user_id,
+                name,
+                now - timedelta(days=60),
+                read_at,
             )
-        )
-        await conn.execute(
-            sa.insert(refresh_tokens).values(
-                jti=used_live_jti, family_id=live_family, expires_at=now + timedelta(days=1), used_at=now
+        for family in (old_family, live_family):
+            await conn.execute("INSERT INTO refresh_families (id, user_id) VALUES ($1, $2)", family, user_id)
+        for jti, family, expires in (
+            (expired_jti, old_family, now - timedelta(days=1)),
+            (used_live_jti, live_family, now + timedelta(days=1)),
+        ):
+            await conn.execute(
+                "INSERT INTO refresh_tokens (jti, family_id, expires_at, used_at) VALUES ($1, $2, $3, $4)",
+                jti,
+                family,
+                expires,
+                now,
             )
-        )
 
     resp = await jobs.post("/jobs/cleanup", json={"notificationDays": 30}, headers=auth(admin))
     assert resp.status == 200, await resp.text()
@@ -191,23 +185,16 @@ async def test_cleanup_purges_only_what_is_old(
     assert counts["idempotencyKeys"] >= 1 and counts["notifications"] >= 1
     assert counts["refreshTokens"] >= 1 and counts["refreshFamilies"] >= 1
 
-    async with engine.connect() as conn:
-        left_keys = set(
-            (
-                await conn.execute(
-                    sa.select(idempotency_keys.c.key).where(idempotency_keys.c.user_id == user_id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        left_notes = set(
-            (await conn.execute(sa.select(notifications.c.title).where(notifications.c.user_id == user_id)))
-            .scalars()
-            .all()
-        )
-        left_tokens = set((await conn.execute(sa.select(refresh_tokens.c.jti))).scalars().all())
-        left_families = set((await conn.execute(sa.select(refresh_families.c.id))).scalars().all())
+    async with db.connect() as conn:
+        left_keys = {
+            r["key"] for r in await conn.fetch("SELECT key FROM idempotency_keys WHERE user_id = $1", user_id)
+        }
+        left_notes = {
+            r["title"]
+            for r in await conn.fetch("SELECT title FROM notifications WHERE user_id = $1", user_id)
+        }
+        left_tokens = {r["jti"] for r in await conn.fetch("SELECT jti FROM refresh_tokens")}
+        left_families = {r["id"] for r in await conn.fetch("SELECT id FROM refresh_families")}
     assert left_keys == {keys[1]}
     assert left_notes == {"recent-read", "unread"}
     assert expired_jti not in left_tokens and old_family not in left_families
@@ -256,7 +243,7 @@ async def test_metrics_match_the_deliveries_made(
     settings: Settings,
     redis: Redis,
 ) -> None:
-    engine: AsyncEngine = client.app[ENGINE]
+    db: Database = client.app[DB]
     before = await (await jobs.get("/jobs/metrics", headers=auth(admin))).json()
     assert before["counters"]["sent"] == 0 and before["lateness"]["samples"] == 0  # a fresh prefix
 
@@ -266,7 +253,7 @@ async def test_metrics_match_the_deliveries_made(
         booking = await create(
             client, user, start_in=timedelta(minutes=30 + 70 * i), reminderMinutesBefore=600
         )
-        row = await reminder_row(engine, booking["id"])
+        row = await reminder_row(db, booking["id"])
         rows.append(row)
     metrics = await (await jobs.get("/jobs/metrics", headers=auth(admin))).json()
     assert metrics["scheduled"]["redis"] == len(rows)
@@ -274,21 +261,21 @@ async def test_metrics_match_the_deliveries_made(
 
     stats = JobStats(redis, prefix=settings.redis_prefix)
     state = TaskiqState()
-    state.engine, state.bus, state.stats = (
-        engine,
+    state.db, state.bus, state.stats = (
+        db,
         EventBus(redis, prefix=settings.redis_prefix, registry=None),
         stats,
     )
     # An honest failure: the same task with a worker whose PostgreSQL is unreachable.
     broken = TaskiqState()
-    broken.engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none", pool_size=1, timeout=1.0)
+    broken.db = await Database.open("postgresql://postgres@127.0.0.1:1/none", pool_size=1, timeout=1.0)
     broken.bus, broken.stats = state.bus, stats
     first = rows[0]
     try:
         with pytest.raises(OSError):
             await deliver_reminder(str(first.booking_id), first.due_at.isoformat(), broken)
     finally:
-        await broken.engine.dispose()
+        await broken.db.close()
     statuses = [await deliver_reminder(str(r.booking_id), r.due_at.isoformat(), state) for r in rows]
     duplicate = await deliver_reminder(str(rows[1].booking_id), rows[1].due_at.isoformat(), state)
     assert statuses == ["sent"] * len(rows) and duplicate == "duplicate"
@@ -326,8 +313,8 @@ async def test_metrics_match_the_deliveries_made(
     assert is_problem(bad, 400)
 
 
-async def reminder_row(engine: AsyncEngine, booking_id: str) -> store.Reminder:
-    async with engine.connect() as conn:
+async def reminder_row(db: Database, booking_id: str) -> store.Reminder:
+    async with db.connect() as conn:
         row = await store.get_reminder(conn, uuid.UUID(booking_id))
     assert row is not None and row.state == "pending"
     return row

@@ -10,11 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-import sqlalchemy as sa
 from redis.asyncio.client import PubSub
 
-from server.keys import ENGINE
-from storage.tables import reminders
+from server.keys import DB
 from tests.conftest import Client, Registrar, auth
 from tests.processes import free_ports
 from tests.support import wait_for
@@ -76,9 +74,11 @@ async def test_jobs_metrics_match_real_deliveries(
         assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(b["id"] for b in booked)
 
         async def sent_in_window() -> int:
-            async with client.app[ENGINE].connect() as conn:
-                stmt = sa.select(sa.func.count()).where(reminders.c.sent_at >= window_start)
-                return int((await conn.execute(stmt)).scalar_one())
+            async with client.app[DB].connect() as conn:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM reminders WHERE sent_at >= $1", window_start
+                )
+                return int(count)
 
         # The worker also sends any other test's overdue reminder the reconciler finds in the shared
         # session database; PostgreSQL's record of sends in this window is the ground truth either way.

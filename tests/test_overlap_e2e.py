@@ -224,3 +224,48 @@ async def test_concurrent_overlapping_writes_across_two_processes_leave_one_winn
         assert known == len(conflicting_ids)
     finally:
         await conn.close()
+
+
+async def test_one_idempotency_key_sent_to_both_processes_at_once_creates_one_booking(
+    web: list[WebProcess], database_url: str
+) -> None:
+    """Retries of one create racing on two processes: every answer is that one booking (the key is
+    claimed first, so the loser waits for the winner's commit and replays it instead of a 409)."""
+    urls = [w.base_url for w in web]
+    start = (datetime.now(UTC) + timedelta(days=5)).replace(second=0, microsecond=0)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{urls[0]}/api/auth/register",
+            json={"email": unique_email("idem"), "password": "correct horse battery", "name": "I"},
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+            registered = await resp.json()
+        headers = {"Authorization": f"Bearer {registered['accessToken']}"}
+        for round_ in range(5):
+            slot_start = start + timedelta(hours=2 * round_)
+            body = {
+                "title": "retry",
+                "startTime": iso(slot_start),
+                "endTime": iso(slot_start + timedelta(hours=1)),
+            }
+            key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+
+            async def post(n: int, body: dict[str, Any] = body, key: dict[str, str] = key) -> tuple[int, Any]:
+                url = f"{urls[n % 2]}/api/booking"
+                async with session.post(
+                    url, json=body, headers={**headers, **key}, timeout=REQUEST_TIMEOUT
+                ) as r:
+                    return r.status, await r.json(content_type=None)
+
+            answers = await asyncio.gather(*(post(n) for n in range(6)))
+            assert {status for status, _ in answers} == {201}, answers
+            assert len({data["id"] for _, data in answers}) == 1, answers
+
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        rows = await conn.fetchval(
+            "SELECT count(*) FROM bookings WHERE user_id = $1", uuid.UUID(registered["user"]["id"])
+        )
+    finally:
+        await conn.close()
+    assert rows == 5

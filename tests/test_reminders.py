@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from actors.reminders import Reminders
+from actors.reminders import Plan, Reminders
 from server.broker import LEAD, ReminderSource, make_broker
 from server.events import EventBus
-from server.keys import ENGINE
+from server.keys import DB
 from server.settings import Settings
 from server.tasks import Reconciler, deliver
 from storage import reminders as store
+from storage.db import Database
 from tests.conftest import Client, Registrar, auth
 
 
@@ -48,8 +48,8 @@ async def source(settings: Settings) -> AsyncIterator[ReminderSource]:
 
 
 @pytest.fixture
-def engine(client: Client) -> AsyncEngine:
-    found: AsyncEngine = client.app[ENGINE]
+def db(client: Client) -> Database:
+    found: Database = client.app[DB]
     return found
 
 
@@ -60,8 +60,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await r.aclose()
 
 
-async def reminder(engine: AsyncEngine, booking_id: str) -> store.Reminder | None:
-    async with engine.connect() as conn:
+async def reminder(db: Database, booking_id: str) -> store.Reminder | None:
+    async with db.connect() as conn:
         return await store.get_reminder(conn, uuid.UUID(booking_id))
 
 
@@ -75,11 +75,11 @@ async def scheduled_due(source: ReminderSource, booking_id: str) -> str | None:
 
 
 async def test_reminder_is_due_minutes_before_start_in_postgres_and_redis(
-    client: Client, register: Registrar, engine: AsyncEngine, source: ReminderSource
+    client: Client, register: Registrar, db: Database, source: ReminderSource
 ) -> None:
     user = await register()
     booking = await create(client, user, start_in=timedelta(hours=2), reminderMinutesBefore=30)
-    row = await reminder(engine, booking["id"])
+    row = await reminder(db, booking["id"])
     start = datetime.fromisoformat(booking["startTime"])
     assert row is not None and row.state == "pending"
     assert row.due_at == start - timedelta(minutes=30)
@@ -87,33 +87,33 @@ async def test_reminder_is_due_minutes_before_start_in_postgres_and_redis(
 
 
 async def test_default_is_ten_minutes_and_past_due_but_not_started_is_due_now(
-    client: Client, register: Registrar, engine: AsyncEngine, source: ReminderSource
+    client: Client, register: Registrar, db: Database, source: ReminderSource
 ) -> None:
     user = await register()
     default = await create(client, user, start_in=timedelta(hours=3))
-    row = await reminder(engine, default["id"])
+    row = await reminder(db, default["id"])
     assert row is not None
     assert row.due_at == datetime.fromisoformat(default["startTime"]) - timedelta(minutes=10)
 
     before = datetime.now(UTC)
     soon = await create(client, user, start_in=timedelta(minutes=5), reminderMinutesBefore=60)
-    row = await reminder(engine, soon["id"])
+    row = await reminder(db, soon["id"])
     assert row is not None and row.state == "pending"
     assert before <= row.due_at <= datetime.now(UTC)
     assert await scheduled_due(source, soon["id"]) == row.due_at.isoformat()
 
 
 async def test_null_minutes_means_no_reminder(
-    client: Client, register: Registrar, engine: AsyncEngine, source: ReminderSource
+    client: Client, register: Registrar, db: Database, source: ReminderSource
 ) -> None:
     user = await register()
     booking = await create(client, user, start_in=timedelta(hours=2), reminderMinutesBefore=None)
-    assert await reminder(engine, booking["id"]) is None
+    assert await reminder(db, booking["id"]) is None
     assert await scheduled_due(source, booking["id"]) is None
 
 
 async def test_moving_the_booking_moves_the_reminder(
-    client: Client, register: Registrar, engine: AsyncEngine, source: ReminderSource
+    client: Client, register: Registrar, db: Database, source: ReminderSource
 ) -> None:
     user = await register()
     booking = await create(client, user, start_in=timedelta(hours=2), reminderMinutesBefore=15)
@@ -124,7 +124,7 @@ async def test_moving_the_booking_moves_the_reminder(
         headers=auth(user),
     )
     assert resp.status == 200, await resp.text()
-    row = await reminder(engine, booking["id"])
+    row = await reminder(db, booking["id"])
     assert row is not None and row.state == "pending"
     assert row.due_at == new_start - timedelta(minutes=15)
     assert await scheduled_due(source, booking["id"]) == row.due_at.isoformat()
@@ -132,18 +132,18 @@ async def test_moving_the_booking_moves_the_reminder(
     # Other edits leave the schedule alone; switching the reminder off cancels it.
     resp = await client.patch(f"/api/booking/{booking['id']}", json={"title": "Moved"}, headers=auth(user))
     assert resp.status == 200
-    assert (await reminder(engine, booking["id"])) == row
+    assert (await reminder(db, booking["id"])) == row
     resp = await client.patch(
         f"/api/booking/{booking['id']}", json={"reminderMinutesBefore": None}, headers=auth(user)
     )
     assert resp.status == 200
-    cancelled = await reminder(engine, booking["id"])
+    cancelled = await reminder(db, booking["id"])
     assert cancelled is not None and cancelled.state == "cancelled"
     assert await scheduled_due(source, booking["id"]) is None
 
 
 async def test_cancelling_or_deleting_cancels_the_reminder(
-    client: Client, register: Registrar, engine: AsyncEngine, source: ReminderSource
+    client: Client, register: Registrar, db: Database, source: ReminderSource
 ) -> None:
     user = await register()
     cancelled = await create(client, user, start_in=timedelta(hours=2))
@@ -152,19 +152,19 @@ async def test_cancelling_or_deleting_cancels_the_reminder(
         f"/api/booking/{cancelled['id']}/status", json={"status": "cancelled"}, headers=auth(user)
     )
     assert resp.status == 200, await resp.text()
-    row = await reminder(engine, cancelled["id"])
+    row = await reminder(db, cancelled["id"])
     assert row is not None and row.state == "cancelled"
     assert await scheduled_due(source, cancelled["id"]) is None
 
     assert await scheduled_due(source, deleted["id"]) is not None
     resp = await client.delete(f"/api/booking/{deleted['id']}", headers=auth(user))
     assert resp.status == 204
-    assert await reminder(engine, deleted["id"]) is None
+    assert await reminder(db, deleted["id"]) is None
     assert await scheduled_due(source, deleted["id"]) is None
 
 
 async def test_redis_down_at_commit_keeps_the_change_and_the_intent(
-    client: Client, register: Registrar, engine: AsyncEngine, settings: Settings, source: ReminderSource
+    client: Client, register: Registrar, db: Database, settings: Settings, source: ReminderSource
 ) -> None:
     """after_commit against an unreachable Redis returns quickly without raising; the reconciler then
     schedules the reminder from PostgreSQL."""
@@ -175,18 +175,17 @@ async def test_redis_down_at_commit_keeps_the_change_and_the_intent(
     dead = ReminderSource(replace(settings, redis_url="redis://127.0.0.1:1/0", db_timeout=0.5))
     try:
         hook = Reminders(dead, timeout=1.0)
-        row = await reminder(engine, booking["id"])
+        row = await reminder(db, booking["id"])
         assert row is not None
-        hook._decided[row.booking_id] = row.due_at
         started = asyncio.get_running_loop().time()
-        await hook.after_commit(None, booking_id=row.booking_id)
+        await hook.after_commit(Plan(row.booking_id, row.due_at))
         assert asyncio.get_running_loop().time() - started < 2.0
     finally:
         await dead.close()
     assert await scheduled_due(source, booking["id"]) is None
 
     broker = make_broker(settings)
-    counts = await Reconciler(engine=engine, source=source, broker=broker).once()
+    counts = await Reconciler(db=db, source=source, broker=broker).once()
     assert counts["added"] >= 1
     assert await scheduled_due(source, booking["id"]) == row.due_at.isoformat()
     await broker.shutdown()
@@ -195,35 +194,35 @@ async def test_redis_down_at_commit_keeps_the_change_and_the_intent(
 # --- delivery -------------------------------------------------------------------------------------------
 
 
-async def _due_now(client: Client, register: Registrar, engine: AsyncEngine) -> tuple[dict[str, Any], Any]:
+async def _due_now(client: Client, register: Registrar, db: Database) -> tuple[dict[str, Any], Any]:
     user = await register()
     booking = await create(client, user, start_in=timedelta(minutes=30), reminderMinutesBefore=60)
-    row = await reminder(engine, booking["id"])
+    row = await reminder(db, booking["id"])
     assert row is not None
     return user, row
 
 
-async def _count_notifications(engine: AsyncEngine, user_id: uuid.UUID) -> int:
-    async with engine.connect() as conn:
+async def _count_notifications(db: Database, user_id: uuid.UUID) -> int:
+    async with db.connect() as conn:
         _, total = await store.list_notifications(conn, user_id=user_id, unread=None, offset=0, limit=1)
     return total
 
 
 async def test_deliver_claims_once_sequentially_and_concurrently(
-    client: Client, register: Registrar, engine: AsyncEngine, settings: Settings, redis: Redis
+    client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
-    user, row = await _due_now(client, register, engine)
+    user, row = await _due_now(client, register, db)
     bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(bus.channel)
     try:
         outcomes = await asyncio.gather(
-            *(deliver(engine, bus, booking_id=row.booking_id, due_at=row.due_at) for _ in range(6))
+            *(deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at) for _ in range(6))
         )
-        again = await deliver(engine, bus, booking_id=row.booking_id, due_at=row.due_at)
+        again = await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at)
         assert sorted(o.status for o in outcomes) == ["duplicate"] * 5 + ["sent"]
         assert again.status == "duplicate"
-        assert await _count_notifications(engine, row.user_id) == 1
+        assert await _count_notifications(db, row.user_id) == 1
 
         events = []
         for _ in range(20):
@@ -236,7 +235,7 @@ async def test_deliver_claims_once_sequentially_and_concurrently(
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    sent = await reminder(engine, str(row.booking_id))
+    sent = await reminder(db, str(row.booking_id))
     assert sent is not None and sent.state == "sent" and sent.sent_at is not None
     resp = await client.get(f"/api/booking/{row.booking_id}", headers=auth(user))
     assert (await resp.json())["reminderSentAt"] is not None
@@ -244,34 +243,34 @@ async def test_deliver_claims_once_sequentially_and_concurrently(
     # An edit that does not move the start does not re-arm a sent reminder.
     resp = await client.patch(f"/api/booking/{row.booking_id}", json={"notes": "x"}, headers=auth(user))
     assert resp.status == 200
-    assert (await reminder(engine, str(row.booking_id))) == sent
+    assert (await reminder(db, str(row.booking_id))) == sent
 
 
 async def test_a_stale_due_time_or_cancelled_booking_sends_nothing(
-    client: Client, register: Registrar, engine: AsyncEngine, settings: Settings, redis: Redis
+    client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
-    user, row = await _due_now(client, register, engine)
+    user, row = await _due_now(client, register, db)
     bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
-    stale = await deliver(engine, bus, booking_id=row.booking_id, due_at=row.due_at - timedelta(minutes=1))
+    stale = await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at - timedelta(minutes=1))
     assert stale.status == "duplicate"
     resp = await client.patch(
         f"/api/booking/{row.booking_id}/status", json={"status": "cancelled"}, headers=auth(user)
     )
     assert resp.status == 200
-    assert (await deliver(engine, bus, booking_id=row.booking_id, due_at=row.due_at)).status == "inactive"
-    assert await _count_notifications(engine, row.user_id) == 0
+    assert (await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at)).status == "inactive"
+    assert await _count_notifications(db, row.user_id) == 0
 
 
 async def test_reconciler_enqueues_overdue_reminders_missing_from_redis(
-    client: Client, register: Registrar, engine: AsyncEngine, settings: Settings, source: ReminderSource
+    client: Client, register: Registrar, db: Database, settings: Settings, source: ReminderSource
 ) -> None:
-    _, row = await _due_now(client, register, engine)
+    _, row = await _due_now(client, register, db)
     async with source.redis() as r:
         await r.delete(source.data_key(row.booking_id))
     broker = make_broker(settings)
     try:
         later = Reconciler(
-            engine=engine, source=source, broker=broker, clock=lambda: row.due_at + timedelta(seconds=30)
+            db=db, source=source, broker=broker, clock=lambda: row.due_at + timedelta(seconds=30)
         )
         counts = await later.once()
         assert counts["enqueued"] >= 1
@@ -306,18 +305,18 @@ async def test_schedule_fires_one_lead_early_and_pre_send_guards(
 
 
 async def test_notifications_list_newest_first_and_mark_read(
-    client: Client, register: Registrar, engine: AsyncEngine, settings: Settings, redis: Redis
+    client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
     bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
     user = await register()
     ids = []
     for minutes in (20, 100):
         booking = await create(client, user, start_in=timedelta(minutes=minutes), reminderMinutesBefore=120)
-        row = await reminder(engine, booking["id"])
+        row = await reminder(db, booking["id"])
         assert row is not None
-        outcome = await deliver(engine, bus, booking_id=row.booking_id, due_at=datetime.now(UTC))
+        outcome = await deliver(db, bus, booking_id=row.booking_id, due_at=datetime.now(UTC))
         assert outcome.status == "duplicate"  # not this due time
-        outcome = await deliver(engine, bus, booking_id=row.booking_id, due_at=row.due_at)
+        outcome = await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at)
         ids.append(str(outcome.notification_id))
 
     resp = await client.get("/api/notifications?limit=1", headers=auth(user))

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.keys import BOOKINGS, ENGINE
+from server.keys import BOOKINGS, DB
 from server.settings import Settings
 from storage import reminders as store
+from storage.db import Database
 from storage.users import get_user
 from tests.conftest import Client, Registrar, auth
 from tests.support import wait_for
@@ -156,8 +156,8 @@ def lateness(envelope: dict[str, Any], arrived: datetime) -> float:
     return late
 
 
-async def notifications(engine: AsyncEngine, user: dict[str, Any]) -> int:
-    async with engine.connect() as conn:
+async def notifications(db: Database, user: dict[str, Any]) -> int:
+    async with db.connect() as conn:
         _, total = await store.list_notifications(
             conn, user_id=uuid.UUID(user["user"]["id"]), unread=None, offset=0, limit=1
         )
@@ -171,7 +171,7 @@ async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
     await ready(worker, "reminder worker ready")
     await ready(scheduler, "reminder scheduler ready")
     user = await register()
-    engine = client.app[ENGINE]
+    db = client.app[DB]
 
     on_time = await book(client, user, seconds=4)
     moved = await book(client, user, seconds=3.5, minutes=0)
@@ -202,7 +202,7 @@ async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
         assert -0.05 < lateness(envelope, arrived) < 3.0
     moved_due = by_booking[moved["id"]][0]["event"]["data"]["dueAt"]
     assert datetime.fromisoformat(moved_due.replace("Z", "+00:00")) == new_start  # the new time only
-    assert await notifications(engine, user) == 2
+    assert await notifications(db, user) == 2
 
     resp = await client.get("/api/notifications", headers=auth(user))
     assert {n["data"]["bookingId"] for n in (await resp.json())["data"]} == {on_time["id"], moved["id"]}
@@ -225,7 +225,7 @@ async def test_two_schedulers_send_each_reminder_once(
     assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(b["id"] for b in booked)
     for envelope, arrived in seen:
         lateness(envelope, arrived)
-    assert await notifications(client.app[ENGINE], user) == 4
+    assert await notifications(client.app[DB], user) == 4
 
 
 async def test_redis_flushed_after_commit_still_delivers_once(
@@ -256,7 +256,7 @@ async def test_redis_flushed_after_commit_still_delivers_once(
     assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(b["id"] for b in booked)
     for envelope, arrived in seen:
         lateness(envelope, arrived)
-    assert await notifications(client.app[ENGINE], user) == 2
+    assert await notifications(client.app[DB], user) == 2
 
 
 async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_starts(
@@ -291,14 +291,14 @@ async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_start
     finally:
         await redis.aclose()
     worker.stop(signal.SIGKILL)
-    assert await notifications(client.app[ENGINE], user) == 0
+    assert await notifications(client.app[DB], user) == 0
     assert await reminders_seen(events, user, until=time.monotonic() + 1.5) == []
 
     replacement = start_worker(processes)
     await ready(replacement, "reminder worker ready")
     seen = await reminders_seen(events, user, until=time.monotonic() + 10, expect=1)
     assert [e["event"]["data"]["bookingId"] for e, _ in seen] == [booking["id"]]
-    assert await notifications(client.app[ENGINE], user) == 1
+    assert await notifications(client.app[DB], user) == 1
     due = datetime.fromisoformat(seen[0][0]["event"]["data"]["dueAt"].replace("Z", "+00:00"))
     print(f"after SIGKILL: delivered {(seen[0][1] - due).total_seconds():.3f}s after due")  # noqa: T201
 
@@ -383,8 +383,8 @@ async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_remind
             },
         )
         session = await resp.json()
-        engine = client.app[ENGINE]
-        async with engine.connect() as conn:
+        db = client.app[DB]
+        async with db.connect() as conn:
             user = await get_user(conn, uuid.UUID(session["user"]["id"]))
         assert user is not None
 
@@ -414,6 +414,6 @@ async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_remind
         assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([down_id, flushed["id"]])
         for envelope, arrived in seen:
             lateness(envelope, arrived)
-        assert await notifications(engine, session) == 2
+        assert await notifications(db, session) == 2
     finally:
         redis_server.stop()
