@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,14 +40,25 @@ def validate(schema: Schema, payload: Any) -> dict[str, Any]:
     return result
 
 
+def parse_json(raw: str | bytes) -> Any:
+    """json.loads, where anything a client can send is a ValidationFailed on `body`, never a 500."""
+    try:
+        return json.loads(raw)
+    except RecursionError:  # "[" * 100_000: the C scanner recurses per level
+        reason = "nested too deeply"
+    except UnicodeDecodeError:
+        reason = "not UTF-8"
+    except json.JSONDecodeError as exc:
+        reason = str(exc)
+    except ValueError:  # an integer literal past Python's int/str conversion limit
+        reason = f"a number has more than {sys.get_int_max_str_digits()} digits"
+    raise ValidationFailed(f"body is not valid JSON: {reason}", [FieldError("body", reason)])
+
+
 async def read_json(request: web.Request) -> Any:
     if not request.body_exists:
         raise ValidationFailed("a JSON body is required", [FieldError("body", "missing")])
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("body is not valid JSON", [FieldError("body", str(exc))]) from None
+    return parse_json(await request.read())
 
 
 async def body(request: web.Request, schema: Schema) -> dict[str, Any]:
