@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
+
+from handlers.validation import unstorable_text
 
 
 class Strict(Schema):
+    """The base of every request schema: unknown fields are errors, and so is text PostgreSQL cannot
+    store (NUL) or UTF-8 cannot encode (lone surrogates), in any field, before any field sees it."""
+
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def _refuse_unstorable_text(self, data: Any, **kwargs: Any) -> Any:
+        errors = unstorable_text(data)
+        if errors:
+            raise ValidationError(errors)
+        return data
 
 
 def _desc(text: str, **extra: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +13,59 @@ from marshmallow import Schema
 from marshmallow import ValidationError as MarshmallowError
 
 from actors.errors import FieldError, ValidationFailed
+
+# PostgreSQL refuses NUL in text (SQLSTATE 22021), and a lone surrogate has no UTF-8 encoding at all
+# (asyncpg, and any response that would echo it, fail). A valid astral character is one code point in a
+# Python str, so only unpaired surrogates match.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+# In json.dumps(..., ensure_ascii=False) output surrogates stay raw and NUL is the escape `\u0000`.
+_SURROGATE_CHAR = re.compile(r"[\ud800-\udfff]")
+_NUL = "must not contain the NUL character (\\u0000)"
+_SURROGATE = "must not contain unpaired surrogates (\\ud800-\\udfff)"
+
+
+def unstorable(text: str) -> str | None:
+    """Why `text` cannot be stored or sent back, or None when it can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    return _NUL if found.group() == "\x00" else _SURROGATE
+
+
+def _unstorable_within(value: Any) -> str | None:
+    """`unstorable` for a value of any JSON type; containers are searched at C speed, not walked."""
+    if isinstance(value, str):
+        return unstorable(value)
+    if not isinstance(value, (dict, list)):
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # deeper than the encoder goes; no schema field takes that anyway
+        return "nested too deeply"
+    if _SURROGATE_CHAR.search(text):
+        return _SURROGATE
+    # Drop escaped backslashes first, so a client's literal backslash before "u0000" is no NUL.
+    if "\\u0000" in text and "\\u0000" in text.replace("\\\\", ""):
+        return _NUL
+    return None
+
+
+def unstorable_text(payload: Any) -> dict[str, list[str]]:
+    """Marshmallow-shaped messages, by top-level field, for text that `unstorable` refuses.
+
+    A field name that is itself unstorable is reported as its JSON escape, never echoed raw.
+    """
+    if not isinstance(payload, dict):
+        reason = _unstorable_within(payload)
+        return {"body": [reason]} if reason else {}
+    errors: dict[str, list[str]] = {}
+    for key, value in payload.items():
+        name = str(key)
+        if (reason := unstorable(name)) is not None:
+            errors[json.dumps(name)[1:-1]] = [f"field name {reason}"]
+        elif (reason := _unstorable_within(value)) is not None:
+            errors[name] = [reason]
+    return errors
 
 
 def _flatten(messages: Any, prefix: str = "") -> list[FieldError]:

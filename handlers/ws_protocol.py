@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.errors import DomainError, FieldError, ValidationFailed
-from handlers.validation import parse_json
+from handlers.validation import parse_json, unstorable
 
 # Close codes. 4401 mirrors HTTP 401 in the 4000-4999 range RFC 6455 leaves to applications.
 CLOSE_GOING_AWAY = 1001
@@ -50,6 +50,8 @@ def _frame_id(message: dict[str, Any]) -> FrameId | None:
         raise BadFrame("id must be a string or an integer", "id")
     if isinstance(raw, str) and len(raw) > MAX_ID_LENGTH:
         raise BadFrame(f"id must be at most {MAX_ID_LENGTH} characters", "id")
+    if isinstance(raw, str) and (reason := unstorable(raw)) is not None:
+        raise BadFrame(f"id {reason}", "id")  # a lone surrogate cannot be sent back in a text frame
     return raw
 
 
