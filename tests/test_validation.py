@@ -187,3 +187,45 @@ async def test_a_5000_digit_integer_is_400(client: Client, register: Registrar) 
     await ws.send_str('{"event": "create-booking", "id": 1, "data": ' + body + "}")
     await _assert_error_frame_and_open(ws, field="body")
     await ws.close()
+
+
+# --- datetimes outside what PostgreSQL and Python can hold ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "from=0001-01-01T00:00:00%2B14:00",
+        "to=9999-12-31T23:59:59-14:00",
+        "from=1899-12-31T23:59:59Z",
+        "to=9001-01-01T00:00:00Z",
+    ],
+)
+async def test_list_filters_outside_the_supported_range_are_400(
+    client: Client, register: Registrar, q: str
+) -> None:
+    user = await register()
+    resp = await client.get(f"/api/booking?{q}", headers=auth(user))
+    await _assert_400(resp, q.split("=")[0])
+
+
+async def test_list_filters_at_the_edges_of_the_range_are_accepted(
+    client: Client, register: Registrar
+) -> None:
+    user = await register()
+    resp = await client.get(
+        "/api/booking?from=1900-01-01T00:00:00Z&to=9000-12-31T23:59:59Z", headers=auth(user)
+    )
+    assert resp.status == 200, await resp.text()
+
+
+async def test_body_datetimes_outside_the_supported_range_are_400(
+    client: Client, register: Registrar
+) -> None:
+    user = await register()
+    far = {"title": "x", "startTime": "9999-12-31T00:00:00-14:00", "endTime": "9999-12-31T23:59:59-14:00"}
+    await _assert_400(await client.post("/api/booking", json=far, headers=auth(user)), "startTime")
+    ws = await _open_ws(client, user)
+    await ws.send_str(json.dumps({"event": "get-bookings", "data": {"to": "0001-01-01T00:00:00+14:00"}}))
+    await _assert_error_frame_and_open(ws, field="to")
+    await ws.close()
