@@ -184,6 +184,20 @@ async def test_patch_updates_version_and_honours_if_match(client: Client, regist
     assert stale_delete.status == 412
 
 
+@pytest.mark.parametrize("etag", ["\u00b2", '"\u00b2"', "\u0661", '"\u0661"', 'W/"\uff11"'])
+async def test_if_match_takes_only_ascii_digits(client: Client, register: Registrar, etag: str) -> None:
+    # U+00B2 passes str.isdigit() but not int() (a 500); U+0661 and U+FF11 pass both and matched version 1.
+    user = await register()
+    b = await create(client, user, hours=30)
+    url = f"/api/booking/{b['id']}"
+    headers = {**auth(user), "If-Match": etag}  # sent as raw UTF-8
+    patched = await client.patch(url, json={"title": "x"}, headers=headers)
+    assert patched.status == 412, await patched.text()
+    assert patched.content_type == "application/problem+json"
+    assert (await client.delete(url, headers=headers)).status == 412
+    assert (await (await client.get(url, headers=auth(user))).json())["version"] == 1
+
+
 async def test_patch_rules(client: Client, register: Registrar) -> None:
     user = await register()
     a = await create(client, user, hours=30)
