@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -185,6 +186,18 @@ async def test_hostile_access_tokens_are_401(client: Client, register: Registrar
     token = make_token(session["user"]["id"])
     resp = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 401
+
+
+async def test_a_token_that_is_not_utf8_is_401(client: Client) -> None:
+    # aiohttp reads header bytes that are not UTF-8 as lone surrogates, which PyJWT cannot encode.
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer a\xffb\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"401", status_line
 
 
 async def test_tampered_payload_is_401(client: Client, register: Registrar) -> None:
