@@ -279,3 +279,23 @@ async def test_register_rate_limit_per_ip(make_client: Any) -> None:
         statuses.append(resp.status)
     assert statuses == [201, 201, 429]
     assert "Retry-After" in resp.headers
+
+
+async def test_a_forged_forwarded_for_does_not_escape_the_per_ip_login_limit(make_client: Any) -> None:
+    # Behind nginx, X-Forwarded-For is "<whatever the client sent>, <the address nginx saw>".
+    client = await make_client(trust_proxy=True, auth_rate_per_ip=3)
+    statuses = []
+    for i in range(5):
+        forged = {"X-Forwarded-For": f"10.9.8.{i}, 203.0.113.7", "X-Real-IP": f"10.9.7.{i}"}
+        resp = await client.post(
+            "/api/auth/login", json={"email": unique_email(), "password": "whatever1"}, headers=forged
+        )
+        statuses.append(resp.status)
+    assert statuses == [401, 401, 401, 429, 429]
+    # Another client behind the same proxy has its own bucket.
+    other = await client.post(
+        "/api/auth/login",
+        json={"email": unique_email(), "password": "whatever1"},
+        headers={"X-Forwarded-For": "10.9.8.0, 203.0.113.8"},
+    )
+    assert other.status == 401
