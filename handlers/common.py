@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.errors import Unauthorized
+from actors.errors import Forbidden, Unauthorized
 from handlers.json import dumps, iso
 from server.keys import AUTH, CURRENT_USER, LIMITER, SETTINGS
 from storage.users import User
@@ -33,6 +33,14 @@ async def require_user(request: web.Request) -> User:
         "api-user", str(user.id), limit=settings.api_rate_per_user, window=settings.api_rate_window
     )
     request[CURRENT_USER] = user
+    return user
+
+
+async def require_admin(request: web.Request) -> User:
+    """`require_user`, then the role: an admin-only route answers 403 before it looks at any input."""
+    user = await require_user(request)
+    if not user.is_admin:
+        raise Forbidden("admin role required")
     return user
 
 
