@@ -12,6 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
+import sqlalchemy as sa
 
 from server.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
 from tests.conftest import Client, Registrar, auth
@@ -279,6 +280,49 @@ async def test_register_rate_limit_per_ip(make_client: Any) -> None:
         statuses.append(resp.status)
     assert statuses == [201, 201, 429]
     assert "Retry-After" in resp.headers
+
+
+async def test_login_rate_limit_per_ip(make_client: Any) -> None:
+    client = await make_client(auth_rate_per_ip=3)
+    statuses = []
+    for _ in range(5):  # a new email each time: only the address is shared
+        resp = await client.post("/api/auth/login", json={"email": unique_email(), "password": "whatever1"})
+        statuses.append(resp.status)
+    assert statuses == [401, 401, 401, 429, 429]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    assert (await resp.json())["retryAfter"] == int(resp.headers["Retry-After"])
+
+
+async def test_register_rate_limit_per_email(make_client: Any) -> None:
+    client = await make_client(auth_rate_per_email=2)
+    email = unique_email()
+    statuses = []
+    for case in (email, email.upper(), email):  # the same address in any case
+        resp = await client.post(
+            "/api/auth/register", json={"email": case, "password": PASSWORD, "name": "x"}
+        )
+        statuses.append(resp.status)
+    assert statuses == [201, 409, 429]
+    assert "Retry-After" in resp.headers
+    # The address is not blocked for other emails.
+    other = await client.post(
+        "/api/auth/register", json={"email": unique_email(), "password": PASSWORD, "name": "x"}
+    )
+    assert other.status == 201
+
+
+async def test_password_hashes_are_argon2id(client: Client, register: Registrar) -> None:
+    from server.keys import ENGINE
+
+    session = await register(password=PASSWORD)
+    async with client.app[ENGINE].connect() as conn:
+        stored = (
+            await conn.execute(
+                sa.text("SELECT password_hash FROM users WHERE id = :id"), {"id": session["user"]["id"]}
+            )
+        ).scalar_one()
+    assert stored.startswith("$argon2id$"), stored[:12]
+    assert PASSWORD not in stored
 
 
 async def test_a_forged_forwarded_for_does_not_escape_the_per_ip_login_limit(make_client: Any) -> None:
