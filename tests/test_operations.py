@@ -42,6 +42,27 @@ async def test_health_answers_fast_and_names_a_hanging_redis(make_client: Any) -
         hang.close()
 
 
+async def test_health_answers_fast_and_names_a_hanging_database(make_client: Any) -> None:
+    # Accepts the TCP connection and never says a word: asyncpg waits for the server's first message.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    port = hang.getsockname()[1]
+    try:
+        client = await make_client(database_url=f"postgresql://postgres@127.0.0.1:{port}/none")
+        started = time.monotonic()
+        resp = await client.get("/health")
+        elapsed = time.monotonic() - started
+        assert resp.status == 503
+        body = await resp.json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"] != "ok"
+        assert body["checks"]["redis"] == "ok"
+        assert elapsed < 1.0, elapsed
+    finally:
+        hang.close()
+
+
 async def test_health_names_an_unreachable_database(make_client: Any) -> None:
     client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/none")
     resp = await client.get("/health")
