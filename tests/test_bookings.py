@@ -111,6 +111,24 @@ async def test_create_rejects_invalid_input_and_writes_nothing(
     assert listing["meta"]["total"] == 0
 
 
+@pytest.mark.parametrize(("field", "limit"), [("description", 5000), ("location", 500), ("notes", 5000)])
+async def test_text_length_limits_from_the_readme(
+    client: Client, register: Registrar, field: str, limit: int
+) -> None:
+    user = await register()
+    too_long = await client.post(
+        "/api/booking", json=booking_body(hours=30, **{field: "x" * (limit + 1)}), headers=auth(user)
+    )
+    assert too_long.status == 400
+    assert [e["field"] for e in (await too_long.json())["errors"]] == [field]
+    at_limit = await create(client, user, hours=30, **{field: "y" * limit})
+    assert at_limit[field] == "y" * limit
+    url = f"/api/booking/{at_limit['id']}"
+    patch = await client.patch(url, json={field: "z" * (limit + 1)}, headers=auth(user))
+    assert patch.status == 400
+    assert (await (await client.get(url, headers=auth(user))).json())[field] == "y" * limit
+
+
 async def test_ten_megabyte_title_is_413(client: Client, register: Registrar) -> None:
     user = await register()
     payload = json.dumps(booking_body(title="x" * (10 * 1024 * 1024))).encode()
