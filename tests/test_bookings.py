@@ -185,6 +185,36 @@ async def test_status_transitions(client: Client, register: Registrar) -> None:
     ).status == 409
 
 
+async def test_get_carries_the_version_as_etag(client: Client, register: Registrar) -> None:
+    user = await register()
+    b = await create(client, user, hours=30)
+    url = f"/api/booking/{b['id']}"
+    first = await client.get(url, headers=auth(user))
+    assert first.headers["ETag"] == '"1"'
+    await client.patch(url, json={"title": "Moved"}, headers=auth(user))
+    second = await client.get(url, headers=auth(user))
+    assert second.headers["ETag"] == f'"{(await second.json())["version"]}"' == '"2"'
+
+
+async def test_status_patch_honours_if_match(client: Client, register: Registrar) -> None:
+    user = await register()
+    b = await create(client, user, hours=30)
+    url = f"/api/booking/{b['id']}"
+    await client.patch(url, json={"title": "Moved"}, headers=auth(user))  # now version 2
+    stale = await client.patch(
+        url + "/status", json={"status": "cancelled"}, headers={**auth(user), "If-Match": '"1"'}
+    )
+    assert stale.status == 412
+    assert stale.content_type == "application/problem+json"
+    assert (await (await client.get(url, headers=auth(user))).json())["status"] == "scheduled"
+    fresh = await client.patch(
+        url + "/status", json={"status": "cancelled"}, headers={**auth(user), "If-Match": 'W/"2"'}
+    )
+    assert fresh.status == 200
+    assert fresh.headers["ETag"] == '"3"'
+    assert (await fresh.json())["status"] == "cancelled"
+
+
 async def test_patch_updates_version_and_honours_if_match(client: Client, register: Registrar) -> None:
     user = await register()
     b = await create(client, user, hours=30)
