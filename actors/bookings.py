@@ -149,7 +149,7 @@ def parse_if_match(header: str | None) -> int | None:
     if header is None or header.strip() in {"", "*"}:
         return None
     value = header.strip().removeprefix("W/").strip('"')
-    if not value.isdigit() or len(value) > 9:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise PreconditionFailed("If-Match must be an ETag returned by this API")
     return int(value)
 

@@ -52,6 +52,8 @@ class TokenCodec:
 
     def decode(self, token: str, kind: TokenType) -> TokenClaims:
         """Verify signature, algorithm, required claims and type; any failure is the same 401."""
+        if not token.isascii():  # a JWT is base64url; PyJWT would fail to encode a lone surrogate
+            raise Unauthorized("invalid token")
         try:
             payload = jwt.decode(
                 token,

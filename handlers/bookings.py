@@ -11,9 +11,9 @@ from aiohttp_apigami import docs, querystring_schema, request_schema
 from marshmallow import Schema
 
 from actors.bookings import parse_if_match
-from actors.errors import FieldError, ValidationFailed
+from actors.errors import FieldError, NotFound, ValidationFailed
 from actors.views import booking_view
-from handlers.common import json_response, page_meta, require_user
+from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.schemas import (
     AuditPage,
     BookingLimitQuery,
@@ -30,6 +30,7 @@ from handlers.schemas import (
 from handlers.users import path_uuid
 from handlers.validation import body, query
 from server.keys import BOOKINGS
+from server.openapi import header
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -47,6 +48,7 @@ _AUTH_ERRORS: dict[int, dict[str, Any]] = {
     401: {"schema": Problem, "description": "Missing or invalid access token"},
     429: {"schema": Problem, "description": "Rate limited"},
 }
+_WITH_ETAG = {"headers": {"ETag": header("ETag")}}
 _ID_PARAM = [{"in": "path", "name": "id", "required": True, "schema": {"type": "string", "format": "uuid"}}]
 _IF_MATCH = {
     "in": "header",
@@ -88,7 +90,15 @@ def _idempotency_key(request: web.Request) -> str | None:
         }
     ],
     responses={
-        201: {"schema": BookingOut, "description": "Created (Location header points at it)"},
+        201: {
+            "schema": BookingOut,
+            "description": "Created (Location header points at it), or the replay of an earlier create",
+            "headers": {
+                "ETag": header("ETag"),
+                "Location": header("Location"),
+                "Idempotent-Replayed": header("Idempotent-Replayed"),
+            },
+        },
         400: {"schema": Problem, "description": "Invalid input"},
         409: {"schema": Problem, "description": "Overlaps an active booking (`conflictingId`)"},
         413: {"schema": Problem, "description": "Body too large"},
@@ -181,7 +191,7 @@ async def past(request: web.Request) -> web.Response:
     security=[{"bearerAuth": []}],
     parameters=_ID_PARAM,
     responses={
-        200: {"schema": BookingOut, "description": "The booking"},
+        200: {"schema": BookingOut, "description": "The booking", **_WITH_ETAG},
         404: {"schema": Problem, "description": "Missing, or someone else's"},
         **_AUTH_ERRORS,
     },
@@ -209,7 +219,10 @@ _MUTATION_ERRORS: dict[int, dict[str, Any]] = {
     summary="Change some fields (same rules as create)",
     security=[{"bearerAuth": []}],
     parameters=[*_ID_PARAM, _IF_MATCH],
-    responses={200: {"schema": BookingOut, "description": "The updated booking"}, **_MUTATION_ERRORS},
+    responses={
+        200: {"schema": BookingOut, "description": "The updated booking", **_WITH_ETAG},
+        **_MUTATION_ERRORS,
+    },
 )
 @request_schema(UpdateBookingRequest)
 async def patch_booking(request: web.Request) -> web.Response:
@@ -232,7 +245,10 @@ async def _update(request: web.Request, schema: Schema) -> web.Response:
     summary="Move a booking through scheduled → in-progress → completed, or cancel it",
     security=[{"bearerAuth": []}],
     parameters=[*_ID_PARAM, _IF_MATCH],
-    responses={200: {"schema": BookingOut, "description": "The updated booking"}, **_MUTATION_ERRORS},
+    responses={
+        200: {"schema": BookingOut, "description": "The updated booking", **_WITH_ETAG},
+        **_MUTATION_ERRORS,
+    },
 )
 @request_schema(StatusRequest)
 async def patch_status(request: web.Request) -> web.Response:
@@ -276,10 +292,12 @@ async def delete_booking(request: web.Request) -> web.Response:
 )
 @querystring_schema(PageQuery)
 async def history(request: web.Request) -> web.Response:
-    user = await require_user(request)
+    user = await require_admin(request)
     booking_id = path_uuid(request)
     q = query(request, _page)
     entries, total = await request.app[BOOKINGS].history(user, booking_id, page=q["page"], limit=q["limit"])
+    if total == 0:  # every booking's creation is audited, deleted ones included: this id never was one
+        raise NotFound(f"no booking with id {booking_id}")
     data = [
         {
             "id": e["id"],

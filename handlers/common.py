@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.errors import Unauthorized
+from actors.errors import Forbidden, Unauthorized
 from handlers.json import dumps, iso
 from server.keys import AUTH, CURRENT_USER, LIMITER, SETTINGS
 from storage.users import User
@@ -36,12 +36,27 @@ async def require_user(request: web.Request) -> User:
     return user
 
 
+async def require_admin(request: web.Request) -> User:
+    """`require_user`, then the role: an admin-only route answers 403 before it looks at any input."""
+    user = await require_user(request)
+    if not user.is_admin:
+        raise Forbidden("admin role required")
+    return user
+
+
 def client_ip(request: web.Request) -> str:
+    """The address per-IP rate limits count against.
+
+    With TRUST_PROXY, the right-most X-Forwarded-For entry: the one our proxy appended, the address it saw
+    (ops/nginx/*.conf: `$proxy_add_x_forwarded_for`, and `X-Real-IP $remote_addr`, the same address).
+    Entries to its left are whatever the client sent. X-Real-IP is not read, because a platform router
+    that only appends X-Forwarded-For would pass a client's own X-Real-IP through untouched.
+    """
     if request.app[SETTINGS].trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first[:64]
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+        nearest = forwarded.rpartition(",")[2].strip()
+        if nearest:
+            return nearest[:64]
     return request.remote or "unknown"
 
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
+
+from handlers.validation import unstorable_text
 
 
 class Strict(Schema):
+    """The base of every request schema: unknown fields are errors, and so is text PostgreSQL cannot
+    store (NUL) or UTF-8 cannot encode (lone surrogates), in any field, before any field sees it."""
+
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def _refuse_unstorable_text(self, data: Any, **kwargs: Any) -> Any:
+        errors = unstorable_text(data)
+        if errors:
+            raise ValidationError(errors)
+        return data
 
 
 def _desc(text: str, **extra: Any) -> dict[str, Any]:
@@ -121,10 +134,33 @@ STATUSES = ["scheduled", "in-progress", "completed", "cancelled"]
 _TEXT = 5000
 
 
-def _aware(
-    description: str = "ISO-8601 with an offset, e.g. 2030-01-01T10:00:00Z", **kwargs: Any
-) -> fields.AwareDateTime:
-    return fields.AwareDateTime(format="iso", metadata=_desc(description), **kwargs)
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+class Instant(fields.AwareDateTime):
+    """An aware datetime that Python and PostgreSQL can both hold once in UTC: years 1900 to 9000.
+
+    `0001-01-01T00:00:00+14:00` parses, but is before year 1 in UTC: asyncpg's conversion overflowed.
+    """
+
+    default_error_messages = {
+        "range": f"must be between {EARLIEST:%Y-%m-%dT%H:%M:%SZ} and {LATEST:%Y-%m-%dT%H:%M:%SZ} in UTC"
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            in_utc = parsed.astimezone(UTC)
+        except OverflowError:
+            raise self.make_error("range") from None
+        if not EARLIEST <= in_utc <= LATEST:
+            raise self.make_error("range")
+        return parsed
+
+
+def _aware(description: str = "ISO-8601 with an offset, e.g. 2030-01-01T10:00:00Z", **kwargs: Any) -> Instant:
+    return Instant(format="iso", metadata=_desc(description), **kwargs)
 
 
 class CreateBookingRequest(Strict):

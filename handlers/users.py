@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 
 from actors.errors import NotFound, ValidationFailed
-from handlers.common import json_response, page_meta, require_user, user_json
+from handlers.common import json_response, page_meta, require_admin, user_json
 from handlers.schemas import PageQuery, Problem, UserOut, UserPage, UserPatch
 from handlers.validation import body, query
 from server.keys import AUTH
@@ -47,7 +47,7 @@ _ADMIN_ERRORS = {
 )
 @querystring_schema(PageQuery)
 async def list_users(request: web.Request) -> web.Response:
-    actor = await require_user(request)
+    actor = await require_admin(request)
     params = query(request, _page)
     found, total = await request.app[AUTH].list_users(actor, page=params["page"], limit=params["limit"])
     return json_response(
@@ -73,7 +73,7 @@ async def list_users(request: web.Request) -> web.Response:
 )
 @request_schema(UserPatch)
 async def patch_user(request: web.Request) -> web.Response:
-    actor = await require_user(request)
+    actor = await require_admin(request)
     user_id = path_uuid(request)
     data = await body(request, _patch)
     if not data:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +13,59 @@ from marshmallow import Schema
 from marshmallow import ValidationError as MarshmallowError
 
 from actors.errors import FieldError, ValidationFailed
+
+# PostgreSQL refuses NUL in text (SQLSTATE 22021), and a lone surrogate has no UTF-8 encoding at all
+# (asyncpg, and any response that would echo it, fail). A valid astral character is one code point in a
+# Python str, so only unpaired surrogates match.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+# In json.dumps(..., ensure_ascii=False) output surrogates stay raw and NUL is the escape `\u0000`.
+_SURROGATE_CHAR = re.compile(r"[\ud800-\udfff]")
+_NUL = "must not contain the NUL character (\\u0000)"
+_SURROGATE = "must not contain unpaired surrogates (\\ud800-\\udfff)"
+
+
+def unstorable(text: str) -> str | None:
+    """Why `text` cannot be stored or sent back, or None when it can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    return _NUL if found.group() == "\x00" else _SURROGATE
+
+
+def _unstorable_within(value: Any) -> str | None:
+    """`unstorable` for a value of any JSON type; containers are searched at C speed, not walked."""
+    if isinstance(value, str):
+        return unstorable(value)
+    if not isinstance(value, (dict, list)):
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # deeper than the encoder goes; no schema field takes that anyway
+        return "nested too deeply"
+    if _SURROGATE_CHAR.search(text):
+        return _SURROGATE
+    # Drop escaped backslashes first, so a client's literal backslash before "u0000" is no NUL.
+    if "\\u0000" in text and "\\u0000" in text.replace("\\\\", ""):
+        return _NUL
+    return None
+
+
+def unstorable_text(payload: Any) -> dict[str, list[str]]:
+    """Marshmallow-shaped messages, by top-level field, for text that `unstorable` refuses.
+
+    A field name that is itself unstorable is reported as its JSON escape, never echoed raw.
+    """
+    if not isinstance(payload, dict):
+        reason = _unstorable_within(payload)
+        return {"body": [reason]} if reason else {}
+    errors: dict[str, list[str]] = {}
+    for key, value in payload.items():
+        name = str(key)
+        if (reason := unstorable(name)) is not None:
+            errors[json.dumps(name)[1:-1]] = [f"field name {reason}"]
+        elif (reason := _unstorable_within(value)) is not None:
+            errors[name] = [reason]
+    return errors
 
 
 def _flatten(messages: Any, prefix: str = "") -> list[FieldError]:
@@ -39,14 +94,25 @@ def validate(schema: Schema, payload: Any) -> dict[str, Any]:
     return result
 
 
+def parse_json(raw: str | bytes) -> Any:
+    """json.loads, where anything a client can send is a ValidationFailed on `body`, never a 500."""
+    try:
+        return json.loads(raw)
+    except RecursionError:  # "[" * 100_000: the C scanner recurses per level
+        reason = "nested too deeply"
+    except UnicodeDecodeError:
+        reason = "not UTF-8"
+    except json.JSONDecodeError as exc:
+        reason = str(exc)
+    except ValueError:  # an integer literal past Python's int/str conversion limit
+        reason = f"a number has more than {sys.get_int_max_str_digits()} digits"
+    raise ValidationFailed(f"body is not valid JSON: {reason}", [FieldError("body", reason)])
+
+
 async def read_json(request: web.Request) -> Any:
     if not request.body_exists:
         raise ValidationFailed("a JSON body is required", [FieldError("body", "missing")])
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("body is not valid JSON", [FieldError("body", str(exc))]) from None
+    return parse_json(await request.read())
 
 
 async def body(request: web.Request, schema: Schema) -> dict[str, Any]:

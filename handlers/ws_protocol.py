@@ -7,12 +7,12 @@ so the error reply can echo it.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from actors.errors import DomainError, FieldError, ValidationFailed
+from handlers.validation import parse_json, unstorable
 
 # Close codes. 4401 mirrors HTTP 401 in the 4000-4999 range RFC 6455 leaves to applications.
 CLOSE_GOING_AWAY = 1001
@@ -50,14 +50,17 @@ def _frame_id(message: dict[str, Any]) -> FrameId | None:
         raise BadFrame("id must be a string or an integer", "id")
     if isinstance(raw, str) and len(raw) > MAX_ID_LENGTH:
         raise BadFrame(f"id must be at most {MAX_ID_LENGTH} characters", "id")
+    if isinstance(raw, str) and (reason := unstorable(raw)) is not None:
+        raise BadFrame(f"id {reason}", "id")  # a lone surrogate cannot be sent back in a text frame
     return raw
 
 
 def parse_frame(text: str) -> Frame:
     try:
-        message = json.loads(text)
-    except ValueError:
-        raise BadFrame("frame is not valid JSON", "body") from None
+        message = parse_json(text)
+    except ValidationFailed as exc:
+        reason = exc.errors[0].message
+        raise BadFrame(f"frame is not valid JSON: {reason}", "body") from None
     if not isinstance(message, dict):
         raise BadFrame("frame must be a JSON object {event, data, id?}", "body")
     frame_id = _frame_id(message)

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("booking.access")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# body_rules applies to these methods under this prefix; server/openapi.py documents 413/415 by the same rule.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+BODY_RULES_PREFIX = "/api/"
 _STATUS_SLUGS = {
     400: "bad-request",
     401: "unauthorized",
@@ -120,7 +122,7 @@ async def _guarded(request: web.Request, handler: Handler, request_id: str) -> w
 @web.middleware
 async def body_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
     """JSON-only bodies and the size limit, checked before any handler reads the body."""
-    if request.method in _BODY_METHODS and request.path.startswith("/api/"):
+    if request.method in BODY_METHODS and request.path.startswith(BODY_RULES_PREFIX):
         limit = request.app[SETTINGS].max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)

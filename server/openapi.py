@@ -8,10 +8,72 @@ from aiohttp import web
 from aiohttp_apigami import setup_aiohttp_apispec
 from aiohttp_apigami.constants import SWAGGER_DICT
 
+from server.middlewares import BODY_METHODS, BODY_RULES_PREFIX
 from server.version import VERSION
 
 OPENAPI_PATH = "/api/docs/openapi.json"
 PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
+
+# Paths whose handlers reach PostgreSQL or Redis: request_context answers 503 there when one is down.
+DEPENDENT_PREFIXES = ("/api/", "/jobs/")
+
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "The request's id: yours when you sent a well-formed one, else generated. Also in "
+        "the logs and in a problem's `requestId`",
+        "schema": {"type": "string", "maxLength": 128},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "WWW-Authenticate": {"description": "Always `Bearer`", "schema": {"type": "string"}},
+    "ETag": {
+        "description": 'The booking\'s version, quoted (`"3"`); send it back in `If-Match`',
+        "schema": {"type": "string"},
+    },
+    "Location": {"description": "The path of the created resource", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored response to an earlier request with the same "
+        "Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+
+def header(name: str) -> dict[str, str]:
+    """A reference to one of HEADERS, for a response's `headers` in a `@docs` decorator."""
+    if name not in HEADERS:
+        raise KeyError(f"undocumented response header {name!r}: add it to server.openapi.HEADERS")
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
+    }
+
+
+def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
+    """The responses the middlewares give every operation they wrap, stated once here rather than
+    repeated (and forgotten) in each handler's decorator; a decorator's own entry wins."""
+    responses = {str(code): response for code, response in operation.get("responses", {}).items()}
+    if method.upper() in BODY_METHODS and path.startswith(BODY_RULES_PREFIX):
+        responses.setdefault("413", _problem("Body larger than MAX_BODY_BYTES"))
+        responses.setdefault("415", _problem("Body is not `application/json`"))
+    if path.startswith(DEPENDENT_PREFIXES):
+        responses.setdefault("503", _problem("PostgreSQL or Redis is unavailable; retry after `Retry-After`"))
+    for code, response in responses.items():
+        headers = response.setdefault("headers", {})
+        if code != "101":  # a WebSocket upgrade is answered before the middleware could add it
+            headers.setdefault("X-Request-ID", header("X-Request-ID"))
+        if code in ("429", "503"):
+            headers.setdefault("Retry-After", header("Retry-After"))
+        if code == "401":
+            headers.setdefault("WWW-Authenticate", header("WWW-Authenticate"))
+    operation["responses"] = responses
+
 
 DESCRIPTION = """Bookings that never overlap, live over WebSocket (`/ws/`), with reminders.
 
@@ -20,11 +82,13 @@ from `/api/auth/login` or `/api/auth/register`."""
 
 
 def _tidy(document: dict[str, Any]) -> None:
-    """Make apigami's output strict OpenAPI 3: it leaves Swagger-2 keys and optional bodies behind."""
-    for operations in document.get("paths", {}).values():
-        for operation in operations.values():
+    """Complete each operation with the middlewares' responses and headers, and make apigami's output
+    strict OpenAPI 3: it leaves Swagger-2 keys and optional bodies behind."""
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
             if not isinstance(operation, dict):
                 continue
+            _complete(path, method, operation)
             operation.pop("produces", None)
             operation.pop("consumes", None)
             if "requestBody" in operation:
@@ -55,7 +119,8 @@ def setup_openapi(
         openapi_version="3.0.3",
         info={"description": description},
         components={
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "headers": HEADERS,
         },
     )
 

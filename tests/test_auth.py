@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -11,6 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
+import sqlalchemy as sa
 
 from server.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
 from tests.conftest import Client, Registrar, auth
@@ -187,6 +189,18 @@ async def test_hostile_access_tokens_are_401(client: Client, register: Registrar
     assert resp.status == 401
 
 
+async def test_a_token_that_is_not_utf8_is_401(client: Client) -> None:
+    # aiohttp reads header bytes that are not UTF-8 as lone surrogates, which PyJWT cannot encode.
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"GET /api/auth/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer a\xffb\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"401", status_line
+
+
 async def test_tampered_payload_is_401(client: Client, register: Registrar) -> None:
     session = await register()
     header, payload, signature = session["accessToken"].split(".")
@@ -266,3 +280,66 @@ async def test_register_rate_limit_per_ip(make_client: Any) -> None:
         statuses.append(resp.status)
     assert statuses == [201, 201, 429]
     assert "Retry-After" in resp.headers
+
+
+async def test_login_rate_limit_per_ip(make_client: Any) -> None:
+    client = await make_client(auth_rate_per_ip=3)
+    statuses = []
+    for _ in range(5):  # a new email each time: only the address is shared
+        resp = await client.post("/api/auth/login", json={"email": unique_email(), "password": "whatever1"})
+        statuses.append(resp.status)
+    assert statuses == [401, 401, 401, 429, 429]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    assert (await resp.json())["retryAfter"] == int(resp.headers["Retry-After"])
+
+
+async def test_register_rate_limit_per_email(make_client: Any) -> None:
+    client = await make_client(auth_rate_per_email=2)
+    email = unique_email()
+    statuses = []
+    for case in (email, email.upper(), email):  # the same address in any case
+        resp = await client.post(
+            "/api/auth/register", json={"email": case, "password": PASSWORD, "name": "x"}
+        )
+        statuses.append(resp.status)
+    assert statuses == [201, 409, 429]
+    assert "Retry-After" in resp.headers
+    # The address is not blocked for other emails.
+    other = await client.post(
+        "/api/auth/register", json={"email": unique_email(), "password": PASSWORD, "name": "x"}
+    )
+    assert other.status == 201
+
+
+async def test_password_hashes_are_argon2id(client: Client, register: Registrar) -> None:
+    from server.keys import ENGINE
+
+    session = await register(password=PASSWORD)
+    async with client.app[ENGINE].connect() as conn:
+        stored = (
+            await conn.execute(
+                sa.text("SELECT password_hash FROM users WHERE id = :id"), {"id": session["user"]["id"]}
+            )
+        ).scalar_one()
+    assert stored.startswith("$argon2id$"), stored[:12]
+    assert PASSWORD not in stored
+
+
+async def test_a_forged_forwarded_for_does_not_escape_the_per_ip_login_limit(make_client: Any) -> None:
+    # Behind nginx, X-Forwarded-For is "<whatever the client sent>, <the address nginx saw>".
+    client = await make_client(trust_proxy=True, auth_rate_per_ip=3)
+    statuses = []
+    for i in range(5):
+        forged = {"X-Forwarded-For": f"10.9.8.{i}, 203.0.113.7", "X-Real-IP": f"10.9.7.{i}"}
+        resp = await client.post(
+            "/api/auth/login", json={"email": unique_email(), "password": "whatever1"}, headers=forged
+        )
+        statuses.append(resp.status)
+    assert statuses == [401, 401, 401, 429, 429]
+    # Another client behind the same proxy has its own bucket.
+    other = await client.post(
+        "/api/auth/login",
+        json={"email": unique_email(), "password": "whatever1"},
+        headers={"X-Forwarded-For": "10.9.8.0, 203.0.113.8"},
+    )
+    assert other.status == 401

@@ -110,6 +110,24 @@ async def test_create_rejects_invalid_input_and_writes_nothing(
     assert listing["meta"]["total"] == 0
 
 
+@pytest.mark.parametrize(("field", "limit"), [("description", 5000), ("location", 500), ("notes", 5000)])
+async def test_text_length_limits_from_the_readme(
+    client: Client, register: Registrar, field: str, limit: int
+) -> None:
+    user = await register()
+    too_long = await client.post(
+        "/api/booking", json=booking_body(hours=30, **{field: "x" * (limit + 1)}), headers=auth(user)
+    )
+    assert too_long.status == 400
+    assert [e["field"] for e in (await too_long.json())["errors"]] == [field]
+    at_limit = await create(client, user, hours=30, **{field: "y" * limit})
+    assert at_limit[field] == "y" * limit
+    url = f"/api/booking/{at_limit['id']}"
+    patch = await client.patch(url, json={field: "z" * (limit + 1)}, headers=auth(user))
+    assert patch.status == 400
+    assert (await (await client.get(url, headers=auth(user))).json())[field] == "y" * limit
+
+
 async def test_ten_megabyte_title_is_413(client: Client, register: Registrar) -> None:
     user = await register()
     payload = json.dumps(booking_body(title="x" * (10 * 1024 * 1024))).encode()
@@ -166,6 +184,36 @@ async def test_status_transitions(client: Client, register: Registrar) -> None:
     ).status == 409
 
 
+async def test_get_carries_the_version_as_etag(client: Client, register: Registrar) -> None:
+    user = await register()
+    b = await create(client, user, hours=30)
+    url = f"/api/booking/{b['id']}"
+    first = await client.get(url, headers=auth(user))
+    assert first.headers["ETag"] == '"1"'
+    await client.patch(url, json={"title": "Moved"}, headers=auth(user))
+    second = await client.get(url, headers=auth(user))
+    assert second.headers["ETag"] == f'"{(await second.json())["version"]}"' == '"2"'
+
+
+async def test_status_patch_honours_if_match(client: Client, register: Registrar) -> None:
+    user = await register()
+    b = await create(client, user, hours=30)
+    url = f"/api/booking/{b['id']}"
+    await client.patch(url, json={"title": "Moved"}, headers=auth(user))  # now version 2
+    stale = await client.patch(
+        url + "/status", json={"status": "cancelled"}, headers={**auth(user), "If-Match": '"1"'}
+    )
+    assert stale.status == 412
+    assert stale.content_type == "application/problem+json"
+    assert (await (await client.get(url, headers=auth(user))).json())["status"] == "scheduled"
+    fresh = await client.patch(
+        url + "/status", json={"status": "cancelled"}, headers={**auth(user), "If-Match": 'W/"2"'}
+    )
+    assert fresh.status == 200
+    assert fresh.headers["ETag"] == '"3"'
+    assert (await fresh.json())["status"] == "cancelled"
+
+
 async def test_patch_updates_version_and_honours_if_match(client: Client, register: Registrar) -> None:
     user = await register()
     b = await create(client, user, hours=30)
@@ -181,6 +229,20 @@ async def test_patch_updates_version_and_honours_if_match(client: Client, regist
     assert (await (await client.get(url, headers=auth(user))).json())["title"] == "Moved"
     stale_delete = await client.delete(url, headers={**auth(user), "If-Match": '"1"'})
     assert stale_delete.status == 412
+
+
+@pytest.mark.parametrize("etag", ["\u00b2", '"\u00b2"', "\u0661", '"\u0661"', 'W/"\uff11"'])
+async def test_if_match_takes_only_ascii_digits(client: Client, register: Registrar, etag: str) -> None:
+    # U+00B2 passes str.isdigit() but not int() (a 500); U+0661 and U+FF11 pass both and matched version 1.
+    user = await register()
+    b = await create(client, user, hours=30)
+    url = f"/api/booking/{b['id']}"
+    headers = {**auth(user), "If-Match": etag}  # sent as raw UTF-8
+    patched = await client.patch(url, json={"title": "x"}, headers=headers)
+    assert patched.status == 412, await patched.text()
+    assert patched.content_type == "application/problem+json"
+    assert (await client.delete(url, headers=headers)).status == 412
+    assert (await (await client.get(url, headers=auth(user))).json())["version"] == 1
 
 
 async def test_patch_rules(client: Client, register: Registrar) -> None:

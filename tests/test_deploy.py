@@ -407,7 +407,10 @@ def test_nginx_routes_every_prefix_without_stripping_it(name: str) -> None:
     assert "proxy_set_header Connection $connection_upgrade;" in ws
     assert re.search(r"proxy_read_timeout\s+1h;", ws)
     assert "gzip on;" in text
+    # handlers.common.client_ip reads the right-most entry: nginx must append, never pass the client's on.
     assert "X-Forwarded-For $proxy_add_x_forwarded_for" in text
+    assert "X-Real-IP $remote_addr" in text
+    assert "$http_x_forwarded_for" not in text
     assert "X-Request-ID $booking_request_id" in text
     assert "include booking/upstreams.conf;" in text
 

@@ -265,3 +265,47 @@ async def test_seed_session_through_nginx(stack: Stack) -> None:
     for web in stack.web:
         assert f"up={web.removeprefix('http://')}" in log, log[-2000:]
     assert "token=" not in log
+
+
+async def test_the_per_ip_limit_keys_on_the_address_nginx_saw(make_client: Any, tmp_path: Path) -> None:
+    """ops/nginx/dev.conf and handlers.common.client_ip agree: rotating a forged X-Forwarded-For (or
+    X-Real-IP) through real nginx does not escape the per-IP login limit."""
+    nginx, reason = nginx_support.nginx_binary()
+    if nginx is None:
+        pytest.skip(reason)
+    app = await make_client(trust_proxy=True, auth_rate_per_ip=3)
+    dead, port = free_ports(2)
+    conf = nginx_support.write_config(
+        tmp_path,
+        "dev",
+        web=[f"127.0.0.1:{app.server.port}"],
+        jobs=[f"127.0.0.1:{dead}"],
+        listen=f"127.0.0.1:{port}",
+    )
+    command = nginx_support.command(nginx, tmp_path, conf, foreground=True)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            # The app runs on this event loop, so wait for nginx without blocking it.
+            deadline = time.monotonic() + 10
+            while True:
+                assert proc.poll() is None, "nginx exited"
+                try:
+                    async with http.get(f"{base}/health") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "nginx did not start proxying"
+                await asyncio.sleep(0.05)
+            statuses = []
+            for i in range(5):
+                forged = {"X-Forwarded-For": f"10.9.8.{i}", "X-Real-IP": f"10.9.7.{i}"}
+                body = {"email": unique_email(), "password": "whatever1"}
+                async with http.post(f"{base}/api/auth/login", json=body, headers=forged) as resp:
+                    statuses.append(resp.status)
+            assert statuses == [401, 401, 401, 429, 429]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

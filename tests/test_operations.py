@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
+import uuid
 from typing import Any
 
 from openapi_spec_validator import validate
 
-from tests.conftest import Client
+from tests.conftest import Client, Registrar, auth
 
 
 async def test_health_reports_both_dependencies(client: Client) -> None:
@@ -36,6 +38,27 @@ async def test_health_answers_fast_and_names_a_hanging_redis(make_client: Any) -
         assert body["checks"]["redis"] != "ok"
         assert body["checks"]["database"] == "ok"
         assert elapsed < 1.0
+    finally:
+        hang.close()
+
+
+async def test_health_answers_fast_and_names_a_hanging_database(make_client: Any) -> None:
+    # Accepts the TCP connection and never says a word: asyncpg waits for the server's first message.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    port = hang.getsockname()[1]
+    try:
+        client = await make_client(database_url=f"postgresql://postgres@127.0.0.1:{port}/none")
+        started = time.monotonic()
+        resp = await client.get("/health")
+        elapsed = time.monotonic() - started
+        assert resp.status == 503
+        body = await resp.json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"] != "ok"
+        assert body["checks"]["redis"] == "ok"
+        assert elapsed < 1.0, elapsed
     finally:
         hang.close()
 
@@ -71,7 +94,41 @@ async def test_metrics_count_requests_by_route(client: Client) -> None:
     assert "http_request_duration_seconds_bucket" in text
 
 
-async def test_openapi_document_is_valid_and_complete(client: Client) -> None:
+JSON_BODY_ERRORS = {"400", "413", "415"}
+AUTHENTICATED_ERRORS = {"401", "429", "503"}
+
+
+def _header_names(response: dict[str, Any]) -> set[str]:
+    return set(response.get("headers", {}))
+
+
+def _missing_declarations(document: dict[str, Any]) -> list[str]:
+    """What each operation's own kind obliges it to document, read from the document alone."""
+    missing: list[str] = []
+    for path, operations in document["paths"].items():
+        for method, op in operations.items():
+            where = f"{method.upper()} {path}"
+            codes = set(op.get("responses", {}))
+            if not codes:
+                missing.append(f"{where}: no responses")
+            if "application/json" in op.get("requestBody", {}).get("content", {}):
+                missing += [
+                    f"{where}: takes a JSON body but lacks {c}" for c in sorted(JSON_BODY_ERRORS - codes)
+                ]
+            if op.get("security"):
+                missing += [
+                    f"{where}: authenticated but lacks {c}" for c in sorted(AUTHENTICATED_ERRORS - codes)
+                ]
+            for code, response in op.get("responses", {}).items():
+                headers = _header_names(response)
+                if code != "101" and "X-Request-ID" not in headers:
+                    missing.append(f"{where} {code}: X-Request-ID header undocumented")
+                if code in ("429", "503") and "Retry-After" not in headers:
+                    missing.append(f"{where} {code}: Retry-After header undocumented")
+    return missing
+
+
+async def test_openapi_document_is_valid_and_complete(client: Client, register: Registrar) -> None:
     resp = await client.get("/api/docs/openapi.json")
     assert resp.status == 200
     document = await resp.json()
@@ -87,9 +144,78 @@ async def test_openapi_document_is_valid_and_complete(client: Client) -> None:
         ):
             served.add((path, route.method.lower()))
     assert served - documented == set()
-    for path, ops in document["paths"].items():
-        for method, op in ops.items():
-            assert op.get("responses"), f"{method.upper()} {path} documents no responses"
+    assert _missing_declarations(document) == []
+
+    # What the operations do, against what they declare: call each one anonymously and as a plain user
+    # with an empty body and unknown ids. Answering 401 obliges `security`; answering a non-admin 403
+    # obliges 403 (admin routes check the role before any input, so any input shows it).
+    user = await register()
+    undeclared = []
+    for path, operations in document["paths"].items():
+        if path in ("/ws/", "/metrics"):
+            continue
+        url = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
+        for method, op in operations.items():
+            if method == "head":
+                continue
+            body = {} if "requestBody" in op else None
+            anonymous = await client.request(method, url, json=body)
+            plain_user = await client.request(method, url, json=body, headers=auth(user))
+            for who, answer in (("anonymous", anonymous), ("a plain user", plain_user)):
+                assert answer.status < 500, f"{method.upper()} {path} as {who}: {answer.status}"
+                if str(answer.status) not in op["responses"]:
+                    undeclared.append(f"{method.upper()} {path} answers {who} {answer.status}, undocumented")
+            if anonymous.status == 401 and not op.get("security"):
+                undeclared.append(f"{method.upper()} {path} requires a token but declares no security")
+    assert undeclared == []
+
+
+def test_the_completeness_check_catches_what_it_should() -> None:
+    """The checks above must be able to fail: an operation stripped of each obligation is caught."""
+    problem = {"headers": {"X-Request-ID": {}}}
+    limited = {"headers": {"X-Request-ID": {}, "Retry-After": {}}}
+    complete = {
+        "requestBody": {"content": {"application/json": {}}},
+        "security": [{"bearerAuth": []}],
+        "responses": {
+            "200": problem,
+            "400": problem,
+            "401": problem,
+            "403": problem,
+            "413": problem,
+            "415": problem,
+            "429": limited,
+            "503": limited,
+        },
+    }
+    assert _missing_declarations({"paths": {"/x": {"post": complete}}}) == []
+    for code in ("400", "413", "415", "401", "429", "503"):
+        broken = {**complete, "responses": {k: v for k, v in complete["responses"].items() if k != code}}
+        assert any(code in m for m in _missing_declarations({"paths": {"/x": {"post": broken}}})), code
+    no_id = {**complete, "responses": {**complete["responses"], "200": {}}}
+    assert _missing_declarations({"paths": {"/x": {"post": no_id}}}) == [
+        "POST /x 200: X-Request-ID header undocumented"
+    ]
+    no_retry = {**complete, "responses": {**complete["responses"], "429": problem}}
+    assert _missing_declarations({"paths": {"/x": {"post": no_retry}}}) == [
+        "POST /x 429: Retry-After header undocumented"
+    ]
+
+
+async def test_booking_responses_document_their_headers(client: Client) -> None:
+    document = await (await client.get("/api/docs/openapi.json")).json()
+    paths = document["paths"]
+    assert {"ETag", "Location", "Idempotent-Replayed"} <= _header_names(
+        paths["/api/booking"]["post"]["responses"]["201"]
+    )
+    for path, method in (
+        ("/api/booking/{id}", "get"),
+        ("/api/booking/{id}", "patch"),
+        ("/api/booking/{id}/status", "patch"),
+    ):
+        assert "ETag" in _header_names(paths[path][method]["responses"]["200"]), (path, method)
+    assert "WWW-Authenticate" in _header_names(paths["/api/auth/me"]["get"]["responses"]["401"])
+    assert set(document["components"]["headers"]) >= {"ETag", "Location", "Retry-After", "X-Request-ID"}
 
 
 async def test_swagger_ui_is_served_locally(client: Client) -> None:

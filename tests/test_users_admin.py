@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from tests.conftest import Client, Registrar, auth
@@ -17,6 +18,35 @@ async def test_non_admin_gets_403_on_admin_routes(client: Client, register: Regi
     assert patch.status == 403
     me = await client.get("/api/auth/me", headers=auth(session))
     assert (await me.json())["role"] == "user"
+
+
+async def test_non_admin_gets_403_whatever_the_input(client: Client, register: Registrar) -> None:
+    session = await register()
+    headers = auth(session)
+    uid = session["user"]["id"]
+    for query in ("page=0", "limit=abc", "bogus=1"):
+        assert (await client.get(f"/api/users?{query}", headers=headers)).status == 403, query
+    for path, body in (
+        ("/api/users/nope", {"role": "admin"}),
+        (f"/api/users/{uid}", {}),
+        (f"/api/users/{uid}", {"role": "root"}),
+        (f"/api/users/{uid}", [1]),
+    ):
+        resp = await client.patch(path, json=body, headers=headers)
+        assert resp.status == 403, (path, body)
+    malformed = await client.patch(
+        f"/api/users/{uid}", data=b"{", headers={**headers, "Content-Type": "application/json"}
+    )
+    assert malformed.status == 403
+    for path in (f"/api/booking/{uuid.uuid4()}/history?page=0", "/api/booking/nope/history"):
+        assert (await client.get(path, headers=headers)).status == 403, path
+
+
+async def test_history_of_an_unknown_booking_is_404(client: Client, admin: dict[str, Any]) -> None:
+    for bad in (str(uuid.uuid4()), "nope", admin["user"]["id"]):
+        resp = await client.get(f"/api/booking/{bad}/history", headers=auth(admin))
+        assert resp.status == 404, bad
+        assert resp.content_type == "application/problem+json"
 
 
 async def test_anonymous_gets_401_on_admin_routes(client: Client) -> None:

@@ -105,6 +105,9 @@ async def test_a_bad_token_closes_4401(client: Client, how: str) -> None:
         {"event": "ping"},
         {"event": "authenticate", "data": {}},
         {"event": "authenticate", "data": {"token": 12}},
+        {"event": "authenticate", "data": {"token": "a\ud800b"}},  # a lone surrogate: PyJWT cannot encode it
+        {"event": "authenticate", "data": {"token": "[" * 30_000 + "]" * 30_000}},
+        "[" * 30_000 + "]" * 30_000,
         "not json",
         b"\x00binary",
     ],

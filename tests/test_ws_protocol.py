@@ -33,6 +33,10 @@ def test_data_and_id_are_optional() -> None:
         ('{"event": "ping", "id": 1.5}', "id", None),
         ('{"event": "ping", "id": false}', "id", None),
         ('{"event": "ping", "id": "' + "i" * 129 + '"}', "id", None),
+        ('{"event": "ping", "id": "a\\u0000"}', "id", None),
+        ('{"event": "ping", "id": "a\\udc00"}', "id", None),
+        ("[" * 50_000 + "]" * 50_000, "body", None),
+        ('{"event": "ping", "data": {"n": ' + "9" * 5000 + "}}", "body", None),
     ],
 )
 def test_malformed_frames_are_400_and_keep_a_readable_id(text: str, field: str, frame_id: object) -> None:
