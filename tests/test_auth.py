@@ -12,7 +12,6 @@ from typing import Any
 
 import jwt
 import pytest
-import sqlalchemy as sa
 
 from server.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
 from tests.conftest import Client, Registrar, auth
@@ -312,15 +311,13 @@ async def test_register_rate_limit_per_email(make_client: Any) -> None:
 
 
 async def test_password_hashes_are_argon2id(client: Client, register: Registrar) -> None:
-    from server.keys import ENGINE
+    from server.keys import DB
 
     session = await register(password=PASSWORD)
-    async with client.app[ENGINE].connect() as conn:
-        stored = (
-            await conn.execute(
-                sa.text("SELECT password_hash FROM users WHERE id = :id"), {"id": session["user"]["id"]}
-            )
-        ).scalar_one()
+    async with client.app[DB].connect() as conn:
+        stored = await conn.fetchval(
+            "SELECT password_hash FROM users WHERE id = $1", uuid.UUID(session["user"]["id"])
+        )
     assert stored.startswith("$argon2id$"), stored[:12]
     assert PASSWORD not in stored
 
