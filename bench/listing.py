@@ -10,9 +10,10 @@ import aiohttp
 import asyncpg
 
 from bench.common import BenchUser, Progress, pct
+from storage import bookings
 
-COUNT_SQL = "SELECT count(*) FROM bookings WHERE user_id = $1"
-PAGE_SQL = "SELECT * FROM bookings WHERE user_id = $1 ORDER BY start_time, id OFFSET $2 LIMIT $3"
+# The statement the service runs for `GET /api/booking?page&limit` (page and total in one).
+OWN_PAGE = bookings.list_query((True, False, False, False)).page
 FILL_SQL = """
 INSERT INTO bookings (user_id, user_seq, title, start_time, end_time, reminder_minutes_before)
 SELECT $1, $2, 'row ' || g, $3::timestamptz + g * interval '1 hour',
@@ -69,8 +70,7 @@ async def latency(
                             if resp.status != 200 or not body.get("data"):
                                 raise RuntimeError(f"list failed: {resp.status} {str(body)[:200]}")
                         t1 = time.perf_counter()
-                        await conn.fetchval(COUNT_SQL, target.id)
-                        await conn.fetch(PAGE_SQL, target.id, (page - 1) * limit, limit)
+                        await OWN_PAGE.fetch(conn, user_id=target.id, offset=(page - 1) * limit, limit=limit)
                         t2 = time.perf_counter()
                         if i >= 10:  # warm-up
                             times.append(t1 - t0)

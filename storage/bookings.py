@@ -208,7 +208,8 @@ def _params(f: ListFilter) -> dict[str, Any]:
 
 
 @cache
-def _list_query(shape: tuple[bool, ...]) -> Paged:
+def list_query(shape: tuple[bool, ...]) -> Paged:
+    """The page statement for a filter shape: which of (user_id, start_from, start_to, status) are set."""
     f = ListFilter(*(True if present else None for present in shape))  # type: ignore[arg-type]
     return paged(bookings, where=_where(f), order_by=[bookings.c.start_time, bookings.c.id])
 
@@ -218,7 +219,7 @@ async def list_bookings(
 ) -> tuple[list[Booking], int]:
     """One page and the total, from one statement (one snapshot: the two always agree)."""
     shape = (f.user_id is not None, f.start_from is not None, f.start_to is not None, f.status is not None)
-    total, rows = await page_of(_list_query(shape), conn, offset=offset, limit=limit, **_params(f))
+    total, rows = await page_of(list_query(shape), conn, offset=offset, limit=limit, **_params(f))
     return [_booking(r) for r in rows], total
 
 
