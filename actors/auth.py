@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from actors.errors import Conflict, Forbidden, NotFound, Unauthorized
 from actors.security import TokenCodec, hash_password, verify_password
+from actors.usercache import UserCache
 from storage import tokens, users
 from storage.db import Connection, Database
 from storage.errors import DuplicateEmail
@@ -26,9 +28,18 @@ class Session:
 
 
 class AuthService:
-    def __init__(self, db: Database, codec: TokenCodec) -> None:
+    def __init__(
+        self,
+        db: Database,
+        codec: TokenCodec,
+        *,
+        cache: UserCache | None = None,
+        announce: Callable[[uuid.UUID], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = db
         self.codec = codec
+        self.cache = cache
+        self._announce = announce  # tells the other processes that a user's role or status changed
 
     async def register(self, *, email: str, password: str, name: str) -> Session:
         password_hash = await hash_password(password)
@@ -82,11 +93,23 @@ class AuthService:
     async def authenticate(self, access_token: str) -> User:
         """The user behind an access token; suspended or deleted users are refused."""
         claims = self.codec.decode(access_token, "access")
-        async with self._db.connect() as conn:
-            user = await users.get_user(conn, claims.sub)
+        user = self.cache.get(claims.sub) if self.cache is not None else None
+        if user is None:
+            epoch = self.cache.epoch if self.cache is not None else 0
+            async with self._db.connect() as conn:
+                user = await users.get_user(conn, claims.sub)
+            if user is not None and self.cache is not None:
+                self.cache.put(user, epoch=epoch)
         if user is None or not user.active:
             raise Unauthorized("invalid token")
         return user
+
+    async def _changed(self, user_id: uuid.UUID) -> None:
+        """A user's role or status changed (committed): forget it here and everywhere else."""
+        if self.cache is not None:
+            self.cache.drop(user_id)
+        if self._announce:
+            await self._announce(user_id)
 
     async def list_users(self, actor: User, *, page: int, limit: int) -> tuple[list[User], int]:
         _require_admin(actor)
@@ -105,7 +128,8 @@ class AuthService:
                 raise NotFound("user not found")
             if status == "suspended":
                 await tokens.revoke_user_families(conn, user_id, reason="suspended")
-            return user
+        await self._changed(user_id)
+        return user
 
     async def ensure_admin(self, *, email: str, password: str, name: str = "Administrator") -> User:
         """Create the admin, or promote and re-password an existing account (idempotent)."""
@@ -125,7 +149,8 @@ class AuthService:
             )
             if not updated:
                 raise Conflict(f"could not create or promote {email}; retry")
-            return updated
+        await self._changed(updated.id)
+        return updated
 
     async def _session(self, conn: Connection, user: User) -> Session:
         access, _ = self.codec.issue("access", user.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 from aiohttp import web
@@ -15,6 +15,7 @@ from actors.base import Event, Registry
 from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.reminders import NotificationService, Reminders
 from actors.security import TokenCodec
+from actors.usercache import UserCache
 from handlers import auth, bookings, health, notifications, users, ws
 from server.broker import ReminderSource
 from server.events import EventBus, make_event
@@ -61,7 +62,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-def auth_service(settings: Settings, db: Database) -> AuthService:
+def auth_service(
+    settings: Settings,
+    db: Database,
+    *,
+    cache: UserCache | None = None,
+    announce: Callable[[uuid.UUID], Awaitable[None]] | None = None,
+) -> AuthService:
     """The one way every process (web, jobs, CLI) builds token checking and issuing."""
     codec = TokenCodec(
         access_secret=settings.jwt_secret,
@@ -69,12 +76,22 @@ def auth_service(settings: Settings, db: Database) -> AuthService:
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
     )
-    return AuthService(db, codec)
+    return AuthService(db, codec, cache=cache, announce=announce)
+
+
+USER_CHANGED = "user-changed"  # event-bus signal: a user's role or status changed; data: the user id
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[AUTH] = auth_service(settings, app[DB])
+
+    async def announce(user_id: uuid.UUID) -> None:
+        if BUS in app:  # at start-up (ADMIN_EMAIL) the bus is not there yet, and no peer cached anything
+            await app[BUS].signal(USER_CHANGED, str(user_id))
+
+    app[AUTH] = auth_service(
+        settings, app[DB], cache=UserCache(ttl=settings.auth_cache_seconds), announce=announce
+    )
     app[LIMITER] = RateLimiter(app[REDIS], prefix=settings.redis_prefix)
     if settings.admin_email and settings.admin_password:
         admin = await app[AUTH].ensure_admin(email=settings.admin_email, password=settings.admin_password)
@@ -104,6 +121,10 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[REGISTRY] = registry
     app[BUS] = EventBus(app[REDIS], prefix=settings.redis_prefix, registry=registry)
+    cache = app[AUTH].cache
+    if cache is not None:
+        app[BUS].on_signal(USER_CHANGED, lambda data: cache.drop(uuid.UUID(data)))
+        app[BUS].on_reconnect(cache.clear)
     app[BOOKINGS] = BookingService(deps, registry)
     app[NOTIFICATIONS] = NotificationService(app[DB])
     metrics = app[METRICS]

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,27 @@ class EventBus:
         self.connected = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._signals: dict[str, list[Callable[[str], None]]] = {}
+        self._on_reconnect: list[Callable[[], None]] = []
+        self._subscribed_before = False
+
+    def on_signal(self, name: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(data)` when another process sends signal `name` (see `signal`)."""
+        self._signals.setdefault(name, []).append(callback)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` after the listener lost Redis and subscribed again: whatever was published
+        in between (events, signals) was missed."""
+        self._on_reconnect.append(callback)
+
+    async def signal(self, name: str, data: str) -> None:
+        """A process-to-process notice (not for sockets), e.g. "user-changed" with the user's id."""
+        try:
+            await self._redis.publish(
+                self.channel, dumps({"origin": self.origin, "signal": name, "data": data})
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("signal %s not published (%s)", name, type(exc).__name__)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.listen(), name="event-bus-listener")
@@ -78,11 +99,15 @@ class EventBus:
             )
 
     def _dispatch(self, raw: bytes | str) -> None:
-        if self._registry is None:
-            return
         try:
             message = json.loads(raw)
             if message["origin"] == self.origin:
+                return
+            if "signal" in message:
+                for callback in self._signals.get(message["signal"], ()):
+                    callback(str(message["data"]))
+                return
+            if self._registry is None:
                 return
             target, event = message["user"], message["event"]
             if target == BROADCAST:
@@ -113,6 +138,10 @@ class EventBus:
         try:
             await pubsub.subscribe(self.channel)
             self.connected.set()
+            if self._subscribed_before:
+                for callback in self._on_reconnect:
+                    callback()
+            self._subscribed_before = True
             while not self._stopping:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":

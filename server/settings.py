@@ -47,6 +47,7 @@ class Settings:
     auth_rate_window: int = 60
     api_rate_per_user: int = 600
     api_rate_window: int = 60
+    auth_cache_seconds: float = 5.0
     db_pool_size: int = 10
     db_timeout: float = 5.0
     health_timeout: float = 0.4
@@ -119,7 +120,7 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int = 0, high:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -127,8 +128,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number (got {raw!r})") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive (got {value})")
+    if value < 0 or (value == 0 and not zero) or value != value or value == float("inf"):
+        raise SettingsError(f"{name} must be {'zero or ' if zero else ''}positive and finite (got {raw!r})")
     return value
 
 
@@ -210,6 +211,7 @@ def _build(env: Mapping[str, str]) -> Settings:
         auth_rate_window=_int(env, "AUTH_RATE_LIMIT_WINDOW", 60, low=1, high=86400),
         api_rate_per_user=_int(env, "API_RATE_LIMIT_PER_USER", 600, low=1),
         api_rate_window=_int(env, "API_RATE_LIMIT_WINDOW", 60, low=1, high=86400),
+        auth_cache_seconds=_float(env, "AUTH_CACHE_SECONDS", 5.0, zero=True),
         db_pool_size=_int(env, "DB_POOL_SIZE", 10, low=1, high=500),
         db_timeout=_float(env, "DB_TIMEOUT", 5.0),
         health_timeout=_float(env, "HEALTH_CHECK_TIMEOUT", 0.4),

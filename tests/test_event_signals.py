@@ -1,0 +1,76 @@
+"""EventBus signals between processes, and the reconnect hook, on a real Redis.
+
+Two buses on one prefix stand for two processes. The reconnect test kills only its own bus's pub/sub
+connection (found by client name), so other tests sharing the Redis are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from server.events import EventBus
+
+
+@pytest.fixture
+async def buses(redis_url: str) -> AsyncIterator[tuple[EventBus, EventBus, str]]:
+    prefix = f"sig{uuid.uuid4().hex[:10]}:"
+    name = f"bus-{uuid.uuid4().hex[:12]}"
+    r1, r2 = Redis.from_url(redis_url), Redis.from_url(redis_url, client_name=name)
+    one = EventBus(r1, prefix=prefix, registry=None)
+    two = EventBus(r2, prefix=prefix, registry=None)
+    yield one, two, name
+    for bus in (one, two):
+        await bus.close()
+    await r1.aclose()
+    await r2.aclose()
+
+
+async def test_a_signal_reaches_the_other_process_but_not_its_sender(
+    buses: tuple[EventBus, EventBus, str],
+) -> None:
+    one, two, _ = buses
+    got: dict[str, list[str]] = {"one": [], "two": []}
+    arrived = asyncio.Event()
+    one.on_signal("user-changed", got["one"].append)
+
+    def on_two(data: str) -> None:
+        got["two"].append(data)
+        arrived.set()
+
+    two.on_signal("user-changed", on_two)
+    two.on_signal("other", lambda data: got["two"].append("wrong signal"))
+    for bus in (one, two):
+        bus.start()
+    await asyncio.wait_for(asyncio.gather(one.connected.wait(), two.connected.wait()), 10)
+    user_id = str(uuid.uuid4())
+    await one.signal("user-changed", user_id)
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert got == {"one": [], "two": [user_id]}
+
+
+async def test_losing_redis_calls_the_reconnect_hook_after_subscribing_again(
+    buses: tuple[EventBus, EventBus, str], redis_url: str
+) -> None:
+    _, two, name = buses
+    reconnected = asyncio.Event()
+    two.on_reconnect(reconnected.set)
+    two.start()
+    await asyncio.wait_for(two.connected.wait(), 10)
+    assert not reconnected.is_set()  # the first subscription is not a reconnect
+
+    admin = Redis.from_url(redis_url)
+    try:
+        clients = await admin.client_list(_type="pubsub")
+        ours = [c["id"] for c in clients if c.get("name") == name]
+        assert ours, "the bus's pub/sub connection is not visible"
+        for client_id in ours:
+            await admin.client_kill_filter(_id=client_id)
+    finally:
+        await admin.aclose()
+    await asyncio.wait_for(reconnected.wait(), 10)
+    assert two.connected.is_set()
