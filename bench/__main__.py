@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -64,15 +69,14 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument(
         "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL")
-        or os.environ.get("TEST_DATABASE_URL")
-        or "postgresql://postgres@127.0.0.1/postgres",
+        default=os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL"),
+        help="a PostgreSQL server where a throwaway database may be created (default: BENCH_DATABASE_URL,"
+        " else TEST_DATABASE_URL, else an embedded PostgreSQL started for the run)",
     )
     p.add_argument(
         "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL")
-        or os.environ.get("TEST_REDIS_URL")
-        or "redis://127.0.0.1:6379/0",
+        default=os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL"),
+        help="default: BENCH_REDIS_URL, else TEST_REDIS_URL, else an embedded Redis started for the run",
     )
     p.add_argument(
         "--pool-size",
@@ -300,13 +304,41 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def servers(args: argparse.Namespace) -> Iterator[str]:
+    """Fill in missing server URLs with embedded ones (as `make test` does); a label for the summary."""
+    if args.url or (args.database_url and args.redis_url):
+        yield "given servers"
+        return
+    from server.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    say(f"bench: no server URLs given; starting embedded servers under {root}")
+    pg = None if args.database_url else EmbeddedPostgres.start(root / "pg")
+    rd = None if args.redis_url else EmbeddedRedis.start(root / "redis")
+    try:
+        args.database_url = args.database_url or (pg.url if pg else "")
+        args.redis_url = args.redis_url or (rd.url if rd else "")
+        yield "embedded " + " + ".join(n for n, on in (("PostgreSQL", pg), ("Redis", rd)) if on)
+    finally:
+        if rd:
+            rd.stop()
+        if pg:
+            pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     args = parse()
     started = time.monotonic()
-    rows = asyncio.run(run(args))
+    with servers(args) as where:
+        rows = asyncio.run(run(args))
     size = "quick" if args.quick else "full"
     took = time.monotonic() - started
-    print(f"\nbench summary ({size}; {os.cpu_count()} CPUs, Python {platform.python_version()}; {took:.0f}s)")
+    print(
+        f"\nbench summary ({size}; {where}; {os.cpu_count()} CPUs, Python {platform.python_version()};"
+        f" {took:.0f}s)"
+    )
     print(table(rows))
     sys.stdout.flush()
 

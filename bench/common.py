@@ -20,6 +20,7 @@ import asyncpg
 
 from actors.security import TokenCodec
 from tests.processes import WebProcess, start_web, stop
+from tests.support import create_database, drop_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOKING = Path(sys.executable).parent / "booking"
@@ -108,8 +109,7 @@ class Stack:
 
     @property
     def database_url(self) -> str:
-        base, _, _ = self.admin_url.rpartition("/")
-        return f"{base}/{self.db_name}"
+        return with_database(self.admin_url, self.db_name)
 
     @property
     def urls(self) -> list[str]:
@@ -134,19 +134,11 @@ class Stack:
     async def create_database(self) -> None:
         from storage import migrate
 
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        finally:
-            await conn.close()
+        await create_database(self.admin_url, self.db_name)
         await asyncio.to_thread(migrate.upgrade, self.database_url)
 
     async def drop_database(self) -> None:
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(self.admin_url, self.db_name)
 
     async def start_web(self, n: int = 2) -> None:
         self.webs = await asyncio.to_thread(start_web, n, self.env(), timeout=60.0)
