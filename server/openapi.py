@@ -75,6 +75,32 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
     operation["responses"] = responses
 
 
+# OpenAPI links: how a response's ids feed other operations (clients and stateful test generators use
+# them). (source path, method, status) → {link name: (target path, method, {parameter: expression})}.
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("/api/booking", "post", "201"): {
+        name: (path, method, {"id": "$response.body#/id"})
+        for name, path, method in (
+            ("GetBooking", "/api/booking/{id}", "get"),
+            ("UpdateBooking", "/api/booking/{id}", "patch"),
+            ("ChangeStatus", "/api/booking/{id}/status", "patch"),
+            ("DeleteBooking", "/api/booking/{id}", "delete"),
+            ("BookingHistory", "/api/booking/{id}/history", "get"),
+        )
+    },
+    ("/api/notifications", "get", "200"): {
+        "MarkFirstRead": ("/api/notifications/{id}/read", "post", {"id": "$response.body#/data/0/id"}),
+    },
+}
+
+
+def _link(document: dict[str, Any], path: str, method: str, parameters: dict[str, str]) -> dict[str, Any]:
+    if method not in document.get("paths", {}).get(path, {}):
+        raise KeyError(f"OpenAPI link to an undocumented operation: {method.upper()} {path}")
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {"operationRef": f"#/paths/{pointer}/{method}", "parameters": parameters}
+
+
 DESCRIPTION = """Bookings that never overlap, live over WebSocket (`/ws/`), with reminders.
 
 Errors are `application/problem+json` (RFC 9457). Authenticate with `Authorization: Bearer <accessToken>`
@@ -98,6 +124,12 @@ def _tidy(document: dict[str, Any]) -> None:
                 json_body = content.get("application/json")
                 if json_body and json_body.get("schema", {}).get("$ref") == PROBLEM_SCHEMA_REF:
                     response["content"] = {"application/problem+json": json_body}
+    for (path, method, status), links in LINKS.items():
+        operation = document.get("paths", {}).get(path, {}).get(method)
+        if operation is None:  # another app's document (the job service) has no such operation
+            continue
+        response = operation["responses"][status]
+        response["links"] = {name: _link(document, *target) for name, target in links.items()}
 
 
 def setup_openapi(
