@@ -155,6 +155,21 @@ def _claims(user_id: str, **over: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
+def _hs512(payload: dict[str, Any]) -> str:
+    """Signed with the right key but another HMAC: the algorithm is pinned, so this is refused too."""
+    import hashlib
+    import hmac
+
+    def seg(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    signing_input = (
+        f"{seg(json.dumps({'alg': 'HS512', 'typ': 'JWT'}).encode())}.{seg(json.dumps(payload).encode())}"
+    )
+    signature = hmac.new(DEV_JWT_SECRET.encode(), signing_input.encode(), hashlib.sha512).digest()
+    return f"{signing_input}.{seg(signature)}"
+
+
 def _alg_none(payload: dict[str, Any]) -> str:
     def seg(obj: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
@@ -174,6 +189,10 @@ def _alg_none(payload: dict[str, Any]) -> str:
         ),
         pytest.param(lambda uid: _forge(_claims(uid, type="refresh")), id="wrong-type"),
         pytest.param(lambda uid: _forge(_claims(uid, jti=None)), id="missing-jti"),
+        pytest.param(lambda uid: _forge(_claims(uid, exp=None)), id="missing-exp"),
+        pytest.param(lambda uid: _forge(_claims(uid, iat=None)), id="missing-iat"),
+        pytest.param(lambda uid: _forge(_claims(uid, sub=None)), id="missing-sub"),
+        pytest.param(lambda uid: _hs512(_claims(uid)), id="other-hmac-alg-same-key"),
         pytest.param(lambda uid: _forge(_claims(uid, type=None)), id="missing-type"),
         pytest.param(lambda uid: _forge(_claims(uid, iat=int(time.time()) + 3600)), id="future-iat"),
         pytest.param(lambda uid: _forge(_claims(str(uuid.uuid4()))), id="unknown-user"),
