@@ -145,7 +145,12 @@ async def run_create(stack: Stack, args: argparse.Namespace) -> list[Row]:
             warmup=args.warmup,
         )
     http = await create.http_rate(
-        stack.urls, users, concurrency=c, duration=args.duration, warmup=args.warmup
+        stack.urls,
+        users,
+        concurrency=c,
+        duration=args.duration,
+        warmup=args.warmup,
+        web_pids=[w.process.pid for w in stack.webs],
     )
     ratio = http.per_second / raw.per_second if raw and raw.per_second else math.nan
     ref = f"raw asyncpg {raw.per_second:,.0f}/s ({ratio:.0%})" if raw else "raw: n/a (--url)"
@@ -163,6 +168,13 @@ async def run_create(stack: Stack, args: argparse.Namespace) -> list[Row]:
             "create latency p50/p99",
             f"{ms(http.p50)} / {ms(http.p99)}",
             f"raw {ms(raw.p50)} / {ms(raw.p99)}" if raw else "n/a",
+            "-",
+            "-",
+        ),
+        Row(
+            "CPU per create: web / PostgreSQL+Redis",
+            f"{http.cpu_ms[0]:.2f} ms / {http.cpu_ms[1]:.2f} ms",
+            f"raw: PostgreSQL+Redis {raw.cpu_ms[1]:.2f} ms" if raw else "n/a",
             "-",
             "-",
         ),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
+import psutil
 
 from actors.security import TokenCodec
 from tests.processes import WebProcess, start_web, stop
@@ -76,6 +77,49 @@ class Progress:
             self._task.cancel()
         sys.stderr.write(self._line() + "\n")
         sys.stderr.flush()
+
+
+SERVER_NAMES = ("postgres", "redis-server")
+
+
+class CpuMeter:
+    """CPU seconds spent by given processes (the web processes) and by the machine's PostgreSQL and
+    Redis server processes between `start()` and `stop()`: CPU per operation is steadier than a rate on
+    a shared machine, and shows where the work went."""
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = list(pids)
+        self._start: tuple[float, float] | None = None
+
+    @staticmethod
+    def _cpu(procs: Sequence[psutil.Process]) -> float:
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    def _servers(self) -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["name"]) if p.info["name"] in SERVER_NAMES]
+
+    def _now(self) -> tuple[float, float]:
+        return self._cpu([psutil.Process(pid) for pid in self.pids]), self._cpu(self._servers())
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self, operations: int) -> tuple[float, float]:
+        """(own, servers) CPU milliseconds per operation."""
+        if self._start is None or operations <= 0:
+            return math.nan, math.nan
+        own, servers = self._now()
+        return (
+            (own - self._start[0]) * 1000 / operations,
+            (servers - self._start[1]) * 1000 / operations,
+        )
 
 
 def say(text: str) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.common import BenchUser, Progress, pct
+from bench.common import BenchUser, CpuMeter, Progress, pct
 from storage.bookings import CREATE_BOOKING
 
 SLOT = timedelta(minutes=30)
@@ -33,6 +35,7 @@ class Rate:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu_ms: tuple[float, float] = (math.nan, math.nan)  # (client-side service, PostgreSQL+Redis) per create
 
     @property
     def per_second(self) -> float:
@@ -55,7 +58,13 @@ def _slots(
 
 
 async def _run(
-    label: str, concurrency: int, duration: float, warmup: float, once: Any, limit: int | None = None
+    label: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    once: Any,
+    limit: int | None = None,
+    meter: CpuMeter | None = None,
 ) -> Rate:
     """Call `once(worker, n)` from `concurrency` workers for warmup + duration seconds; time the latter."""
     latencies: list[float] = []
@@ -82,10 +91,13 @@ async def _run(
         tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
         await asyncio.sleep(warmup)
         measuring = True
+        if meter:
+            meter.start()
         started = time.monotonic()
         await asyncio.gather(*tasks)
         elapsed = time.monotonic() - started
-    return Rate(len(latencies), errors, elapsed, latencies)
+        cpu = meter.stop(len(latencies) + errors) if meter else (math.nan, math.nan)
+    return Rate(len(latencies), errors, elapsed, latencies, cpu)
 
 
 async def raw_rate(
@@ -121,13 +133,19 @@ async def raw_rate(
             async with db.acquire() as conn:
                 return await conn.fetchrow(CREATE_BOOKING.sql, *args) is not None
 
-        return await _run("raw asyncpg", concurrency, duration, warmup, once)
+        return await _run("raw asyncpg", concurrency, duration, warmup, once, meter=CpuMeter())
     finally:
         await db.close()
 
 
 async def http_rate(
-    urls: list[str], users: list[BenchUser], *, concurrency: int, duration: float, warmup: float
+    urls: list[str],
+    users: list[BenchUser],
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    web_pids: Sequence[int] = (),
 ) -> Rate:
     base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
     owned = _slots(users, concurrency, base)
@@ -143,4 +161,5 @@ async def http_rate(
                 await resp.read()
                 return resp.status == 201
 
-        return await _run("HTTP create", concurrency, duration, warmup, once)
+        meter = CpuMeter(web_pids) if web_pids else None
+        return await _run("HTTP create", concurrency, duration, warmup, once, meter=meter)

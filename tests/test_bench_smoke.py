@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = (
     "create over HTTP",
     "create latency p50/p99",
+    "CPU per create",
     "WS commit->frame on other process",
     "reminder lateness",
     "list p99, page 1",
