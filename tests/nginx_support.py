@@ -1,8 +1,9 @@
 """Real nginx for the tests: find (or install Debian's package), fill the deployment includes, run.
 
-The repo's `ops/nginx/{dev,prod}.conf` are copied byte for byte into a temporary conf directory; only
-the `booking/*.conf` includes they name (upstreams, listen, TLS) are written here, so the tests check the
-same text docker compose mounts (compose's own includes are in ops/nginx/compose/).
+The repo's `ops/nginx/{dev,prod}.conf` and the includes shared by every deployment (`SHARED`, beside
+them) are copied byte for byte into a temporary conf directory; only the `booking/*.conf` includes they
+name (upstreams, listen, TLS) are written here, so the tests check the same text docker compose mounts
+(compose's own includes are in ops/nginx/compose/).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_DIR = ROOT / "ops" / "nginx"
 INCLUDES = ("upstreams.conf", "listen.conf", "tls.conf")
+# Included by name from dev.conf / prod.conf, identical in every deployment (compose mounts them too).
+SHARED = ("proxy_headers.conf",)
 
 
 @functools.cache
@@ -90,6 +93,8 @@ def write_config(
     (prefix / "logs").mkdir(exist_ok=True)
     conf = conf_dir / "nginx.conf"
     shutil.copyfile(NGINX_DIR / f"{name}.conf", conf)
+    for shared in SHARED:
+        shutil.copyfile(NGINX_DIR / shared, conf_dir / shared)
 
     def upstream(label: str, servers: list[str]) -> str:
         lines = "".join(f"    server {server};\n" for server in servers)

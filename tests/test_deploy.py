@@ -174,8 +174,14 @@ def test_nginx_mounts_the_repo_configs(services: dict[str, Any]) -> None:
         assert mounts[f"./ops/nginx/{conf}"] == "/etc/nginx/nginx.conf"
         assert mounts["./ops/nginx/compose"] == "/etc/nginx/booking"
         text = (ROOT / "ops" / "nginx" / conf).read_text(encoding="utf-8")
-        for include in re.findall(r"^\s*include\s+(\S+);", text, re.MULTILINE):
-            assert (ROOT / "ops" / "nginx" / "compose" / include.removeprefix("booking/")).is_file(), include
+        for include in set(re.findall(r"^\s*include\s+(\S+);", text, re.MULTILINE)):
+            if include.startswith("booking/"):
+                # Deployment-specific: compose's own copy, mounted as a directory.
+                assert (ROOT / "ops" / "nginx" / "compose" / include.removeprefix("booking/")).is_file()
+            else:
+                # Shared by every deployment: the repo's file, mounted beside nginx.conf.
+                assert include in nginx_support.SHARED, include
+                assert mounts[f"./ops/nginx/{include}"] == f"/etc/nginx/{include}", f"{name}: {include}"
 
 
 # ---------------------------------------------------------------- one source of truth for commands
@@ -407,9 +413,33 @@ def test_nginx_routes_every_prefix_without_stripping_it(name: str) -> None:
     assert "proxy_set_header Connection $connection_upgrade;" in ws
     assert re.search(r"proxy_read_timeout\s+1h;", ws)
     assert "gzip on;" in text
-    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in text
-    assert "X-Request-ID $booking_request_id" in text
     assert "include booking/upstreams.conf;" in text
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_nginx_every_proxied_location_passes_the_proxy_headers(name: str) -> None:
+    """nginx inherits proxy_set_header from the server level only into locations that set none of their
+    own, so each server and each location that sets one must include the shared header list."""
+    text = (ROOT / "ops" / "nginx" / f"{name}.conf").read_text(encoding="utf-8")
+    servers = text.split("\n    server {")[1:]
+    assert servers
+    for server in servers:
+        server_level = re.sub(r"location\s+[^{]+\{[^}]*\}", "", server)
+        blocks = re.findall(r"location\s+([^{]+)\{([^}]*)\}", server)
+        inherited = "include proxy_headers.conf;" in server_level
+        for selector, body in blocks:
+            if "proxy_set_header" in body or ("proxy_pass" in body and not inherited):
+                assert "include proxy_headers.conf;" in body, f"{name}: location {selector.strip()}"
+    shared = (ROOT / "ops" / "nginx" / "proxy_headers.conf").read_text(encoding="utf-8")
+    for line in (
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        # Right-most entry = the address nginx saw, which is what client_ip() reads (TRUST_PROXY).
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Request-ID $booking_request_id;",
+    ):
+        assert line in shared.splitlines(), line
 
 
 def test_nginx_prod_hardening() -> None:
