@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_DIR = ROOT / "ops" / "nginx"
-INCLUDES = ("upstreams.conf", "listen.conf", "tls.conf")
+INCLUDES = ("upstreams.conf", "listen.conf", "tls.conf", "internal.conf")
 # Included by name from dev.conf / prod.conf, identical in every deployment (compose mounts them too).
 SHARED = ("proxy_headers.conf",)
 
@@ -82,11 +82,13 @@ def write_config(
     jobs: list[str],
     listen: str,
     tls: tuple[str, Path, Path] | None = None,
+    internal: str | None = None,
 ) -> Path:
     """`ops/nginx/<name>.conf` under `prefix/conf/nginx.conf`, with its includes filled in.
 
     `web` / `jobs` are `host:port` servers; `listen` is the plain-HTTP address; `tls` is
-    (address, certificate, key) for the prod config's HTTPS server.
+    (address, certificate, key) for the prod config's HTTPS server; `internal` is the address of the
+    prod config's internal server (/metrics).
     """
     conf_dir = prefix / "conf"
     (conf_dir / "booking").mkdir(parents=True, exist_ok=True)
@@ -110,6 +112,8 @@ def write_config(
             f"listen {address} ssl http2;\nssl_certificate {cert};\nssl_certificate_key {key};\n",
             encoding="utf-8",
         )
+    if internal is not None:
+        (conf_dir / "booking" / "internal.conf").write_text(f"listen {internal};\n", encoding="utf-8")
     return conf
 
 

@@ -43,6 +43,12 @@ CONDITIONS = {"service_started", "service_healthy", "service_completed_successfu
 DEV_TOOLS = {"pytest", "pytest-aiohttp", "pytest-asyncio", "pytest-timeout", "mypy", "ruff"}
 
 
+def compose_service(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    service: dict[str, Any] = data["services"][name]
+    return service
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
@@ -380,6 +386,7 @@ def test_nginx_prod_config_is_valid_with_tls(nginx: str, tmp_path: Path) -> None
         jobs=["127.0.0.1:5001"],
         listen="127.0.0.1:8080",
         tls=("127.0.0.1:8443", cert, key),
+        internal="127.0.0.1:8081",
     )
     nginx_test(nginx, tmp_path, conf)
 
@@ -455,18 +462,42 @@ def test_nginx_prod_hardening() -> None:
         assert re.search(rf"add_header {header} .* always;", text), header
     assert "limit_req zone=booking_auth" in blocks["/api/auth/"]
     assert "limit_req zone=booking_api" in blocks["/api/"]
-    metrics = blocks["= /metrics"]
-    assert "deny all;" in metrics and "allow 10.0.0.0/8;" in metrics
+    # The public server never serves /metrics: behind docker's userland proxy an outside client can
+    # arrive from a private address, so no allow-list by address is safe there.
+    assert blocks["= /metrics"].split() == ["deny", "all;"]
     assert blocks["/"].strip() == "return 404;"
-    plain = text.partition("include booking/listen.conf;")[2].partition("include booking/tls.conf;")[0]
+    servers = server_blocks(text)
+    assert set(servers) == {"listen", "internal", "tls"}
+    plain = servers["listen"]
     assert "return 301 https://$host$request_uri;" in plain, "plain HTTP redirects to HTTPS"
     assert "/metrics" not in plain and "/api/" not in plain
+    internal = servers["internal"]
+    assert re.findall(r"location\s+([^{]+?)\s*\{", internal) == ["= /metrics", "/"], "only /metrics"
+    assert "proxy_pass http://booking_web;" in internal and "deny all;" in internal
+    # compose: the internal port stays unpublished.
+    listen = (ROOT / "ops" / "nginx" / "compose" / "internal.conf").read_text(encoding="utf-8")
+    port = re.search(r"^listen\s+(\d+);", listen, re.MULTILINE)
+    assert port, listen
+    nginx_ports = " ".join(map(str, compose_service("nginx-prod").get("ports", [])))
+    assert port.group(1) not in re.findall(r"\d+", nginx_ports), "the internal port must not be published"
+
+
+def server_blocks(text: str) -> dict[str, str]:
+    """Each top-level server block of an nginx config (comments dropped), keyed by its
+    `include booking/<key>.conf` listen."""
+    result = {}
+    code = re.sub(r"#[^\n]*", "", text)
+    for block in code.split("\n    server {")[1:]:
+        match = re.search(r"include booking/(listen|tls|internal)\.conf;", block)
+        assert match, block[:200]
+        result[match.group(1)] = block
+    return result
 
 
 @NGINX_INSTALL_TIMEOUT
 def test_nginx_prod_runs_tls_redirects_headers_and_auth_rate_limit(nginx: str, tmp_path: Path) -> None:
     """The prod config for real (upstreams down: nginx's own behaviour is what is checked)."""
-    http_port, https_port, dead = free_ports(3)
+    http_port, https_port, internal_port, dead = free_ports(4)
     cert, key = nginx_support.self_signed_cert(tmp_path)
     conf = nginx_support.write_config(
         tmp_path,
@@ -475,6 +506,7 @@ def test_nginx_prod_runs_tls_redirects_headers_and_auth_rate_limit(nginx: str, t
         jobs=[f"127.0.0.1:{dead}"],
         listen=f"127.0.0.1:{http_port}",
         tls=(f"127.0.0.1:{https_port}", cert, key),
+        internal=f"127.0.0.1:{internal_port}",
     )
     proc = subprocess.Popen(
         nginx_support.command(nginx, tmp_path, conf, foreground=True),

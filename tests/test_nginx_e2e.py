@@ -331,6 +331,7 @@ async def echo_upstream() -> AsyncIterator[str]:
 class Nginx(NamedTuple):
     base: str  # where clients go: http:// for dev, https:// for prod
     plain: str  # the plain-HTTP listener
+    internal: str  # prod's internal listener (/metrics); unused by dev
 
 
 @contextlib.asynccontextmanager
@@ -339,7 +340,7 @@ async def running_nginx(name: str, prefix: Path, upstream: str) -> AsyncIterator
     binary, reason = nginx_support.nginx_binary()
     if binary is None:
         pytest.skip(reason)
-    http_port, https_port = free_ports(2)
+    http_port, https_port, internal_port = free_ports(3)
     tls = None
     base = f"http://127.0.0.1:{http_port}"
     if name == "prod":
@@ -347,7 +348,13 @@ async def running_nginx(name: str, prefix: Path, upstream: str) -> AsyncIterator
         tls = (f"127.0.0.1:{https_port}", cert, key)
         base = f"https://127.0.0.1:{https_port}"
     conf = nginx_support.write_config(
-        prefix, name, web=[upstream], jobs=[upstream], listen=f"127.0.0.1:{http_port}", tls=tls
+        prefix,
+        name,
+        web=[upstream],
+        jobs=[upstream],
+        listen=f"127.0.0.1:{http_port}",
+        tls=tls,
+        internal=f"127.0.0.1:{internal_port}",
     )
     proc = spawn("nginx", nginx_support.command(binary, prefix, conf, foreground=True), {}, prefix)
     try:
@@ -362,7 +369,7 @@ async def running_nginx(name: str, prefix: Path, upstream: str) -> AsyncIterator
                 except aiohttp.ClientConnectionError:
                     assert time.monotonic() < deadline, f"nginx did not listen:\n{proc.text()}"
                     await asyncio.sleep(0.05)
-        yield Nginx(base, f"http://127.0.0.1:{http_port}")
+        yield Nginx(base, f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{internal_port}")
     finally:
         halt([proc])
 
@@ -413,3 +420,25 @@ async def test_websocket_gets_the_same_proxy_headers_as_http(
         for seen in (via_http, via_ws):
             assert seen["headers"]["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
             assert seen["headers"]["X-Forwarded-For"].split(",")[-1].strip() == seen["headers"]["X-Real-IP"]
+
+
+async def test_prod_metrics_are_refused_publicly_and_served_on_the_internal_listener(
+    echo_upstream: str, tmp_path: Path
+) -> None:
+    """Even from 127.0.0.1 — behind docker's userland proxy any outside client can look local or
+    private — the public server refuses /metrics; only the internal (unpublished) listener proxies it."""
+    async with running_nginx("prod", tmp_path, echo_upstream) as nginx, aiohttp.ClientSession() as http:
+        async with http.get(f"{nginx.base}/metrics", ssl=False) as resp:
+            assert resp.status == 403, await resp.text()
+        async with http.get(f"{nginx.plain}/metrics", allow_redirects=False) as resp:
+            assert resp.status == 301 and resp.headers["Location"].startswith("https://")
+        async with http.get(f"{nginx.internal}/metrics") as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["path"] == "/metrics"
+        # The internal listener serves nothing else.
+        for path in ("/api/booking", "/health", "/jobs/metrics", "/ws/"):
+            async with http.get(f"{nginx.internal}{path}") as resp:
+                assert resp.status == 404, path
+        # The public API is unaffected.
+        async with http.get(f"{nginx.base}/health", ssl=False) as resp:
+            assert resp.status == 200
