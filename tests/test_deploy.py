@@ -1,21 +1,31 @@
-"""Deployment files, checked with real parsers (Docker cannot run here): docker-compose.yml (YAML),
-ops/Dockerfile, .dockerignore, the Procfile runner every container uses, and both nginx configs (`nginx -t`).
+"""Deployment files, checked with real parsers (no Docker engine needed): docker-compose.yml (YAML, the
+official compose-spec JSON schema, and `docker compose config` where the Compose CLI is installed),
+ops/Dockerfile (BuildKit's parser), .dockerignore, the Procfile runner every container uses, and both
+nginx configs (`nginx -t`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import re
 import shlex
+import shutil
 import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import dockerfile
+import jsonschema
+import jsonschema.protocols
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -40,7 +50,9 @@ PROCESS_OF = {
     "scheduler": "scheduler",
 }
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
-DEV_TOOLS = {"pytest", "pytest-aiohttp", "pytest-asyncio", "pytest-timeout", "mypy", "ruff"}
+DEV_TOOLS = {
+    "pytest", "pytest-aiohttp", "pytest-asyncio", "pytest-timeout", "mypy", "ruff", "dockerfile",
+}  # fmt: skip
 
 
 def compose_service(name: str) -> dict[str, Any]:
@@ -190,6 +202,96 @@ def test_nginx_mounts_the_repo_configs(services: dict[str, Any]) -> None:
                 assert mounts[f"./ops/nginx/{include}"] == f"/etc/nginx/{include}", f"{name}: {include}"
 
 
+# ---------------------------------------------------------------- compose files against the compose-spec
+
+COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+# tests/data/README.md says where the file comes from; a changed file must change this on purpose.
+COMPOSE_SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
+COMPOSE_FILES = ["docker-compose.yml"]
+# Compose features the files use: `develop.watch` sync+restart (2.23), env_file `required` (2.24).
+MIN_COMPOSE = (2, 24)
+
+
+@functools.cache
+def compose_validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    # Its "$schema" is draft-07 spelled https://…/draft-07/schema, which jsonschema does not look up.
+    assert "draft-07" in schema["$schema"], schema["$schema"]
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def compose_schema_errors(data: Any) -> list[str]:
+    return sorted(
+        f"{'/'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
+        for error in compose_validator().iter_errors(data)
+    )
+
+
+def test_the_compose_schema_is_the_vendored_upstream_file() -> None:
+    assert hashlib.sha256(COMPOSE_SCHEMA.read_bytes()).hexdigest() == COMPOSE_SCHEMA_SHA256
+    assert compose_validator().schema["title"] == "Compose Specification"
+
+
+@pytest.mark.parametrize("file", COMPOSE_FILES)
+def test_compose_file_matches_the_compose_spec_schema(file: str) -> None:
+    data = yaml.safe_load((ROOT / file).read_text(encoding="utf-8"))
+    errors = compose_schema_errors(data)
+    assert not errors, f"{file}:\n" + "\n".join(errors)
+
+
+# Mistakes YAML parsing alone lets through; the schema must refuse each (so the check can fail at all).
+BROKEN_COMPOSE: dict[str, Callable[[dict[str, Any]], None]] = {
+    "misspelled key": lambda d: d["services"]["web"].update(enviroment={"A": "1"}),
+    "unknown depends_on condition": lambda d: d["services"]["web"].update(
+        depends_on={"postgres": {"condition": "service_ready"}}
+    ),
+    "ports as a mapping": lambda d: d["services"]["nginx"].update(ports={"80": 80}),
+    "env_file entry without a path": lambda d: d["services"]["web"].update(env_file=[{"required": False}]),
+    "healthcheck as a number": lambda d: d["services"]["web"].update(healthcheck={"test": 5}),
+    "watch action unknown": lambda d: d["services"]["web"].update(
+        develop={"watch": [{"path": "./server", "action": "reload"}]}
+    ),
+    "undeclared top-level key": lambda d: d.update(service={}),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_COMPOSE))
+def test_compose_schema_refuses_a_broken_file(broken: str) -> None:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    BROKEN_COMPOSE[broken](data)
+    assert compose_schema_errors(data), f"the schema accepted: {broken}"
+
+
+def docker_compose() -> list[str]:
+    """`docker compose` (the v2 plugin), or skip saying why it cannot run here."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("the docker CLI is not installed, so `docker compose config` cannot run")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        said = " ".join((probe.stderr or probe.stdout).split())[:200]
+        pytest.skip(f"`docker compose` (the Compose v2 plugin) is unavailable here: {said}")
+    version = tuple(int(n) for n in re.findall(r"\d+", probe.stdout)[:2])
+    if version < MIN_COMPOSE:
+        pytest.skip(f"Compose {probe.stdout.strip()} is older than {MIN_COMPOSE}, which these files need")
+    return [docker, "compose"]
+
+
+@pytest.mark.parametrize("file", COMPOSE_FILES)
+def test_docker_compose_config_accepts_the_file_on_a_fresh_clone(file: str, tmp_path: Path) -> None:
+    """Compose's own loader (needs no engine): interpolation, profiles, env_file, merge keys. Run from a
+    copy without a `.env`, as on a fresh clone."""
+    command = docker_compose()
+    shutil.copy(ROOT / file, tmp_path / file)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    result = subprocess.run(
+        [*command, "--project-directory", str(tmp_path), "-f", str(tmp_path / file), "config", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
 # ---------------------------------------------------------------- one source of truth for commands
 
 
@@ -247,57 +349,143 @@ def test_runner_is_executable() -> None:
 
 # ---------------------------------------------------------------- Dockerfile
 
+DOCKERFILE = ROOT / "ops" / "Dockerfile"
+INSTRUCTIONS = {
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+}  # fmt: skip
 
-def dockerfile_stages() -> list[dict[str, Any]]:
-    """[{name, base, instructions: [(KEYWORD, args)]}] with continuations joined and comments dropped."""
-    text = (ROOT / "ops" / "Dockerfile").read_text(encoding="utf-8")
-    logical: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        if raw.strip().startswith("#") or not raw.strip():
-            continue
-        if raw.rstrip().endswith("\\"):
-            current += raw.rstrip()[:-1] + " "
-            continue
-        logical.append(current + raw.strip())
-        current = ""
+
+class Stage(NamedTuple):
+    name: str
+    base: str  # an image reference (global ARGs substituted) or the name of an earlier stage
+    commands: list[dockerfile.Command]
+
+
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[Stage]:
+    """The Dockerfile as `docker build` reads it — BuildKit's own parser (the `dockerfile` package) joins
+    continuations, splits flags from arguments and tells exec form from shell form — cut into stages."""
     args: dict[str, str] = {}
-    stages: list[dict[str, Any]] = []
-    for line in logical:
-        keyword, _, rest = line.partition(" ")
-        keyword, rest = keyword.upper(), rest.strip()
-        if keyword == "ARG" and not stages:
-            key, _, value = rest.partition("=")
-            args[key] = value
-        elif keyword == "FROM":
-            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.IGNORECASE)
-            assert match, line
-            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], match.group(1))
-            stages.append({"name": match.group(2), "base": base, "instructions": []})
+    stages: list[Stage] = []
+    for command in dockerfile.parse_file(str(path)):
+        where = f"{path.name}:{command.start_line}"
+        assert command.cmd in INSTRUCTIONS, f"{where}: unknown instruction {command.cmd}"
+        if command.cmd == "FROM":
+            assert not command.flags, f"{where}: FROM {' '.join(command.flags)}"
+            value = command.value
+            assert len(value) == 3 and value[1].upper() == "AS", f"{where}: every stage is named"
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value[0])
+            assert value[2] not in {s.name for s in stages}, f"{where}: stage {value[2]} twice"
+            stages.append(Stage(value[2], base, []))
+        elif not stages:
+            assert command.cmd == "ARG", f"{where}: only ARG may come before the first FROM"
+            key, _, default = command.value[0].partition("=")
+            args[key] = default
         else:
-            assert stages, f"{keyword} before FROM"
-            stages[-1]["instructions"].append((keyword, rest))
+            stages[-1].commands.append(command)
+    assert stages, f"{path}: no FROM"
     return stages
 
 
-def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
-    stages = dockerfile_stages()
-    assert [s["name"] for s in stages] == ["builder", "runtime"]
-    assert all(s["base"] == "python:3.11-slim" for s in stages)
-    builder, runtime = (dict(s["instructions"]) | {"_all": s["instructions"]} for s in stages)
-    users = [args for kw, args in runtime["_all"] if kw == "USER"]
-    assert users and users[-1].split(":")[0] not in {"root", "0"}, "the runtime stage runs as a non-root user"
-    assert runtime["CMD"] == '["ops/procfile", "web"]'
-    runs = " ".join(args for kw, args in builder["_all"] if kw == "RUN")
-    assert "--constraint requirements.lock" in runs, "dependencies come from the lock file"
-    assert "pip install --no-deps ." in runs, "then the project itself, without resolving again"
-    assert "grep -vxF -f requirements.lock" in runs, "the build fails on anything the lock does not pin"
-    runtime_runs = " ".join(args for kw, args in runtime["_all"] if kw == "RUN")
-    assert "pip" not in runtime_runs, "nothing is installed in the runtime stage"
-    copies = [args for kw, args in runtime["_all"] if kw == "COPY"]
-    assert "--from=builder /opt/venv /opt/venv" in copies
-    assert any(c.endswith("Procfile ./Procfile") for c in copies)
-    assert any("ops/procfile ./ops/procfile" in c for c in copies)
+def lineage(stages: list[Stage], name: str) -> list[Stage]:
+    """`name` and the stages it is built FROM, root first (what its image inherits)."""
+    by_name = {s.name: s for s in stages}
+    chain = [by_name[name]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
+
+
+def commands(stages: list[Stage], name: str, cmd: str, *, inherited: bool = True) -> list[dockerfile.Command]:
+    chain = lineage(stages, name) if inherited else [s for s in stages if s.name == name]
+    return [c for stage in chain for c in stage.commands if c.cmd == cmd]
+
+
+def check_dockerfile(path: Path) -> None:
+    """What the image promises (docs/DEPLOY.md §2); each assertion names what broke."""
+    text = path.read_text(encoding="utf-8")
+    # COPY --chmod needs the BuildKit frontend, named on the first line.
+    assert text.startswith("# syntax=docker/dockerfile:1\n"), "the first line pins the frontend"
+    stages = dockerfile_stages(path)
+    names = [s.name for s in stages]
+    assert names[0] == "builder"
+    assert names[-1] == "runtime", "the last stage is what a bare `docker build` produces: production"
+    for index, stage in enumerate(stages):
+        if stage.base in names:
+            assert names.index(stage.base) < index, f"{stage.name} is FROM a later stage"
+        else:
+            image, _, tag = stage.base.partition(":")
+            assert image == "python" and tag == "3.11-slim", f"{stage.name}: FROM {stage.base}"
+        for command in stage.commands:
+            assert command.cmd != "ADD", f"line {command.start_line}: COPY, not ADD (no URLs, no archives)"
+            for flag in command.flags:
+                if flag.startswith("--from="):
+                    source = flag.removeprefix("--from=")
+                    assert source in names[:index], f"line {command.start_line}: --from={source}"
+            if command.cmd in {"CMD", "ENTRYPOINT"}:
+                # Exec form: the process is PID 1's child itself, not a shell that swallows SIGTERM.
+                assert command.json, f"line {command.start_line}: {command.cmd} in shell form"
+            if command.cmd == "ENV":
+                keys = command.value[::2]
+                secret = [k for k in keys if re.search(r"SECRET|PASSWORD|TOKEN|DATABASE_URL|REDIS_URL", k)]
+                assert not secret, f"line {command.start_line}: no secrets or URLs baked in: {secret}"
+
+    builder_runs = " ".join(c.value[0] for c in commands(stages, "builder", "RUN"))
+    assert "--constraint requirements.lock" in builder_runs, "dependencies come from the lock file"
+    assert "pip install --no-deps ." in builder_runs, "then the project itself, without resolving again"
+    assert "grep -vxF -f requirements.lock" in builder_runs, "the build fails on anything the lock lacks"
+
+    runtime = lineage(stages, "runtime")
+    assert "builder" not in [s.name for s in runtime], "the runtime image does not carry the builder"
+    users = commands(stages, "runtime", "USER")
+    assert users, "the runtime stage sets a user"
+    uid, _, gid = users[-1].value[0].partition(":")
+    # Numeric, so an orchestrator can verify runAsNonRoot without reading /etc/passwd.
+    assert uid.isdigit() and int(uid) != 0 and (not gid or gid.isdigit()), f"USER {users[-1].value[0]}"
+    cmds = commands(stages, "runtime", "CMD")
+    assert cmds and cmds[-1].value == ("ops/procfile", "web")
+    assert not commands(stages, "runtime", "ENTRYPOINT")
+    for stage in runtime:
+        for run in (c for c in stage.commands if c.cmd == "RUN"):
+            assert "pip" not in run.value[0], f"{stage.name}: nothing is installed after the builder"
+    copies = [(c.flags, c.value) for c in commands(stages, "runtime", "COPY")]
+    assert (("--from=builder",), ("/opt/venv", "/opt/venv")) in copies
+    assert ((), ("Procfile", "./Procfile")) in copies
+    assert (("--chmod=0755",), ("ops/procfile", "./ops/procfile")) in copies
+    env = {
+        k: v for c in commands(stages, "runtime", "ENV") for k, v in zip(*[iter(c.value)] * 2, strict=True)
+    }
+    assert env["NODE_ENV"] == "production" and env["PATH"].startswith("/opt/venv/bin:")
+    assert "PYTHONPATH" not in env, "production runs the installed package, never loose source"
+
+
+def test_dockerfile_is_multi_stage_slim_locked_and_non_root() -> None:
+    check_dockerfile(DOCKERFILE)
+
+
+# Each edit breaks one promise; the checks must notice every one, each for its own reason.
+BROKEN_DOCKERFILES = {
+    "root user": ("USER 10001:10001", "USER root", "USER root"),
+    "shell-form CMD": ('CMD ["ops/procfile", "web"]', "CMD ops/procfile web", "CMD in shell form"),
+    "unknown stage": ("--from=builder /opt/venv", "--from=build /opt/venv", "--from=build"),
+    "unlocked install": ("--constraint requirements.lock", "--upgrade", "from the lock file"),
+    "ADD": ("COPY README.md ./", "ADD README.md ./", "not ADD"),
+    "latest base": ("ARG PYTHON_IMAGE=python:3.11-slim", "ARG PYTHON_IMAGE=python:latest", "python:latest"),
+    "typo": ("WORKDIR /app", "WORKDIRR /app", "unknown instruction WORKDIRR"),
+    "secret": ("PORT=5000 \\", "JWT_SECRET_KEY=x PORT=5000 \\", "no secrets"),
+    "unnamed stage": (" AS builder", "", "every stage is named"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_DOCKERFILES))
+def test_dockerfile_checks_catch_a_broken_dockerfile(broken: str, tmp_path: Path) -> None:
+    old, new, reason = BROKEN_DOCKERFILES[broken]
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert old in text, f"{broken}: the edit no longer applies to ops/Dockerfile"
+    path = tmp_path / "Dockerfile"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(AssertionError, match=re.escape(reason)):
+        check_dockerfile(path)
 
 
 def test_runtime_dependencies_are_locked_and_exclude_dev_tools() -> None:
@@ -335,9 +523,11 @@ def test_dockerignore_keeps_secrets_and_local_state_out_but_lets_copies_in() -> 
     assert patterns[0] == "*", "deny by default"
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
     assert not allowed & {".env", ".venv", ".data", ".git"}
-    for keyword, args in (i for s in dockerfile_stages() for i in s["instructions"]):
-        if keyword == "COPY" and "--from=" not in args:
-            for source in [a for a in args.split() if not a.startswith("--")][:-1]:
+    copies = [c for s in dockerfile_stages() for c in s.commands if c.cmd == "COPY"]
+    assert copies
+    for copy in copies:
+        if not any(f.startswith("--from=") for f in copy.flags):
+            for source in copy.value[:-1]:
                 assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
 
 
