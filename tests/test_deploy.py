@@ -39,8 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "ops" / "procfile"
 PROCFILE = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
 
+# `docker compose up` runs the development file; production is a file of its own (`-f`), see its header.
+DEV_FILE, PROD_FILE = "docker-compose.yml", "docker-compose.prod.yml"
+STACKS = {"dev": DEV_FILE, "prod": PROD_FILE}
 DEV = {"postgres", "redis", "migrate", "web", "jobs", "worker", "scheduler", "nginx"}
-PROD = {"migrate-prod", "web-prod", "jobs-prod", "worker-prod", "scheduler-prod", "nginx-prod"}
+PROD = {"migrate", "web", "jobs", "worker", "scheduler", "nginx"}
 # Compose service → the Procfile process it runs (a platform calls the release step `release`).
 PROCESS_OF = {
     "migrate": "release",
@@ -55,58 +58,112 @@ DEV_TOOLS = {
 }  # fmt: skip
 
 
-def compose_service(name: str) -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
-    service: dict[str, Any] = data["services"][name]
+def load_compose(file: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / file).read_text(encoding="utf-8"))
+    return data
+
+
+def compose_service(stack: str, name: str) -> dict[str, Any]:
+    service: dict[str, Any] = load_compose(STACKS[stack])["services"][name]
     return service
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
-    return data
+def dev() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = load_compose(DEV_FILE)["services"]
+    return services
 
 
 @pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    result: dict[str, dict[str, Any]] = compose["services"]
+def prod() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = load_compose(PROD_FILE)["services"]
+    return services
+
+
+@pytest.fixture(params=sorted(STACKS))
+def services(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    """Each compose file's services in turn."""
+    result: dict[str, dict[str, Any]] = load_compose(STACKS[request.param])["services"]
     return result
 
 
 def process_of(service: str) -> str | None:
-    return PROCESS_OF.get(service.removesuffix("-prod"))
+    return PROCESS_OF.get(service)
 
 
 def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in services.items() if process_of(name) is not None}
 
 
+def started(services: dict[str, dict[str, Any]], profiles: set[str]) -> set[str]:
+    """What `docker compose [--profile P …] up` starts: every service without a profile, and those in P."""
+    return {
+        name for name, svc in services.items() if not svc.get("profiles") or set(svc["profiles"]) & profiles
+    }
+
+
+def host_port(mapping: str) -> str:
+    """The host side of a short-syntax port mapping: "80:80" → "80", "127.0.0.1:5432:5432" →
+    "127.0.0.1:5432"."""
+    parts = str(mapping).split(":")
+    assert len(parts) in (2, 3), f"publish explicitly, host:container: {mapping}"
+    return ":".join(parts[:-1])
+
+
 # ---------------------------------------------------------------- compose structure
 
 
-def test_compose_has_the_dev_stack_by_default_and_prod_behind_a_profile(services: dict[str, Any]) -> None:
-    assert set(services) == DEV | PROD
-    for name in DEV:
-        assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
-    for name in PROD:
-        assert services[name].get("profiles") == ["prod"], name
-    assert services["postgres"]["image"].startswith("postgres:16")
-    assert services["redis"]["image"].startswith("redis:7")
-    assert services["web"]["deploy"]["replicas"] >= 2
-    assert services["web-prod"]["deploy"]["replicas"] >= 2
-    assert services["scheduler"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
-    assert services["scheduler-prod"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
+def test_compose_up_is_development_and_the_prod_file_is_production_only(
+    dev: dict[str, Any], prod: dict[str, Any]
+) -> None:
+    # No profiles at all: `docker compose up` is the whole dev stack, `-f docker-compose.prod.yml up` the
+    # whole production stack, and no profile flag can mix the two.
+    for file, services in ((DEV_FILE, dev), (PROD_FILE, prod)):
+        assert not [n for n, s in services.items() if "profiles" in s], f"{file} uses profiles"
+    assert started(dev, set()) == DEV
+    assert started(prod, set()) == PROD
+    assert not {"postgres", "redis"} & set(prod), "production uses external databases"
+    # Separate project names: the two stacks never share containers, networks or volumes.
+    assert load_compose(DEV_FILE)["name"] == "booking"
+    assert load_compose(PROD_FILE)["name"] == "booking-prod"
+    assert dev["postgres"]["image"].startswith("postgres:16")
+    assert dev["redis"]["image"].startswith("redis:7")
+    for services in (dev, prod):
+        assert services["web"]["deploy"]["replicas"] >= 2
+        assert services["scheduler"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
 
 
-def test_nginx_publishes_port_80_and_prod_443(services: dict[str, Any]) -> None:
-    assert "80:80" in services["nginx"]["ports"]
-    assert {"80:80", "443:443"} <= set(services["nginx-prod"]["ports"])
-    published = [
-        p for name, svc in services.items() for p in svc.get("ports", []) if name not in DEV - {"nginx"}
-    ]
-    assert sorted(published) == ["443:443", "80:80", "80:80"], "only nginx is public"
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_no_two_services_started_together_publish_one_host_port(stack: str) -> None:
+    """Under every profile selection the file allows (none, each declared profile, all of them)."""
+    services = load_compose(STACKS[stack])["services"]
+    declared = {p for svc in services.values() for p in svc.get("profiles", [])}
+    selections = [set(), *({p} for p in declared), declared]
+    for profiles in selections:
+        ports = [
+            host_port(p) for name in started(services, profiles) for p in services[name].get("ports", [])
+        ]
+        clashes = {p for p in ports if ports.count(p) > 1}
+        assert not clashes, f"{STACKS[stack]} with profiles {sorted(profiles)}: port {sorted(clashes)} twice"
+
+
+def test_nginx_publishes_port_80_and_prod_443(dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    assert dev["nginx"]["ports"] == ["80:80"]
+    assert prod["nginx"]["ports"] == ["80:80", "443:443"]
+    for services in (dev, prod):
+        public = [
+            name for name, svc in services.items() for p in svc.get("ports", []) if "127.0.0.1:" not in p
+        ]
+        assert public == ["nginx", "nginx"] if services is prod else ["nginx"], "only nginx is public"
     for name in ("postgres", "redis"):
-        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+        assert all(p.startswith("127.0.0.1:") for p in dev[name]["ports"]), name
+
+
+def test_env_file_is_optional(services: dict[str, Any]) -> None:
+    """A fresh clone has no .env: compose must not refuse to start for want of it (Compose >= 2.24)."""
+    for name, svc in services.items():
+        for entry in svc.get("env_file", []):
+            assert isinstance(entry, dict) and entry.get("required") is False, f"{name}: env_file {entry}"
 
 
 def test_every_dependency_waits_on_a_condition_its_target_can_meet(services: dict[str, Any]) -> None:
@@ -119,22 +176,25 @@ def test_every_dependency_waits_on_a_condition_its_target_can_meet(services: dic
                 assert services[target].get("restart") == "no", f"{target} is one-shot"
             if process_of(target) == "release":
                 assert spec["condition"] == "service_completed_successfully", f"{name} runs after migrations"
-    for name in ("postgres", "redis", "web", "jobs", "nginx", "web-prod", "jobs-prod", "nginx-prod"):
+    for name in ("web", "jobs", "nginx", *({"postgres", "redis"} & set(services))):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     for name, svc in app_services(services).items():
         if process_of(name) != "release":
-            migrate = "migrate-prod" if name in PROD else "migrate"
-            assert svc["depends_on"][migrate]["condition"] == "service_completed_successfully", name
-    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["nginx"]["depends_on"]["web"]["condition"] == "service_healthy"
-    assert services["nginx"]["depends_on"]["jobs"]["condition"] == "service_healthy"
+            assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+    for upstream in ("web", "jobs"):
+        assert services["nginx"]["depends_on"][upstream]["condition"] == "service_healthy"
 
 
-def test_healthchecks_hit_the_real_health_endpoints(services: dict[str, Any]) -> None:
-    assert "/health" in " ".join(services["web"]["healthcheck"]["test"])
-    assert "/jobs/health" in " ".join(services["jobs"]["healthcheck"]["test"])
-    assert services["web"]["healthcheck"] == services["web-prod"]["healthcheck"]
-    for svc in services.values():
+def test_dev_migrations_wait_for_postgres(dev: dict[str, Any]) -> None:
+    assert dev["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_healthchecks_hit_the_real_health_endpoints(dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    assert "/health" in " ".join(dev["web"]["healthcheck"]["test"])
+    assert "/jobs/health" in " ".join(dev["jobs"]["healthcheck"]["test"])
+    for name in ("web", "jobs", "nginx"):
+        assert dev[name]["healthcheck"] == prod[name]["healthcheck"], f"{name}: the same check in both files"
+    for svc in (*dev.values(), *prod.values()):
         for part in svc.get("healthcheck", {}).get("test", []):
             assert "$" not in part, "compose would interpolate it"
 
@@ -146,38 +206,21 @@ def test_python_healthchecks_compile(services: dict[str, Any]) -> None:
             compile(check[3], f"{name} healthcheck", "exec")
 
 
-def test_prod_is_self_contained_and_has_no_dev_mounts(services: dict[str, Any]) -> None:
-    def closure(name: str) -> set[str]:
-        seen = {name}
-        for target in services[name].get("depends_on", {}):
-            seen |= closure(target)
-        return seen
-
-    # `docker compose --profile prod up -d nginx-prod` starts exactly the production stack.
-    assert closure("nginx-prod") == PROD
-    assert closure("nginx") <= DEV
-    assert all(closure(name) <= DEV for name in DEV), "the dev stack never waits on a prod service"
-    for name in PROD:
-        svc = services[name]
-        assert set(svc.get("networks", [])) == {"prod"}, name
+def test_prod_reads_its_configuration_and_has_no_dev_mounts(prod: dict[str, Any]) -> None:
+    for name, svc in prod.items():
         for volume in svc.get("volumes", []):
             source = volume.split(":")[0]
-            assert not source.startswith(
-                ("./server", "./handlers", "./actors", "./storage", "./migrations", ".:")
-            )
             assert source.startswith(("./ops/nginx/", "${TLS_CERT_DIR", "acme")), f"{name}: {volume}"
         if process_of(name) is not None:
             assert "volumes" not in svc, name
-            assert svc["env_file"] == [".env"], f"{name} reads the external databases from .env"
+            assert svc["env_file"] == [{"path": ".env", "required": False}], f"{name} reads .env if present"
             assert svc["environment"]["NODE_ENV"] == "production"
             assert "DATABASE_URL" not in svc["environment"] and "REDIS_URL" not in svc["environment"]
             assert "PYTHONPATH" not in svc["environment"]
 
 
-def test_dev_mounts_source_only(services: dict[str, Any]) -> None:
-    for name, svc in app_services(services).items():
-        if name in PROD:
-            continue
+def test_dev_mounts_source_only(dev: dict[str, Any]) -> None:
+    for name, svc in app_services(dev).items():
         sources = [v.split(":")[0] for v in svc["volumes"]]
         assert "./server" in sources and "./Procfile" in sources, name
         assert all(v.endswith(":ro") for v in svc["volumes"]), name
@@ -186,20 +229,20 @@ def test_dev_mounts_source_only(services: dict[str, Any]) -> None:
         assert svc["environment"]["DATABASE_URL"].endswith("@postgres:5432/booking_db")
 
 
-def test_nginx_mounts_the_repo_configs(services: dict[str, Any]) -> None:
-    for name, conf in (("nginx", "dev.conf"), ("nginx-prod", "prod.conf")):
-        mounts = {v.split(":")[0]: v.split(":")[1] for v in services[name]["volumes"]}
-        assert mounts[f"./ops/nginx/{conf}"] == "/etc/nginx/nginx.conf"
-        assert mounts["./ops/nginx/compose"] == "/etc/nginx/booking"
-        text = (ROOT / "ops" / "nginx" / conf).read_text(encoding="utf-8")
-        for include in set(re.findall(r"^\s*include\s+(\S+);", text, re.MULTILINE)):
-            if include.startswith("booking/"):
-                # Deployment-specific: compose's own copy, mounted as a directory.
-                assert (ROOT / "ops" / "nginx" / "compose" / include.removeprefix("booking/")).is_file()
-            else:
-                # Shared by every deployment: the repo's file, mounted beside nginx.conf.
-                assert include in nginx_support.SHARED, include
-                assert mounts[f"./ops/nginx/{include}"] == f"/etc/nginx/{include}", f"{name}: {include}"
+@pytest.mark.parametrize(("stack", "conf"), [("dev", "dev.conf"), ("prod", "prod.conf")])
+def test_nginx_mounts_the_repo_configs(stack: str, conf: str) -> None:
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in compose_service(stack, "nginx")["volumes"]}
+    assert mounts[f"./ops/nginx/{conf}"] == "/etc/nginx/nginx.conf"
+    assert mounts["./ops/nginx/compose"] == "/etc/nginx/booking"
+    text = (ROOT / "ops" / "nginx" / conf).read_text(encoding="utf-8")
+    for include in set(re.findall(r"^\s*include\s+(\S+);", text, re.MULTILINE)):
+        if include.startswith("booking/"):
+            # Deployment-specific: compose's own copy, mounted as a directory.
+            assert (ROOT / "ops" / "nginx" / "compose" / include.removeprefix("booking/")).is_file()
+        else:
+            # Shared by every deployment: the repo's file, mounted beside nginx.conf.
+            assert include in nginx_support.SHARED, include
+            assert mounts[f"./ops/nginx/{include}"] == f"/etc/nginx/{include}", f"{stack}: {include}"
 
 
 # ---------------------------------------------------------------- compose files against the compose-spec
@@ -207,7 +250,7 @@ def test_nginx_mounts_the_repo_configs(services: dict[str, Any]) -> None:
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 # tests/data/README.md says where the file comes from; a changed file must change this on purpose.
 COMPOSE_SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
-COMPOSE_FILES = ["docker-compose.yml"]
+COMPOSE_FILES = [DEV_FILE, PROD_FILE]
 # Compose features the files use: `develop.watch` sync+restart (2.23), env_file `required` (2.24).
 MIN_COMPOSE = (2, 24)
 
@@ -296,14 +339,13 @@ def test_docker_compose_config_accepts_the_file_on_a_fresh_clone(file: str, tmp_
 
 
 def test_every_app_service_runs_its_procfile_line(services: dict[str, Any]) -> None:
-    covered: dict[str, set[str]] = {"dev": set(), "prod": set()}
+    covered: set[str] = set()
     for name, svc in app_services(services).items():
         process = process_of(name)
         assert svc["command"] == ["ops/procfile", process], f"{name} must not repeat a command"
         assert process in PROCFILE, f"compose runs {name} but the Procfile has no {process!r} line"
-        covered["prod" if name in PROD else "dev"].add(process)
-    for stack, processes in covered.items():
-        assert processes == set(PROCFILE), f"{stack}: every Procfile process has a compose service"
+        covered.add(process)
+    assert covered == set(PROCFILE), "every Procfile process has a compose service"
 
 
 @pytest.mark.parametrize("process", sorted(PROCFILE))
@@ -668,7 +710,7 @@ def test_nginx_prod_hardening() -> None:
     listen = (ROOT / "ops" / "nginx" / "compose" / "internal.conf").read_text(encoding="utf-8")
     port = re.search(r"^listen\s+(\d+);", listen, re.MULTILINE)
     assert port, listen
-    nginx_ports = " ".join(map(str, compose_service("nginx-prod").get("ports", [])))
+    nginx_ports = " ".join(map(str, compose_service("prod", "nginx").get("ports", [])))
     assert port.group(1) not in re.findall(r"\d+", nginx_ports), "the internal port must not be published"
 
 
