@@ -16,6 +16,7 @@ import shutil
 import ssl
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -212,21 +213,61 @@ def test_prod_reads_its_configuration_and_has_no_dev_mounts(prod: dict[str, Any]
             source = volume.split(":")[0]
             assert source.startswith(("./ops/nginx/", "${TLS_CERT_DIR", "acme")), f"{name}: {volume}"
         if process_of(name) is not None:
-            assert "volumes" not in svc, name
+            assert "volumes" not in svc and "develop" not in svc, name
+            assert svc["build"].get("target") == "runtime" and svc["image"] == "booking:latest", name
             assert svc["env_file"] == [{"path": ".env", "required": False}], f"{name} reads .env if present"
             assert svc["environment"]["NODE_ENV"] == "production"
             assert "DATABASE_URL" not in svc["environment"] and "REDIS_URL" not in svc["environment"]
             assert "PYTHONPATH" not in svc["environment"]
 
 
-def test_dev_mounts_source_only(dev: dict[str, Any]) -> None:
-    for name, svc in app_services(dev).items():
-        sources = [v.split(":")[0] for v in svc["volumes"]]
-        assert "./server" in sources and "./Procfile" in sources, name
-        assert all(v.endswith(":ro") for v in svc["volumes"]), name
-        assert not any(s in {".", "./.venv", "./.data", "./.env"} for s in sources), name
-        assert svc["environment"]["PYTHONPATH"] == "/app", "mounted source shadows the installed package"
-        assert svc["environment"]["DATABASE_URL"].endswith("@postgres:5432/booking_db")
+def dockerignore_allows(path: str) -> bool:
+    """Whether .dockerignore lets `path` (relative, no ./) into the build context — and so into Compose
+    Watch, which honours it. Enough for this file's shape: `*` then `!name` / `!dir/` exceptions."""
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    assert patterns[0] == "*", "deny by default"
+    allowed = [p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")]
+    return any(path == a or path.startswith(a + "/") for a in allowed)
+
+
+def test_dev_services_follow_edits_with_compose_watch(dev: dict[str, Any]) -> None:
+    """`docker compose up --watch`: sources sync into the running containers and the process restarts;
+    dependency or Procfile changes rebuild. Without bind mounts, so the image's own copy is what runs."""
+    packages = {
+        p.split(".")[0]
+        for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    }
+    stages = dockerfile_stages()
+    assert "dev" in [s.name for s in stages], "ops/Dockerfile has no dev stage"
+    dev_stage = next(s for s in stages if s.name == "dev")
+    user = commands(stages, "dev", "USER")[-1].value[0]
+    env = {k: v for c in commands(stages, "dev", "ENV") for k, v in zip(*[iter(c.value)] * 2, strict=True)}
+    assert env["PYTHONPATH"] == "/app", "the synced source wins over the installed package"
+    assert env["NODE_ENV"] == "development"
+    chowned = {c.value[-1].removeprefix("./"): c.flags for c in dev_stage.commands if c.cmd == "COPY"}
+    for name in ("web", "jobs", "worker", "scheduler"):
+        svc = dev[name]
+        assert svc["build"].get("target") == "dev" and svc["image"] == "booking:dev", name
+        assert "volumes" not in svc, f"{name}: no bind mounts, Compose Watch syncs instead"
+        rules = svc.get("develop", {}).get("watch", [])
+        assert rules, f"{name} has no develop.watch"
+        by_path = {rule["path"].removeprefix("./"): rule for rule in rules}
+        for path, rule in by_path.items():
+            assert (ROOT / path).exists(), f"{name} watches {path}, which does not exist"
+            assert dockerignore_allows(path), f"{name}: .dockerignore hides {path} from Compose Watch"
+            if rule["action"].startswith("sync"):
+                # Watch writes as the container's USER: the dev stage must hand it the target.
+                target = rule["target"].removeprefix("/app/")
+                assert chowned.get(target) == (f"--chown={user}",), f"{name}: {target} not owned by {user}"
+        for package in packages:
+            action = "sync" if package == "migrations" else "sync+restart"
+            assert by_path[package] == {"path": f"./{package}", "target": f"/app/{package}", "action": action}
+        for path in ("requirements.lock", "pyproject.toml", "Procfile", "ops/procfile"):
+            assert by_path[path]["action"] == "rebuild", f"{name}: {path} changes need a new image"
+    # The one-shot migrate service and the databases have nothing to follow.
+    assert "develop" not in dev["migrate"] and "volumes" not in dev["migrate"]
+    assert dev["migrate"]["image"] == "booking:dev"
 
 
 @pytest.mark.parametrize(("stack", "conf"), [("dev", "dev.conf"), ("prod", "prod.conf")])
@@ -478,7 +519,7 @@ def check_dockerfile(path: Path) -> None:
     assert "grep -vxF -f requirements.lock" in builder_runs, "the build fails on anything the lock lacks"
 
     runtime = lineage(stages, "runtime")
-    assert "builder" not in [s.name for s in runtime], "the runtime image does not carry the builder"
+    assert not {"builder", "dev"} & {s.name for s in runtime}, "runtime carries neither builder nor dev"
     users = commands(stages, "runtime", "USER")
     assert users, "the runtime stage sets a user"
     uid, _, gid = users[-1].value[0].partition(":")
