@@ -364,11 +364,15 @@ def docker_compose() -> list[str]:
 
 @pytest.mark.parametrize("file", COMPOSE_FILES)
 def test_docker_compose_config_accepts_the_file_on_a_fresh_clone(file: str, tmp_path: Path) -> None:
-    """Compose's own loader (needs no engine): interpolation, profiles, env_file, merge keys. Run from a
-    copy without a `.env`, as on a fresh clone."""
+    """Compose's own loader (needs no engine): interpolation, env_file, merge keys, watch rules, paths.
+    Run on a copy of what a clone has that the file refers to — and no `.env`, as on a fresh clone."""
     command = docker_compose()
-    shutil.copy(ROOT / file, tmp_path / file)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    for name in (file, ".dockerignore", "Procfile", "requirements.lock", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("ops", "server", "handlers", "actors", "storage", "migrations"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not (tmp_path / ".env").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k != "TLS_CERT_DIR"}
     result = subprocess.run(
         [*command, "--project-directory", str(tmp_path), "-f", str(tmp_path / file), "config", "--quiet"],
         env=env, capture_output=True, text=True, timeout=60,
