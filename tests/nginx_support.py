@@ -1,8 +1,9 @@
 """Real nginx for the tests: find (or install Debian's package), fill the deployment includes, run.
 
-The repo's `ops/nginx/{dev,prod}.conf` are copied byte for byte into a temporary conf directory; only
-the `booking/*.conf` includes they name (upstreams, listen, TLS) are written here, so the tests check the
-same text docker compose mounts (compose's own includes are in ops/nginx/compose/).
+The repo's `ops/nginx/{dev,prod}.conf` and the includes shared by every deployment (`SHARED`, beside
+them) are copied byte for byte into a temporary conf directory; only the `booking/*.conf` includes they
+name (upstreams, listen, TLS) are written here, so the tests check the same text docker compose mounts
+(compose's own includes are in ops/nginx/compose/).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_DIR = ROOT / "ops" / "nginx"
-INCLUDES = ("upstreams.conf", "listen.conf", "tls.conf")
+INCLUDES = ("upstreams.conf", "listen.conf", "tls.conf", "internal.conf")
+# Included by name from dev.conf / prod.conf, identical in every deployment (compose mounts them too).
+SHARED = ("proxy_headers.conf",)
 
 
 @functools.cache
@@ -79,17 +82,21 @@ def write_config(
     jobs: list[str],
     listen: str,
     tls: tuple[str, Path, Path] | None = None,
+    internal: str | None = None,
 ) -> Path:
     """`ops/nginx/<name>.conf` under `prefix/conf/nginx.conf`, with its includes filled in.
 
     `web` / `jobs` are `host:port` servers; `listen` is the plain-HTTP address; `tls` is
-    (address, certificate, key) for the prod config's HTTPS server.
+    (address, certificate, key) for the prod config's HTTPS server; `internal` is the address of the
+    prod config's internal server (/metrics).
     """
     conf_dir = prefix / "conf"
     (conf_dir / "booking").mkdir(parents=True, exist_ok=True)
     (prefix / "logs").mkdir(exist_ok=True)
     conf = conf_dir / "nginx.conf"
     shutil.copyfile(NGINX_DIR / f"{name}.conf", conf)
+    for shared in SHARED:
+        shutil.copyfile(NGINX_DIR / shared, conf_dir / shared)
 
     def upstream(label: str, servers: list[str]) -> str:
         lines = "".join(f"    server {server};\n" for server in servers)
@@ -105,6 +112,8 @@ def write_config(
             f"listen {address} ssl http2;\nssl_certificate {cert};\nssl_certificate_key {key};\n",
             encoding="utf-8",
         )
+    if internal is not None:
+        (conf_dir / "booking" / "internal.conf").write_text(f"listen {internal};\n", encoding="utf-8")
     return conf
 
 

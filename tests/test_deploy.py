@@ -1,21 +1,32 @@
-"""Deployment files, checked with real parsers (Docker cannot run here): docker-compose.yml (YAML),
-ops/Dockerfile, .dockerignore, the Procfile runner every container uses, and both nginx configs (`nginx -t`).
+"""Deployment files, checked with real parsers (no Docker engine needed): docker-compose.yml (YAML, the
+official compose-spec JSON schema, and `docker compose config` where the Compose CLI is installed),
+ops/Dockerfile (BuildKit's parser), .dockerignore, the Procfile runner every container uses, and both
+nginx configs (`nginx -t`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import re
 import shlex
+import shutil
 import ssl
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import dockerfile
+import jsonschema
+import jsonschema.protocols
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -29,8 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "ops" / "procfile"
 PROCFILE = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
 
+# `docker compose up` runs the development file; production is a file of its own (`-f`), see its header.
+DEV_FILE, PROD_FILE = "docker-compose.yml", "docker-compose.prod.yml"
+STACKS = {"dev": DEV_FILE, "prod": PROD_FILE}
 DEV = {"postgres", "redis", "migrate", "web", "jobs", "worker", "scheduler", "nginx"}
-PROD = {"migrate-prod", "web-prod", "jobs-prod", "worker-prod", "scheduler-prod", "nginx-prod"}
+PROD = {"migrate", "web", "jobs", "worker", "scheduler", "nginx"}
 # Compose service → the Procfile process it runs (a platform calls the release step `release`).
 PROCESS_OF = {
     "migrate": "release",
@@ -40,55 +54,117 @@ PROCESS_OF = {
     "scheduler": "scheduler",
 }
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
-DEV_TOOLS = {"pytest", "pytest-aiohttp", "pytest-asyncio", "pytest-timeout", "mypy", "ruff"}
+DEV_TOOLS = {
+    "pytest", "pytest-aiohttp", "pytest-asyncio", "pytest-timeout", "mypy", "ruff", "dockerfile",
+}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+def load_compose(file: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / file).read_text(encoding="utf-8"))
     return data
 
 
+def compose_service(stack: str, name: str) -> dict[str, Any]:
+    service: dict[str, Any] = load_compose(STACKS[stack])["services"][name]
+    return service
+
+
 @pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    result: dict[str, dict[str, Any]] = compose["services"]
+def dev() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = load_compose(DEV_FILE)["services"]
+    return services
+
+
+@pytest.fixture(scope="module")
+def prod() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = load_compose(PROD_FILE)["services"]
+    return services
+
+
+@pytest.fixture(params=sorted(STACKS))
+def services(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    """Each compose file's services in turn."""
+    result: dict[str, dict[str, Any]] = load_compose(STACKS[request.param])["services"]
     return result
 
 
 def process_of(service: str) -> str | None:
-    return PROCESS_OF.get(service.removesuffix("-prod"))
+    return PROCESS_OF.get(service)
 
 
 def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in services.items() if process_of(name) is not None}
 
 
+def started(services: dict[str, dict[str, Any]], profiles: set[str]) -> set[str]:
+    """What `docker compose [--profile P …] up` starts: every service without a profile, and those in P."""
+    return {
+        name for name, svc in services.items() if not svc.get("profiles") or set(svc["profiles"]) & profiles
+    }
+
+
+def host_port(mapping: str) -> str:
+    """The host side of a short-syntax port mapping: "80:80" → "80", "127.0.0.1:5432:5432" →
+    "127.0.0.1:5432"."""
+    parts = str(mapping).split(":")
+    assert len(parts) in (2, 3), f"publish explicitly, host:container: {mapping}"
+    return ":".join(parts[:-1])
+
+
 # ---------------------------------------------------------------- compose structure
 
 
-def test_compose_has_the_dev_stack_by_default_and_prod_behind_a_profile(services: dict[str, Any]) -> None:
-    assert set(services) == DEV | PROD
-    for name in DEV:
-        assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
-    for name in PROD:
-        assert services[name].get("profiles") == ["prod"], name
-    assert services["postgres"]["image"].startswith("postgres:16")
-    assert services["redis"]["image"].startswith("redis:7")
-    assert services["web"]["deploy"]["replicas"] >= 2
-    assert services["web-prod"]["deploy"]["replicas"] >= 2
-    assert services["scheduler"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
-    assert services["scheduler-prod"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
+def test_compose_up_is_development_and_the_prod_file_is_production_only(
+    dev: dict[str, Any], prod: dict[str, Any]
+) -> None:
+    # No profiles at all: `docker compose up` is the whole dev stack, `-f docker-compose.prod.yml up` the
+    # whole production stack, and no profile flag can mix the two.
+    for file, services in ((DEV_FILE, dev), (PROD_FILE, prod)):
+        assert not [n for n, s in services.items() if "profiles" in s], f"{file} uses profiles"
+    assert started(dev, set()) == DEV
+    assert started(prod, set()) == PROD
+    assert not {"postgres", "redis"} & set(prod), "production uses external databases"
+    # Separate project names: the two stacks never share containers, networks or volumes.
+    assert load_compose(DEV_FILE)["name"] == "booking"
+    assert load_compose(PROD_FILE)["name"] == "booking-prod"
+    assert dev["postgres"]["image"].startswith("postgres:16")
+    assert dev["redis"]["image"].startswith("redis:7")
+    for services in (dev, prod):
+        assert services["web"]["deploy"]["replicas"] >= 2
+        assert services["scheduler"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
 
 
-def test_nginx_publishes_port_80_and_prod_443(services: dict[str, Any]) -> None:
-    assert "80:80" in services["nginx"]["ports"]
-    assert {"80:80", "443:443"} <= set(services["nginx-prod"]["ports"])
-    published = [
-        p for name, svc in services.items() for p in svc.get("ports", []) if name not in DEV - {"nginx"}
-    ]
-    assert sorted(published) == ["443:443", "80:80", "80:80"], "only nginx is public"
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_no_two_services_started_together_publish_one_host_port(stack: str) -> None:
+    """Under every profile selection the file allows (none, each declared profile, all of them)."""
+    services = load_compose(STACKS[stack])["services"]
+    declared = {p for svc in services.values() for p in svc.get("profiles", [])}
+    selections = [set(), *({p} for p in declared), declared]
+    for profiles in selections:
+        ports = [
+            host_port(p) for name in started(services, profiles) for p in services[name].get("ports", [])
+        ]
+        clashes = {p for p in ports if ports.count(p) > 1}
+        assert not clashes, f"{STACKS[stack]} with profiles {sorted(profiles)}: port {sorted(clashes)} twice"
+
+
+def test_nginx_publishes_port_80_and_prod_443(dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    assert dev["nginx"]["ports"] == ["80:80"]
+    assert prod["nginx"]["ports"] == ["80:80", "443:443"]
+    for services in (dev, prod):
+        public = [
+            name for name, svc in services.items() for p in svc.get("ports", []) if "127.0.0.1:" not in p
+        ]
+        assert public == ["nginx", "nginx"] if services is prod else ["nginx"], "only nginx is public"
     for name in ("postgres", "redis"):
-        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+        assert all(p.startswith("127.0.0.1:") for p in dev[name]["ports"]), name
+
+
+def test_env_file_is_optional(services: dict[str, Any]) -> None:
+    """A fresh clone has no .env: compose must not refuse to start for want of it (Compose >= 2.24)."""
+    for name, svc in services.items():
+        for entry in svc.get("env_file", []):
+            assert isinstance(entry, dict) and entry.get("required") is False, f"{name}: env_file {entry}"
 
 
 def test_every_dependency_waits_on_a_condition_its_target_can_meet(services: dict[str, Any]) -> None:
@@ -101,22 +177,25 @@ def test_every_dependency_waits_on_a_condition_its_target_can_meet(services: dic
                 assert services[target].get("restart") == "no", f"{target} is one-shot"
             if process_of(target) == "release":
                 assert spec["condition"] == "service_completed_successfully", f"{name} runs after migrations"
-    for name in ("postgres", "redis", "web", "jobs", "nginx", "web-prod", "jobs-prod", "nginx-prod"):
+    for name in ("web", "jobs", "nginx", *({"postgres", "redis"} & set(services))):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     for name, svc in app_services(services).items():
         if process_of(name) != "release":
-            migrate = "migrate-prod" if name in PROD else "migrate"
-            assert svc["depends_on"][migrate]["condition"] == "service_completed_successfully", name
-    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["nginx"]["depends_on"]["web"]["condition"] == "service_healthy"
-    assert services["nginx"]["depends_on"]["jobs"]["condition"] == "service_healthy"
+            assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+    for upstream in ("web", "jobs"):
+        assert services["nginx"]["depends_on"][upstream]["condition"] == "service_healthy"
 
 
-def test_healthchecks_hit_the_real_health_endpoints(services: dict[str, Any]) -> None:
-    assert "/health" in " ".join(services["web"]["healthcheck"]["test"])
-    assert "/jobs/health" in " ".join(services["jobs"]["healthcheck"]["test"])
-    assert services["web"]["healthcheck"] == services["web-prod"]["healthcheck"]
-    for svc in services.values():
+def test_dev_migrations_wait_for_postgres(dev: dict[str, Any]) -> None:
+    assert dev["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_healthchecks_hit_the_real_health_endpoints(dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    assert "/health" in " ".join(dev["web"]["healthcheck"]["test"])
+    assert "/jobs/health" in " ".join(dev["jobs"]["healthcheck"]["test"])
+    for name in ("web", "jobs", "nginx"):
+        assert dev[name]["healthcheck"] == prod[name]["healthcheck"], f"{name}: the same check in both files"
+    for svc in (*dev.values(), *prod.values()):
         for part in svc.get("healthcheck", {}).get("test", []):
             assert "$" not in part, "compose would interpolate it"
 
@@ -128,68 +207,190 @@ def test_python_healthchecks_compile(services: dict[str, Any]) -> None:
             compile(check[3], f"{name} healthcheck", "exec")
 
 
-def test_prod_is_self_contained_and_has_no_dev_mounts(services: dict[str, Any]) -> None:
-    def closure(name: str) -> set[str]:
-        seen = {name}
-        for target in services[name].get("depends_on", {}):
-            seen |= closure(target)
-        return seen
-
-    # `docker compose --profile prod up -d nginx-prod` starts exactly the production stack.
-    assert closure("nginx-prod") == PROD
-    assert closure("nginx") <= DEV
-    assert all(closure(name) <= DEV for name in DEV), "the dev stack never waits on a prod service"
-    for name in PROD:
-        svc = services[name]
-        assert set(svc.get("networks", [])) == {"prod"}, name
+def test_prod_reads_its_configuration_and_has_no_dev_mounts(prod: dict[str, Any]) -> None:
+    for name, svc in prod.items():
         for volume in svc.get("volumes", []):
             source = volume.split(":")[0]
-            assert not source.startswith(
-                ("./server", "./handlers", "./actors", "./storage", "./migrations", ".:")
-            )
             assert source.startswith(("./ops/nginx/", "${TLS_CERT_DIR", "acme")), f"{name}: {volume}"
         if process_of(name) is not None:
-            assert "volumes" not in svc, name
-            assert svc["env_file"] == [".env"], f"{name} reads the external databases from .env"
+            assert "volumes" not in svc and "develop" not in svc, name
+            assert svc["build"].get("target") == "runtime" and svc["image"] == "booking:latest", name
+            assert svc["env_file"] == [{"path": ".env", "required": False}], f"{name} reads .env if present"
             assert svc["environment"]["NODE_ENV"] == "production"
             assert "DATABASE_URL" not in svc["environment"] and "REDIS_URL" not in svc["environment"]
             assert "PYTHONPATH" not in svc["environment"]
 
 
-def test_dev_mounts_source_only(services: dict[str, Any]) -> None:
-    for name, svc in app_services(services).items():
-        if name in PROD:
-            continue
-        sources = [v.split(":")[0] for v in svc["volumes"]]
-        assert "./server" in sources and "./Procfile" in sources, name
-        assert all(v.endswith(":ro") for v in svc["volumes"]), name
-        assert not any(s in {".", "./.venv", "./.data", "./.env"} for s in sources), name
-        assert svc["environment"]["PYTHONPATH"] == "/app", "mounted source shadows the installed package"
-        assert svc["environment"]["DATABASE_URL"].endswith("@postgres:5432/booking_db")
+def dockerignore_allows(path: str) -> bool:
+    """Whether .dockerignore lets `path` (relative, no ./) into the build context — and so into Compose
+    Watch, which honours it. Enough for this file's shape: `*` then `!name` / `!dir/` exceptions."""
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    assert patterns[0] == "*", "deny by default"
+    allowed = [p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")]
+    return any(path == a or path.startswith(a + "/") for a in allowed)
 
 
-def test_nginx_mounts_the_repo_configs(services: dict[str, Any]) -> None:
-    for name, conf in (("nginx", "dev.conf"), ("nginx-prod", "prod.conf")):
-        mounts = {v.split(":")[0]: v.split(":")[1] for v in services[name]["volumes"]}
-        assert mounts[f"./ops/nginx/{conf}"] == "/etc/nginx/nginx.conf"
-        assert mounts["./ops/nginx/compose"] == "/etc/nginx/booking"
-        text = (ROOT / "ops" / "nginx" / conf).read_text(encoding="utf-8")
-        for include in re.findall(r"^\s*include\s+(\S+);", text, re.MULTILINE):
-            assert (ROOT / "ops" / "nginx" / "compose" / include.removeprefix("booking/")).is_file(), include
+def test_dev_services_follow_edits_with_compose_watch(dev: dict[str, Any]) -> None:
+    """`docker compose up --watch`: sources sync into the running containers and the process restarts;
+    dependency or Procfile changes rebuild. Without bind mounts, so the image's own copy is what runs."""
+    packages = {
+        p.split(".")[0]
+        for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    }
+    stages = dockerfile_stages()
+    assert "dev" in [s.name for s in stages], "ops/Dockerfile has no dev stage"
+    dev_stage = next(s for s in stages if s.name == "dev")
+    user = commands(stages, "dev", "USER")[-1].value[0]
+    env = {k: v for c in commands(stages, "dev", "ENV") for k, v in zip(*[iter(c.value)] * 2, strict=True)}
+    assert env["PYTHONPATH"] == "/app", "the synced source wins over the installed package"
+    assert env["NODE_ENV"] == "development"
+    chowned = {c.value[-1].removeprefix("./"): c.flags for c in dev_stage.commands if c.cmd == "COPY"}
+    for name in ("web", "jobs", "worker", "scheduler"):
+        svc = dev[name]
+        assert svc["build"].get("target") == "dev" and svc["image"] == "booking:dev", name
+        assert "volumes" not in svc, f"{name}: no bind mounts, Compose Watch syncs instead"
+        rules = svc.get("develop", {}).get("watch", [])
+        assert rules, f"{name} has no develop.watch"
+        by_path = {rule["path"].removeprefix("./"): rule for rule in rules}
+        for path, rule in by_path.items():
+            assert (ROOT / path).exists(), f"{name} watches {path}, which does not exist"
+            assert dockerignore_allows(path), f"{name}: .dockerignore hides {path} from Compose Watch"
+            if rule["action"].startswith("sync"):
+                # Watch writes as the container's USER: the dev stage must hand it the target.
+                target = rule["target"].removeprefix("/app/")
+                assert chowned.get(target) == (f"--chown={user}",), f"{name}: {target} not owned by {user}"
+        for package in packages:
+            action = "sync" if package == "migrations" else "sync+restart"
+            assert by_path[package] == {"path": f"./{package}", "target": f"/app/{package}", "action": action}
+        for path in ("requirements.lock", "pyproject.toml", "Procfile", "ops/procfile"):
+            assert by_path[path]["action"] == "rebuild", f"{name}: {path} changes need a new image"
+    # The one-shot migrate service and the databases have nothing to follow.
+    assert "develop" not in dev["migrate"] and "volumes" not in dev["migrate"]
+    assert dev["migrate"]["image"] == "booking:dev"
+
+
+@pytest.mark.parametrize(("stack", "conf"), [("dev", "dev.conf"), ("prod", "prod.conf")])
+def test_nginx_mounts_the_repo_configs(stack: str, conf: str) -> None:
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in compose_service(stack, "nginx")["volumes"]}
+    assert mounts[f"./ops/nginx/{conf}"] == "/etc/nginx/nginx.conf"
+    assert mounts["./ops/nginx/compose"] == "/etc/nginx/booking"
+    text = (ROOT / "ops" / "nginx" / conf).read_text(encoding="utf-8")
+    for include in set(re.findall(r"^\s*include\s+(\S+);", text, re.MULTILINE)):
+        if include.startswith("booking/"):
+            # Deployment-specific: compose's own copy, mounted as a directory.
+            assert (ROOT / "ops" / "nginx" / "compose" / include.removeprefix("booking/")).is_file()
+        else:
+            # Shared by every deployment: the repo's file, mounted beside nginx.conf.
+            assert include in nginx_support.SHARED, include
+            assert mounts[f"./ops/nginx/{include}"] == f"/etc/nginx/{include}", f"{stack}: {include}"
+
+
+# ---------------------------------------------------------------- compose files against the compose-spec
+
+COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+# tests/data/README.md says where the file comes from; a changed file must change this on purpose.
+COMPOSE_SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
+COMPOSE_FILES = [DEV_FILE, PROD_FILE]
+# Compose features the files use: `develop.watch` sync+restart (2.23), env_file `required` (2.24).
+MIN_COMPOSE = (2, 24)
+
+
+@functools.cache
+def compose_validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    # Its "$schema" is draft-07 spelled https://…/draft-07/schema, which jsonschema does not look up.
+    assert "draft-07" in schema["$schema"], schema["$schema"]
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def compose_schema_errors(data: Any) -> list[str]:
+    return sorted(
+        f"{'/'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
+        for error in compose_validator().iter_errors(data)
+    )
+
+
+def test_the_compose_schema_is_the_vendored_upstream_file() -> None:
+    assert hashlib.sha256(COMPOSE_SCHEMA.read_bytes()).hexdigest() == COMPOSE_SCHEMA_SHA256
+    assert compose_validator().schema["title"] == "Compose Specification"
+
+
+@pytest.mark.parametrize("file", COMPOSE_FILES)
+def test_compose_file_matches_the_compose_spec_schema(file: str) -> None:
+    data = yaml.safe_load((ROOT / file).read_text(encoding="utf-8"))
+    errors = compose_schema_errors(data)
+    assert not errors, f"{file}:\n" + "\n".join(errors)
+
+
+# Mistakes YAML parsing alone lets through; the schema must refuse each (so the check can fail at all).
+BROKEN_COMPOSE: dict[str, Callable[[dict[str, Any]], None]] = {
+    "misspelled key": lambda d: d["services"]["web"].update(enviroment={"A": "1"}),
+    "unknown depends_on condition": lambda d: d["services"]["web"].update(
+        depends_on={"postgres": {"condition": "service_ready"}}
+    ),
+    "ports as a mapping": lambda d: d["services"]["nginx"].update(ports={"80": 80}),
+    "env_file entry without a path": lambda d: d["services"]["web"].update(env_file=[{"required": False}]),
+    "healthcheck as a number": lambda d: d["services"]["web"].update(healthcheck={"test": 5}),
+    "watch action unknown": lambda d: d["services"]["web"].update(
+        develop={"watch": [{"path": "./server", "action": "reload"}]}
+    ),
+    "undeclared top-level key": lambda d: d.update(service={}),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_COMPOSE))
+def test_compose_schema_refuses_a_broken_file(broken: str) -> None:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    BROKEN_COMPOSE[broken](data)
+    assert compose_schema_errors(data), f"the schema accepted: {broken}"
+
+
+def docker_compose() -> list[str]:
+    """`docker compose` (the v2 plugin), or skip saying why it cannot run here."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("the docker CLI is not installed, so `docker compose config` cannot run")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        said = " ".join((probe.stderr or probe.stdout).split())[:200]
+        pytest.skip(f"`docker compose` (the Compose v2 plugin) is unavailable here: {said}")
+    version = tuple(int(n) for n in re.findall(r"\d+", probe.stdout)[:2])
+    if version < MIN_COMPOSE:
+        pytest.skip(f"Compose {probe.stdout.strip()} is older than {MIN_COMPOSE}, which these files need")
+    return [docker, "compose"]
+
+
+@pytest.mark.parametrize("file", COMPOSE_FILES)
+def test_docker_compose_config_accepts_the_file_on_a_fresh_clone(file: str, tmp_path: Path) -> None:
+    """Compose's own loader (needs no engine): interpolation, env_file, merge keys, watch rules, paths.
+    Run on a copy of what a clone has that the file refers to — and no `.env`, as on a fresh clone."""
+    command = docker_compose()
+    for name in (file, ".dockerignore", "Procfile", "requirements.lock", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("ops", "server", "handlers", "actors", "storage", "migrations"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not (tmp_path / ".env").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k != "TLS_CERT_DIR"}
+    result = subprocess.run(
+        [*command, "--project-directory", str(tmp_path), "-f", str(tmp_path / file), "config", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------- one source of truth for commands
 
 
 def test_every_app_service_runs_its_procfile_line(services: dict[str, Any]) -> None:
-    covered: dict[str, set[str]] = {"dev": set(), "prod": set()}
+    covered: set[str] = set()
     for name, svc in app_services(services).items():
         process = process_of(name)
         assert svc["command"] == ["ops/procfile", process], f"{name} must not repeat a command"
         assert process in PROCFILE, f"compose runs {name} but the Procfile has no {process!r} line"
-        covered["prod" if name in PROD else "dev"].add(process)
-    for stack, processes in covered.items():
-        assert processes == set(PROCFILE), f"{stack}: every Procfile process has a compose service"
+        covered.add(process)
+    assert covered == set(PROCFILE), "every Procfile process has a compose service"
 
 
 @pytest.mark.parametrize("process", sorted(PROCFILE))
@@ -235,57 +436,143 @@ def test_runner_is_executable() -> None:
 
 # ---------------------------------------------------------------- Dockerfile
 
+DOCKERFILE = ROOT / "ops" / "Dockerfile"
+INSTRUCTIONS = {
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+}  # fmt: skip
 
-def dockerfile_stages() -> list[dict[str, Any]]:
-    """[{name, base, instructions: [(KEYWORD, args)]}] with continuations joined and comments dropped."""
-    text = (ROOT / "ops" / "Dockerfile").read_text(encoding="utf-8")
-    logical: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        if raw.strip().startswith("#") or not raw.strip():
-            continue
-        if raw.rstrip().endswith("\\"):
-            current += raw.rstrip()[:-1] + " "
-            continue
-        logical.append(current + raw.strip())
-        current = ""
+
+class Stage(NamedTuple):
+    name: str
+    base: str  # an image reference (global ARGs substituted) or the name of an earlier stage
+    commands: list[dockerfile.Command]
+
+
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[Stage]:
+    """The Dockerfile as `docker build` reads it — BuildKit's own parser (the `dockerfile` package) joins
+    continuations, splits flags from arguments and tells exec form from shell form — cut into stages."""
     args: dict[str, str] = {}
-    stages: list[dict[str, Any]] = []
-    for line in logical:
-        keyword, _, rest = line.partition(" ")
-        keyword, rest = keyword.upper(), rest.strip()
-        if keyword == "ARG" and not stages:
-            key, _, value = rest.partition("=")
-            args[key] = value
-        elif keyword == "FROM":
-            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.IGNORECASE)
-            assert match, line
-            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], match.group(1))
-            stages.append({"name": match.group(2), "base": base, "instructions": []})
+    stages: list[Stage] = []
+    for command in dockerfile.parse_file(str(path)):
+        where = f"{path.name}:{command.start_line}"
+        assert command.cmd in INSTRUCTIONS, f"{where}: unknown instruction {command.cmd}"
+        if command.cmd == "FROM":
+            assert not command.flags, f"{where}: FROM {' '.join(command.flags)}"
+            value = command.value
+            assert len(value) == 3 and value[1].upper() == "AS", f"{where}: every stage is named"
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value[0])
+            assert value[2] not in {s.name for s in stages}, f"{where}: stage {value[2]} twice"
+            stages.append(Stage(value[2], base, []))
+        elif not stages:
+            assert command.cmd == "ARG", f"{where}: only ARG may come before the first FROM"
+            key, _, default = command.value[0].partition("=")
+            args[key] = default
         else:
-            assert stages, f"{keyword} before FROM"
-            stages[-1]["instructions"].append((keyword, rest))
+            stages[-1].commands.append(command)
+    assert stages, f"{path}: no FROM"
     return stages
 
 
-def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
-    stages = dockerfile_stages()
-    assert [s["name"] for s in stages] == ["builder", "runtime"]
-    assert all(s["base"] == "python:3.11-slim" for s in stages)
-    builder, runtime = (dict(s["instructions"]) | {"_all": s["instructions"]} for s in stages)
-    users = [args for kw, args in runtime["_all"] if kw == "USER"]
-    assert users and users[-1].split(":")[0] not in {"root", "0"}, "the runtime stage runs as a non-root user"
-    assert runtime["CMD"] == '["ops/procfile", "web"]'
-    runs = " ".join(args for kw, args in builder["_all"] if kw == "RUN")
-    assert "--constraint requirements.lock" in runs, "dependencies come from the lock file"
-    assert "pip install --no-deps ." in runs, "then the project itself, without resolving again"
-    assert "grep -vxF -f requirements.lock" in runs, "the build fails on anything the lock does not pin"
-    runtime_runs = " ".join(args for kw, args in runtime["_all"] if kw == "RUN")
-    assert "pip" not in runtime_runs, "nothing is installed in the runtime stage"
-    copies = [args for kw, args in runtime["_all"] if kw == "COPY"]
-    assert "--from=builder /opt/venv /opt/venv" in copies
-    assert any(c.endswith("Procfile ./Procfile") for c in copies)
-    assert any("ops/procfile ./ops/procfile" in c for c in copies)
+def lineage(stages: list[Stage], name: str) -> list[Stage]:
+    """`name` and the stages it is built FROM, root first (what its image inherits)."""
+    by_name = {s.name: s for s in stages}
+    chain = [by_name[name]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
+
+
+def commands(stages: list[Stage], name: str, cmd: str, *, inherited: bool = True) -> list[dockerfile.Command]:
+    chain = lineage(stages, name) if inherited else [s for s in stages if s.name == name]
+    return [c for stage in chain for c in stage.commands if c.cmd == cmd]
+
+
+def check_dockerfile(path: Path) -> None:
+    """What the image promises (docs/DEPLOY.md §2); each assertion names what broke."""
+    text = path.read_text(encoding="utf-8")
+    # COPY --chmod needs the BuildKit frontend, named on the first line.
+    assert text.startswith("# syntax=docker/dockerfile:1\n"), "the first line pins the frontend"
+    stages = dockerfile_stages(path)
+    names = [s.name for s in stages]
+    assert names[0] == "builder"
+    assert names[-1] == "runtime", "the last stage is what a bare `docker build` produces: production"
+    for index, stage in enumerate(stages):
+        if stage.base in names:
+            assert names.index(stage.base) < index, f"{stage.name} is FROM a later stage"
+        else:
+            image, _, tag = stage.base.partition(":")
+            assert image == "python" and tag == "3.11-slim", f"{stage.name}: FROM {stage.base}"
+        for command in stage.commands:
+            assert command.cmd != "ADD", f"line {command.start_line}: COPY, not ADD (no URLs, no archives)"
+            for flag in command.flags:
+                if flag.startswith("--from="):
+                    source = flag.removeprefix("--from=")
+                    assert source in names[:index], f"line {command.start_line}: --from={source}"
+            if command.cmd in {"CMD", "ENTRYPOINT"}:
+                # Exec form: the process is PID 1's child itself, not a shell that swallows SIGTERM.
+                assert command.json, f"line {command.start_line}: {command.cmd} in shell form"
+            if command.cmd == "ENV":
+                keys = command.value[::2]
+                secret = [k for k in keys if re.search(r"SECRET|PASSWORD|TOKEN|DATABASE_URL|REDIS_URL", k)]
+                assert not secret, f"line {command.start_line}: no secrets or URLs baked in: {secret}"
+
+    builder_runs = " ".join(c.value[0] for c in commands(stages, "builder", "RUN"))
+    assert "--constraint requirements.lock" in builder_runs, "dependencies come from the lock file"
+    assert "pip install --no-deps ." in builder_runs, "then the project itself, without resolving again"
+    assert "grep -vxF -f requirements.lock" in builder_runs, "the build fails on anything the lock lacks"
+
+    runtime = lineage(stages, "runtime")
+    assert not {"builder", "dev"} & {s.name for s in runtime}, "runtime carries neither builder nor dev"
+    users = commands(stages, "runtime", "USER")
+    assert users, "the runtime stage sets a user"
+    uid, _, gid = users[-1].value[0].partition(":")
+    # Numeric, so an orchestrator can verify runAsNonRoot without reading /etc/passwd.
+    assert uid.isdigit() and int(uid) != 0 and (not gid or gid.isdigit()), f"USER {users[-1].value[0]}"
+    cmds = commands(stages, "runtime", "CMD")
+    assert cmds and cmds[-1].value == ("ops/procfile", "web")
+    assert not commands(stages, "runtime", "ENTRYPOINT")
+    for stage in runtime:
+        for run in (c for c in stage.commands if c.cmd == "RUN"):
+            assert "pip" not in run.value[0], f"{stage.name}: nothing is installed after the builder"
+    copies = [(c.flags, c.value) for c in commands(stages, "runtime", "COPY")]
+    assert (("--from=builder",), ("/opt/venv", "/opt/venv")) in copies
+    assert ((), ("Procfile", "./Procfile")) in copies
+    assert (("--chmod=0755",), ("ops/procfile", "./ops/procfile")) in copies
+    env = {
+        k: v for c in commands(stages, "runtime", "ENV") for k, v in zip(*[iter(c.value)] * 2, strict=True)
+    }
+    assert env["NODE_ENV"] == "production" and env["PATH"].startswith("/opt/venv/bin:")
+    assert "PYTHONPATH" not in env, "production runs the installed package, never loose source"
+
+
+def test_dockerfile_is_multi_stage_slim_locked_and_non_root() -> None:
+    check_dockerfile(DOCKERFILE)
+
+
+# Each edit breaks one promise; the checks must notice every one, each for its own reason.
+BROKEN_DOCKERFILES = {
+    "root user": ("USER 10001:10001", "USER root", "USER root"),
+    "shell-form CMD": ('CMD ["ops/procfile", "web"]', "CMD ops/procfile web", "CMD in shell form"),
+    "unknown stage": ("--from=builder /opt/venv", "--from=build /opt/venv", "--from=build"),
+    "unlocked install": ("--constraint requirements.lock", "--upgrade", "from the lock file"),
+    "ADD": ("COPY README.md ./", "ADD README.md ./", "not ADD"),
+    "latest base": ("ARG PYTHON_IMAGE=python:3.11-slim", "ARG PYTHON_IMAGE=python:latest", "python:latest"),
+    "typo": ("WORKDIR /app", "WORKDIRR /app", "unknown instruction WORKDIRR"),
+    "secret": ("PORT=5000 \\", "JWT_SECRET_KEY=x PORT=5000 \\", "no secrets"),
+    "unnamed stage": (" AS builder", "", "every stage is named"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_DOCKERFILES))
+def test_dockerfile_checks_catch_a_broken_dockerfile(broken: str, tmp_path: Path) -> None:
+    old, new, reason = BROKEN_DOCKERFILES[broken]
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert old in text, f"{broken}: the edit no longer applies to ops/Dockerfile"
+    path = tmp_path / "Dockerfile"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(AssertionError, match=re.escape(reason)):
+        check_dockerfile(path)
 
 
 def test_runtime_dependencies_are_locked_and_exclude_dev_tools() -> None:
@@ -323,9 +610,11 @@ def test_dockerignore_keeps_secrets_and_local_state_out_but_lets_copies_in() -> 
     assert patterns[0] == "*", "deny by default"
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
     assert not allowed & {".env", ".venv", ".data", ".git"}
-    for keyword, args in (i for s in dockerfile_stages() for i in s["instructions"]):
-        if keyword == "COPY" and "--from=" not in args:
-            for source in [a for a in args.split() if not a.startswith("--")][:-1]:
+    copies = [c for s in dockerfile_stages() for c in s.commands if c.cmd == "COPY"]
+    assert copies
+    for copy in copies:
+        if not any(f.startswith("--from=") for f in copy.flags):
+            for source in copy.value[:-1]:
                 assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
 
 
@@ -374,6 +663,7 @@ def test_nginx_prod_config_is_valid_with_tls(nginx: str, tmp_path: Path) -> None
         jobs=["127.0.0.1:5001"],
         listen="127.0.0.1:8080",
         tls=("127.0.0.1:8443", cert, key),
+        internal="127.0.0.1:8081",
     )
     nginx_test(nginx, tmp_path, conf)
 
@@ -408,11 +698,38 @@ def test_nginx_routes_every_prefix_without_stripping_it(name: str) -> None:
     assert re.search(r"proxy_read_timeout\s+1h;", ws)
     assert "gzip on;" in text
     # handlers.common.client_ip reads the right-most entry: nginx must append, never pass the client's on.
-    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in text
-    assert "X-Real-IP $remote_addr" in text
-    assert "$http_x_forwarded_for" not in text
-    assert "X-Request-ID $booking_request_id" in text
+    shared = (ROOT / "ops" / "nginx" / "proxy_headers.conf").read_text()
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in shared
+    assert "X-Real-IP $remote_addr" in shared
+    assert "$http_x_forwarded_for" not in text + shared
+    assert "X-Request-ID $booking_request_id" in shared
     assert "include booking/upstreams.conf;" in text
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_nginx_every_proxied_location_passes_the_proxy_headers(name: str) -> None:
+    """nginx inherits proxy_set_header from the server level only into locations that set none of their
+    own, so each server and each location that sets one must include the shared header list."""
+    text = (ROOT / "ops" / "nginx" / f"{name}.conf").read_text(encoding="utf-8")
+    servers = text.split("\n    server {")[1:]
+    assert servers
+    for server in servers:
+        server_level = re.sub(r"location\s+[^{]+\{[^}]*\}", "", server)
+        blocks = re.findall(r"location\s+([^{]+)\{([^}]*)\}", server)
+        inherited = "include proxy_headers.conf;" in server_level
+        for selector, body in blocks:
+            if "proxy_set_header" in body or ("proxy_pass" in body and not inherited):
+                assert "include proxy_headers.conf;" in body, f"{name}: location {selector.strip()}"
+    shared = (ROOT / "ops" / "nginx" / "proxy_headers.conf").read_text(encoding="utf-8")
+    for line in (
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        # Right-most entry = the address nginx saw, which is what client_ip() reads (TRUST_PROXY).
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Request-ID $booking_request_id;",
+    ):
+        assert line in shared.splitlines(), line
 
 
 def test_nginx_prod_hardening() -> None:
@@ -428,18 +745,42 @@ def test_nginx_prod_hardening() -> None:
         assert re.search(rf"add_header {header} .* always;", text), header
     assert "limit_req zone=booking_auth" in blocks["/api/auth/"]
     assert "limit_req zone=booking_api" in blocks["/api/"]
-    metrics = blocks["= /metrics"]
-    assert "deny all;" in metrics and "allow 10.0.0.0/8;" in metrics
+    # The public server never serves /metrics: behind docker's userland proxy an outside client can
+    # arrive from a private address, so no allow-list by address is safe there.
+    assert blocks["= /metrics"].split() == ["deny", "all;"]
     assert blocks["/"].strip() == "return 404;"
-    plain = text.partition("include booking/listen.conf;")[2].partition("include booking/tls.conf;")[0]
+    servers = server_blocks(text)
+    assert set(servers) == {"listen", "internal", "tls"}
+    plain = servers["listen"]
     assert "return 301 https://$host$request_uri;" in plain, "plain HTTP redirects to HTTPS"
     assert "/metrics" not in plain and "/api/" not in plain
+    internal = servers["internal"]
+    assert re.findall(r"location\s+([^{]+?)\s*\{", internal) == ["= /metrics", "/"], "only /metrics"
+    assert "proxy_pass http://booking_web;" in internal and "deny all;" in internal
+    # compose: the internal port stays unpublished.
+    listen = (ROOT / "ops" / "nginx" / "compose" / "internal.conf").read_text(encoding="utf-8")
+    port = re.search(r"^listen\s+(\d+);", listen, re.MULTILINE)
+    assert port, listen
+    nginx_ports = " ".join(map(str, compose_service("prod", "nginx").get("ports", [])))
+    assert port.group(1) not in re.findall(r"\d+", nginx_ports), "the internal port must not be published"
+
+
+def server_blocks(text: str) -> dict[str, str]:
+    """Each top-level server block of an nginx config (comments dropped), keyed by its
+    `include booking/<key>.conf` listen."""
+    result = {}
+    code = re.sub(r"#[^\n]*", "", text)
+    for block in code.split("\n    server {")[1:]:
+        match = re.search(r"include booking/(listen|tls|internal)\.conf;", block)
+        assert match, block[:200]
+        result[match.group(1)] = block
+    return result
 
 
 @NGINX_INSTALL_TIMEOUT
 def test_nginx_prod_runs_tls_redirects_headers_and_auth_rate_limit(nginx: str, tmp_path: Path) -> None:
     """The prod config for real (upstreams down: nginx's own behaviour is what is checked)."""
-    http_port, https_port, dead = free_ports(3)
+    http_port, https_port, internal_port, dead = free_ports(4)
     cert, key = nginx_support.self_signed_cert(tmp_path)
     conf = nginx_support.write_config(
         tmp_path,
@@ -448,6 +789,7 @@ def test_nginx_prod_runs_tls_redirects_headers_and_auth_rate_limit(nginx: str, t
         jobs=[f"127.0.0.1:{dead}"],
         listen=f"127.0.0.1:{http_port}",
         tls=(f"127.0.0.1:{https_port}", cert, key),
+        internal=f"127.0.0.1:{internal_port}",
     )
     proc = subprocess.Popen(
         nginx_support.command(nginx, tmp_path, conf, foreground=True),

@@ -4,6 +4,7 @@ processes, the job service, a reminder worker and the scheduler, at the seed's p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,14 +12,19 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from handlers.common import client_ip
+from handlers.ws import origin_allowed
+from server.keys import SETTINGS
+from server.settings import Settings
 from tests import nginx_support
 from tests.processes import BOOKING, ROOT, free_ports, start_web, stop, wait_healthy
 from tests.support import unique_email
@@ -96,13 +102,15 @@ def stack(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     if nginx is None:
         pytest.skip(reason)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "WS_ALLOWED_ORIGINS"},
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": f"ngx{uuid.uuid4().hex[:10]}:",
         "NODE_ENV": "test",
         "DB_POOL_SIZE": "3",
         "TRUST_PROXY": "true",
+        # Not "*": a socket's Origin must be this list or the host the browser loaded the page from.
+        "CORS_ORIGINS": "https://app.example.com",
         "AUTH_RATE_LIMIT_PER_IP": "1000",
         "AUTH_RATE_LIMIT_PER_EMAIL": "1000",
         "LOG_LEVEL": "INFO",
@@ -202,8 +210,14 @@ async def test_seed_session_through_nginx(stack: Stack) -> None:
             assert resp.headers.get("Content-Encoding") == "gzip"
             assert "paths" in await resp.json()
 
-        # The wscat session, with ?token= (the query string survives the proxy).
-        async with http.ws_connect(f"{ws_base}/ws/?token={token}") as ws:
+        # A page from another site may not open a socket; the app says so before upgrading.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{ws_base}/ws/?token={token}", origin="https://evil.example")
+        assert refused.value.status == 403
+
+        # The wscat session, with ?token= (the query string survives the proxy), from a page served by
+        # this very nginx: same site, so accepted — the app compares Origin with the Host nginx passes.
+        async with http.ws_connect(f"{ws_base}/ws/?token={token}", origin=base) as ws:
             joined = await ask(ws, "join-user-room", {"userId": user_id}, id="1")
             assert joined["event"] == "join-user-room", joined
             data = {"title": "Test Booking", "startTime": future(2, 10), "endTime": future(2, 11)}
@@ -262,8 +276,8 @@ async def test_seed_session_through_nginx(stack: Stack) -> None:
     # Both web processes served traffic (nginx logs the upstream of every request, never the token).
     await asyncio.sleep(0)
     log = stack.nginx.text()
-    for web in stack.web:
-        assert f"up={web.removeprefix('http://')}" in log, log[-2000:]
+    for upstream in stack.web:
+        assert f"up={upstream.removeprefix('http://')}" in log, log[-2000:]
     assert "token=" not in log
 
 
@@ -309,3 +323,166 @@ async def test_the_per_ip_limit_keys_on_the_address_nginx_saw(make_client: Any, 
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- what nginx forwards, location by location
+
+FORWARDED = ("Host", "X-Real-IP", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-ID")
+
+
+def seen_by_app(request: web.Request) -> dict[str, Any]:
+    """What reached the upstream, and what the app's own helpers make of it (client_ip with
+    TRUST_PROXY on, and the WebSocket Origin check with no allow-list: same site only)."""
+    return {
+        "path": request.path,
+        "headers": {name: request.headers.get(name) for name in FORWARDED},
+        "client_ip": client_ip(request),
+        "origin_allowed": origin_allowed(request, ()),
+    }
+
+
+async def echo_http(request: web.Request) -> web.Response:
+    return web.json_response(seen_by_app(request))
+
+
+async def echo_ws(request: web.Request) -> web.WebSocketResponse:
+    seen = seen_by_app(request)
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_json(seen)
+    await ws.close()
+    return ws
+
+
+@pytest.fixture
+async def echo_upstream() -> AsyncIterator[str]:
+    """An upstream (`host:port`) that answers every request, WebSocket upgrades on /ws/ included, with
+    `seen_by_app` of it."""
+    app = web.Application()
+    app[SETTINGS] = Settings(trust_proxy=True)
+    app.router.add_get("/ws/", echo_ws)
+    app.router.add_route("*", "/{tail:.*}", echo_http)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+class Nginx(NamedTuple):
+    base: str  # where clients go: http:// for dev, https:// for prod
+    plain: str  # the plain-HTTP listener
+    internal: str  # prod's internal listener (/metrics); unused by dev
+
+
+@contextlib.asynccontextmanager
+async def running_nginx(name: str, prefix: Path, upstream: str) -> AsyncIterator[Nginx]:
+    """The repo's `<name>.conf` in front of `upstream` (as both the web and the jobs upstream)."""
+    binary, reason = nginx_support.nginx_binary()
+    if binary is None:
+        pytest.skip(reason)
+    http_port, https_port, internal_port = free_ports(3)
+    tls = None
+    base = f"http://127.0.0.1:{http_port}"
+    if name == "prod":
+        cert, key = nginx_support.self_signed_cert(prefix)
+        tls = (f"127.0.0.1:{https_port}", cert, key)
+        base = f"https://127.0.0.1:{https_port}"
+    conf = nginx_support.write_config(
+        prefix,
+        name,
+        web=[upstream],
+        jobs=[upstream],
+        listen=f"127.0.0.1:{http_port}",
+        tls=tls,
+        internal=f"127.0.0.1:{internal_port}",
+    )
+    proc = spawn("nginx", nginx_support.command(binary, prefix, conf, foreground=True), {}, prefix)
+    try:
+        # nginx answers /nope itself (404 in dev, a redirect in prod's plain server): no upstream involved.
+        deadline = time.monotonic() + 10
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert proc.popen.poll() is None, f"nginx exited:\n{proc.text()}"
+                try:
+                    async with http.get(f"http://127.0.0.1:{http_port}/nope", allow_redirects=False):
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert time.monotonic() < deadline, f"nginx did not listen:\n{proc.text()}"
+                    await asyncio.sleep(0.05)
+        yield Nginx(base, f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{internal_port}")
+    finally:
+        halt([proc])
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+async def test_websocket_gets_the_same_proxy_headers_as_http(
+    name: str, echo_upstream: str, tmp_path: Path
+) -> None:
+    """/ws/ sets Upgrade/Connection of its own, which in nginx drops every server-level
+    proxy_set_header unless the location includes them again (ops/nginx/proxy_headers.conf)."""
+    async with running_nginx(name, tmp_path, echo_upstream) as nginx, aiohttp.ClientSession() as http:
+        host = nginx.base.split("://")[1]
+
+        async def through_both(headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+            async with http.get(f"{nginx.base}/api/echo", headers=headers, ssl=False) as resp:
+                assert resp.status == 200, await resp.text()
+                via_http = await resp.json()
+            ws_url = nginx.base.replace("http", "ws", 1) + "/ws/"
+            async with http.ws_connect(ws_url, headers=headers, ssl=False) as ws:
+                via_ws = await ws.receive_json(timeout=5)
+            assert (via_http["path"], via_ws["path"]) == ("/api/echo", "/ws/")
+            return via_http, via_ws
+
+        # A browser page loaded from this nginx: its Origin is this host.
+        page = {"Origin": nginx.base, "X-Request-ID": "proxy-headers-1"}
+        via_http, via_ws = await through_both(page)
+        assert via_ws["headers"] == via_http["headers"]
+        assert via_ws["headers"] == {
+            "Host": host,
+            "X-Real-IP": "127.0.0.1",
+            "X-Forwarded-For": "127.0.0.1",
+            "X-Forwarded-Proto": "https" if name == "prod" else "http",
+            "X-Forwarded-Host": "127.0.0.1",
+            "X-Request-ID": "proxy-headers-1",
+        }
+        # The app's same-site check passes on the socket (it compares Origin with Host), and the client
+        # address it reads is the peer nginx saw.
+        assert via_ws["origin_allowed"] is True and via_http["origin_allowed"] is True
+        assert via_ws["client_ip"] == via_http["client_ip"] == "127.0.0.1"
+
+        # No X-Request-ID from the client: nginx makes one, on the socket too.
+        via_http, via_ws = await through_both({"Origin": nginx.base})
+        assert len(via_ws["headers"]["X-Request-ID"]) == 32
+
+        # A client-supplied X-Forwarded-For is kept, with the address nginx saw appended: the
+        # right-most entry is the one nginx vouches for, and it is X-Real-IP.
+        via_http, via_ws = await through_both({"Origin": nginx.base, "X-Forwarded-For": "203.0.113.7"})
+        for seen in (via_http, via_ws):
+            assert seen["headers"]["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+            assert seen["headers"]["X-Forwarded-For"].split(",")[-1].strip() == seen["headers"]["X-Real-IP"]
+
+
+async def test_prod_metrics_are_refused_publicly_and_served_on_the_internal_listener(
+    echo_upstream: str, tmp_path: Path
+) -> None:
+    """Even from 127.0.0.1 — behind docker's userland proxy any outside client can look local or
+    private — the public server refuses /metrics; only the internal (unpublished) listener proxies it."""
+    async with running_nginx("prod", tmp_path, echo_upstream) as nginx, aiohttp.ClientSession() as http:
+        async with http.get(f"{nginx.base}/metrics", ssl=False) as resp:
+            assert resp.status == 403, await resp.text()
+        async with http.get(f"{nginx.plain}/metrics", allow_redirects=False) as resp:
+            assert resp.status == 301 and resp.headers["Location"].startswith("https://")
+        async with http.get(f"{nginx.internal}/metrics") as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["path"] == "/metrics"
+        # The internal listener serves nothing else.
+        for path in ("/api/booking", "/health", "/jobs/metrics", "/ws/"):
+            async with http.get(f"{nginx.internal}{path}") as resp:
+                assert resp.status == 404, path
+        # The public API is unaffected.
+        async with http.get(f"{nginx.base}/health", ssl=False) as resp:
+            assert resp.status == 200

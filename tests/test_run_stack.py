@@ -1,28 +1,34 @@
 """`booking up` (what `make run` calls) with the repository's Procfile on a machine with no PostgreSQL
 or Redis configured: every process comes up on embedded servers, the README's calls work, and Ctrl-C
-leaves no process behind."""
+leaves no process behind. And WEB_CONCURRENCY=2: two real `booking serve` processes share PORT."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
 import pytest
 
+from server.supervisor import parse_procfile
+from tests.processes import free_ports
 from tests.support import unique_email, wait_for
 from tests.test_embedded import postgres_processes, running
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOKING = ROOT / ".venv" / "bin" / "booking"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.embedded]
+pytestmark = [pytest.mark.e2e]
 
 
 def free_port() -> int:
@@ -31,6 +37,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.embedded
 async def test_booking_up_runs_the_whole_procfile_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     shutil.copy(ROOT / "Procfile", tmp_path / "Procfile")
     port, job_port = free_port(), free_port()
@@ -93,3 +100,105 @@ async def test_booking_up_runs_the_whole_procfile_and_ctrl_c_leaves_nothing(tmp_
         await asyncio.sleep(0.1)
     assert [pid for pid in seen if running(pid)] == []
     assert postgres_processes(tmp_path / ".data" / "postgres") == []
+
+
+def serve_processes(root: psutil.Process) -> set[int]:
+    """Descendants of `root` that are `booking serve` itself (not the `sh -c` around it)."""
+    found = set()
+    for proc in root.children(recursive=True):
+        try:
+            args = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "serve" in args and any(Path(a).name == "booking" for a in args[:2]):
+            found.add(proc.pid)
+    return found
+
+
+def tcp_sockets(pid: int, port: int) -> list[Any]:
+    """`pid`'s TCP sockets bound to local `port` (listening and accepted ones)."""
+    try:
+        return [c for c in psutil.Process(pid).net_connections("tcp") if c.laddr and c.laddr.port == port]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_web_concurrency_2_runs_two_real_serve_processes_on_one_port(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    """`WEB_CONCURRENCY=2 booking up`: two `booking serve` processes, each with its own listening socket
+    on PORT (SO_REUSEPORT), and each answering some of the connections the kernel spreads over them."""
+    procfile = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
+    (tmp_path / "Procfile").write_text(f"release: {procfile['release']}\nweb: {procfile['web']}\n")
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": f"wc{uuid.uuid4().hex[:10]}:",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "DB_POOL_SIZE": "2",
+        "NODE_ENV": "test",
+    }
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [str(BOOKING), "up", "--procfile", str(tmp_path / "Procfile")],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    connections: list[http.client.HTTPConnection] = []
+    try:
+        root = psutil.Process(up.pid)
+
+        def check(condition: Any, what: str, timeout: float) -> Any:
+            deadline = time.monotonic() + timeout
+            while not (value := condition()):
+                assert up.poll() is None, f"booking up exited with {up.returncode}:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()}"
+                time.sleep(0.1)
+            return value
+
+        def two_listening() -> set[int]:
+            listening = {
+                pid
+                for pid in serve_processes(root)
+                if any(c.status == "LISTEN" for c in tcp_sockets(pid, port))
+            }
+            return listening if len(listening) == 2 else set()
+
+        webs = check(two_listening, f"two booking serve processes listening on {port}", 60)
+        assert "web.1 " in log.read_text() and "web.2 " in log.read_text()
+
+        # New connections until each process has accepted one of ours and answered on it.
+        answered_by: set[int] = set()
+
+        def both_answered() -> bool:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connections.append(conn)
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.read()
+            resp.read()
+            assert conn.sock is not None
+            ours = conn.sock.getsockname()[1]
+            for pid in webs:
+                if any(c.raddr and c.raddr.port == ours for c in tcp_sockets(pid, port)):
+                    answered_by.add(pid)
+            assert len(connections) <= 200, f"200 connections, all answered by {answered_by}"
+            return answered_by == webs
+
+        check(both_answered, "both web processes to answer", 30)
+    finally:
+        for conn in connections:
+            conn.close()
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+        try:
+            code = up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+            raise
+    assert code == 0, log.read_text()
+    assert not [pid for pid in webs if running(pid)], "a web process outlived booking up"
