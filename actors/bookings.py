@@ -425,9 +425,12 @@ class BookingService:
         if not actor.is_admin:
             raise Forbidden("admin role required")
         async with self.deps.db.connect() as conn:
-            return await store.audit_entries(
+            entries, total = await store.audit_entries(
                 conn, entity_id=booking_id, offset=(page - 1) * limit, limit=limit
             )
+        if total == 0:  # every booking's creation is audited, deleted ones included: this id never was one
+            raise NotFound(f"no booking with id {booking_id}")
+        return entries, total
 
     @staticmethod
     def _scope(actor: User, user_id: uuid.UUID | None) -> uuid.UUID | None:

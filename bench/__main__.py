@@ -124,6 +124,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
         await stack.stop()
         if not args.url:
             await stack.drop_database()
+            await stack.drop_keys()
     return rows
 
 

@@ -184,6 +184,26 @@ class Stack:
     async def drop_database(self) -> None:
         await drop_database(self.admin_url, self.db_name)
 
+    async def drop_keys(self) -> int:
+        """Delete this run's Redis keys (schedules, stream, claims, limits): a shared Redis keeps no
+        leftovers to slow the next run's SCANs."""
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(self.redis_url)
+        dropped = 0
+        try:
+            batch: list[bytes] = []
+            async for key in redis.scan_iter(match=f"*{self.prefix}*", count=1000):
+                batch.append(key)
+                if len(batch) == 500:
+                    dropped += await redis.unlink(*batch)
+                    batch.clear()
+            if batch:
+                dropped += await redis.unlink(*batch)
+        finally:
+            await redis.aclose()
+        return dropped
+
     async def start_web(self, n: int = 2) -> None:
         self.webs = await asyncio.to_thread(start_web, n, self.env(), timeout=60.0)
 
