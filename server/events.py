@@ -77,18 +77,19 @@ class EventBus:
         if not done:
             log.warning("event listener did not stop within 3s")
 
-    async def emit(self, user_id: uuid.UUID, event: Event) -> None:
-        """Deliver to local subscribers now, then to every other process. Never raises for Redis."""
+    async def emit(self, user_id: uuid.UUID, event: Event) -> bool:
+        """Deliver to local subscribers now, then to every other process. Never raises for Redis;
+        returns whether the event reached Redis (the reminder outbox retries when it did not)."""
         if self._registry is not None:
             self._registry.deliver(user_id, event)
-        await self._publish(str(user_id), event)
+        return await self._publish(str(user_id), event)
 
     async def broadcast(self, event: Event) -> None:
         if self._registry is not None:
             self._registry.broadcast(event)
         await self._publish(BROADCAST, event)
 
-    async def _publish(self, target: str, event: Event) -> None:
+    async def _publish(self, target: str, event: Event) -> bool:
         payload = dumps({"origin": self.origin, "user": target, "event": event})
         try:
             await self._redis.publish(self.channel, payload)
@@ -97,6 +98,8 @@ class EventBus:
             log.warning(
                 "event publish failed (%s); remote sockets miss %s", type(exc).__name__, event["event"]
             )
+            return False
+        return True
 
     def _dispatch(self, raw: bytes | str) -> None:
         try:

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,13 +18,16 @@ from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 from taskiq.kicker import AsyncKicker
 
+from actors.base import Event
 from actors.views import booking_view, iso
 from server.broker import DELIVER_REMINDER, LEAD, ReminderSource
 from server.events import EventBus, make_event
 from server.jobstats import JobStats
 from server.settings import Settings
 from storage import reminders as store
+from storage.bookings import Booking, get_booking
 from storage.db import Database
+from storage.reminders import Notification
 from storage.tables import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -75,23 +78,85 @@ async def deliver(
         )
         booking = await store.mark_booking_reminded(conn, booking_id) or booking
     lateness = (clock() - due_at).total_seconds()
-    await bus.emit(
-        booking.user_id,
-        make_event(
-            "booking.reminder",
-            {
-                "notificationId": str(note.id),
-                "bookingId": str(booking.id),
-                "title": booking.title,
-                "startTime": iso(booking.start_time),
-                "dueAt": iso(due_at),
-                "minutesBefore": minutes,
-                "booking": booking_view(booking),
-            },
-        ),
-    )
+    await publish(db, bus, note, booking)
     log.info("reminder %s delivered %.3fs after due", booking_id, lateness)
     return Outcome("sent", lateness, note.id)
+
+
+def reminder_event(note: Notification, booking: Booking) -> Event:
+    """`booking.reminder`, built from the stored notification (so a republish sends the same frame)."""
+    return make_event(
+        "booking.reminder",
+        {
+            "notificationId": str(note.id),
+            "bookingId": str(booking.id),
+            "title": booking.title,
+            "startTime": note.data.get("startTime", iso(booking.start_time)),
+            "dueAt": note.data.get("dueAt"),
+            "minutesBefore": note.data.get("minutesBefore"),
+            "booking": booking_view(booking),
+        },
+    )
+
+
+async def publish(db: Database, bus: EventBus, note: Notification, booking: Booking) -> bool:
+    """The outbox's happy path: publish right after the commit, then mark the row published. When the
+    publish fails (Redis down) or the process dies first, the row stays unpublished and the scheduler's
+    `Republisher` sends it later: the live event is at least once, the notification row exactly once."""
+    if not await bus.emit(booking.user_id, reminder_event(note, booking)):
+        return False
+    try:
+        async with db.connect() as conn:
+            await store.mark_published(conn, note.id)
+    except Exception:  # the event is out; a republish may send it twice, which is the lesser harm
+        log.warning("reminder %s published but not marked", note.id, exc_info=True)
+    return True
+
+
+@dataclass
+class Republisher:
+    """Sends the `booking.reminder` events whose notification committed but whose publish did not
+    happen (the worker died between the two, or Redis was down). Runs in the scheduler process."""
+
+    db: Database
+    bus: EventBus
+    after: timedelta = timedelta(seconds=5)  # the worker's own publish gets this long first
+    batch: int = 200
+    clock: Clock = utcnow
+
+    async def run(self, interval: float) -> None:
+        await every(interval, self.once, "republisher")
+
+    async def once(self) -> int:
+        sent = 0
+        async with self.db.begin() as conn:
+            for note in await store.lock_unpublished(
+                conn, before=self.clock() - self.after, limit=self.batch
+            ):
+                raw = note.data.get("bookingId")
+                booking = await get_booking(conn, uuid.UUID(raw)) if isinstance(raw, str) else None
+                # A booking deleted since has no live reminder to show; its notification row stays.
+                if booking is not None and not await self.bus.emit(
+                    booking.user_id, reminder_event(note, booking)
+                ):
+                    break  # Redis is down: the rest wait for the next pass
+                await store.mark_published(conn, note.id)
+                sent += booking is not None
+        if sent:
+            log.info("republished %d reminder event(s) whose first publish did not happen", sent)
+        return sent
+
+
+async def every(interval: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `step` every `interval` seconds until cancelled; a failed pass is logged, never fatal."""
+    while True:
+        try:
+            await step()
+        except (RedisError, OSError) as exc:
+            log.warning("%s: Redis unavailable (%s)", what, type(exc).__name__)
+        except Exception:
+            log.exception("%s pass failed", what)
+        await asyncio.sleep(interval)
 
 
 # --- the worker ----------------------------------------------------------------------------------------
@@ -156,14 +221,7 @@ class Reconciler:
     _kicked: dict[uuid.UUID, float] = field(default_factory=dict)
 
     async def run(self, interval: float) -> None:
-        while True:
-            try:
-                await self.once()
-            except (RedisError, OSError) as exc:
-                log.warning("reconciler: Redis unavailable (%s)", type(exc).__name__)
-            except Exception:
-                log.exception("reconciler pass failed")
-            await asyncio.sleep(interval)
+        await every(interval, self.once, "reconciler")
 
     async def once(self) -> dict[str, int]:
         now = self.clock()

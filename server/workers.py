@@ -16,12 +16,14 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
+from redis.asyncio import Redis
 from taskiq.api import run_receiver_task
 from taskiq.cli.scheduler.run import SchedulerLoop
 
 from server.broker import ReminderSource, make_broker, make_scheduler
+from server.events import EventBus
 from server.settings import Settings
-from server.tasks import Reconciler, register
+from server.tasks import Reconciler, Republisher, register
 from storage import reminders as store
 from storage.db import Database
 
@@ -92,6 +94,10 @@ async def run_scheduler(
     await source.startup()
     await scheduler.startup()
     reconciler = Reconciler(db=db, source=source, broker=broker)
+    redis = Redis.from_url(
+        settings.redis_url, socket_timeout=settings.db_timeout, socket_connect_timeout=settings.db_timeout
+    )
+    republisher = Republisher(db=db, bus=EventBus(redis, prefix=settings.redis_prefix, registry=None))
     loop = SchedulerLoop(scheduler)
     log.info("reminder scheduler ready (update every %.1fs)", update_interval)
     try:
@@ -104,6 +110,7 @@ async def run_scheduler(
                     send_timeout=settings.db_timeout,
                 ),
                 reconciler.run(reconcile_interval),
+                republisher.run(reconcile_interval),
             ],
             grace=grace,
             what="scheduler",
@@ -114,5 +121,6 @@ async def run_scheduler(
                 await scheduler.shutdown()
                 await source.shutdown()
                 await source.close()
+                await redis.aclose()
                 await db.close()
     log.info("scheduler stopped")

@@ -37,6 +37,7 @@ class Notification:
     data: dict[str, Any]
     created_at: datetime
     read_at: datetime | None
+    published_at: datetime | None = None
 
 
 _GET = Query(sa.select(reminders).where(reminders.c.booking_id == P("booking_id")))
@@ -214,3 +215,31 @@ async def mark_read(
 async def purge_read_notifications(conn: Connection, *, read_before: datetime) -> int:
     """Delete notifications read before `read_before`; unread ones are kept whatever their age."""
     return await _PURGE_READ.execute(conn, before=read_before)
+
+
+# --- the live event's outbox ---------------------------------------------------------------------------
+
+_MARK_PUBLISHED = Query(
+    sa.update(notifications)
+    .where(notifications.c.id == P("id"), notifications.c.published_at.is_(None))
+    .values(published_at=sa.func.now())
+)
+
+
+async def mark_published(conn: Connection, notification_id: uuid.UUID) -> None:
+    await _MARK_PUBLISHED.execute(conn, id=notification_id)
+
+
+_UNPUBLISHED = Query(
+    sa.select(notifications)
+    .where(notifications.c.published_at.is_(None), notifications.c.created_at < P("before"))
+    .order_by(notifications.c.created_at)
+    .limit(P("limit"))
+    .with_for_update(skip_locked=True)
+)
+
+
+async def lock_unpublished(conn: Connection, *, before: datetime, limit: int) -> list[Notification]:
+    """Notifications whose live event never reached Redis, oldest first, locked for this transaction
+    (SKIP LOCKED: two schedulers never republish the same one)."""
+    return [_notification(r) for r in await _UNPUBLISHED.fetch(conn, before=before, limit=limit)]

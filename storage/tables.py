@@ -158,5 +158,8 @@ notifications = sa.Table(
     sa.Column("data", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.Column("read_at", sa.DateTime(timezone=True)),
+    # The live event's outbox: NULL until the event is on Redis (the scheduler republishes stragglers).
+    sa.Column("published_at", sa.DateTime(timezone=True)),
     sa.Index("ix_notifications_user_id_created_at", "user_id", sa.text("created_at DESC"), "id"),
+    sa.Index("ix_notifications_unpublished", "created_at", postgresql_where=sa.text("published_at IS NULL")),
 )

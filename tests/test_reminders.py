@@ -19,7 +19,7 @@ from server.broker import LEAD, ReminderSource, make_broker
 from server.events import EventBus
 from server.keys import DB
 from server.settings import Settings
-from server.tasks import Reconciler, deliver
+from server.tasks import Reconciler, Republisher, deliver
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
@@ -337,3 +337,91 @@ async def test_notifications_list_newest_first_and_mark_read(
     assert (await client.post(f"/api/notifications/{ids[1]}/read", headers=auth(other))).status == 404
     assert (await client.post("/api/notifications/nope/read", headers=auth(other))).status == 404
     assert (await client.get("/api/notifications")).status == 401
+
+
+async def _unpublished(db: Database, notification_id: uuid.UUID) -> bool:
+    async with db.connect() as conn:
+        value = await conn.fetchval(
+            "SELECT published_at IS NULL FROM notifications WHERE id = $1", notification_id
+        )
+    return bool(value)
+
+
+async def test_an_event_that_missed_redis_is_republished_once_by_the_outbox(
+    client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
+) -> None:
+    """The worker commits the notification, then its publish fails (Redis down, or the process dies):
+    the row stays unpublished, and republishers, even two at once, send the event exactly once."""
+    user, row = await _due_now(client, register, db)
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        outcome = await deliver(
+            db,
+            EventBus(dead, prefix=settings.redis_prefix, registry=None),
+            booking_id=row.booking_id,
+            due_at=row.due_at,
+        )
+    finally:
+        await dead.aclose()
+    assert outcome.status == "sent" and outcome.notification_id is not None
+    assert await _unpublished(db, outcome.notification_id)
+
+    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    too_soon = Republisher(db=db, bus=bus)  # gives the worker's own publish 5 s first
+    await too_soon.once()
+    assert await _unpublished(db, outcome.notification_id)
+
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(bus.channel)
+    try:
+        now = Republisher(db=db, bus=bus, after=timedelta(0))
+        await asyncio.gather(now.once(), now.once())
+        await now.once()
+        mine = []
+        for _ in range(20):
+            message = await pubsub.get_message(timeout=0.1)
+            if message:
+                envelope = json.loads(message["data"])
+                if envelope["event"]["data"].get("notificationId") == str(outcome.notification_id):
+                    mine.append(envelope)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert len(mine) == 1, mine
+    assert mine[0]["user"] == user["user"]["id"]
+    data = mine[0]["event"]["data"]
+    assert (mine[0]["event"]["event"], data["bookingId"]) == ("booking.reminder", str(row.booking_id))
+    assert data["dueAt"] is not None and data["booking"]["id"] == str(row.booking_id)
+    assert not await _unpublished(db, outcome.notification_id)
+    assert await _count_notifications(db, row.user_id) == 1
+
+
+async def test_the_outbox_marks_a_deleted_bookings_reminder_without_sending_it(
+    client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
+) -> None:
+    user, row = await _due_now(client, register, db)
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        outcome = await deliver(
+            db,
+            EventBus(dead, prefix=settings.redis_prefix, registry=None),
+            booking_id=row.booking_id,
+            due_at=row.due_at,
+        )
+    finally:
+        await dead.aclose()
+    assert outcome.notification_id is not None
+    assert (await client.delete(f"/api/booking/{row.booking_id}", headers=auth(user))).status == 204
+    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(bus.channel)
+    try:
+        await Republisher(db=db, bus=bus, after=timedelta(0)).once()
+        seen = []
+        for _ in range(10):
+            message = await pubsub.get_message(timeout=0.1)
+            if message:
+                seen.append(json.loads(message["data"])["event"]["data"].get("notificationId"))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert str(outcome.notification_id) not in seen
+    assert not await _unpublished(db, outcome.notification_id)

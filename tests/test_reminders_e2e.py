@@ -22,8 +22,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from server.events import EventBus
 from server.keys import BOOKINGS, DB
 from server.settings import Settings
+from server.tasks import deliver
 from storage import reminders as store
 from storage.db import Database
 from storage.users import get_user
@@ -301,6 +303,40 @@ async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_start
     assert await notifications(client.app[DB], user) == 1
     due = datetime.fromisoformat(seen[0][0]["event"]["data"]["dueAt"].replace("Z", "+00:00"))
     print(f"after SIGKILL: delivered {(seen[0][1] - due).total_seconds():.3f}s after due")  # noqa: T201
+
+
+async def test_a_reminder_committed_but_never_published_is_published_once_by_the_scheduler(
+    client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub, settings: Settings
+) -> None:
+    """A worker that dies after its commit and before its publish leaves the notification stored and
+    the live event unsent (its redelivered message finds the claim taken and sends nothing). That
+    state is made here by delivering with a bus whose Redis is unreachable; the real scheduler's outbox
+    pass then publishes the event, once."""
+    scheduler = start_scheduler(processes)
+    await ready(scheduler, "reminder scheduler ready")
+    user = await register()
+    booking = await book(client, user, seconds=120, minutes=60)  # due already: the worker's job
+    async with client.app[DB].connect() as conn:
+        row = await store.get_reminder(conn, uuid.UUID(booking["id"]))
+    assert row is not None
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        outcome = await deliver(
+            client.app[DB],
+            EventBus(dead, prefix=settings.redis_prefix, registry=None),
+            booking_id=row.booking_id,
+            due_at=row.due_at,
+        )
+    finally:
+        await dead.aclose()
+    assert outcome.status == "sent"
+    committed, committed_at = time.monotonic(), datetime.now(UTC)
+
+    seen = await reminders_seen(events, user, until=committed + 12, expect=1, settle=3.0)
+    assert [e["event"]["data"]["notificationId"] for e, _ in seen] == [str(outcome.notification_id)]
+    assert seen[0][0]["event"]["data"]["bookingId"] == booking["id"]
+    assert await notifications(client.app[DB], user) == 1
+    print(f"outbox: published {(seen[0][1] - committed_at).total_seconds():.1f}s after the commit")  # noqa: T201
 
 
 @pytest.fixture(scope="module", autouse=True)
