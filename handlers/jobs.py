@@ -1,4 +1,5 @@
-"""The job service's endpoints (`/jobs/…`, admin only): health, reminder metrics, queue stats, cleanup."""
+"""The job service's endpoints (`/jobs/…`, an admin or an API key): health, reminder metrics, queue stats,
+cleanup."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from actors.api_keys import looks_like_key
 from actors.errors import FieldError, Forbidden, Unauthorized, ValidationFailed
 from handlers import health
 from handlers.common import bearer_token, json_response
@@ -21,41 +23,66 @@ from handlers.validation import read_json
 from handlers.validation import validate as validate_body
 from server import jobstats
 from server.broker import group_name, schedule_id, stream_name
-from server.keys import AUTH, CURRENT_USER, DB, REDIS, SETTINGS
+from server.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
 from storage import bookings as booking_store
 from storage import reminders as reminder_store
 from storage import tokens as token_store
-from storage.users import User
 
 routes = web.RouteTableDef()
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
+API_KEY_HEADER = "X-API-Key"
+# Either scheme opens every operation (OpenAPI: alternatives are separate entries).
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKey": []}]
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An admin's access token (`/api/auth/login` of the web API), or an API key "
+        "(`bk_…`, from `booking create-api-key`)",
+    },
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": API_KEY_HEADER,
+        "description": "An API key (`bk_<prefix>_<secret>`) from `booking create-api-key`; revoke it "
+        "with `booking revoke-api-key <prefix>`",
+    },
+}
+
 _AUTH_ERRORS: dict[int, dict[str, Any]] = {
-    401: {"schema": Problem, "description": "Missing or invalid access token"},
-    403: {"schema": Problem, "description": "Not an admin"},
+    401: {"schema": Problem, "description": "Missing or invalid access token or API key"},
+    403: {"schema": Problem, "description": "An access token of a user who is not an admin"},
     503: {"schema": Problem, "description": "PostgreSQL or Redis is unavailable"},
 }
 
 
-async def require_admin(request: web.Request) -> User:
-    """The web app's bearer check (same parsing, same AuthService), then the role. No per-user rate
-    limit here: it lives in Redis, and /jobs/health must still answer (503) when Redis is down."""
+async def require_admin(request: web.Request) -> None:
+    """An API key (`X-API-Key`, or `Authorization: Bearer bk_…`), else the web app's bearer check (same
+    parsing, same AuthService) and the role. A request that sends `X-API-Key` is judged by it alone.
+    No per-user rate limit here: it lives in Redis, and /jobs/health must still answer (503) when Redis
+    is down."""
     token = bearer_token(request)
+    presented = request.headers.get(API_KEY_HEADER)
+    if presented is None and token is not None and looks_like_key(token):
+        presented = token
+    if presented is not None:
+        request[CURRENT_API_KEY] = await request.app[API_KEYS].authenticate(presented)
+        return
     if token is None:
         raise Unauthorized("missing bearer token")
     user = await request.app[AUTH].authenticate(token)
     request[CURRENT_USER] = user
     if not user.is_admin:
         raise Forbidden("admin role required")
-    return user
 
 
 @routes.get("/jobs/health")
 @docs(
     tags=["jobs"],
     summary="Database and Redis checks of the job service (answers within 1 s)",
-    security=[{"bearerAuth": []}],
+    security=SECURITY,
     responses={
         200: {"schema": HealthOut, "description": "All dependencies answer"},
         503: {"schema": HealthOut, "description": "A dependency is failing; `checks` names it"},
@@ -162,7 +189,7 @@ def _wants_prometheus(request: web.Request) -> bool:
     tags=["jobs"],
     summary="Reminder metrics: queue depth, in flight, scheduled, outcomes, lateness, recent failures",
     description="JSON by default; Prometheus text with `?format=prometheus` or `Accept: text/plain`.",
-    security=[{"bearerAuth": []}],
+    security=SECURITY,
     parameters=[
         {
             "in": "query",
@@ -194,7 +221,7 @@ async def jobs_metrics(request: web.Request) -> web.Response:
 @docs(
     tags=["jobs"],
     summary="The reminder stream: length, consumer groups, consumers with idle times, pending entries",
-    security=[{"bearerAuth": []}],
+    security=SECURITY,
     responses={200: {"description": "Stream statistics"}, **_AUTH_ERRORS},
 )
 async def queue_stats(request: web.Request) -> web.Response:
@@ -233,7 +260,7 @@ class CleanupOut(Schema):
     tags=["jobs"],
     summary="Purge idempotency keys older than 24 h, old read notifications and expired refresh tokens",
     description="The JSON body is optional.",
-    security=[{"bearerAuth": []}],
+    security=SECURITY,
     responses={
         200: {"schema": CleanupOut, "description": "How many rows each purge deleted"},
         400: {"schema": Problem, "description": "Invalid body"},

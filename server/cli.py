@@ -8,12 +8,17 @@ import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
 from server.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from actors.api_keys import ApiKeyService
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,6 +114,89 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+T = TypeVar("T")
+
+
+def _with_api_keys(action: Callable[[ApiKeyService], Awaitable[T]]) -> T:
+    """Run one ApiKeyService call on a one-connection pool; a refused input exits non-zero with its reason."""
+    from actors.api_keys import ApiKeyService
+    from actors.errors import DomainError
+    from storage.db import Database
+
+    settings = _settings()
+
+    async def run() -> T:
+        db = await Database.open(settings.database_url, pool_size=1, timeout=settings.db_timeout)
+        try:
+            return await action(ApiKeyService(db))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except DomainError as exc:
+        fields = "; ".join(f"{e.field}: {e.message}" for e in getattr(exc, "errors", ()))
+        sys.exit(f"error: {exc.detail}" + (f" ({fields})" if fields else ""))
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if at else "-"
+
+
+def cmd_create_api_key(args: argparse.Namespace) -> int:
+    created = _with_api_keys(lambda keys: keys.create(name=args.name, expires_in_days=args.expires_in_days))
+    key = created.key
+    expiry = f"expires {_when(key.expires_at)}" if key.expires_at else "never expires"
+    # The key alone on stdout (KEY=$(booking create-api-key …)); the rest is for the person reading.
+    print(  # noqa: T201
+        f"API key {key.prefix} ({key.name}) created; {expiry}. It is shown once, now: store it in a "
+        f"secret manager. Revoke it with `booking revoke-api-key {key.prefix}`.",
+        file=sys.stderr,
+    )
+    print(created.token)  # noqa: T201
+    return 0
+
+
+def cmd_list_api_keys(args: argparse.Namespace) -> int:
+    keys = _with_api_keys(lambda service: service.list_keys())
+    now = datetime.now(UTC)
+    rows = [("PREFIX", "NAME", "STATE", "CREATED", "EXPIRES", "LAST USED", "REVOKED")]
+    rows += [
+        (
+            k.prefix,
+            k.name,
+            k.state_at(now),
+            _when(k.created_at),
+            _when(k.expires_at),
+            _when(k.last_used_at),
+            _when(k.revoked_at),
+        )
+        for k in keys
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())  # noqa: T201
+    return 0
+
+
+def cmd_revoke_api_key(args: argparse.Namespace) -> int:
+    key = _with_api_keys(lambda keys: keys.revoke(args.prefix))
+    print(f"API key {key.prefix} ({key.name}) revoked at {_when(key.revoked_at)}")  # noqa: T201
+    return 0
+
+
+def _days(raw: str) -> int:
+    from actors.api_keys import MAX_EXPIRY_DAYS
+
+    try:
+        days = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {raw!r}") from None
+    if not 1 <= days <= MAX_EXPIRY_DAYS:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_EXPIRY_DAYS} days, not {days}")
+    return days
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from server import logs
     from server.workers import run_worker
@@ -173,6 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--email", help="admin email (prompted when omitted)")
     admin.add_argument("--name", default="Administrator")
     admin.set_defaults(func=cmd_create_admin)
+
+    create_key = sub.add_parser(
+        "create-api-key",
+        help="create an API key for the job service; prints it once (only its hash is stored)",
+    )
+    create_key.add_argument("name", help="what the key is for (1-100 characters), e.g. metrics-scraper")
+    create_key.add_argument(
+        "--expires-in-days", type=_days, default=None, metavar="N", help="expire after N days (default never)"
+    )
+    create_key.set_defaults(func=cmd_create_api_key)
+
+    list_keys = sub.add_parser("list-api-keys", help="list API keys: prefix, name, state, dates (no secrets)")
+    list_keys.set_defaults(func=cmd_list_api_keys)
+
+    revoke_key = sub.add_parser(
+        "revoke-api-key", help="revoke an API key by its prefix (takes effect at once)"
+    )
+    revoke_key.add_argument("prefix", help="the key's prefix from list-api-keys (or the whole key)")
+    revoke_key.set_defaults(func=cmd_revoke_api_key)
 
     worker = sub.add_parser("worker", help="taskiq worker: delivers reminders (Redis stream, acknowledged)")
     worker.add_argument(

@@ -1,7 +1,8 @@
 """The job service's composition root: `create_jobs_app(settings)`, served by `booking jobs` on JOB_PORT.
 
-Its own cleanup contexts (database → Redis → auth), the web app's request_context middleware (request
-ids, problem+json), and `/jobs/…` paths served as they are (nginx strips nothing).
+Its own cleanup contexts (database → Redis → auth: access tokens and API keys), the web app's
+request_context middleware (request ids, problem+json), and `/jobs/…` paths served as they are (nginx
+strips nothing).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp_apigami.constants import SWAGGER_DICT
 
+from actors.api_keys import ApiKeyService
 from handlers import jobs
 from server.app import auth_service, database_ctx, redis_ctx
-from server.keys import AUTH, DB, METRICS, SETTINGS
+from server.keys import API_KEYS, AUTH, DB, METRICS, SETTINGS
 from server.metrics import Metrics
 from server.middlewares import request_context
 from server.openapi import setup_openapi
@@ -22,12 +24,16 @@ from server.settings import Settings
 JOBS_OPENAPI_PATH = "/jobs/docs/openapi.json"
 
 DESCRIPTION = """Operations on reminder delivery. Every endpoint needs an admin access token
-(`Authorization: Bearer <accessToken>` from the web API's `/api/auth/login`)."""
+(`Authorization: Bearer <accessToken>` from the web API's `/api/auth/login`) or an API key from
+`booking create-api-key` (`X-API-Key: bk_…`, or `Authorization: Bearer bk_…`). API keys open the job
+service only; the web API refuses them."""
 
 
 async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Tokens are checked exactly as the web app checks them (same codec, same AuthService)."""
+    """Tokens are checked exactly as the web app checks them (same codec, same AuthService); API keys
+    only here."""
     app[AUTH] = auth_service(app[SETTINGS], app[DB])
+    app[API_KEYS] = ApiKeyService(app[DB])
     yield
 
 
@@ -44,6 +50,7 @@ def create_jobs_app(settings: Settings) -> web.Application:
         swagger_path=None,
         static_path="/jobs/docs/static",
         description=DESCRIPTION,
+        security_schemes=jobs.SECURITY_SCHEMES,
     )
 
     async def optional_cleanup_body(app: web.Application) -> None:  # after setup_openapi's tidy step

@@ -8,6 +8,7 @@ from weakref import WeakSet
 from aiohttp import web
 from redis.asyncio import Redis
 
+from actors.api_keys import ApiKeyService
 from actors.auth import AuthService
 from actors.base import Registry
 from actors.bookings import BookingService
@@ -16,6 +17,7 @@ from server.events import EventBus
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.settings import Settings
+from storage.api_keys import ApiKey
 from storage.db import Database
 from storage.users import User
 
@@ -23,6 +25,7 @@ SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
 REDIS = web.AppKey("redis", Redis)
 AUTH = web.AppKey("auth", AuthService)
+API_KEYS = web.AppKey("api_keys", ApiKeyService)  # the job service only: /api/ takes no API keys
 LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
@@ -34,3 +37,4 @@ WEBSOCKETS = web.AppKey("websockets", WeakSet[web.WebSocketResponse])
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CURRENT_USER = web.RequestKey("current_user", User)
+CURRENT_API_KEY = web.RequestKey("current_api_key", ApiKey)

@@ -8,6 +8,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from aiohttp.http_exceptions import BadHttpMessage
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
 
@@ -34,6 +36,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _RedactParserErrors(logging.Filter):
+    """aiohttp logs a request it could not parse with the parser's exception, whose message quotes the
+    offending bytes: for a header over its 8190-byte limit, the start of the value, which may be an API
+    key or a token. Keep the event and the error's type; drop the quote and its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            record.msg = f"{record.msg}: {type(error).__name__} ({error.code}), content withheld"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_REDACT_PARSER_ERRORS = _RedactParserErrors()
+
+
 def configure(*, level: str, json_output: bool, process: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
@@ -47,3 +66,4 @@ def configure(*, level: str, json_output: bool, process: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_REDACT_PARSER_ERRORS)  # once: addFilter dedupes

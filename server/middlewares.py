@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.errors import DomainError, Unavailable
 from handlers.problems import from_domain, problem
-from server.keys import CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
+from server.keys import CURRENT_API_KEY, CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
 from server.logs import request_id_var
 from storage.errors import sqlstate
 
@@ -87,14 +87,20 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         request.path[:200],
         response.status,
         elapsed * 1000,
-        extra={
-            "request_id": request_id,
-            "user_id": str(request[CURRENT_USER].id) if CURRENT_USER in request else None,
-        },
+        extra={"request_id": request_id, "user_id": _caller(request)},
     )
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
     return response
+
+
+def _caller(request: web.Request) -> str | None:
+    """Who made the request, for the access line: a user id, or an API key's public prefix."""
+    if CURRENT_USER in request:
+        return str(request[CURRENT_USER].id)
+    if CURRENT_API_KEY in request:
+        return f"api-key:{request[CURRENT_API_KEY].prefix}"
+    return None
 
 
 async def _guarded(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:

@@ -132,6 +132,9 @@ def _tidy(document: dict[str, Any]) -> None:
         response["links"] = {name: _link(document, *target) for name, target in links.items()}
 
 
+BEARER_JWT = {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+
+
 def setup_openapi(
     app: web.Application,
     *,
@@ -140,6 +143,7 @@ def setup_openapi(
     swagger_path: str | None = "/api/",
     static_path: str = "/api/docs/static",
     description: str = DESCRIPTION,
+    security_schemes: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     setup_aiohttp_apispec(
         app,
@@ -151,7 +155,7 @@ def setup_openapi(
         openapi_version="3.0.3",
         info={"description": description},
         components={
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": security_schemes or BEARER_JWT,
             "headers": HEADERS,
         },
     )

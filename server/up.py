@@ -103,7 +103,7 @@ def _say_urls(env: dict[str, str], processes: Iterable[str]) -> None:
         f"  Health      http://{web}/health",
     ]
     if "jobs" in processes:
-        lines.append(f"  Jobs        http://localhost:{env['JOB_PORT']}/jobs/health  (admin token)")
+        lines.append(f"  Jobs        http://localhost:{env['JOB_PORT']}/jobs/health  (admin or API key)")
     _say("\n".join([*lines, "", "Ctrl-C stops everything."]))
 
 

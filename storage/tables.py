@@ -163,3 +163,22 @@ notifications = sa.Table(
     sa.Index("ix_notifications_user_id_created_at", "user_id", sa.text("created_at DESC"), "id"),
     sa.Index("ix_notifications_unpublished", "created_at", postgresql_where=sa.text("published_at IS NULL")),
 )
+
+# Service-to-service credentials for the job service (`booking create-api-key`). Only a SHA-256 of the
+# secret is kept: the secret is 256 random bits, so a fast hash cannot be brute-forced and needs no salt
+# or work factor (argon2 is for low-entropy passwords; here it would only cost CPU on every call).
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    sa.Column("name", sa.Text, nullable=False),
+    # The public part of the key (`bk_<prefix>_<secret>`): shown in listings, looked up on each call.
+    sa.Column("prefix", sa.Text, nullable=False, unique=True),
+    sa.Column("secret_hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 100", name="name_length"),
+    sa.CheckConstraint("length(secret_hash) = 64", name="secret_hash_length"),
+)

@@ -7,7 +7,18 @@ import subprocess
 
 from tests.processes import BOOKING, ROOT
 
-SUBCOMMANDS = ("serve", "jobs", "worker", "scheduler", "migrate", "create-admin", "up")
+SUBCOMMANDS = (
+    "serve",
+    "jobs",
+    "worker",
+    "scheduler",
+    "migrate",
+    "create-admin",
+    "create-api-key",
+    "list-api-keys",
+    "revoke-api-key",
+    "up",
+)
 
 
 def _listed_commands(help_text: str) -> dict[str, str]:

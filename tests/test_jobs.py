@@ -1,6 +1,7 @@
-"""The job service in-process (`create_jobs_app`) against real PostgreSQL and Redis: the admin-only auth
-matrix, hostile cleanup bodies, health with a dead Redis, cleanup's purges, queue stats from a real
-consumer group, and /jobs/metrics numbers that match deliveries made through the real task function."""
+"""The job service in-process (`create_jobs_app`) against real PostgreSQL and Redis: the auth matrix
+(an admin token here; API keys in test_api_keys.py), hostile cleanup bodies, health with a dead Redis,
+cleanup's purges, queue stats from a real consumer group, and /jobs/metrics numbers that match
+deliveries made through the real task function."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ def is_problem(resp: Any, status: int) -> bool:
     return bool(resp.status == status and resp.content_type == "application/problem+json")
 
 
-async def test_every_endpoint_is_admin_only(jobs: Client, register: Registrar, admin: dict[str, Any]) -> None:
+async def test_every_endpoint_refuses_anonymous_and_non_admin_tokens(
+    jobs: Client, register: Registrar, admin: dict[str, Any]
+) -> None:
     user = await register()
     for method, path in ENDPOINTS:
         anonymous = await jobs.request(method, path)

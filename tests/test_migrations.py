@@ -24,6 +24,17 @@ async def _tables(url: str) -> set[str]:
     return {r["tablename"] for r in rows}
 
 
+async def _columns(url: str, table: str) -> set[str]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
+        )
+    finally:
+        await conn.close()
+    return {r["column_name"] for r in rows}
+
+
 def test_upgrade_downgrade_upgrade(backing_services: tuple[str, str]) -> None:
     admin_url = backing_services[0]
     name = f"booking_mig_{uuid.uuid4().hex[:8]}"
@@ -39,7 +50,17 @@ def test_upgrade_downgrade_upgrade(backing_services: tuple[str, str]) -> None:
             "idempotency_keys",
             "reminders",
             "notifications",
+            "api_keys",
         } <= asyncio.run(_tables(url))
+        assert "published_at" in asyncio.run(_columns(url, "notifications"))
+        # One step back removes only the newest table; the rest of the schema stays.
+        migrate.downgrade(url, "0004_notification_outbox")
+        tables = asyncio.run(_tables(url))
+        assert "api_keys" not in tables and {"users", "reminders", "notifications"} <= tables
+        # And the step before drops only the outbox column.
+        migrate.downgrade(url, "0003_reminders")
+        assert "published_at" not in asyncio.run(_columns(url, "notifications"))
+        assert "read_at" in asyncio.run(_columns(url, "notifications"))
         migrate.downgrade(url, "base")
         assert asyncio.run(_tables(url)) <= {"alembic_version"}
         migrate.upgrade(url)

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+from collections.abc import Awaitable, Callable
 
 import pytest
 
+from server.jobs import create_jobs_app
+from server.settings import Settings
 from tests.conftest import Client
-from tests.processes import ROOT
+from tests.processes import BOOKING, ROOT
 
 README = ROOT / "README.md"
 
 
-def try_it_block() -> str:
+def bash_block(heading: str) -> str:
     text = README.read_text(encoding="utf-8")
-    section = text.split("## Try it", 1)[1]
+    section = text.split(f"## {heading}", 1)[1]
     found = re.search(r"```bash\n(.*?)```", section, flags=re.DOTALL)
-    assert found, "README's Try it section has no bash block"
+    assert found, f"README's {heading} section has no bash block"
     return found.group(1)
+
+
+def try_it_block() -> str:
+    return bash_block("Try it")
 
 
 async def test_the_try_it_session_works_as_printed(client: Client) -> None:
@@ -48,3 +56,34 @@ async def test_the_try_it_session_works_as_printed(client: Client) -> None:
     assert output.count('"email":"test@example.com"') >= 2  # register and me
     assert '"title":"Test Booking"' in output
     assert output.rstrip().endswith("204")  # logout
+
+
+async def test_the_api_key_session_works_as_printed(
+    aiohttp_client: Callable[..., Awaitable[Client]], settings: Settings, database_url: str
+) -> None:
+    if shutil.which("curl") is None or shutil.which("bash") is None:
+        pytest.skip("needs curl and bash")
+    script = bash_block("API keys for the job service")
+    for command in ("booking create-api-key", "booking list-api-keys", "booking revoke-api-key"):
+        assert command in script, f"the API key session does not show {command}"
+    jobs = await aiohttp_client(create_jobs_app(settings))
+    base = f"http://{jobs.server.host}:{jobs.server.port}"
+    env = {
+        **os.environ,
+        "PATH": f"{BOOKING.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DATABASE_URL": database_url,
+        "NODE_ENV": "test",
+    }
+    shell = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", script.replace("http://localhost:5001", base),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(shell.communicate(), 60)
+    output = out.decode()
+    assert shell.returncode == 0, err.decode()
+    assert '"inFlight"' in output  # the JSON metrics, with X-API-Key
+    assert "reminder_queue_depth" in output  # the Prometheus text, with Bearer
+    assert re.search(r"^[0-9a-f]{12}\s+metrics-scraper\s+active", output, flags=re.MULTILINE), output
+    assert "revoked at" in output
+    assert output.rstrip().endswith("401")  # the revoked key
+    assert "bk_" not in output  # the key itself is only ever in $KEY

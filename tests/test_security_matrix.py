@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from server.keys import DB
+from server.jobs import create_jobs_app
+from server.keys import API_KEYS, DB
+from server.settings import Settings
 from storage import reminders as reminder_store
 from tests.conftest import Client, Registrar, auth
 from tests.ws_support import ask, booking_data, close_code
@@ -307,6 +309,60 @@ async def test_no_password_or_token_reaches_the_logs_even_when_refused(
     text = "\n".join(f"{formatter.format(r)} {r.__dict__}" for r in records)
     for secret in secrets:
         assert secret not in text
+
+
+async def test_no_api_key_reaches_the_logs_used_or_refused(
+    aiohttp_client: Callable[..., Awaitable[Client]], settings: Settings, caplog: Any
+) -> None:
+    import logging
+
+    from server.logs import JsonFormatter
+
+    caplog.set_level(logging.DEBUG)
+    jobs = await aiohttp_client(create_jobs_app(settings))
+    live = await jobs.app[API_KEYS].create(name="logged")
+    revoked = await jobs.app[API_KEYS].create(name="logged, revoked")
+    await jobs.app[API_KEYS].revoke(revoked.key.prefix)
+    secret = live.token.removeprefix(f"bk_{live.key.prefix}_")
+    tampered = f"bk_{live.key.prefix}_{secret[::-1]}"
+    sent = [live.token, tampered, revoked.token, live.token + "x", "bk_" + secret]
+    for value in sent:
+        for header in ({"X-API-Key": value}, {"Authorization": f"Bearer {value}"}):
+            await jobs.get("/jobs/metrics", headers=header)
+    records = [r for r in caplog.records if r.name != "aiohttp.access"]
+    formatter = JsonFormatter()
+    text = "\n".join(f"{formatter.format(r)} {r.__dict__}" for r in records)
+    assert "refused" in text, "no refusal was logged: the check below would prove nothing"
+    # The caller is named by the public prefix only.
+    assert any(getattr(r, "user_id", None) == f"api-key:{live.key.prefix}" for r in records)
+    for value in [*sent, secret, secret[::-1], revoked.token.removeprefix(f"bk_{revoked.key.prefix}_")]:
+        assert value not in text
+
+
+async def test_a_header_too_long_to_parse_is_logged_without_its_value(
+    aiohttp_client: Callable[..., Awaitable[Client]], settings: Settings, capsys: Any
+) -> None:
+    """Over aiohttp's 8190-byte header limit the parser answers 400 and logs its error, which would quote
+    the value's start (a key or token). Checked through the production logging set-up (JSON, stderr)."""
+    import logging
+
+    from server import logs
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    logs.configure(level="INFO", json_output=True, process="jobs")
+    try:
+        jobs = await aiohttp_client(create_jobs_app(settings))
+        key = (await jobs.app[API_KEYS].create(name="oversized")).token
+        padding = "a" * 10 * 1024
+        for header in ({"X-API-Key": key + padding}, {"Authorization": f"Bearer {key}{padding}"}):
+            assert (await jobs.get("/jobs/metrics", headers=header)).status == 400
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    logged = capsys.readouterr().err
+    assert "LineTooLong" in logged, "the parser's error was not logged: the check below would prove nothing"
+    assert key not in logged and key[16:] not in logged and padding[:50] not in logged
 
 
 async def test_production_log_lines_are_json_with_request_and_user_ids(
