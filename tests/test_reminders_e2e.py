@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,13 +26,13 @@ from storage import reminders as store
 from storage.db import Database
 from storage.users import get_user
 from tests.conftest import Client, Registrar, auth
+from tests.private_redis import PrivateRedis
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 BIN = Path(sys.executable).parent / "booking"
 LATENESS: list[float] = []
-REDIS_SERVER = shutil.which("redis-server")
 
 
 class Proc:
@@ -314,106 +312,58 @@ def report_lateness() -> Iterator[None]:
         )
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, so it can really be stopped, restarted and flushed."""
-
-    def __init__(self, tmp: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = tmp
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.popen = subprocess.Popen(
-            [
-                str(REDIS_SERVER),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise AssertionError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
-
-
-@pytest.mark.skipif(REDIS_SERVER is None, reason="needs a redis-server binary")
 async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_reminded_once(
     make_client: Callable[..., Any],
     settings: Settings,
-    tmp_path: Path,
+    private_redis: PrivateRedis,
     processes: Callable[..., Proc],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    redis_server = PrivateRedis(tmp_path)
-    redis_server.start()
-    try:
-        client: Client = await make_client(redis_url=redis_server.url, db_timeout=0.5)
-        monkeypatch.setitem(os.environ, "REDIS_URL", redis_server.url)
-        worker = start_worker(processes, redis_url=redis_server.url)
-        scheduler = start_scheduler(processes, redis_url=redis_server.url)
-        await ready(worker, "reminder worker ready")
-        await ready(scheduler, "reminder scheduler ready")
-        resp = await client.post(
-            "/api/auth/register",
-            json={
-                "email": f"down-{uuid.uuid4().hex[:8]}@example.com",
-                "password": "correct horse",
-                "name": "D",
-            },
-        )
-        session = await resp.json()
-        db = client.app[DB]
-        async with db.connect() as conn:
-            user = await get_user(conn, uuid.UUID(session["user"]["id"]))
-        assert user is not None
+    redis_server = private_redis
+    client: Client = await make_client(redis_url=redis_server.url, db_timeout=0.5)
+    monkeypatch.setitem(os.environ, "REDIS_URL", redis_server.url)
+    worker = start_worker(processes, redis_url=redis_server.url)
+    scheduler = start_scheduler(processes, redis_url=redis_server.url)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    resp = await client.post(
+        "/api/auth/register",
+        json={
+            "email": f"down-{uuid.uuid4().hex[:8]}@example.com",
+            "password": "correct horse",
+            "name": "D",
+        },
+    )
+    session = await resp.json()
+    db = client.app[DB]
+    async with db.connect() as conn:
+        user = await get_user(conn, uuid.UUID(session["user"]["id"]))
+    assert user is not None
 
-        redis_server.stop()
-        start = datetime.now(UTC) + timedelta(seconds=5)
-        created = await client.app[BOOKINGS].create(
-            user,
-            {
-                "title": "While down",
-                "start_time": start,
-                "end_time": start + timedelta(seconds=1),
-                "reminder_minutes_before": 0,
-            },
-        )
-        down_id = created.booking["id"]
-        redis_server.start()  # back, and empty: nothing of the schedule survived
-        flushed = await book(client, session, seconds=6)
-        redis = Redis.from_url(redis_server.url)
-        try:
-            await redis.flushdb()
-            pubsub = redis.pubsub(ignore_subscribe_messages=True)
-            await pubsub.subscribe(f"{settings.redis_prefix}events")
-            seen = await reminders_seen(pubsub, session, until=time.monotonic() + 12, expect=2)
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-        finally:
-            await redis.aclose()
-        assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([down_id, flushed["id"]])
-        for envelope, arrived in seen:
-            lateness(envelope, arrived)
-        assert await notifications(db, session) == 2
+    redis_server.stop()
+    start = datetime.now(UTC) + timedelta(seconds=5)
+    created = await client.app[BOOKINGS].create(
+        user,
+        {
+            "title": "While down",
+            "start_time": start,
+            "end_time": start + timedelta(seconds=1),
+            "reminder_minutes_before": 0,
+        },
+    )
+    down_id = created.booking["id"]
+    redis_server.start()  # back, and empty: nothing of the schedule survived
+    flushed = await book(client, session, seconds=6)
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.flushdb()
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(f"{settings.redis_prefix}events")
+        seen = await reminders_seen(pubsub, session, until=time.monotonic() + 12, expect=2)
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
     finally:
-        redis_server.stop()
+        await redis.aclose()
+    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([down_id, flushed["id"]])
+    for envelope, arrived in seen:
+        lateness(envelope, arrived)
+    assert await notifications(db, session) == 2
