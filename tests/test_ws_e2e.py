@@ -19,7 +19,7 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from server.events import EventBus, make_event
+from server.events import RESYNC_MESSAGE, EventBus, make_event
 from tests.private_redis import PrivateRedis
 from tests.processes import BOOKING, ROOT, WebProcess, output, start_web, stop
 from tests.support import unique_email, wait_for
@@ -273,7 +273,8 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
     database_url: str, private_redis: PrivateRedis, http: aiohttp.ClientSession
 ) -> None:
     """Issue 4: Redis dies (SIGKILL, nothing saved) and comes back on the same port; with no process
-    restarted, a mutation on A reaches the socket on B again, and that socket stayed open throughout."""
+    restarted, a mutation on A reaches the socket on B again. The socket stays open throughout and is
+    told, once B listens again, that events may have been missed (a resync notice), before new events."""
     prefix = f"e2e{uuid.uuid4().hex[:10]}:"
     channel = f"{prefix}events"
     procs = start_web(2, _env(database_url, private_redis.url, prefix))
@@ -302,7 +303,12 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
         while not any(f["event"] == "booking.created" for f in frames):
             frames.append(await next_frame(ws, timeout=5))
         delivered = time.monotonic() - up_at
-        assert [f["data"]["id"] for f in frames if f["event"] == "booking.created"] == [booking_id]
+        assert frames[0] == {
+            "event": "system.notification",
+            "data": {"message": RESYNC_MESSAGE, "data": {"reason": "resync"}},
+            "timestamp": frames[0]["timestamp"],
+        }
+        assert [(f["event"], f["data"].get("id")) for f in frames[1:]] == [("booking.created", booking_id)]
         assert not ws.closed
         assert (await ask(ws, "ping", id="after"))["event"] == "pong"
         print(  # noqa: T201
