@@ -241,6 +241,40 @@ async def test_a_broadcast_reaches_sockets_on_every_process(pair: Pair, http: ai
         await ws.close()
 
 
+async def test_an_admin_broadcast_over_rest_reaches_every_socket_on_both_processes(
+    pair: Pair, http: aiohttp.ClientSession
+) -> None:
+    """Issue 4: POST /api/notifications/broadcast on A; every user's sockets on A and on B get it once."""
+    admin = await login_admin(http, pair)
+    alice, bob = await register(http, pair.a), await register(http, pair.b)
+    sockets = [
+        await http.ws_connect(pair.ws_url(pair.a, alice["accessToken"])),
+        await http.ws_connect(pair.ws_url(pair.b, alice["accessToken"])),
+        await http.ws_connect(pair.ws_url(pair.b, bob["accessToken"])),
+        await http.ws_connect(pair.ws_url(pair.b, admin["accessToken"])),
+    ]
+    for ws in sockets:
+        await ask(ws, "ping")
+    url = f"{pair.a.base_url}/api/notifications/broadcast"
+    async with http.post(url, json={"message": "plain user"}, headers=bearer(alice)) as resp:
+        assert resp.status == 403
+    async with http.post(url, json={"message": "x" * 1001}, headers=bearer(admin)) as resp:
+        assert resp.status == 400
+        assert resp.content_type == "application/problem+json"
+    body = {"message": "Maintenance at 18:00 UTC", "data": {"window": "18:00-18:15"}}
+    started = time.monotonic()
+    async with http.post(url, json=body, headers=bearer(admin)) as resp:
+        assert resp.status == 202, await resp.text()
+        sent = await resp.json()
+    for ws in sockets:
+        frame = await next_frame(ws)
+        assert frame == sent
+    print(f"\nbroadcast: 202 to the last socket's frame in {time.monotonic() - started:.3f}s")  # noqa: T201
+    for ws in sockets:
+        assert await events_until_pong(ws) == []  # once, and nothing from the refused calls
+        await ws.close()
+
+
 async def test_sigterm_closes_open_sockets_with_1001(
     database_url: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
