@@ -8,11 +8,10 @@ re-enqueued by the reconciler) and the process exits within `grace` seconds what
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +52,21 @@ async def _run_until_stopped(
         log.warning("%s: %d task(s) did not stop within %.1fs; exiting anyway", what, len(pending), grace)
 
 
+async def finish(steps: Sequence[Callable[[], Awaitable[object]]], *, grace: float, what: str) -> None:
+    """Run the shutdown steps in order within `grace` seconds in all. A step that fails or overruns is
+    logged, never raised: SIGTERM asked for a stop, and a non-zero exit would read as a crash to the
+    supervisor (acknowledged messages and the reconciler make an unfinished step safe)."""
+    try:
+        async with asyncio.timeout(grace):
+            for step in steps:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("%s: a shutdown step failed", what)
+    except TimeoutError:
+        log.warning("%s: shutdown did not finish within %.1fs; exiting anyway", what, grace)
+
+
 async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float = 5.0) -> None:
     stop = _stop_event()
     broker = make_broker(settings)
@@ -68,8 +82,7 @@ async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float =
             what="worker",
         )
     finally:
-        async with asyncio.timeout(grace):
-            await broker.shutdown()  # WORKER_SHUTDOWN
+        await finish([broker.shutdown], grace=grace, what="worker")  # WORKER_SHUTDOWN
     log.info("worker stopped")
 
 
@@ -109,10 +122,11 @@ async def run_scheduler(
             what="scheduler",
         )
     finally:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(grace):
-                await scheduler.shutdown()
-                await source.shutdown()
-                await source.close()
-                await db.close()
+        steps: list[Callable[[], Awaitable[object]]] = [
+            scheduler.shutdown,
+            source.shutdown,
+            source.close,
+            db.close,
+        ]
+        await finish(steps, grace=grace, what="scheduler")
     log.info("scheduler stopped")

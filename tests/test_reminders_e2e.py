@@ -205,9 +205,13 @@ async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
     resp = await client.get("/api/notifications", headers=auth(user))
     assert {n["data"]["bookingId"] for n in (await resp.json())["data"]} == {on_time["id"], moved["id"]}
 
-    # SIGTERM: both stop well within their grace.
-    assert worker.stop(signal.SIGTERM) < 6.0, worker.text()
-    assert scheduler.stop(signal.SIGTERM) < 6.0, scheduler.text()
+    # SIGTERM: both stop well within their grace, and say so with exit code 0 (a supervisor reads a
+    # non-zero code as a crash and may restart or page).
+    for proc in (worker, scheduler):
+        took = proc.stop(signal.SIGTERM)
+        assert took < 6.0, proc.text()
+        assert proc.popen.returncode == 0, (proc.name, proc.popen.returncode, proc.text())
+        print(f"{proc.name} stopped on SIGTERM in {took:.2f}s, exit code 0")  # noqa: T201
 
 
 async def test_two_schedulers_send_each_reminder_once(
@@ -299,6 +303,62 @@ async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_start
     assert await notifications(client.app[DB], user) == 1
     due = datetime.fromisoformat(seen[0][0]["event"]["data"]["dueAt"].replace("Z", "+00:00"))
     print(f"after SIGKILL: delivered {(seen[0][1] - due).total_seconds():.3f}s after due")  # noqa: T201
+
+
+async def test_sigterm_mid_delivery_and_while_redis_is_down_exits_0_and_loses_nothing(
+    client: Client,
+    register: Registrar,
+    processes: Callable[..., Proc],
+    events: PubSub,
+    settings: Settings,
+    redis_url: str,
+    private_redis: PrivateRedis,
+) -> None:
+    """SIGTERM is a normal stop whatever the worker is doing: exit code 0 within the grace, with a
+    reminder in flight (it is delivered once, by this worker or after it), and with Redis unreachable."""
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    user = await register()
+    booking = await book(client, user, seconds=4)
+    redis = Redis.from_url(redis_url)
+    try:
+
+        async def in_flight() -> bool:
+            try:
+                info = await redis.xpending(
+                    f"{settings.redis_prefix}taskiq:stream", f"{settings.redis_prefix}taskiq:workers"
+                )
+            except Exception:  # no stream or group yet
+                return False
+            return bool(info["pending"])
+
+        await wait_for(in_flight, timeout=8, interval=0.02, what="the reminder in flight")
+    finally:
+        await redis.aclose()
+    took = worker.stop(signal.SIGTERM)
+    assert worker.popen.returncode == 0, (worker.popen.returncode, worker.text())
+    assert took < 4.0, worker.text()  # --grace 3
+    print(f"\nworker stopped mid-delivery in {took:.2f}s, exit code 0")  # noqa: T201
+    replacement = start_worker(processes)
+    await ready(replacement, "reminder worker ready")
+    seen = await reminders_seen(events, user, until=time.monotonic() + 10, expect=1)
+    assert [e["event"]["data"]["bookingId"] for e, _ in seen] == [booking["id"]]
+    assert await notifications(client.app[DB], user) == 1
+
+    # Redis gone: a worker and a scheduler retrying their connections still stop at once, with 0.
+    offline = [
+        start_worker(processes, redis_url=private_redis.url),
+        start_scheduler(processes, redis_url=private_redis.url),
+    ]
+    for proc in offline:
+        await ready(proc, "ready")
+    private_redis.stop()
+    for proc in offline:
+        took = proc.stop(signal.SIGTERM)
+        assert proc.popen.returncode == 0, (proc.name, proc.popen.returncode, proc.text())
+        assert took < 4.0, proc.text()
+        print(f"{proc.name} stopped with Redis down in {took:.2f}s, exit code 0")  # noqa: T201
 
 
 @pytest.fixture(scope="module", autouse=True)
