@@ -107,7 +107,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
             default_reminder_minutes=settings.default_reminder_minutes,
         ),
         make_event=make_event,
-        reminders=Reminders(reminder_source),
+        reminders=Reminders(reminder_source, on_scheduled=app[METRICS].reminders_scheduled.inc),
     )
     registry: Registry[uuid.UUID] = Registry(
         actor_factory(deps),
