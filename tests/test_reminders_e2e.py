@@ -1,11 +1,13 @@
 """Reminders end to end: real `booking worker` and `booking scheduler` processes on real Redis and
 PostgreSQL. Bookings are made through the real app (in-process) sharing the processes' key prefix; the
-`booking.reminder` event is read from the Redis events channel every web process listens to."""
+`booking.reminder` event is read from the Redis events channel every web process listens to. One test
+runs a real `booking serve` too and reads the reminder where a user sees it: on their WebSocket."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -27,7 +30,9 @@ from storage.db import Database
 from storage.users import get_user
 from tests.conftest import Client, Registrar, auth
 from tests.private_redis import PrivateRedis
-from tests.support import wait_for
+from tests.processes import start_web, stop
+from tests.support import unique_email, wait_for
+from tests.ws_support import ask, events_until_pong, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -303,6 +308,68 @@ async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_start
     assert await notifications(client.app[DB], user) == 1
     due = datetime.fromisoformat(seen[0][0]["event"]["data"]["dueAt"].replace("Z", "+00:00"))
     print(f"after SIGKILL: delivered {(seen[0][1] - due).total_seconds():.3f}s after due")  # noqa: T201
+
+
+async def test_a_reminder_arrives_on_the_users_socket_on_a_real_web_process(
+    settings: Settings, processes: Callable[..., Proc]
+) -> None:
+    """The whole path, every piece a real process: a booking made over REST on `booking serve`, its
+    reminder fired by `booking scheduler`, delivered by `booking worker`, published on Redis, and
+    pushed by the web process to the user's WebSocket as a `booking.reminder` frame."""
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    env = {
+        "NODE_ENV": "test",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "REDIS_KEY_PREFIX": settings.redis_prefix,
+        "API_RATE_LIMIT_PER_USER": "100000",
+    }
+    procs = start_web(1, env)
+    try:
+        web = procs[0]
+        await ready(worker, "reminder worker ready")
+        await ready(scheduler, "reminder scheduler ready")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            body = {"email": unique_email(), "password": "correct horse battery", "name": "R"}
+            async with http.post(f"{web.base_url}/api/auth/register", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                user = await resp.json()
+            ws = await http.ws_connect(web.base_url.replace("http://", "ws://") + "/ws/", headers=auth(user))
+            await ask(ws, "ping")
+            start = datetime.now(UTC) + timedelta(seconds=3)
+            booking_body = {
+                "title": "Standup on the socket",
+                "startTime": start.isoformat(),
+                "endTime": (start + timedelta(seconds=0.2)).isoformat(),
+                "reminderMinutesBefore": 0,
+            }
+            async with http.post(
+                f"{web.base_url}/api/booking", json=booking_body, headers=auth(user)
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                booking = await resp.json()
+            frames = [await next_frame(ws)]
+            while frames[-1]["event"] != "booking.reminder":
+                frames.append(await next_frame(ws, timeout=10))
+            arrived = datetime.now(UTC)
+            assert [f["event"] for f in frames] == ["booking.created", "booking.reminder"]
+            reminder = frames[-1]["data"]
+            assert reminder["bookingId"] == booking["id"]
+            assert reminder["booking"]["reminderSentAt"] is not None
+            due = datetime.fromisoformat(reminder["dueAt"].replace("Z", "+00:00"))
+            late = (arrived - due).total_seconds()
+            LATENESS.append(late)
+            print(f"\nreminder on a real socket: {late:+.3f}s after due")  # noqa: T201
+            assert -0.05 < late < 3.0
+            assert await events_until_pong(ws) == []  # once
+            await ws.close()
+            async with http.get(f"{web.base_url}/metrics") as resp:
+                text = await resp.text()
+            assert "reminders_scheduled_total 1.0" in text  # this process's one booking
+            assert re.search(r"^reminders_sent_total [1-9]", text, flags=re.MULTILINE), text
+    finally:
+        exits = stop(procs)
+    assert exits[0].code == 0, exits[0].output
 
 
 async def test_sigterm_mid_delivery_and_while_redis_is_down_exits_0_and_loses_nothing(
