@@ -12,6 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -56,3 +59,16 @@ class PrivateRedis:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(5)
+
+    def shutdown(self) -> None:
+        """SHUTDOWN NOSAVE: an operator's stop (the server closes every client connection, saves nothing)."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        client = SyncRedis.from_url(self.url, socket_timeout=2)
+        try:
+            client.shutdown(nosave=True)
+        except RedisConnectionError:  # the server hangs up as it goes: that is the answer
+            pass
+        finally:
+            client.close()
+        self.popen.wait(5)

@@ -303,12 +303,14 @@ def _listeners(redis_url: str, channel: str) -> int:
         client.close()
 
 
+@pytest.mark.parametrize("how", ["SIGKILL", "SHUTDOWN NOSAVE"])
 async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
-    database_url: str, private_redis: PrivateRedis, http: aiohttp.ClientSession
+    database_url: str, private_redis: PrivateRedis, http: aiohttp.ClientSession, how: str
 ) -> None:
-    """Issue 4: Redis dies (SIGKILL, nothing saved) and comes back on the same port; with no process
-    restarted, a mutation on A reaches the socket on B again. The socket stays open throughout and is
-    told, once B listens again, that events may have been missed (a resync notice), before new events."""
+    """Issue 4: Redis dies (SIGKILL, or SHUTDOWN NOSAVE) and comes back empty on the same port; with no
+    process restarted, a mutation on A reaches the socket on B again. The socket stays open throughout
+    and is told, once B listens again, that events may have been missed (a resync notice) before new
+    events."""
     prefix = f"e2e{uuid.uuid4().hex[:10]}:"
     channel = f"{prefix}events"
     procs = start_web(2, _env(database_url, private_redis.url, prefix))
@@ -319,7 +321,7 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
         ws = await http.ws_connect(b.base_url.replace("http://", "ws://") + "/ws/", headers=bearer(user))
         await ask(ws, "ping")
 
-        private_redis.stop()
+        private_redis.stop() if how == "SIGKILL" else private_redis.shutdown()
         down_at = time.monotonic()
         await asyncio.sleep(1.0)  # an outage both listeners notice, not a blip inside one retry
         private_redis.start()
@@ -346,7 +348,7 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
         assert not ws.closed
         assert (await ask(ws, "ping", id="after"))["event"] == "pong"
         print(  # noqa: T201
-            f"\nRedis down {up_at - down_at:.2f}s; both listeners back {resubscribed:.2f}s after it "
+            f"\n{how}: Redis down {up_at - down_at:.2f}s; both listeners back {resubscribed:.2f}s after it "
             f"restarted; first event on B {delivered:.2f}s after; frames on B: {[f['event'] for f in frames]}"
         )
         await ws.close()
