@@ -66,10 +66,12 @@ class Reminders:
         *,
         timeout: float = 1.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_scheduled: Callable[[], None] = lambda: None,
     ) -> None:
         self._schedule = schedule
         self._timeout = timeout
         self._clock = clock
+        self._on_scheduled = on_scheduled
 
     def for_new(self, *, booking_id: uuid.UUID, minutes: int | None, start: datetime) -> Plan | None:
         """The reminder of a booking about to be created (the create statement arms its row)."""
@@ -103,6 +105,10 @@ class Reminders:
         return Plan(booking_id, due)
 
     async def after_commit(self, plan: Plan) -> None:
+        if plan.due_at is not None:
+            # Counted once committed: PostgreSQL holds the reminder now, whether Redis takes its copy
+            # below or the reconciler does later.
+            self._on_scheduled()
         try:
             async with asyncio.timeout(self._timeout):
                 if plan.due_at is None:

@@ -1,19 +1,32 @@
-"""/api/notifications: the user's delivered reminders and system notices, newest first."""
+"""/api/notifications: the user's delivered reminders and system notices, newest first; and an admin's
+broadcast of a `system.notification` to every open socket."""
 
 from __future__ import annotations
 
-from aiohttp import web
-from aiohttp_apigami import docs, querystring_schema
-from marshmallow import Schema, fields
+import json
+import logging
+from typing import Any
 
+from aiohttp import web
+from aiohttp_apigami import docs, querystring_schema, request_schema
+from marshmallow import Schema, ValidationError, fields, validates
+from marshmallow import validate as rules
+from redis.exceptions import RedisError
+
+from actors.errors import Unavailable
 from actors.reminders import notification_view
-from handlers.common import json_response, page_meta, require_user
-from handlers.schemas import PageMeta, PageQuery, Problem
+from handlers.common import json_response, page_meta, require_admin, require_user
+from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
-from handlers.validation import query
-from server.keys import NOTIFICATIONS
+from handlers.validation import body, query
+from server.events import make_event
+from server.keys import BUS, NOTIFICATIONS
+
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+BROADCAST_DATA_BYTES = 4096  # goes to every socket of every process: keep it a notice, not a payload
 
 
 class NotificationQuery(PageQuery):
@@ -36,7 +49,44 @@ class NotificationPage(Schema):
     unread = fields.Integer(required=True, metadata={"description": "unread notifications in total"})
 
 
+class BroadcastRequest(Strict):
+    message = fields.String(
+        required=True,
+        # Not blank; a pattern both Python's match and OpenAPI's (ECMA, unanchored) read the same way.
+        validate=[rules.Length(min=1, max=1000), rules.Regexp(r"[\s\S]*\S", error="must not be blank")],
+        metadata={"description": "Shown to every connected user", "example": "Maintenance at 18:00 UTC"},
+    )
+    data = fields.Dict(
+        keys=fields.String(),
+        metadata={
+            "description": f"Optional machine-readable details, at most {BROADCAST_DATA_BYTES} bytes as JSON"
+        },
+    )
+
+    @validates("data")
+    def _small_and_plain(self, value: dict[str, Any], **kwargs: Any) -> None:
+        try:
+            # NaN and Infinity parse (Python's json accepts them) but are not JSON: no client could read them.
+            encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        except ValueError:
+            raise ValidationError("numbers must be finite (no NaN or Infinity)") from None
+        if len(encoded.encode()) > BROADCAST_DATA_BYTES:
+            raise ValidationError(f"at most {BROADCAST_DATA_BYTES} bytes as JSON")
+
+
+class BroadcastData(Schema):
+    message = fields.String(required=True)
+    data = fields.Dict(metadata={"description": "As sent, when sent"})
+
+
+class BroadcastOut(Schema):
+    event = fields.String(required=True, metadata={"description": "Always `system.notification`"})
+    data = fields.Nested(BroadcastData, required=True)
+    timestamp = fields.DateTime(required=True)
+
+
 _query = NotificationQuery()
+_broadcast = BroadcastRequest()
 _AUTH_ERRORS = {
     401: {"schema": Problem, "description": "Missing or invalid access token"},
     429: {"schema": Problem, "description": "Rate limited"},
@@ -88,3 +138,35 @@ async def mark_read(request: web.Request) -> web.Response:
     user = await require_user(request)
     note = await request.app[NOTIFICATIONS].mark_read(user.id, path_uuid(request))
     return json_response(notification_view(note))
+
+
+@routes.post("/api/notifications/broadcast")
+@docs(
+    tags=["notifications"],
+    summary="Send a system.notification to every open WebSocket on every web process (admin)",
+    description="Live only: sockets open now receive `{event: system.notification, data: {message, "
+    "data?}, timestamp}`; nothing is stored, and a user who is offline does not see it later. 503 when "
+    "Redis is unavailable: then no socket got it, so a retry sends it once.",
+    security=[{"bearerAuth": []}],
+    responses={
+        202: {"schema": BroadcastOut, "description": "Published: the event as the sockets receive it"},
+        400: {"schema": Problem, "description": "Invalid body"},
+        403: {"schema": Problem, "description": "Admin role required"},
+        **_AUTH_ERRORS,
+    },
+)
+@request_schema(BroadcastRequest)
+async def broadcast(request: web.Request) -> web.Response:
+    admin = await require_admin(request)
+    fields_ = await body(request, _broadcast)
+    payload: dict[str, Any] = {"message": fields_["message"]}
+    if "data" in fields_:
+        payload["data"] = fields_["data"]
+    event = make_event("system.notification", payload)
+    try:
+        await request.app[BUS].announce(event)
+    except (RedisError, OSError) as exc:
+        log.warning("broadcast not published (%s)", type(exc).__name__)
+        raise Unavailable("Redis is unavailable: the notification was not sent; retry shortly") from None
+    log.info("admin %s broadcast a system.notification to every socket", admin.id)
+    return json_response(event, status=202)

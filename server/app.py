@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from actors.auth import AuthService
 from actors.base import Event, Registry
@@ -17,6 +16,7 @@ from actors.reminders import NotificationService, Reminders
 from actors.security import TokenCodec
 from actors.usercache import UserCache
 from handlers import auth, bookings, health, notifications, users, ws
+from server import redisconf
 from server.broker import ReminderSource
 from server.events import EventBus, make_event
 from server.keys import (
@@ -52,12 +52,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[REDIS] = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.db_timeout,
-        socket_connect_timeout=settings.db_timeout,
-        health_check_interval=30,
-    )
+    app[REDIS] = redisconf.connect(settings, health_check_interval=30)
     yield
     await app[REDIS].aclose()
 
@@ -112,7 +107,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
             default_reminder_minutes=settings.default_reminder_minutes,
         ),
         make_event=make_event,
-        reminders=Reminders(reminder_source),
+        reminders=Reminders(reminder_source, on_scheduled=app[METRICS].reminders_scheduled.inc),
     )
     registry: Registry[uuid.UUID] = Registry(
         actor_factory(deps),

@@ -28,6 +28,7 @@ from taskiq.exceptions import ScheduledTaskCancelledError
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource, RedisStreamBroker
 
+from server.redisconf import client_options
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,8 @@ def schedule_id(booking_id: uuid.UUID | str) -> str:
 
 
 def _connection_kwargs(settings: Settings) -> dict[str, Any]:
-    # Without timeouts a Redis that hangs would hang a booking request (and the blocking pool waits 20 s).
-    return {
-        "socket_connect_timeout": settings.db_timeout,
-        "socket_timeout": settings.db_timeout,
-        "timeout": settings.db_timeout,
-    }
+    # `timeout`: how long taskiq-redis' blocking pool waits for a free connection (20 s by default).
+    return {**client_options(settings), "timeout": settings.db_timeout}
 
 
 class ReminderBroker(RedisStreamBroker):

@@ -4,6 +4,11 @@ An event is handed to this process's subscribers at once (they hang off the user
 published on one channel; every other web process (and workers, which only publish) receives it and
 hands it to its own subscribers of that user. A process ignores its own messages by origin id. Per-user
 order holds because a user's events are emitted one at a time by that user's actor.
+
+When the listener loses Redis and subscribes again — in its own loop, or silently inside redis-py,
+which reconnects a pub/sub connection and re-subscribes on its own — whatever was published in between
+is gone. The reconnect hooks run, and every local socket is told (`RESYNC`) so that clients re-read
+instead of trusting a stream with a hole in it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from handlers.json import dumps, iso
 log = logging.getLogger(__name__)
 
 BROADCAST = "*"
+RESYNC_MESSAGE = (
+    "Live updates were interrupted and some events may have been missed; re-read what you display "
+    "(get-bookings)."
+)
 
 
 def make_event(name: str, data: dict[str, Any]) -> Event:
@@ -44,6 +53,7 @@ class EventBus:
         self._signals: dict[str, list[Callable[[str], None]]] = {}
         self._on_reconnect: list[Callable[[], None]] = []
         self._subscribed_before = False
+        self._subscriptions = 0  # subscribes so far, ours and redis-py's own
 
     def on_signal(self, name: str, callback: Callable[[str], None]) -> None:
         """Call `callback(data)` when another process sends signal `name` (see `signal`)."""
@@ -89,8 +99,18 @@ class EventBus:
             self._registry.broadcast(event)
         await self._publish(BROADCAST, event)
 
+    async def announce(self, event: Event) -> None:
+        """A broadcast that all or nothing of: published first, and a Redis failure raises (RedisError,
+        OSError) before any local socket got it, so the caller can answer 503 and a retry sends it once."""
+        await self._redis.publish(self.channel, self._envelope(BROADCAST, event))
+        if self._registry is not None:
+            self._registry.broadcast(event)
+
+    def _envelope(self, target: str, event: Event) -> str:
+        return dumps({"origin": self.origin, "user": target, "event": event})
+
     async def _publish(self, target: str, event: Event) -> bool:
-        payload = dumps({"origin": self.origin, "user": target, "event": event})
+        payload = self._envelope(target, event)
         try:
             await self._redis.publish(self.channel, payload)
         except (RedisError, OSError) as exc:
@@ -138,17 +158,52 @@ class EventBus:
 
     async def _messages(self) -> AsyncIterator[bytes | str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        connection = None
         try:
             await pubsub.subscribe(self.channel)
-            self.connected.set()
-            if self._subscribed_before:
-                for callback in self._on_reconnect:
-                    callback()
-            self._subscribed_before = True
+            # redis-py reconnects this connection by itself when a read fails and the server answers
+            # again (a retry, or the next read), re-subscribing in its own connect callback; ours runs
+            # after it, so a reconnect nobody raised about is still one we act on.
+            connection = pubsub.connection
+            if connection is not None:
+                connection.register_connect_callback(self._subscribed)
+            self._subscribed()
             while not self._stopping:
-                message = await pubsub.get_message(timeout=1.0)
+                subscriptions = self._subscriptions
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                except (RedisError, OSError):
+                    # With no retries left redis-py still reconnects (and re-subscribes) before it
+                    # raises; that reconnect was reported already, so keep reading, do not report twice.
+                    if (
+                        self._subscriptions != subscriptions
+                        and connection is not None
+                        and connection.is_connected
+                    ):
+                        continue
+                    raise
                 if message is not None and message.get("type") == "message":
                     yield message["data"]
         finally:
+            if connection is not None:  # it goes back to the pool, to serve other commands
+                connection.deregister_connect_callback(self._subscribed)
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _subscribed(self, connection: object = None) -> None:
+        """Subscribed (again): after the first time, events may have been missed."""
+        self._subscriptions += 1
+        self.connected.set()
+        if not self._subscribed_before:
+            self._subscribed_before = True
+            return
+        log.warning("event listener subscribed to Redis again; telling local sockets to re-read")
+        for callback in self._on_reconnect:
+            try:
+                callback()
+            except Exception:
+                log.exception("reconnect hook failed")
+        if self._registry is not None:
+            self._registry.broadcast(
+                make_event("system.notification", {"message": RESYNC_MESSAGE, "data": {"reason": "resync"}})
+            )

@@ -1,8 +1,14 @@
-"""Prometheus metrics of one web process, in their own registry (tests build many apps)."""
+"""Prometheus metrics of one web process, in their own registry (tests build many apps), plus the
+reminder delivery figures every worker keeps in Redis (server/jobstats.py), read at scrape time."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from server.jobstats import Snapshot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -26,5 +32,47 @@ class Metrics:
         )
         self.websockets = Gauge("websocket_connections", "Open WebSocket connections", registry=self.registry)
         self.reminders_scheduled = Counter(
-            "reminders_scheduled_total", "Reminders scheduled by this process", registry=self.registry
+            "reminders_scheduled_total",
+            "Reminders armed or moved by bookings made through this process (counted once committed)",
+            registry=self.registry,
         )
+
+
+# Workers deliver reminders, web processes do not: these come from Redis and are the same on every web
+# process, so a dashboard takes one process's value (max), never the sum.
+_CLUSTER = "all workers, read from Redis; the same on every web process: do not sum across processes"
+
+
+def reminder_delivery_families(snapshot: Snapshot) -> list[Metric]:
+    sent = CounterMetricFamily("reminders_sent", f"Reminders delivered ({_CLUSTER})")
+    sent.add_metric([], snapshot.counters.get("sent", 0))
+    lateness = GaugeMetricFamily(
+        "reminder_lateness_seconds",
+        f"Seconds after due of the latest deliveries, nearest-rank quantiles ({_CLUSTER})",
+        labels=["quantile"],
+    )
+    for name, quantile in (("p50", "0.5"), ("p99", "0.99"), ("max", "1")):
+        value = snapshot.lateness.get(name)
+        if value is not None:
+            lateness.add_metric([quantile], float(value))
+    samples = GaugeMetricFamily(
+        "reminder_lateness_samples",
+        f"Deliveries behind the lateness quantiles ({_CLUSTER})",
+        value=float(snapshot.lateness.get("samples") or 0),
+    )
+    return [sent, lateness, samples]
+
+
+class _Families:
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """Prometheus text for metric families built at scrape time."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)

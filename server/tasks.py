@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 from taskiq.kicker import AsyncKicker
 
 from actors.base import Event
 from actors.views import booking_view, iso
+from server import redisconf
 from server.broker import DELIVER_REMINDER, LEAD, ReminderSource
 from server.events import EventBus, make_event
 from server.jobstats import JobStats
@@ -184,9 +184,7 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
         state.db = await Database.open(
             settings.database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
         )
-        state.redis = Redis.from_url(
-            settings.redis_url, socket_timeout=settings.db_timeout, socket_connect_timeout=settings.db_timeout
-        )
+        state.redis = redisconf.connect(settings)
         state.bus = EventBus(state.redis, prefix=settings.redis_prefix, registry=None)
         state.stats = JobStats(state.redis, prefix=settings.redis_prefix)
 

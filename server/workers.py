@@ -8,18 +8,17 @@ re-enqueued by the reconciler) and the process exits within `grace` seconds what
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from redis.asyncio import Redis
 from taskiq.api import run_receiver_task
 from taskiq.cli.scheduler.run import SchedulerLoop
 
+from server import redisconf
 from server.broker import ReminderSource, make_broker, make_scheduler
 from server.events import EventBus
 from server.settings import Settings
@@ -55,6 +54,21 @@ async def _run_until_stopped(
         log.warning("%s: %d task(s) did not stop within %.1fs; exiting anyway", what, len(pending), grace)
 
 
+async def finish(steps: Sequence[Callable[[], Awaitable[object]]], *, grace: float, what: str) -> None:
+    """Run the shutdown steps in order within `grace` seconds in all. A step that fails or overruns is
+    logged, never raised: SIGTERM asked for a stop, and a non-zero exit would read as a crash to the
+    supervisor (acknowledged messages and the reconciler make an unfinished step safe)."""
+    try:
+        async with asyncio.timeout(grace):
+            for step in steps:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("%s: a shutdown step failed", what)
+    except TimeoutError:
+        log.warning("%s: shutdown did not finish within %.1fs; exiting anyway", what, grace)
+
+
 async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float = 5.0) -> None:
     stop = _stop_event()
     broker = make_broker(settings)
@@ -70,8 +84,7 @@ async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float =
             what="worker",
         )
     finally:
-        async with asyncio.timeout(grace):
-            await broker.shutdown()  # WORKER_SHUTDOWN
+        await finish([broker.shutdown], grace=grace, what="worker")  # WORKER_SHUTDOWN
     log.info("worker stopped")
 
 
@@ -94,9 +107,7 @@ async def run_scheduler(
     await source.startup()
     await scheduler.startup()
     reconciler = Reconciler(db=db, source=source, broker=broker)
-    redis = Redis.from_url(
-        settings.redis_url, socket_timeout=settings.db_timeout, socket_connect_timeout=settings.db_timeout
-    )
+    redis = redisconf.connect(settings)
     republisher = Republisher(db=db, bus=EventBus(redis, prefix=settings.redis_prefix, registry=None))
     loop = SchedulerLoop(scheduler)
     log.info("reminder scheduler ready (update every %.1fs)", update_interval)
@@ -116,11 +127,12 @@ async def run_scheduler(
             what="scheduler",
         )
     finally:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(grace):
-                await scheduler.shutdown()
-                await source.shutdown()
-                await source.close()
-                await redis.aclose()
-                await db.close()
+        steps: list[Callable[[], Awaitable[object]]] = [
+            scheduler.shutdown,
+            source.shutdown,
+            source.close,
+            redis.aclose,
+            db.close,
+        ]
+        await finish(steps, grace=grace, what="scheduler")
     log.info("scheduler stopped")

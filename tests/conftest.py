@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app
 from server.settings import Settings
 from storage import migrate
+from tests.private_redis import REDIS_SERVER, PrivateRedis
 from tests.support import create_database, drop_database, unique_email
 
 Client = TestClient[Any, Any]
@@ -58,6 +59,19 @@ def database_url(backing_services: tuple[str, str]) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url(backing_services: tuple[str, str]) -> str:
     return backing_services[1]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own (tests/private_redis.py), stopped afterwards."""
+    if REDIS_SERVER is None:
+        pytest.skip("needs a redis-server binary")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

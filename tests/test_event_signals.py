@@ -1,7 +1,9 @@
 """EventBus signals between processes, and the reconnect hook, on a real Redis.
 
 Two buses on one prefix stand for two processes. The reconnect test kills only its own bus's pub/sub
-connection (found by client name), so other tests sharing the Redis are untouched.
+connection (found by client name), so other tests sharing the Redis are untouched. It runs twice: with
+a client that does not retry (the listener's own loop subscribes again) and with the processes' client
+options (server/redisconf.py), where redis-py reconnects and re-subscribes inside its retry, unseen.
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ import pytest
 from redis.asyncio import Redis
 
 from server.events import EventBus
+from server.redisconf import client_options
+from server.settings import Settings
+from tests.support import wait_for
 
 
-@pytest.fixture
-async def buses(redis_url: str) -> AsyncIterator[tuple[EventBus, EventBus, str]]:
+@pytest.fixture(params=["no retry", "redisconf"])
+async def buses(
+    request: pytest.FixtureRequest, redis_url: str
+) -> AsyncIterator[tuple[EventBus, EventBus, str]]:
     prefix = f"sig{uuid.uuid4().hex[:10]}:"
     name = f"bus-{uuid.uuid4().hex[:12]}"
-    r1, r2 = Redis.from_url(redis_url), Redis.from_url(redis_url, client_name=name)
+    options = client_options(Settings(redis_url=redis_url)) if request.param == "redisconf" else {}
+    r1, r2 = Redis.from_url(redis_url, **options), Redis.from_url(redis_url, client_name=name, **options)
     one = EventBus(r1, prefix=prefix, registry=None)
     two = EventBus(r2, prefix=prefix, registry=None)
     yield one, two, name
@@ -56,9 +64,13 @@ async def test_a_signal_reaches_the_other_process_but_not_its_sender(
 async def test_losing_redis_calls_the_reconnect_hook_after_subscribing_again(
     buses: tuple[EventBus, EventBus, str], redis_url: str
 ) -> None:
-    _, two, name = buses
+    one, two, name = buses
     reconnected = asyncio.Event()
+    calls: list[None] = []
+    two.on_reconnect(lambda: calls.append(None))
     two.on_reconnect(reconnected.set)
+    heard: list[str] = []
+    two.on_signal("probe", heard.append)
     two.start()
     await asyncio.wait_for(two.connected.wait(), 10)
     assert not reconnected.is_set()  # the first subscription is not a reconnect
@@ -73,4 +85,11 @@ async def test_losing_redis_calls_the_reconnect_hook_after_subscribing_again(
     finally:
         await admin.aclose()
     await asyncio.wait_for(reconnected.wait(), 10)
+
+    async def listening_again() -> bool:
+        await one.signal("probe", "after")
+        return bool(heard)
+
+    await wait_for(listening_again, timeout=10, interval=0.1, what="the bus hearing signals again")
     assert two.connected.is_set()
+    assert len(calls) == 1, "one lost connection is one reconnect"

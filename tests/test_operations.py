@@ -7,11 +7,17 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from openapi_spec_validator import validate
 
+from server.jobstats import JobStats
+from server.keys import REDIS
+from server.settings import Settings
 from tests.conftest import Client, Registrar, auth
+from tests.private_redis import PrivateRedis
+from tests.ws_support import booking_data
 
 
 async def test_health_reports_both_dependencies(client: Client) -> None:
@@ -92,6 +98,72 @@ async def test_metrics_count_requests_by_route(client: Client) -> None:
     text = await (await client.get("/metrics")).text()
     assert 'http_requests_total{method="GET",route="/health",status="200"}' in text
     assert "http_request_duration_seconds_bucket" in text
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of an unlabelled sample in Prometheus text, or None when absent."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+async def test_metrics_has_every_figure_spec_5_lists_and_counts_reminders_scheduled(
+    client: Client, register: Registrar, settings: Settings
+) -> None:
+    """SPEC §5: request counts and latency by route, actors, mailbox depth, sockets, reminders
+    scheduled / sent / late. Scheduled is this process's count; sent and lateness come from Redis."""
+    user = await register()
+    created = []
+    for n, minutes in enumerate((10, 0, None, 60)):
+        body = booking_data(hours=30 + 2 * n, reminderMinutesBefore=minutes)
+        resp = await client.post("/api/booking", json=body, headers=auth(user))
+        assert resp.status == 201, await resp.text()
+        created.append(await resp.json())
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "reminders_scheduled_total") == 3  # `null` minutes: no reminder
+    moved = booking_data(hours=50)
+    resp = await client.patch(
+        f"/api/booking/{created[0]['id']}",
+        json={"startTime": moved["startTime"], "endTime": moved["endTime"]},
+        headers=auth(user),
+    )
+    assert resp.status == 200
+    retitled = await client.patch(f"/api/booking/{created[1]['id']}", json={"title": "t"}, headers=auth(user))
+    assert retitled.status == 200
+    assert (await client.delete(f"/api/booking/{created[3]['id']}", headers=auth(user))).status == 204
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "reminders_scheduled_total") == 4  # moved: re-armed; retitled, deleted: not
+
+    assert metric(text, "reminders_sent_total") == 0  # a fresh prefix: no worker has sent any
+    stats = JobStats(client.app[REDIS], prefix=settings.redis_prefix)
+    for lateness in (0.2, 0.4, 3.0):
+        await stats.record(
+            booking_id=uuid.uuid4(), due_at="2030-01-01T10:00:00+00:00", status="sent", lateness=lateness
+        )
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "reminders_sent_total") == 3
+    assert 'reminder_lateness_seconds{quantile="0.5"} 0.4' in text
+    assert 'reminder_lateness_seconds{quantile="0.99"} 3.0' in text
+    assert metric(text, "reminder_lateness_samples") == 3
+    for name in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "actors_active",
+        "actor_mailbox_depth",
+        "websocket_connections",
+    ):
+        assert re.search(rf"^{name}[{{ ]", text, flags=re.MULTILINE), name
+
+
+async def test_metrics_still_answer_when_redis_is_down(
+    make_client: Callable[..., Awaitable[Client]], private_redis: PrivateRedis
+) -> None:
+    client = await make_client(redis_url=private_redis.url)
+    private_redis.stop()
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert metric(text, "reminders_scheduled_total") == 0
+    assert metric(text, "reminders_sent_total") is None  # unknown, not a made-up 0
 
 
 JSON_BODY_ERRORS = {"400", "413", "415"}

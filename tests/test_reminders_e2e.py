@@ -1,14 +1,14 @@
 """Reminders end to end: real `booking worker` and `booking scheduler` processes on real Redis and
 PostgreSQL. Bookings are made through the real app (in-process) sharing the processes' key prefix; the
-`booking.reminder` event is read from the Redis events channel every web process listens to."""
+`booking.reminder` event is read from the Redis events channel every web process listens to. One test
+runs a real `booking serve` too and reads the reminder where a user sees it: on their WebSocket."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -30,13 +31,15 @@ from storage import reminders as store
 from storage.db import Database
 from storage.users import get_user
 from tests.conftest import Client, Registrar, auth
-from tests.support import wait_for
+from tests.private_redis import PrivateRedis
+from tests.processes import start_web, stop
+from tests.support import unique_email, wait_for
+from tests.ws_support import ask, events_until_pong, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 BIN = Path(sys.executable).parent / "booking"
 LATENESS: list[float] = []
-REDIS_SERVER = shutil.which("redis-server")
 
 
 class Proc:
@@ -209,9 +212,13 @@ async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
     resp = await client.get("/api/notifications", headers=auth(user))
     assert {n["data"]["bookingId"] for n in (await resp.json())["data"]} == {on_time["id"], moved["id"]}
 
-    # SIGTERM: both stop well within their grace.
-    assert worker.stop(signal.SIGTERM) < 6.0, worker.text()
-    assert scheduler.stop(signal.SIGTERM) < 6.0, scheduler.text()
+    # SIGTERM: both stop well within their grace, and say so with exit code 0 (a supervisor reads a
+    # non-zero code as a crash and may restart or page).
+    for proc in (worker, scheduler):
+        took = proc.stop(signal.SIGTERM)
+        assert took < 6.0, proc.text()
+        assert proc.popen.returncode == 0, (proc.name, proc.popen.returncode, proc.text())
+        print(f"{proc.name} stopped on SIGTERM in {took:.2f}s, exit code 0")  # noqa: T201
 
 
 async def test_two_schedulers_send_each_reminder_once(
@@ -339,6 +346,124 @@ async def test_a_reminder_committed_but_never_published_is_published_once_by_the
     print(f"outbox: published {(seen[0][1] - committed_at).total_seconds():.1f}s after the commit")  # noqa: T201
 
 
+async def test_a_reminder_arrives_on_the_users_socket_on_a_real_web_process(
+    settings: Settings, processes: Callable[..., Proc]
+) -> None:
+    """The whole path, every piece a real process: a booking made over REST on `booking serve`, its
+    reminder fired by `booking scheduler`, delivered by `booking worker`, published on Redis, and
+    pushed by the web process to the user's WebSocket as a `booking.reminder` frame."""
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    env = {
+        "NODE_ENV": "test",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "REDIS_KEY_PREFIX": settings.redis_prefix,
+        "API_RATE_LIMIT_PER_USER": "100000",
+    }
+    procs = start_web(1, env)
+    try:
+        web = procs[0]
+        await ready(worker, "reminder worker ready")
+        await ready(scheduler, "reminder scheduler ready")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            body = {"email": unique_email(), "password": "correct horse battery", "name": "R"}
+            async with http.post(f"{web.base_url}/api/auth/register", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                user = await resp.json()
+            ws = await http.ws_connect(web.base_url.replace("http://", "ws://") + "/ws/", headers=auth(user))
+            await ask(ws, "ping")
+            start = datetime.now(UTC) + timedelta(seconds=3)
+            booking_body = {
+                "title": "Standup on the socket",
+                "startTime": start.isoformat(),
+                "endTime": (start + timedelta(seconds=0.2)).isoformat(),
+                "reminderMinutesBefore": 0,
+            }
+            async with http.post(
+                f"{web.base_url}/api/booking", json=booking_body, headers=auth(user)
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                booking = await resp.json()
+            frames = [await next_frame(ws)]
+            while frames[-1]["event"] != "booking.reminder":
+                frames.append(await next_frame(ws, timeout=10))
+            arrived = datetime.now(UTC)
+            assert [f["event"] for f in frames] == ["booking.created", "booking.reminder"]
+            reminder = frames[-1]["data"]
+            assert reminder["bookingId"] == booking["id"]
+            assert reminder["booking"]["reminderSentAt"] is not None
+            due = datetime.fromisoformat(reminder["dueAt"].replace("Z", "+00:00"))
+            late = (arrived - due).total_seconds()
+            LATENESS.append(late)
+            print(f"\nreminder on a real socket: {late:+.3f}s after due")  # noqa: T201
+            assert -0.05 < late < 3.0
+            assert await events_until_pong(ws) == []  # once
+            await ws.close()
+            async with http.get(f"{web.base_url}/metrics") as resp:
+                text = await resp.text()
+            assert "reminders_scheduled_total 1.0" in text  # this process's one booking
+            assert re.search(r"^reminders_sent_total [1-9]", text, flags=re.MULTILINE), text
+    finally:
+        exits = stop(procs)
+    assert exits[0].code == 0, exits[0].output
+
+
+async def test_sigterm_mid_delivery_and_while_redis_is_down_exits_0_and_loses_nothing(
+    client: Client,
+    register: Registrar,
+    processes: Callable[..., Proc],
+    events: PubSub,
+    settings: Settings,
+    redis_url: str,
+    private_redis: PrivateRedis,
+) -> None:
+    """SIGTERM is a normal stop whatever the worker is doing: exit code 0 within the grace, with a
+    reminder in flight (it is delivered once, by this worker or after it), and with Redis unreachable."""
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    user = await register()
+    booking = await book(client, user, seconds=4)
+    redis = Redis.from_url(redis_url)
+    try:
+
+        async def in_flight() -> bool:
+            try:
+                info = await redis.xpending(
+                    f"{settings.redis_prefix}taskiq:stream", f"{settings.redis_prefix}taskiq:workers"
+                )
+            except Exception:  # no stream or group yet
+                return False
+            return bool(info["pending"])
+
+        await wait_for(in_flight, timeout=8, interval=0.02, what="the reminder in flight")
+    finally:
+        await redis.aclose()
+    took = worker.stop(signal.SIGTERM)
+    assert worker.popen.returncode == 0, (worker.popen.returncode, worker.text())
+    assert took < 4.0, worker.text()  # --grace 3
+    print(f"\nworker stopped mid-delivery in {took:.2f}s, exit code 0")  # noqa: T201
+    replacement = start_worker(processes)
+    await ready(replacement, "reminder worker ready")
+    seen = await reminders_seen(events, user, until=time.monotonic() + 10, expect=1)
+    assert [e["event"]["data"]["bookingId"] for e, _ in seen] == [booking["id"]]
+    assert await notifications(client.app[DB], user) == 1
+
+    # Redis gone: a worker and a scheduler retrying their connections still stop at once, with 0.
+    offline = [
+        start_worker(processes, redis_url=private_redis.url),
+        start_scheduler(processes, redis_url=private_redis.url),
+    ]
+    for proc in offline:
+        await ready(proc, "ready")
+    private_redis.stop()
+    for proc in offline:
+        took = proc.stop(signal.SIGTERM)
+        assert proc.popen.returncode == 0, (proc.name, proc.popen.returncode, proc.text())
+        assert took < 4.0, proc.text()
+        print(f"{proc.name} stopped with Redis down in {took:.2f}s, exit code 0")  # noqa: T201
+
+
 @pytest.fixture(scope="module", autouse=True)
 def report_lateness() -> Iterator[None]:
     yield
@@ -350,106 +475,58 @@ def report_lateness() -> Iterator[None]:
         )
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, so it can really be stopped, restarted and flushed."""
-
-    def __init__(self, tmp: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = tmp
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.popen = subprocess.Popen(
-            [
-                str(REDIS_SERVER),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise AssertionError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
-
-
-@pytest.mark.skipif(REDIS_SERVER is None, reason="needs a redis-server binary")
 async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_reminded_once(
     make_client: Callable[..., Any],
     settings: Settings,
-    tmp_path: Path,
+    private_redis: PrivateRedis,
     processes: Callable[..., Proc],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    redis_server = PrivateRedis(tmp_path)
-    redis_server.start()
-    try:
-        client: Client = await make_client(redis_url=redis_server.url, db_timeout=0.5)
-        monkeypatch.setitem(os.environ, "REDIS_URL", redis_server.url)
-        worker = start_worker(processes, redis_url=redis_server.url)
-        scheduler = start_scheduler(processes, redis_url=redis_server.url)
-        await ready(worker, "reminder worker ready")
-        await ready(scheduler, "reminder scheduler ready")
-        resp = await client.post(
-            "/api/auth/register",
-            json={
-                "email": f"down-{uuid.uuid4().hex[:8]}@example.com",
-                "password": "correct horse",
-                "name": "D",
-            },
-        )
-        session = await resp.json()
-        db = client.app[DB]
-        async with db.connect() as conn:
-            user = await get_user(conn, uuid.UUID(session["user"]["id"]))
-        assert user is not None
+    redis_server = private_redis
+    client: Client = await make_client(redis_url=redis_server.url, db_timeout=0.5)
+    monkeypatch.setitem(os.environ, "REDIS_URL", redis_server.url)
+    worker = start_worker(processes, redis_url=redis_server.url)
+    scheduler = start_scheduler(processes, redis_url=redis_server.url)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    resp = await client.post(
+        "/api/auth/register",
+        json={
+            "email": f"down-{uuid.uuid4().hex[:8]}@example.com",
+            "password": "correct horse",
+            "name": "D",
+        },
+    )
+    session = await resp.json()
+    db = client.app[DB]
+    async with db.connect() as conn:
+        user = await get_user(conn, uuid.UUID(session["user"]["id"]))
+    assert user is not None
 
-        redis_server.stop()
-        start = datetime.now(UTC) + timedelta(seconds=5)
-        created = await client.app[BOOKINGS].create(
-            user,
-            {
-                "title": "While down",
-                "start_time": start,
-                "end_time": start + timedelta(seconds=1),
-                "reminder_minutes_before": 0,
-            },
-        )
-        down_id = created.booking["id"]
-        redis_server.start()  # back, and empty: nothing of the schedule survived
-        flushed = await book(client, session, seconds=6)
-        redis = Redis.from_url(redis_server.url)
-        try:
-            await redis.flushdb()
-            pubsub = redis.pubsub(ignore_subscribe_messages=True)
-            await pubsub.subscribe(f"{settings.redis_prefix}events")
-            seen = await reminders_seen(pubsub, session, until=time.monotonic() + 12, expect=2)
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-        finally:
-            await redis.aclose()
-        assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([down_id, flushed["id"]])
-        for envelope, arrived in seen:
-            lateness(envelope, arrived)
-        assert await notifications(db, session) == 2
+    redis_server.stop()
+    start = datetime.now(UTC) + timedelta(seconds=5)
+    created = await client.app[BOOKINGS].create(
+        user,
+        {
+            "title": "While down",
+            "start_time": start,
+            "end_time": start + timedelta(seconds=1),
+            "reminder_minutes_before": 0,
+        },
+    )
+    down_id = created.booking["id"]
+    redis_server.start()  # back, and empty: nothing of the schedule survived
+    flushed = await book(client, session, seconds=6)
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.flushdb()
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(f"{settings.redis_prefix}events")
+        seen = await reminders_seen(pubsub, session, until=time.monotonic() + 12, expect=2)
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
     finally:
-        redis_server.stop()
+        await redis.aclose()
+    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([down_id, flushed["id"]])
+    for envelope, arrived in seen:
+        lateness(envelope, arrived)
+    assert await notifications(db, session) == 2

@@ -130,6 +130,7 @@ MATRIX = [
     Row("GET", "/api/booking/{id}/history", ADMIN_ONLY, _booking),
     Row("GET", "/api/notifications", _user_route()),
     Row("POST", "/api/notifications/{id}/read", PERSONAL, _notification),
+    Row("POST", "/api/notifications/broadcast", {**ADMIN_ONLY, "admin": 202}, body={"message": "matrix"}),
     # Public on purpose: the auth entry points, health, metrics (nginx keeps /metrics internal), the socket
     # handshake (authenticated inside, see the WebSocket matrix below).
     Row(

@@ -6,6 +6,7 @@ here travelled A → Redis pub/sub → B.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -18,9 +19,10 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from server.events import EventBus, make_event
-from tests.processes import BOOKING, ROOT, WebProcess, start_web, stop
-from tests.support import unique_email
+from server.events import RESYNC_MESSAGE, EventBus, make_event
+from tests.private_redis import PrivateRedis
+from tests.processes import BOOKING, ROOT, WebProcess, output, start_web, stop
+from tests.support import unique_email, wait_for
 from tests.ws_support import ask, booking_data, close_code, events_until_pong, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -239,6 +241,40 @@ async def test_a_broadcast_reaches_sockets_on_every_process(pair: Pair, http: ai
         await ws.close()
 
 
+async def test_an_admin_broadcast_over_rest_reaches_every_socket_on_both_processes(
+    pair: Pair, http: aiohttp.ClientSession
+) -> None:
+    """Issue 4: POST /api/notifications/broadcast on A; every user's sockets on A and on B get it once."""
+    admin = await login_admin(http, pair)
+    alice, bob = await register(http, pair.a), await register(http, pair.b)
+    sockets = [
+        await http.ws_connect(pair.ws_url(pair.a, alice["accessToken"])),
+        await http.ws_connect(pair.ws_url(pair.b, alice["accessToken"])),
+        await http.ws_connect(pair.ws_url(pair.b, bob["accessToken"])),
+        await http.ws_connect(pair.ws_url(pair.b, admin["accessToken"])),
+    ]
+    for ws in sockets:
+        await ask(ws, "ping")
+    url = f"{pair.a.base_url}/api/notifications/broadcast"
+    async with http.post(url, json={"message": "plain user"}, headers=bearer(alice)) as resp:
+        assert resp.status == 403
+    async with http.post(url, json={"message": "x" * 1001}, headers=bearer(admin)) as resp:
+        assert resp.status == 400
+        assert resp.content_type == "application/problem+json"
+    body = {"message": "Maintenance at 18:00 UTC", "data": {"window": "18:00-18:15"}}
+    started = time.monotonic()
+    async with http.post(url, json=body, headers=bearer(admin)) as resp:
+        assert resp.status == 202, await resp.text()
+        sent = await resp.json()
+    for ws in sockets:
+        frame = await next_frame(ws)
+        assert frame == sent
+    print(f"\nbroadcast: 202 to the last socket's frame in {time.monotonic() - started:.3f}s")  # noqa: T201
+    for ws in sockets:
+        assert await events_until_pong(ws) == []  # once, and nothing from the refused calls
+        await ws.close()
+
+
 async def test_sigterm_closes_open_sockets_with_1001(
     database_url: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
@@ -257,3 +293,65 @@ async def test_sigterm_closes_open_sockets_with_1001(
     finally:
         exits = stop(procs)
     assert exits[0].code == 0, exits[0].output
+
+
+def _listeners(redis_url: str, channel: str) -> int:
+    client = SyncRedis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SHUTDOWN NOSAVE"])
+async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
+    database_url: str, private_redis: PrivateRedis, http: aiohttp.ClientSession, how: str
+) -> None:
+    """Issue 4: Redis dies (SIGKILL, or SHUTDOWN NOSAVE) and comes back empty on the same port; with no
+    process restarted, a mutation on A reaches the socket on B again. The socket stays open throughout
+    and is told, once B listens again, that events may have been missed (a resync notice) before new
+    events."""
+    prefix = f"e2e{uuid.uuid4().hex[:10]}:"
+    channel = f"{prefix}events"
+    procs = start_web(2, _env(database_url, private_redis.url, prefix))
+    try:
+        a, b = procs
+        _wait_for_listeners(private_redis.url, channel, 2)
+        user = await register(http, a)
+        ws = await http.ws_connect(b.base_url.replace("http://", "ws://") + "/ws/", headers=bearer(user))
+        await ask(ws, "ping")
+
+        private_redis.stop() if how == "SIGKILL" else private_redis.shutdown()
+        down_at = time.monotonic()
+        await asyncio.sleep(1.0)  # an outage both listeners notice, not a blip inside one retry
+        private_redis.start()
+        up_at = time.monotonic()
+
+        async def both_listening() -> bool:
+            return await asyncio.to_thread(_listeners, private_redis.url, channel) >= 2
+
+        await wait_for(both_listening, timeout=15, what="both web processes subscribed again")
+        resubscribed = time.monotonic() - up_at
+        async with http.post(f"{a.base_url}/api/booking", json=booking_data(), headers=bearer(user)) as resp:
+            assert resp.status == 201, (await resp.text(), output(a.process))
+            booking_id = (await resp.json())["id"]
+        frames = []
+        while not any(f["event"] == "booking.created" for f in frames):
+            frames.append(await next_frame(ws, timeout=5))
+        delivered = time.monotonic() - up_at
+        assert frames[0] == {
+            "event": "system.notification",
+            "data": {"message": RESYNC_MESSAGE, "data": {"reason": "resync"}},
+            "timestamp": frames[0]["timestamp"],
+        }
+        assert [(f["event"], f["data"].get("id")) for f in frames[1:]] == [("booking.created", booking_id)]
+        assert not ws.closed
+        assert (await ask(ws, "ping", id="after"))["event"] == "pong"
+        print(  # noqa: T201
+            f"\n{how}: Redis down {up_at - down_at:.2f}s; both listeners back {resubscribed:.2f}s after it "
+            f"restarted; first event on B {delivered:.2f}s after; frames on B: {[f['event'] for f in frames]}"
+        )
+        await ws.close()
+    finally:
+        exits = stop(procs)
+    assert all(e.code == 0 for e in exits), [(e.base_url, e.code, e.output) for e in exits]

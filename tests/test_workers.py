@@ -1,0 +1,36 @@
+"""The worker's and scheduler's bounded shutdown (no I/O; the processes are tested in
+tests/test_reminders_e2e.py, SIGTERM with exit code 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from server.workers import finish
+
+
+async def test_a_failing_or_hanging_shutdown_step_is_logged_never_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    async def fails() -> None:
+        ran.append("fails")
+        raise ConnectionError("Redis is gone")
+
+    async def closes() -> None:
+        ran.append("closes")
+
+    async def hangs() -> None:
+        ran.append("hangs")
+        await asyncio.Event().wait()
+
+    started = time.monotonic()
+    await finish([fails, closes, hangs, closes], grace=0.2, what="worker")
+    assert time.monotonic() - started < 1.0
+    assert ran == ["fails", "closes", "hangs"]  # a failure does not skip the next step; the grace ends it
+    messages = [r.getMessage() for r in caplog.records]
+    assert "worker: a shutdown step failed" in messages
+    assert "worker: shutdown did not finish within 0.2s; exiting anyway" in messages
