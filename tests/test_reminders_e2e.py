@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,13 +26,13 @@ from storage import reminders as store
 from storage.db import Database
 from storage.users import get_user
 from tests.conftest import Client, Registrar, auth
+from tests.faults import REDIS_SERVER, PrivateRedis
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 BIN = Path(sys.executable).parent / "booking"
 LATENESS: list[float] = []
-REDIS_SERVER = shutil.which("redis-server")
 
 
 class Proc:
@@ -312,49 +310,6 @@ def report_lateness() -> Iterator[None]:
             f"\nreminder lateness over {len(ordered)}: min {ordered[0]:.3f}s, "
             f"median {ordered[len(ordered) // 2]:.3f}s, max {ordered[-1]:.3f}s"
         )
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, so it can really be stopped, restarted and flushed."""
-
-    def __init__(self, tmp: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = tmp
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.popen = subprocess.Popen(
-            [
-                str(REDIS_SERVER),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise AssertionError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
 
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason="needs a redis-server binary")
