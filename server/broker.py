@@ -28,6 +28,7 @@ from taskiq.exceptions import ScheduledTaskCancelledError
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource, RedisStreamBroker
 
+from server.redisgate import retry_once
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def _connection_kwargs(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": settings.db_timeout,
         "socket_timeout": settings.db_timeout,
         "timeout": settings.db_timeout,
+        **retry_once(),  # the first command after a Redis restart must not fail on a dead connection
     }
 
 

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from actors.base import Event, Registry
 from handlers.json import dumps, iso
+from server.redisgate import RedisDown, RedisGate
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,18 @@ def make_event(name: str, data: dict[str, Any]) -> Event:
 
 
 class EventBus:
-    def __init__(self, redis: Redis, *, prefix: str, registry: Registry[uuid.UUID] | None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        registry: Registry[uuid.UUID] | None,
+        gate: RedisGate | None = None,
+    ) -> None:
+        """`gate`: a web process publishes on the request path, so within REDIS_TIMEOUT and not at all
+        while Redis is known to be down (server/redisgate.py). Workers publish without one."""
         self._redis = redis
+        self._gate = gate
         self.channel = f"{prefix}events"
         self._registry = registry
         self.origin = uuid.uuid4().hex
@@ -57,11 +68,9 @@ class EventBus:
     async def signal(self, name: str, data: str) -> None:
         """A process-to-process notice (not for sockets), e.g. "user-changed" with the user's id."""
         try:
-            await self._redis.publish(
-                self.channel, dumps({"origin": self.origin, "signal": name, "data": data})
-            )
-        except (RedisError, OSError) as exc:
-            log.warning("signal %s not published (%s)", name, type(exc).__name__)
+            await self._send(dumps({"origin": self.origin, "signal": name, "data": data}))
+        except (RedisError, OSError, RedisDown) as exc:
+            log.warning("signal %s not published (%s)", name, exc)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.listen(), name="event-bus-listener")
@@ -91,12 +100,20 @@ class EventBus:
     async def _publish(self, target: str, event: Event) -> None:
         payload = dumps({"origin": self.origin, "user": target, "event": event})
         try:
-            await self._redis.publish(self.channel, payload)
+            await self._send(payload)
+        except RedisDown as exc:  # the gate has already said Redis is down, once
+            log.info("event not published (%s); remote sockets miss %s", exc, event["event"])
         except (RedisError, OSError) as exc:
             # The change is committed and local sockets have it; remote sockets miss this one event.
             log.warning(
                 "event publish failed (%s); remote sockets miss %s", type(exc).__name__, event["event"]
             )
+
+    async def _send(self, payload: str) -> None:
+        if self._gate is None:
+            await self._redis.publish(self.channel, payload)
+        else:
+            await self._gate.call(lambda: self._redis.publish(self.channel, payload), "event publish")
 
     def _dispatch(self, raw: bytes | str) -> None:
         try:
@@ -138,6 +155,8 @@ class EventBus:
         try:
             await pubsub.subscribe(self.channel)
             self.connected.set()
+            if self._gate is not None:
+                self._gate.answered()
             if self._subscribed_before:
                 for callback in self._on_reconnect:
                     callback()

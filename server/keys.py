@@ -15,6 +15,7 @@ from actors.reminders import NotificationService
 from server.events import EventBus
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
+from server.redisgate import RedisGate
 from server.settings import Settings
 from storage.db import Database
 from storage.users import User
@@ -22,6 +23,7 @@ from storage.users import User
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
 REDIS = web.AppKey("redis", Redis)
+REDIS_GATE = web.AppKey("redis_gate", RedisGate)  # every request-path Redis call goes through it
 AUTH = web.AppKey("auth", AuthService)
 LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS = web.AppKey("metrics", Metrics)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from storage import migrate
@@ -25,13 +26,14 @@ from tests.faults import (
     PrivatePostgres,
     PrivateRedis,
     call,
+    listeners,
     private_postgres,
     register,
     web_env,
 )
 from tests.processes import WebProcess, start_web, stop
 from tests.support import wait_for
-from tests.ws_support import ask, booking_data
+from tests.ws_support import ask, booking_data, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -189,3 +191,151 @@ async def test_postgres_hanging_health_answers_within_a_second_and_names_it(
         return (await call(http, "GET", f"{web.base_url}/health")).status == 200
 
     await wait_for(healthy, timeout=15, interval=0.1, what="/health 200 after PostgreSQL resumed")
+
+
+# --- Redis -----------------------------------------------------------------------------------------------
+
+
+async def _row_exists(database_url: str, booking_id: str) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) FROM bookings WHERE id = $1", uuid.UUID(booking_id)))
+    finally:
+        await conn.close()
+
+
+async def _frame_for(
+    socket: aiohttp.ClientWebSocketResponse, event: str, booking_id: str, *, timeout: float = 5.0
+) -> bool:
+    """Read pushed frames until `event` for `booking_id` (others may come first); False at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            frame = await next_frame(socket, timeout=left)
+        except TimeoutError:
+            return False
+        if frame.get("event") == event and frame.get("data", {}).get("id") == booking_id:
+            return True
+    return False
+
+
+@needs_redis_server
+async def test_redis_down_bookings_commit_promptly_and_events_cross_again_once_it_is_back(
+    database_url: str,
+    private_redis: PrivateRedis,
+    http: aiohttp.ClientSession,
+    web_procs: list[list[WebProcess]],
+) -> None:
+    prefix = f"fault{uuid.uuid4().hex[:8]}:"
+    env = web_env(database_url, private_redis.url, prefix, AUTH_RATE_LIMIT_PER_EMAIL="5")
+    a, b = start_web(2, env)
+    web_procs.append([a, b])
+    channel = f"{prefix}events"
+    await wait_for(lambda: _async(listeners(private_redis.url, channel) == 2), timeout=15, what="2 listeners")
+    session = await register(http, a.base_url)
+    token = session["accessToken"]
+    on_b = await http.ws_connect(ws_url(b, token))
+    await ask(on_b, "ping")
+
+    private_redis.stop()
+    for n in range(3):  # the first pays for finding Redis gone; the rest skip it
+        created = await call(http, "POST", f"{a.base_url}/api/booking", token=token, json=slot())
+        report(f"Redis stopped, create #{n + 1}", created)
+        assert created.status == 201, created
+        assert created.seconds < PROMPT
+        assert await _row_exists(database_url, created.body["id"])
+    listed = await call(http, "GET", f"{a.base_url}/api/booking", token=token)
+    assert listed.status == 200, listed
+    login = {"email": session["user"]["email"], "password": PASSWORD}
+    logged_in = await call(http, "POST", f"{a.base_url}/api/auth/login", json=login)
+    report("Redis stopped, login", logged_in)
+    assert logged_in.status == 200, logged_in
+    # Login limits fall back to a per-process count: brute force is still refused.
+    wrong = {"email": session["user"]["email"], "password": "wrong password!"}
+    statuses = [
+        (await call(http, "POST", f"{a.base_url}/api/auth/login", json=wrong)).status for _ in range(6)
+    ]
+    assert statuses[-1] == 429, statuses
+    assert 500 not in statuses and 503 not in statuses, statuses
+    health = await call(http, "GET", f"{a.base_url}/health")
+    assert health.status == 503
+    assert health.body["checks"]["database"] == "ok"
+    assert health.body["checks"]["redis"] != "ok"
+    # Sockets stay open and still get the events of their own process (B's actor delivers them).
+    assert (await ask(on_b, "ping", id="still-open"))["event"] == "pong"
+    local = await call(http, "POST", f"{b.base_url}/api/booking", token=token, json=slot())
+    assert local.status == 201, local
+    assert await _frame_for(on_b, "booking.created", local.body["id"])
+
+    private_redis.start()  # empty, like a restarted Redis without persistence
+    started = time.monotonic()
+    await wait_for(
+        lambda: _async(listeners(private_redis.url, channel) == 2),
+        timeout=10,
+        what="both event-bus listeners to subscribe again",
+    )
+    print(f"Redis back: both listeners subscribed after {time.monotonic() - started:.2f}s")  # noqa: T201
+    # A's listener subscribing again tells A's gate Redis is back: the very next event crosses.
+    crossed = await call(http, "POST", f"{a.base_url}/api/booking", token=token, json=slot())
+    assert crossed.status == 201, crossed
+    assert await _frame_for(on_b, "booking.created", crossed.body["id"])
+    await on_b.close()
+
+
+@needs_redis_server
+async def test_redis_hanging_does_not_hang_requests(
+    database_url: str,
+    private_redis: PrivateRedis,
+    http: aiohttp.ClientSession,
+    web_procs: list[list[WebProcess]],
+) -> None:
+    """Redis frozen (SIGSTOP): connects complete, nothing answers. Requests must not wait for it."""
+    prefix = f"fault{uuid.uuid4().hex[:8]}:"
+    a, b = start_web(2, web_env(database_url, private_redis.url, prefix))
+    web_procs.append([a, b])
+    channel = f"{prefix}events"
+    await wait_for(lambda: _async(listeners(private_redis.url, channel) == 2), timeout=15, what="2 listeners")
+    session = await register(http, a.base_url)
+    token = session["accessToken"]
+    on_b = await http.ws_connect(ws_url(b, token))
+    await ask(on_b, "ping")
+
+    private_redis.hang()
+    try:
+        for n in range(3):
+            created = await call(http, "POST", f"{a.base_url}/api/booking", token=token, json=slot())
+            report(f"Redis hung, create #{n + 1}", created)
+            assert created.status == 201, created
+            assert created.seconds < PROMPT
+            assert await _row_exists(database_url, created.body["id"])
+        login = {"email": session["user"]["email"], "password": PASSWORD}
+        logged_in = await call(http, "POST", f"{b.base_url}/api/auth/login", json=login)
+        report("Redis hung, login", logged_in)
+        assert logged_in.status == 200, logged_in
+        assert logged_in.seconds < PROMPT
+        health = await call(http, "GET", f"{a.base_url}/health")
+        report("Redis hung, /health", health)
+        assert health.status == 503
+        assert health.body["checks"] == {"database": "ok", "redis": "timeout"}
+        assert health.seconds < PROMPT
+        pong = await ask(on_b, "ping", id="still-open")
+        assert pong["event"] == "pong"
+    finally:
+        private_redis.resume()
+
+    # A frozen-then-thawed Redis never dropped the subscriptions; A's gate closes at its next probe
+    # (at most REDIS_SKIP_SECONDS after the last failure), so an event may still be skipped until then.
+    resumed = time.monotonic()
+
+    async def crosses() -> bool:
+        created = await call(http, "POST", f"{a.base_url}/api/booking", token=token, json=slot())
+        assert created.status == 201, created
+        return await _frame_for(on_b, "booking.created", created.body["id"], timeout=1.0)
+
+    await wait_for(crosses, timeout=20, interval=0.1, what="an event from A to reach B again")
+    print(f"Redis thawed: events cross again after {time.monotonic() - resumed:.2f}s")  # noqa: T201
+    await on_b.close()
+
+
+async def _async(value: bool) -> bool:
+    return value

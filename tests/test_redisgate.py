@@ -1,0 +1,147 @@
+"""The request-path Redis gate and the rate limiter's behaviour while Redis is down (docs/FAULTS.md).
+
+Unit tests with a fake clock, and one against a real address that refuses connections. The end-to-end
+proof with real processes and a real stopped or frozen redis-server is tests/test_faults_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from actors.errors import RateLimited
+from server.ratelimit import LocalWindows, RateLimiter
+from server.redisgate import RedisDown, RedisGate
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Calls:
+    """A stand-in Redis command that fails or answers as told, counting how often it was made."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.fail = False
+        self.hang = False
+
+    async def __call__(self) -> str:
+        self.made += 1
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.fail:
+            raise RedisConnectionError("refused")
+        return "ok"
+
+
+async def test_a_failure_opens_the_gate_for_the_pause_then_one_call_probes() -> None:
+    clock, command = Clock(), Calls()
+    gate = RedisGate(timeout=0.5, pause=1.0, clock=clock)
+    assert await gate.call(command, "x") == "ok"
+    command.fail = True
+    with pytest.raises(RedisDown):
+        await gate.call(command, "x")
+    assert gate.down
+    for _ in range(5):  # skipped without a call while the pause lasts
+        with pytest.raises(RedisDown):
+            await gate.call(command, "x")
+    assert (command.made, gate.skipped) == (2, 5)
+    clock.now += 1.0
+    command.fail = False
+    assert await gate.call(command, "x") == "ok"  # the probe answers: the gate closes
+    assert not gate.down
+    assert command.made == 3
+
+
+async def test_while_a_probe_is_in_flight_other_calls_skip() -> None:
+    clock, command = Clock(), Calls()
+    gate = RedisGate(timeout=5.0, pause=1.0, clock=clock)
+    command.fail = True
+    with pytest.raises(RedisDown):
+        await gate.call(command, "x")
+    clock.now += 1.0
+    command.fail, command.hang = False, True
+    probe = asyncio.create_task(gate.call(command, "x"))
+    await asyncio.sleep(0)
+    with pytest.raises(RedisDown):
+        await gate.call(command, "x")
+    assert command.made == 2  # the probe only
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+
+
+async def test_a_hanging_call_is_cut_at_the_timeout_and_opens_the_gate() -> None:
+    command = Calls()
+    command.hang = True
+    gate = RedisGate(timeout=0.05, pause=1.0)
+    started = time.monotonic()
+    with pytest.raises(RedisDown):
+        await gate.call(command, "x")
+    assert time.monotonic() - started < 1.0
+    assert gate.down
+
+
+async def test_answered_closes_the_gate_before_the_pause_ends() -> None:
+    clock, command = Clock(), Calls()
+    gate = RedisGate(timeout=0.5, pause=10.0, clock=clock)
+    command.fail = True
+    with pytest.raises(RedisDown):
+        await gate.call(command, "x")
+    command.fail = False
+    gate.answered()  # e.g. the event listener subscribed again
+    assert await gate.call(command, "x") == "ok"
+
+
+def test_local_windows_count_per_key_and_reopen_after_the_window() -> None:
+    clock = Clock()
+    windows = LocalWindows(clock=clock)
+    assert windows.hit("a", 60) == (1, 60_000)
+    clock.now += 10
+    assert windows.hit("a", 60) == (2, 50_000)
+    assert windows.hit("b", 60)[0] == 1
+    clock.now += 50
+    assert windows.hit("a", 60)[0] == 1
+
+
+def test_local_windows_stay_bounded_under_a_flood_of_keys() -> None:
+    clock = Clock()
+    windows = LocalWindows(max_keys=100, clock=clock)
+    for n in range(1000):
+        windows.hit(f"k{n}", 60)
+    assert len(windows) <= 100
+
+
+@pytest.fixture
+async def dead_redis() -> Any:
+    """A Redis client for an address nothing listens on: every call is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    yield client
+    await client.aclose()
+
+
+async def test_with_redis_down_the_api_limit_fails_open_and_login_limits_count_locally(
+    dead_redis: Redis,
+) -> None:
+    limiter = RateLimiter(dead_redis, prefix="t:", gate=RedisGate(timeout=0.5, pause=1.0))
+    for _ in range(10):  # never a 503 and never a 429: the per-user API limit lets calls through
+        await limiter.hit("api-user", "u1", limit=2, window=60, when_down="open")
+    for _ in range(3):
+        await limiter.hit("login-email", "a@example.com", limit=3, window=60, when_down="local")
+    with pytest.raises(RateLimited) as refused:
+        await limiter.hit("login-email", "a@example.com", limit=3, window=60, when_down="local")
+    assert 59 <= refused.value.retry_after <= 60
+    await limiter.hit("login-email", "b@example.com", limit=3, window=60, when_down="local")
