@@ -7,9 +7,11 @@ Measured figures are printed (run with `-s` to see them) and recorded in docs/FA
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,9 @@ from tests.faults import (
     register,
     web_env,
 )
-from tests.processes import WebProcess, start_web, stop
+from tests.processes import WebProcess, output, start_web, stop
 from tests.support import wait_for
-from tests.ws_support import ask, booking_data, next_frame
+from tests.ws_support import ask, booking_data, close_code, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -339,3 +341,87 @@ async def test_redis_hanging_does_not_hang_requests(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+# --- SIGTERM during load ---------------------------------------------------------------------------------
+
+
+async def test_sigterm_under_load_finishes_in_flight_requests_and_loses_nothing(
+    database_url: str, redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """16 clients create bookings (each with a unique title and Idempotency-Key) on one real process;
+    SIGTERM lands mid-load. Every 201 is in PostgreSQL, nothing is stored that was not acknowledged,
+    every 201 the server logged reached its client, the socket is closed 1001, the exit is 0."""
+    prefix = f"fault{uuid.uuid4().hex[:8]}:"
+    procs = start_web(1, web_env(database_url, redis_url, prefix, LOG_LEVEL="INFO"))
+    (web,) = procs
+    try:
+        users = [await register(http, web.base_url) for _ in range(16)]
+        socket = await http.ws_connect(ws_url(web, users[0]["accessToken"]))
+        await ask(socket, "ping")
+        run = uuid.uuid4().hex[:8]
+        outcomes: dict[str, tuple[int | str, float, float]] = {}  # title -> (status | error, sent, done)
+        acked = 0
+
+        async def client(n: int, user: dict[str, Any]) -> None:
+            nonlocal acked
+            # A session per client, as separate callers would have; keep-alive on, like real clients.
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as own:
+                for i in itertools.count():
+                    title = f"sigterm {run} {n} {i}"
+                    body = booking_data(hours=24 + i, title=title)
+                    key = {"Idempotency-Key": f"{run}-{n}-{i}"}
+                    sent = time.monotonic()
+                    try:
+                        answer = await call(
+                            own,
+                            "POST",
+                            f"{web.base_url}/api/booking",
+                            token=user["accessToken"],
+                            json=body,
+                            headers=key,
+                        )
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        outcomes[title] = (type(exc).__name__, sent, time.monotonic())
+                        return  # the server is gone for this client
+                    outcomes[title] = (answer.status, sent, time.monotonic())
+                    if answer.status == 201:
+                        acked += 1
+                    elif web.process.poll() is not None:
+                        return
+
+        clients = [asyncio.create_task(client(n, u)) for n, u in enumerate(users)]
+        await wait_for(lambda: _async(acked >= 60), timeout=30, what="60 creates acknowledged")
+        signalled = time.monotonic()
+        web.process.terminate()
+        code = await close_code(socket, timeout=10)
+        await asyncio.wait_for(asyncio.gather(*clients), timeout=30)
+        exit_code = await asyncio.to_thread(web.process.wait, 15)
+        exited = time.monotonic() - signalled
+        log = output(web.process, limit=10**8)
+    finally:
+        exits = stop(procs)
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        found = await conn.fetch("SELECT title FROM bookings WHERE title LIKE $1", f"sigterm {run} %")
+    finally:
+        await conn.close()
+    rows = {r["title"] for r in found}
+    ok = {title for title, (status, _, _) in outcomes.items() if status == 201}
+    other = {title: status for title, (status, _, _) in outcomes.items() if status != 201}
+    in_flight = [status for status, sent, done in outcomes.values() if sent < signalled < done]
+    logged_201 = sum(1 for line in log.splitlines() if "POST /api/booking 201" in line)
+    print(  # noqa: T201
+        f"SIGTERM under load: {len(ok)} acknowledged ({logged_201} logged 201 by the server); "
+        f"{len(in_flight)} in flight at the signal -> {dict(Counter(map(str, in_flight)))}; "
+        f"not acknowledged: {dict(Counter(map(str, other.values())))}; socket closed {code}; "
+        f"exit {exit_code} after {exited:.2f}s"
+    )
+    assert exit_code == 0, exits[0].output
+    assert exited < 12, exits[0].output  # run_app's shutdown_timeout is 10 s
+    assert code == 1001
+    assert ok <= rows, f"acknowledged but not stored: {sorted(ok - rows)}"
+    assert rows <= ok, f"stored without a 2xx: {[(t, other.get(t)) for t in rows - ok]}"
+    assert logged_201 == len(ok), "a 201 the server sent never reached its client"
+    assert not [s for s in other.values() if isinstance(s, int) and s >= 500 and s != 503], other
