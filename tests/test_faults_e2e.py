@@ -263,8 +263,11 @@ async def test_redis_down_bookings_commit_promptly_and_events_cross_again_once_i
     assert health.status == 503
     assert health.body["checks"]["database"] == "ok"
     assert health.body["checks"]["redis"] != "ok"
-    # Sockets stay open and still get the events of their own process (B's actor delivers them).
+    # Sockets stay open, their metered commands pass the (open) per-user limit, and they still get the
+    # events of their own process (B's actor delivers them).
     assert (await ask(on_b, "ping", id="still-open"))["event"] == "pong"
+    by_socket = await ask(on_b, "create-booking", slot(), id="while-down")
+    assert by_socket["event"] == "create-booking", by_socket
     local = await call(http, "POST", f"{b.base_url}/api/booking", token=token, json=slot())
     assert local.status == 201, local
     assert await _frame_for(on_b, "booking.created", local.body["id"])
