@@ -40,7 +40,8 @@ def retry_once() -> dict[str, Any]:
     pool is dead, and the first command on each failed (seen here: the first rate-limit hit after the
     restart tripped the gate and the next second of events was skipped). A Redis that is really down
     refuses the retry at once; the gate's timeout still bounds the whole call."""
-    return {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
+    # Connection errors only: retrying a timeout would double the wait on a frozen Redis.
+    return {"retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
 
 
 class RedisDown(Exception):

@@ -1,6 +1,7 @@
 """The request-path Redis gate and the rate limiter's behaviour while Redis is down (docs/FAULTS.md).
 
-Unit tests with a fake clock, and one against a real address that refuses connections. The end-to-end
+Unit tests with a fake clock, one against an address that refuses connections, one with a private
+redis-server. The end-to-end
 proof with real processes and a real stopped or frozen redis-server is tests/test_faults_e2e.py."""
 
 from __future__ import annotations
@@ -8,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.errors import RateLimited
 from server.ratelimit import LocalWindows, RateLimiter
-from server.redisgate import RedisDown, RedisGate
+from server.redisgate import RedisDown, RedisGate, retry_once
+from tests.faults import REDIS_SERVER, PrivateRedis
 
 
 class Clock:
@@ -145,3 +149,26 @@ async def test_with_redis_down_the_api_limit_fails_open_and_login_limits_count_l
         await limiter.hit("login-email", "a@example.com", limit=3, window=60, when_down="local")
     assert 59 <= refused.value.retry_after <= 60
     await limiter.hit("login-email", "b@example.com", limit=3, window=60, when_down="local")
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="needs a redis-server binary")
+async def test_clients_survive_a_redis_restart_and_do_not_retry_a_timeout(tmp_path: Path) -> None:
+    """retry_once(): the first command after a restart succeeds on a new connection (a dead pooled one
+    failed it before), and a frozen Redis costs one timeout, not two."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    client = Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3, **retry_once())
+    try:
+        await asyncio.gather(*(client.ping() for _ in range(3)))  # three pooled connections
+        server.stop()
+        server.start()
+        for _ in range(3):
+            assert await client.ping()
+        server.hang()
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await client.ping()
+        assert time.monotonic() - started < 0.55
+    finally:
+        server.stop()
+        await client.aclose()
