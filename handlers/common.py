@@ -30,7 +30,11 @@ async def require_user(request: web.Request) -> User:
     user = await request.app[AUTH].authenticate(token)
     settings = request.app[SETTINGS]
     await request.app[LIMITER].hit(
-        "api-user", str(user.id), limit=settings.api_rate_per_user, window=settings.api_rate_window
+        "api-user",
+        str(user.id),
+        limit=settings.api_rate_per_user,
+        window=settings.api_rate_window,
+        when_down="open",  # capacity protection; Redis down must not take the API down (docs/FAULTS.md)
     )
     request[CURRENT_USER] = user
     return user

@@ -264,7 +264,11 @@ class Connection:
         must not mean more database work."""
         settings = self._settings
         await self._app[LIMITER].hit(
-            "api-user", str(self.user.id), limit=settings.api_rate_per_user, window=settings.api_rate_window
+            "api-user",
+            str(self.user.id),
+            limit=settings.api_rate_per_user,
+            window=settings.api_rate_window,
+            when_down="open",  # as REST (handlers/common.py)
         )
 
     async def _write(self) -> None:

@@ -28,6 +28,7 @@ from server.keys import (
     METRICS,
     NOTIFICATIONS,
     REDIS,
+    REDIS_GATE,
     REGISTRY,
     SETTINGS,
 )
@@ -35,6 +36,7 @@ from server.metrics import Metrics
 from server.middlewares import body_rules, cors, request_context
 from server.openapi import setup_openapi
 from server.ratelimit import RateLimiter
+from server.redisgate import GatedSchedule, RedisGate
 from server.settings import Settings
 from storage.db import Database
 
@@ -53,6 +55,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[REDIS] = redisconf.connect(settings, health_check_interval=30)
+    app[REDIS_GATE] = RedisGate(timeout=settings.redis_timeout, pause=settings.redis_skip_seconds)
     yield
     await app[REDIS].aclose()
 
@@ -87,7 +90,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth_service(
         settings, app[DB], cache=UserCache(ttl=settings.auth_cache_seconds), announce=announce
     )
-    app[LIMITER] = RateLimiter(app[REDIS], prefix=settings.redis_prefix)
+    app[LIMITER] = RateLimiter(app[REDIS], prefix=settings.redis_prefix, gate=app[REDIS_GATE])
     if settings.admin_email and settings.admin_password:
         admin = await app[AUTH].ensure_admin(email=settings.admin_email, password=settings.admin_password)
         log.info("admin account ensured for user %s", admin.id)
@@ -107,7 +110,9 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
             default_reminder_minutes=settings.default_reminder_minutes,
         ),
         make_event=make_event,
-        reminders=Reminders(reminder_source, on_scheduled=app[METRICS].reminders_scheduled.inc),
+        reminders=Reminders(
+            GatedSchedule(reminder_source, app[REDIS_GATE]), on_scheduled=app[METRICS].reminders_scheduled.inc
+        ),
     )
     registry: Registry[uuid.UUID] = Registry(
         actor_factory(deps),
@@ -115,7 +120,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         idle_timeout=settings.actor_idle_seconds,
     )
     app[REGISTRY] = registry
-    app[BUS] = EventBus(app[REDIS], prefix=settings.redis_prefix, registry=registry)
+    app[BUS] = EventBus(app[REDIS], prefix=settings.redis_prefix, registry=registry, gate=app[REDIS_GATE])
     cache = app[AUTH].cache
     if cache is not None:
         app[BUS].on_signal(USER_CHANGED, lambda data: cache.drop(uuid.UUID(data)))

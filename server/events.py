@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from actors.base import Event, Registry
 from handlers.json import dumps, iso
+from server.redisgate import RedisDown, RedisGate
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,18 @@ def make_event(name: str, data: dict[str, Any]) -> Event:
 
 
 class EventBus:
-    def __init__(self, redis: Redis, *, prefix: str, registry: Registry[uuid.UUID] | None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        registry: Registry[uuid.UUID] | None,
+        gate: RedisGate | None = None,
+    ) -> None:
+        """`gate`: a web process publishes on the request path, so within REDIS_TIMEOUT and not at all
+        while Redis is known to be down (server/redisgate.py). Workers publish without one."""
         self._redis = redis
+        self._gate = gate
         self.channel = f"{prefix}events"
         self._registry = registry
         self.origin = uuid.uuid4().hex
@@ -67,11 +78,9 @@ class EventBus:
     async def signal(self, name: str, data: str) -> None:
         """A process-to-process notice (not for sockets), e.g. "user-changed" with the user's id."""
         try:
-            await self._redis.publish(
-                self.channel, dumps({"origin": self.origin, "signal": name, "data": data})
-            )
-        except (RedisError, OSError) as exc:
-            log.warning("signal %s not published (%s)", name, type(exc).__name__)
+            await self._send(dumps({"origin": self.origin, "signal": name, "data": data}))
+        except (RedisError, OSError, RedisDown) as exc:
+            log.warning("signal %s not published (%s)", name, exc)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.listen(), name="event-bus-listener")
@@ -112,7 +121,10 @@ class EventBus:
     async def _publish(self, target: str, event: Event) -> bool:
         payload = self._envelope(target, event)
         try:
-            await self._redis.publish(self.channel, payload)
+            await self._send(payload)
+        except RedisDown as exc:  # the gate has already said Redis is down, once
+            log.info("event not published (%s); remote sockets miss %s", exc, event["event"])
+            return False
         except (RedisError, OSError) as exc:
             # The change is committed and local sockets have it; remote sockets miss this one event.
             log.warning(
@@ -120,6 +132,12 @@ class EventBus:
             )
             return False
         return True
+
+    async def _send(self, payload: str) -> None:
+        if self._gate is None:
+            await self._redis.publish(self.channel, payload)
+        else:
+            await self._gate.call(lambda: self._redis.publish(self.channel, payload), "event publish")
 
     def _dispatch(self, raw: bytes | str) -> None:
         try:
@@ -194,6 +212,8 @@ class EventBus:
         """Subscribed (again): after the first time, events may have been missed."""
         self._subscriptions += 1
         self.connected.set()
+        if self._gate is not None:
+            self._gate.answered()  # Redis answers again: request-path calls stop skipping it at once
         if not self._subscribed_before:
             self._subscribed_before = True
             return

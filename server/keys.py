@@ -16,6 +16,7 @@ from actors.reminders import NotificationService
 from server.events import EventBus
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
+from server.redisgate import RedisGate
 from server.settings import Settings
 from storage.api_keys import ApiKey
 from storage.db import Database
@@ -24,6 +25,7 @@ from storage.users import User
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
 REDIS = web.AppKey("redis", Redis)
+REDIS_GATE = web.AppKey("redis_gate", RedisGate)  # every request-path Redis call goes through it
 AUTH = web.AppKey("auth", AuthService)
 API_KEYS = web.AppKey("api_keys", ApiKeyService)  # the job service only: /api/ takes no API keys
 LIMITER = web.AppKey("limiter", RateLimiter)

@@ -26,8 +26,13 @@ def client_options(settings: Settings) -> dict[str, Any]:
         # Without timeouts a Redis that hangs would hang a booking request.
         "socket_connect_timeout": settings.db_timeout,
         "socket_timeout": settings.db_timeout,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "retry": retry_once(),
     }
+
+
+def retry_once() -> Retry:
+    """One retry, at once, on a dropped connection only (a retried timeout would double the wait)."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 def connect(settings: Settings, **extra: Any) -> Redis:

@@ -51,6 +51,9 @@ class Settings:
     db_pool_size: int = 10
     db_timeout: float = 5.0
     health_timeout: float = 0.4
+    # Request-path Redis calls (rate limits, event publish, reminder schedule): server/redisgate.py.
+    redis_timeout: float = 0.5
+    redis_skip_seconds: float = 1.0
     trust_proxy: bool = False
     admin_email: str | None = None
     admin_password: str | None = field(default=None, repr=False)
@@ -215,6 +218,8 @@ def _build(env: Mapping[str, str]) -> Settings:
         db_pool_size=_int(env, "DB_POOL_SIZE", 10, low=1, high=500),
         db_timeout=_float(env, "DB_TIMEOUT", 5.0),
         health_timeout=_float(env, "HEALTH_CHECK_TIMEOUT", 0.4),
+        redis_timeout=_float(env, "REDIS_TIMEOUT", 0.5),
+        redis_skip_seconds=_float(env, "REDIS_SKIP_SECONDS", 1.0, zero=True),
         trust_proxy=_bool(env, "TRUST_PROXY", False),
         admin_email=env.get("ADMIN_EMAIL") or None,
         admin_password=env.get("ADMIN_PASSWORD") or None,

@@ -7,6 +7,7 @@ these (the `private_redis` fixture in conftest.py, skipped where no `redis-serve
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -57,8 +58,18 @@ class PrivateRedis:
     def stop(self) -> None:
         """SIGKILL: the abrupt loss a crash or an OOM kill causes (no goodbye to clients)."""
         if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGCONT)  # a hung server must die too
             self.popen.kill()
             self.popen.wait(5)
+
+    def hang(self) -> None:
+        """SIGSTOP: connects still complete (the kernel's backlog) but nothing is ever answered."""
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGCONT)
 
     def shutdown(self) -> None:
         """SHUTDOWN NOSAVE: an operator's stop (the server closes every client connection, saves nothing)."""
