@@ -103,13 +103,16 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
             return await reminder_store.count_pending(conn)
 
     # Every probe finishes before an error propagates: none outlives the request (or the app's engine).
-    results = await asyncio.gather(
-        jobstats.read(redis, prefix=settings.redis_prefix),
-        jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
-        pending_rows(),
-        jobstats.count_keys(redis, f"{settings.redis_prefix}schedule:data:{schedule_id('*')}"),
-        return_exceptions=True,
-    )
+    # The SCAN behind `scheduled.redis` is many round trips: the whole answer is bounded by DB_TIMEOUT
+    # (a frozen or huge Redis gives 503, never a request that hangs).
+    async with asyncio.timeout(settings.db_timeout):
+        results = await asyncio.gather(
+            jobstats.read(redis, prefix=settings.redis_prefix),
+            jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
+            pending_rows(),
+            jobstats.count_keys(redis, f"{settings.redis_prefix}schedule:data:{schedule_id('*')}"),
+            return_exceptions=True,
+        )
     for result in results:
         if isinstance(result, BaseException):
             raise result
@@ -227,9 +230,10 @@ async def jobs_metrics(request: web.Request) -> web.Response:
 async def queue_stats(request: web.Request) -> web.Response:
     await require_admin(request)
     settings = request.app[SETTINGS]
-    stats = await jobstats.queue_stats(
-        request.app[REDIS], stream=stream_name(settings), group=group_name(settings)
-    )
+    async with asyncio.timeout(settings.db_timeout):  # a frozen Redis: 503 after DB_TIMEOUT, not a hang
+        stats = await jobstats.queue_stats(
+            request.app[REDIS], stream=stream_name(settings), group=group_name(settings)
+        )
     return json_response(stats)
 
 

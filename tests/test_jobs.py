@@ -5,7 +5,9 @@ deliveries made through the real task function."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -28,6 +30,7 @@ from server.tasks import deliver_reminder
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
+from tests.private_redis import PrivateRedis
 from tests.test_reminders import create
 
 ENDPOINTS = [
@@ -134,6 +137,22 @@ async def test_health_degrades_to_503_when_redis_is_dead(make_jobs: MakeJobs, ad
     assert body["status"] == "degraded"
     # The rest of the service says so as problem+json, never 500.
     assert is_problem(await dead.get("/jobs/metrics", headers=auth(admin)), 503)
+
+
+async def test_a_frozen_redis_gives_503_within_the_timeout_not_a_hang(
+    make_jobs: MakeJobs, admin: dict[str, Any], private_redis: PrivateRedis
+) -> None:
+    jobs = await make_jobs(redis_url=private_redis.url, db_timeout=0.5)
+    assert (await jobs.get("/jobs/queue/stats", headers=auth(admin))).status == 200
+    private_redis.hang()
+    try:
+        for path in ("/jobs/metrics", "/jobs/queue/stats"):
+            started = time.monotonic()
+            resp = await asyncio.wait_for(jobs.get(path, headers=auth(admin)), 10)
+            assert is_problem(resp, 503), (path, resp.status)
+            print(f"{path} with Redis frozen: 503 in {time.monotonic() - started:.2f}s")  # noqa: T201
+    finally:
+        private_redis.resume()
 
 
 async def test_cleanup_purges_only_what_is_old(
