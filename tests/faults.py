@@ -21,8 +21,6 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import psutil
-from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
 
 from tests.support import unique_email
 
@@ -146,20 +144,6 @@ def rss_mib(pid: int) -> float:
 # --- talking to real web processes ---------------------------------------------------------------------
 
 
-def web_env(database_url: str, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    """A `booking serve` environment with limits out of the way (tests that want a limit set it)."""
-    return {
-        "NODE_ENV": "test",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix,
-        "AUTH_RATE_LIMIT_PER_IP": "100000",
-        "AUTH_RATE_LIMIT_PER_EMAIL": "100000",
-        "API_RATE_LIMIT_PER_USER": "100000",
-        **extra,
-    }
-
-
 class Answer(NamedTuple):
     status: int
     body: Any
@@ -188,14 +172,3 @@ async def register(http: aiohttp.ClientSession, base_url: str, email: str | None
     assert answer.status == 201, answer
     session: dict[str, Any] = answer.body
     return session
-
-
-def listeners(redis_url: str, channel: str) -> int:
-    """How many processes' event-bus listeners are subscribed to `channel` (0 when Redis is down)."""
-    client = SyncRedis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
-    except RedisError:
-        return 0
-    finally:
-        client.close()

@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from redis import Redis as SyncRedis
+from redis.exceptions import RedisError
+
 ROOT = Path(__file__).resolve().parent.parent
 BOOKING = ROOT / ".venv" / "bin" / "booking"
 
@@ -132,3 +135,36 @@ def stop(procs: list[WebProcess], *, timeout: float = 15.0) -> list[Exit]:
             log.close()
             Path(log.name).unlink(missing_ok=True)
     return exits
+
+
+def web_env(database_url: str, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """A `booking serve` environment with limits out of the way (tests that want a limit set it)."""
+    return {
+        "NODE_ENV": "test",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": prefix,
+        "AUTH_RATE_LIMIT_PER_IP": "100000",
+        "AUTH_RATE_LIMIT_PER_EMAIL": "100000",
+        "API_RATE_LIMIT_PER_USER": "100000",
+        **extra,
+    }
+
+
+def listeners(redis_url: str, channel: str) -> int:
+    """How many processes' event-bus listeners are subscribed to `channel` (0 when Redis is down)."""
+    client = SyncRedis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
+    except RedisError:
+        return 0
+    finally:
+        client.close()
+
+
+def wait_for_listeners(redis_url: str, channel: str, count: int, timeout: float = 15.0) -> None:
+    """`count` processes' bus listeners subscribed, so no event published from now on can be missed."""
+    deadline = time.monotonic() + timeout
+    while (subscribed := listeners(redis_url, channel)) < count:
+        assert time.monotonic() < deadline, f"only {subscribed} of {count} listeners on {channel}"
+        time.sleep(0.05)

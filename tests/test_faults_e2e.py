@@ -25,13 +25,11 @@ from tests.faults import (
     Answer,
     PrivatePostgres,
     call,
-    listeners,
     private_postgres,
     register,
-    web_env,
 )
 from tests.private_redis import REDIS_SERVER, PrivateRedis
-from tests.processes import WebProcess, output, start_web, stop
+from tests.processes import WebProcess, listeners, output, start_web, stop, web_env
 from tests.support import wait_for
 from tests.ws_support import ask, booking_data, close_code, next_frame
 

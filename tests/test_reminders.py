@@ -19,7 +19,7 @@ from server.broker import LEAD, ReminderSource, make_broker
 from server.events import EventBus
 from server.keys import DB
 from server.settings import Settings
-from server.tasks import Reconciler, Republisher, deliver
+from server.tasks import Outcome, Reconciler, Republisher, deliver
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
@@ -347,22 +347,24 @@ async def _unpublished(db: Database, notification_id: uuid.UUID) -> bool:
     return bool(value)
 
 
+async def deliver_unpublished(db: Database, settings: Settings, row: store.Reminder) -> Outcome:
+    """Deliver with a bus whose Redis is unreachable: the notification commits, its event does not go
+    out (the state a worker leaves when it dies between the two)."""
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        bus = EventBus(dead, prefix=settings.redis_prefix, registry=None)
+        return await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at)
+    finally:
+        await dead.aclose()
+
+
 async def test_an_event_that_missed_redis_is_republished_once_by_the_outbox(
     client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
     """The worker commits the notification, then its publish fails (Redis down, or the process dies):
     the row stays unpublished, and republishers, even two at once, send the event exactly once."""
     user, row = await _due_now(client, register, db)
-    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
-    try:
-        outcome = await deliver(
-            db,
-            EventBus(dead, prefix=settings.redis_prefix, registry=None),
-            booking_id=row.booking_id,
-            due_at=row.due_at,
-        )
-    finally:
-        await dead.aclose()
+    outcome = await deliver_unpublished(db, settings, row)
     assert outcome.status == "sent" and outcome.notification_id is not None
     assert await _unpublished(db, outcome.notification_id)
 
@@ -399,16 +401,7 @@ async def test_the_outbox_marks_a_deleted_bookings_reminder_without_sending_it(
     client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
     user, row = await _due_now(client, register, db)
-    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
-    try:
-        outcome = await deliver(
-            db,
-            EventBus(dead, prefix=settings.redis_prefix, registry=None),
-            booking_id=row.booking_id,
-            due_at=row.due_at,
-        )
-    finally:
-        await dead.aclose()
+    outcome = await deliver_unpublished(db, settings, row)
     assert outcome.notification_id is not None
     assert (await client.delete(f"/api/booking/{row.booking_id}", headers=auth(user))).status == 204
     bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)

@@ -23,10 +23,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from server.events import EventBus
 from server.keys import BOOKINGS, DB
 from server.settings import Settings
-from server.tasks import deliver
 from storage import reminders as store
 from storage.db import Database
 from storage.users import get_user
@@ -34,6 +32,7 @@ from tests.conftest import Client, Registrar, auth
 from tests.private_redis import PrivateRedis
 from tests.processes import start_web, stop
 from tests.support import unique_email, wait_for
+from tests.test_reminders import deliver_unpublished
 from tests.ws_support import ask, events_until_pong, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -169,6 +168,25 @@ async def notifications(db: Database, user: dict[str, Any]) -> int:
     return total
 
 
+async def in_flight(redis_url: str, settings: Settings) -> None:
+    """Until a reminder message is delivered to a worker and not yet acknowledged (XPENDING)."""
+    redis = Redis.from_url(redis_url)
+    try:
+
+        async def pending() -> bool:
+            try:
+                info = await redis.xpending(
+                    f"{settings.redis_prefix}taskiq:stream", f"{settings.redis_prefix}taskiq:workers"
+                )
+            except Exception:  # no stream or group yet
+                return False
+            return bool(info["pending"])
+
+        await wait_for(pending, timeout=8, interval=0.02, what="the reminder in flight")
+    finally:
+        await redis.aclose()
+
+
 async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
     client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub
 ) -> None:
@@ -284,21 +302,7 @@ async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_start
 
     # The schedule fires one second early and the task waits for the due time: the message is then
     # delivered to the worker and not yet acknowledged. Kill the worker right there.
-    redis = Redis.from_url(redis_url)
-    try:
-
-        async def in_flight() -> bool:
-            try:
-                info = await redis.xpending(
-                    f"{settings.redis_prefix}taskiq:stream", f"{settings.redis_prefix}taskiq:workers"
-                )
-            except Exception:  # no stream or group yet
-                return False
-            return bool(info["pending"])
-
-        await wait_for(in_flight, timeout=8, interval=0.02, what="the reminder in flight")
-    finally:
-        await redis.aclose()
+    await in_flight(redis_url, settings)
     worker.stop(signal.SIGKILL)
     assert await notifications(client.app[DB], user) == 0
     assert await reminders_seen(events, user, until=time.monotonic() + 1.5) == []
@@ -326,16 +330,7 @@ async def test_a_reminder_committed_but_never_published_is_published_once_by_the
     async with client.app[DB].connect() as conn:
         row = await store.get_reminder(conn, uuid.UUID(booking["id"]))
     assert row is not None
-    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
-    try:
-        outcome = await deliver(
-            client.app[DB],
-            EventBus(dead, prefix=settings.redis_prefix, registry=None),
-            booking_id=row.booking_id,
-            due_at=row.due_at,
-        )
-    finally:
-        await dead.aclose()
+    outcome = await deliver_unpublished(client.app[DB], settings, row)
     assert outcome.status == "sent"
     committed, committed_at = time.monotonic(), datetime.now(UTC)
 
@@ -424,21 +419,7 @@ async def test_sigterm_mid_delivery_and_while_redis_is_down_exits_0_and_loses_no
     await ready(scheduler, "reminder scheduler ready")
     user = await register()
     booking = await book(client, user, seconds=4)
-    redis = Redis.from_url(redis_url)
-    try:
-
-        async def in_flight() -> bool:
-            try:
-                info = await redis.xpending(
-                    f"{settings.redis_prefix}taskiq:stream", f"{settings.redis_prefix}taskiq:workers"
-                )
-            except Exception:  # no stream or group yet
-                return False
-            return bool(info["pending"])
-
-        await wait_for(in_flight, timeout=8, interval=0.02, what="the reminder in flight")
-    finally:
-        await redis.aclose()
+    await in_flight(redis_url, settings)
     took = worker.stop(signal.SIGTERM)
     assert worker.popen.returncode == 0, (worker.popen.returncode, worker.text())
     assert took < 4.0, worker.text()  # --grace 3

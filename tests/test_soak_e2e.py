@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.faults import call, register, rss_mib, web_env
-from tests.processes import WebProcess, start_web, stop
+from tests.faults import call, register, rss_mib
+from tests.processes import WebProcess, start_web, stop, web_env
 from tests.ws_support import booking_data
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "150"))

@@ -16,12 +16,21 @@ from typing import Any
 
 import aiohttp
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from server.events import RESYNC_MESSAGE, EventBus, make_event
 from tests.private_redis import PrivateRedis
-from tests.processes import BOOKING, ROOT, WebProcess, output, start_web, stop
+from tests.processes import (
+    BOOKING,
+    ROOT,
+    WebProcess,
+    listeners,
+    output,
+    start_web,
+    stop,
+    wait_for_listeners,
+    web_env,
+)
 from tests.support import unique_email, wait_for
 from tests.ws_support import ask, booking_data, close_code, events_until_pong, next_frame
 
@@ -44,39 +53,11 @@ class Pair:
         return f"{url}?token={token}" if token else url
 
 
-def _wait_for_listeners(redis_url: str, channel: str, count: int, timeout: float = 15.0) -> None:
-    """Both processes' bus listeners subscribed, so no event published from now on can be missed."""
-    client = SyncRedis.from_url(redis_url)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            subscribed = dict(client.pubsub_numsub(channel)).get(channel.encode(), 0)
-            if subscribed >= count:
-                return
-            assert time.monotonic() < deadline, f"only {subscribed} of {count} listeners on {channel}"
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def _env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
-    return {
-        "NODE_ENV": "test",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix,
-        "AUTH_RATE_LIMIT_PER_IP": "100000",
-        "AUTH_RATE_LIMIT_PER_EMAIL": "100000",
-        "API_RATE_LIMIT_PER_USER": "100000",
-        "WS_AUTH_TIMEOUT": "1",
-    }
-
-
 @pytest.fixture(scope="module")
 def pair(database_url: str, redis_url: str) -> Iterator[Pair]:
     prefix = f"e2e{uuid.uuid4().hex[:10]}:"
     admin_email = unique_email("admin")
-    env = _env(database_url, redis_url, prefix)
+    env = web_env(database_url, redis_url, prefix, WS_AUTH_TIMEOUT="1")
     # The documented path to the first admin, before the servers start.
     subprocess.run(
         [str(BOOKING), "create-admin", "--email", admin_email],
@@ -88,7 +69,7 @@ def pair(database_url: str, redis_url: str) -> Iterator[Pair]:
     )
     procs = start_web(2, env)
     try:
-        _wait_for_listeners(redis_url, f"{prefix}events", 2)
+        wait_for_listeners(redis_url, f"{prefix}events", 2)
         yield Pair(procs[0], procs[1], prefix=prefix, redis_url=redis_url, admin_email=admin_email)
     finally:
         exits = stop(procs)
@@ -278,7 +259,9 @@ async def test_an_admin_broadcast_over_rest_reaches_every_socket_on_both_process
 async def test_sigterm_closes_open_sockets_with_1001(
     database_url: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    procs = start_web(1, _env(database_url, redis_url, f"e2e{uuid.uuid4().hex[:10]}:"))
+    procs = start_web(
+        1, web_env(database_url, redis_url, f"e2e{uuid.uuid4().hex[:10]}:", WS_AUTH_TIMEOUT="1")
+    )
     try:
         web = procs[0]
         user = await register(http, web)
@@ -295,14 +278,6 @@ async def test_sigterm_closes_open_sockets_with_1001(
     assert exits[0].code == 0, exits[0].output
 
 
-def _listeners(redis_url: str, channel: str) -> int:
-    client = SyncRedis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("how", ["SIGKILL", "SHUTDOWN NOSAVE"])
 async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
     database_url: str, private_redis: PrivateRedis, http: aiohttp.ClientSession, how: str
@@ -313,10 +288,10 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
     events."""
     prefix = f"e2e{uuid.uuid4().hex[:10]}:"
     channel = f"{prefix}events"
-    procs = start_web(2, _env(database_url, private_redis.url, prefix))
+    procs = start_web(2, web_env(database_url, private_redis.url, prefix, WS_AUTH_TIMEOUT="1"))
     try:
         a, b = procs
-        _wait_for_listeners(private_redis.url, channel, 2)
+        wait_for_listeners(private_redis.url, channel, 2)
         user = await register(http, a)
         ws = await http.ws_connect(b.base_url.replace("http://", "ws://") + "/ws/", headers=bearer(user))
         await ask(ws, "ping")
@@ -328,7 +303,7 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
         up_at = time.monotonic()
 
         async def both_listening() -> bool:
-            return await asyncio.to_thread(_listeners, private_redis.url, channel) >= 2
+            return await asyncio.to_thread(listeners, private_redis.url, channel) >= 2
 
         await wait_for(both_listening, timeout=15, what="both web processes subscribed again")
         resubscribed = time.monotonic() - up_at
