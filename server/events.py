@@ -109,9 +109,11 @@ class EventBus:
         await self._publish(BROADCAST, event)
 
     async def announce(self, event: Event) -> None:
-        """A broadcast that all or nothing of: published first, and a Redis failure raises (RedisError,
-        OSError) before any local socket got it, so the caller can answer 503 and a retry sends it once."""
-        await self._redis.publish(self.channel, self._envelope(BROADCAST, event))
+        """A broadcast that is all or nothing: published first, and a Redis failure raises before any
+        local socket got it, so the caller can answer 503 and a retry sends it once. Through the gate
+        like every request-path call: RedisDown within REDIS_TIMEOUT, or at once while Redis is known
+        to be down (RedisError / OSError only for a bus without a gate)."""
+        await self._send(self._envelope(BROADCAST, event))
         if self._registry is not None:
             self._registry.broadcast(event)
 
