@@ -148,7 +148,10 @@ class EventBus:
                 return
             if "signal" in message:
                 for callback in self._signals.get(message["signal"], ()):
-                    callback(str(message["data"]))
+                    try:
+                        callback(str(message["data"]))
+                    except Exception:  # one hook's bug must not end the listener for every socket
+                        log.exception("signal %s hook failed", message["signal"])
                 return
             if self._registry is None:
                 return
@@ -172,6 +175,8 @@ class EventBus:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("event listener lost Redis (%s); retrying in %.1fs", type(exc).__name__, backoff)
+            except Exception:  # never let the listener die quietly: this process would stop hearing peers
+                log.exception("event listener failed; subscribing again in %.1fs", backoff)
             self.connected.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
