@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -168,9 +168,11 @@ class EventBus:
         backoff = 0.1
         while not self._stopping:
             try:
-                async for raw in self._messages():
-                    backoff = 0.1
-                    self._dispatch(raw)
+                # aclosing: whatever ends the loop, the pub/sub connection is closed now, not at GC.
+                async with contextlib.aclosing(self._messages()) as messages:
+                    async for raw in messages:
+                        backoff = 0.1
+                        self._dispatch(raw)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -181,7 +183,7 @@ class EventBus:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _messages(self) -> AsyncIterator[bytes | str]:
+    async def _messages(self) -> AsyncGenerator[bytes | str, None]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         connection = None
         try:
