@@ -79,7 +79,9 @@ class EventBus:
         """A process-to-process notice (not for sockets), e.g. "user-changed" with the user's id."""
         try:
             await self._send(dumps({"origin": self.origin, "signal": name, "data": data}))
-        except (RedisError, OSError, RedisDown) as exc:
+        except RedisDown as exc:  # the gate has already said Redis is down, once
+            log.info("signal %s not published (%s)", name, exc)
+        except (RedisError, OSError) as exc:
             log.warning("signal %s not published (%s)", name, exc)
 
     def start(self) -> None:
