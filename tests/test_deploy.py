@@ -201,10 +201,13 @@ def test_healthchecks_hit_the_real_health_endpoints(dev: dict[str, Any], prod: d
 
 
 def test_python_healthchecks_compile(services: dict[str, Any]) -> None:
+    compiled = set()
     for name, svc in services.items():
         check = svc.get("healthcheck", {}).get("test", [])
         if check[1:3] == ["python", "-c"]:
             compile(check[3], f"{name} healthcheck", "exec")
+            compiled.add(name)
+    assert {"web", "jobs"} <= compiled, "the app healthchecks are python -c scripts: none was checked"
 
 
 def test_prod_reads_its_configuration_and_has_no_dev_mounts(prod: dict[str, Any]) -> None:
