@@ -2,7 +2,8 @@
 
 The taskiq CLI's stream worker was seen ignoring SIGTERM for over 20 s; here a signal cancels the
 receiver (messages are acknowledged only after the task ran, so an interrupted one is redelivered or
-re-enqueued by the reconciler) and the process exits within `grace` seconds whatever happens.
+re-enqueued by the reconciler): the tasks get `grace` seconds to stop, the shutdown steps at most
+another `grace`, so the process exits within twice `grace` whatever happens.
 """
 
 from __future__ import annotations
