@@ -12,7 +12,7 @@ from taskiq import TaskiqEvents, TaskiqState
 from server.broker import make_broker
 from server.settings import Settings
 from server.tasks import register
-from server.workers import finish
+from server.workers import finish, run_until_stopped
 
 
 async def test_a_failing_or_hanging_shutdown_step_is_logged_never_raised(
@@ -61,3 +61,23 @@ async def test_the_worker_closes_redis_even_when_the_database_pool_fails_to_clos
     await shutdown(state)  # logged, not raised: the broker's own pool disconnects after this handler
     assert closed == ["redis"]
     assert "worker: the database pool did not close" in caplog.messages
+
+
+async def test_a_loop_that_crashes_exits_non_zero_and_a_stop_exits_zero(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A receiver or scheduler loop that dies by itself was logged and then exited 0, which a
+    supervisor restarting on failure (systemd, Kubernetes) reads as a clean stop."""
+
+    async def crashes() -> None:
+        raise RuntimeError("the receiver died")
+
+    async def runs() -> None:
+        await asyncio.Event().wait()
+
+    assert await run_until_stopped(asyncio.Event(), [crashes(), runs()], grace=0.5, what="worker") == 1
+    assert "worker stopped unexpectedly" in caplog.messages
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    assert await run_until_stopped(stop, [runs(), runs()], grace=0.5, what="worker") == 0
