@@ -21,6 +21,7 @@ from handlers.users import path_uuid
 from handlers.validation import body, query
 from server.events import make_event
 from server.keys import BUS, NOTIFICATIONS
+from server.redisgate import RedisDown
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ async def broadcast(request: web.Request) -> web.Response:
     event = make_event("system.notification", payload)
     try:
         await request.app[BUS].announce(event)
-    except (RedisError, OSError) as exc:
-        log.warning("broadcast not published (%s)", type(exc).__name__)
+    except (RedisError, OSError, RedisDown) as exc:
+        log.warning("broadcast not published (%s)", exc if isinstance(exc, RedisDown) else type(exc).__name__)
         raise Unavailable("Redis is unavailable: the notification was not sent; retry shortly") from None
     log.info("admin %s broadcast a system.notification to every socket", admin.id)
     return json_response(event, status=202)

@@ -203,8 +203,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     logs.configure(level=settings.log_level, json_output=settings.log_json, process="worker")
-    asyncio.run(run_worker(settings, max_tasks=args.max_tasks, grace=args.grace))
-    return 0
+    return asyncio.run(run_worker(settings, max_tasks=args.max_tasks, grace=args.grace))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -213,7 +212,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = _settings()
     logs.configure(level=settings.log_level, json_output=settings.log_json, process="scheduler")
-    asyncio.run(
+    return asyncio.run(
         run_scheduler(
             settings,
             update_interval=args.update_interval,
@@ -221,7 +220,6 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
             grace=args.grace,
         )
     )
-    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:

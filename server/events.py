@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,7 +79,9 @@ class EventBus:
         """A process-to-process notice (not for sockets), e.g. "user-changed" with the user's id."""
         try:
             await self._send(dumps({"origin": self.origin, "signal": name, "data": data}))
-        except (RedisError, OSError, RedisDown) as exc:
+        except RedisDown as exc:  # the gate has already said Redis is down, once
+            log.info("signal %s not published (%s)", name, exc)
+        except (RedisError, OSError) as exc:
             log.warning("signal %s not published (%s)", name, exc)
 
     def start(self) -> None:
@@ -109,9 +111,11 @@ class EventBus:
         await self._publish(BROADCAST, event)
 
     async def announce(self, event: Event) -> None:
-        """A broadcast that all or nothing of: published first, and a Redis failure raises (RedisError,
-        OSError) before any local socket got it, so the caller can answer 503 and a retry sends it once."""
-        await self._redis.publish(self.channel, self._envelope(BROADCAST, event))
+        """A broadcast that is all or nothing: published first, and a Redis failure raises before any
+        local socket got it, so the caller can answer 503 and a retry sends it once. Through the gate
+        like every request-path call: RedisDown within REDIS_TIMEOUT, or at once while Redis is known
+        to be down (RedisError / OSError only for a bus without a gate)."""
+        await self._send(self._envelope(BROADCAST, event))
         if self._registry is not None:
             self._registry.broadcast(event)
 
@@ -146,7 +150,10 @@ class EventBus:
                 return
             if "signal" in message:
                 for callback in self._signals.get(message["signal"], ()):
-                    callback(str(message["data"]))
+                    try:
+                        callback(str(message["data"]))
+                    except Exception:  # one hook's bug must not end the listener for every socket
+                        log.exception("signal %s hook failed", message["signal"])
                 return
             if self._registry is None:
                 return
@@ -163,18 +170,22 @@ class EventBus:
         backoff = 0.1
         while not self._stopping:
             try:
-                async for raw in self._messages():
-                    backoff = 0.1
-                    self._dispatch(raw)
+                # aclosing: whatever ends the loop, the pub/sub connection is closed now, not at GC.
+                async with contextlib.aclosing(self._messages()) as messages:
+                    async for raw in messages:
+                        backoff = 0.1
+                        self._dispatch(raw)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("event listener lost Redis (%s); retrying in %.1fs", type(exc).__name__, backoff)
+            except Exception:  # never let the listener die quietly: this process would stop hearing peers
+                log.exception("event listener failed; subscribing again in %.1fs", backoff)
             self.connected.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _messages(self) -> AsyncIterator[bytes | str]:
+    async def _messages(self) -> AsyncGenerator[bytes | str, None]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         connection = None
         try:

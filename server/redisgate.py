@@ -88,16 +88,23 @@ class RedisGate:
 
 class GatedSchedule:
     """The reminder schedule source behind the gate: a booking's commit never waits on Redis for it;
-    PostgreSQL holds the intent and the reconciler schedules what was skipped."""
+    PostgreSQL holds the intent and the reconciler schedules what was skipped. A skip is not raised:
+    the gate has already warned once for the outage, and a warning per booking would flood the log."""
 
     def __init__(self, schedule: ReminderSchedule, gate: RedisGate) -> None:
         self._schedule = schedule
         self._gate = gate
 
     async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None:
-        await self._gate.call(
-            lambda: self._schedule.schedule(booking_id, due_at, fresh=fresh), "reminder schedule"
-        )
+        try:
+            await self._gate.call(
+                lambda: self._schedule.schedule(booking_id, due_at, fresh=fresh), "reminder schedule"
+            )
+        except RedisDown as exc:
+            log.info("reminder for %s not scheduled in Redis (%s); the reconciler will", booking_id, exc)
 
     async def unschedule(self, booking_id: uuid.UUID) -> None:
-        await self._gate.call(lambda: self._schedule.unschedule(booking_id), "reminder unschedule")
+        try:
+            await self._gate.call(lambda: self._schedule.unschedule(booking_id), "reminder unschedule")
+        except RedisDown as exc:
+            log.info("reminder for %s not unscheduled in Redis (%s); the task re-checks", booking_id, exc)

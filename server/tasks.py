@@ -190,7 +190,12 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
 
     @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
     async def shutdown(state: TaskiqState) -> None:
-        await state.db.close()
+        # Logged, not raised: the Redis client and the broker's own pool (closed after this handler)
+        # must close even when the database pool does not.
+        try:
+            await state.db.close()
+        except Exception:
+            log.exception("worker: the database pool did not close")
         await state.redis.aclose()
 
 

@@ -2,7 +2,8 @@
 
 The taskiq CLI's stream worker was seen ignoring SIGTERM for over 20 s; here a signal cancels the
 receiver (messages are acknowledged only after the task ran, so an interrupted one is redelivered or
-re-enqueued by the reconciler) and the process exits within `grace` seconds whatever happens.
+re-enqueued by the reconciler): the tasks get `grace` seconds to stop, the shutdown steps at most
+another `grace`, so the process exits within twice `grace` whatever happens.
 """
 
 from __future__ import annotations
@@ -37,21 +38,27 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _run_until_stopped(
+async def run_until_stopped(
     stop: asyncio.Event, jobs: list[Coroutine[Any, Any, None]], *, grace: float, what: str
-) -> None:
+) -> int:
+    """Run `jobs` until `stop` is set or one of them ends; the exit code: 0 when asked to stop, 1 when a
+    job ended by itself (a crash must not read as a clean stop to a supervisor that restarts on failure)."""
     tasks = [asyncio.create_task(job) for job in jobs]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    crashed = bool(done - {stopper})
     for task in done - {stopper}:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s stopped unexpectedly", what, exc_info=task.exception())
+        else:
+            log.error("%s: a loop ended by itself", what)
     log.info("%s stopping", what)
     for task in (*tasks, stopper):
         task.cancel()
     _, pending = await asyncio.wait(tasks, timeout=grace)
     if pending:
         log.warning("%s: %d task(s) did not stop within %.1fs; exiting anyway", what, len(pending), grace)
+    return 1 if crashed and not stop.is_set() else 0
 
 
 async def finish(steps: Sequence[Callable[[], Awaitable[object]]], *, grace: float, what: str) -> None:
@@ -69,7 +76,7 @@ async def finish(steps: Sequence[Callable[[], Awaitable[object]]], *, grace: flo
         log.warning("%s: shutdown did not finish within %.1fs; exiting anyway", what, grace)
 
 
-async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float = 5.0) -> None:
+async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float = 5.0) -> int:
     stop = _stop_event()
     broker = make_broker(settings)
     register(broker, settings)
@@ -77,7 +84,7 @@ async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float =
     await broker.startup()  # WORKER_STARTUP: engine, Redis, event bus
     log.info("reminder worker ready on %s", broker.queue_name)
     try:
-        await _run_until_stopped(
+        code = await run_until_stopped(
             stop,
             [run_receiver_task(broker, max_async_tasks=max_tasks, run_startup=False)],
             grace=grace,
@@ -86,11 +93,12 @@ async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float =
     finally:
         await finish([broker.shutdown], grace=grace, what="worker")  # WORKER_SHUTDOWN
     log.info("worker stopped")
+    return code
 
 
 async def run_scheduler(
     settings: Settings, *, update_interval: float = 1.0, reconcile_interval: float = 2.0, grace: float = 5.0
-) -> None:
+) -> int:
     stop = _stop_event()
     # The list source logs every 1 s update at INFO.
     logging.getLogger("taskiq.redis_schedule_source").setLevel(logging.WARNING)
@@ -112,7 +120,7 @@ async def run_scheduler(
     loop = SchedulerLoop(scheduler)
     log.info("reminder scheduler ready (update every %.1fs)", update_interval)
     try:
-        await _run_until_stopped(
+        code = await run_until_stopped(
             stop,
             [
                 loop.run(
@@ -136,3 +144,4 @@ async def run_scheduler(
         ]
         await finish(steps, grace=grace, what="scheduler")
     log.info("scheduler stopped")
+    return code

@@ -32,6 +32,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from server import up
+from server.cli import build_parser
 from server.supervisor import parse_procfile
 from tests import nginx_support
 from tests.processes import free_ports
@@ -201,10 +203,13 @@ def test_healthchecks_hit_the_real_health_endpoints(dev: dict[str, Any], prod: d
 
 
 def test_python_healthchecks_compile(services: dict[str, Any]) -> None:
+    compiled = set()
     for name, svc in services.items():
         check = svc.get("healthcheck", {}).get("test", [])
         if check[1:3] == ["python", "-c"]:
             compile(check[3], f"{name} healthcheck", "exec")
+            compiled.add(name)
+    assert {"web", "jobs"} <= compiled, "the app healthchecks are python -c scripts: none was checked"
 
 
 def test_prod_reads_its_configuration_and_has_no_dev_mounts(prod: dict[str, Any]) -> None:
@@ -391,6 +396,33 @@ def test_every_app_service_runs_its_procfile_line(services: dict[str, Any]) -> N
         assert process in PROCFILE, f"compose runs {name} but the Procfile has no {process!r} line"
         covered.add(process)
     assert covered == set(PROCFILE), "every Procfile process has a compose service"
+
+
+def _procfile_args(process: str) -> list[str]:
+    """The Procfile line's arguments after `booking`, `${VAR:-default}` expanded to its default."""
+    words = shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", PROCFILE[process]))
+    assert words[0] == "booking", PROCFILE[process]
+    return words[1:]
+
+
+@pytest.mark.parametrize("process", sorted(PROCFILE))
+def test_every_procfile_line_parses_with_the_cli(process: str) -> None:
+    """Each line's flags are flags `booking` has (a renamed or removed one fails here, not in a deploy)."""
+    args = build_parser().parse_args(_procfile_args(process))
+    assert args.command == _procfile_args(process)[0]
+
+
+@pytest.mark.parametrize("process", ["worker", "scheduler"])
+def test_every_runner_waits_longer_than_a_worker_or_scheduler_may_take_to_stop(
+    process: str, dev: dict[str, Any], prod: dict[str, Any]
+) -> None:
+    """SIGTERM: the loops get --grace, then the shutdown steps at most another --grace; `booking up`
+    and compose must not SIGKILL before that."""
+    grace = build_parser().parse_args(_procfile_args(process)).grace
+    assert 2 * grace <= up.GRACE_SECONDS, (process, grace, up.GRACE_SECONDS)
+    for services in (dev, prod):
+        period = services[process].get("stop_grace_period", "10s")
+        assert 2 * grace < float(str(period).removesuffix("s")), (process, grace, period)
 
 
 @pytest.mark.parametrize("process", sorted(PROCFILE))

@@ -61,6 +61,32 @@ async def test_a_signal_reaches_the_other_process_but_not_its_sender(
     assert got == {"one": [], "two": [user_id]}
 
 
+async def test_a_failing_signal_hook_does_not_end_the_listener(
+    buses: tuple[EventBus, EventBus, str],
+) -> None:
+    """A hook that raises is logged; the listener keeps dispatching (before, the exception escaped
+    `listen` and the process stopped hearing every other process: events, signals, reconnects)."""
+    one, two, _ = buses
+    heard: list[str] = []
+    arrived = asyncio.Event()
+
+    def broken(data: str) -> None:
+        raise RuntimeError("a hook's bug")
+
+    def on_later(data: str) -> None:
+        heard.append(data)
+        arrived.set()
+
+    two.on_signal("first", broken)
+    two.on_signal("later", on_later)
+    two.start()
+    await asyncio.wait_for(two.connected.wait(), 10)
+    await one.signal("first", "boom")
+    await one.signal("later", "still listening")
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert heard == ["still listening"]
+
+
 async def test_losing_redis_calls_the_reconnect_hook_after_subscribing_again(
     buses: tuple[EventBus, EventBus, str], redis_url: str
 ) -> None:

@@ -3,14 +3,15 @@ socket receives, hostile bodies, and Redis down. (Across two real processes: tes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.events import make_event
-from server.keys import AUTH, BUS
+from server.keys import AUTH, BUS, REDIS_GATE
+from server.redisgate import RedisDown
 from tests.conftest import Client, Registrar, auth
 from tests.private_redis import PrivateRedis
 from tests.support import unique_email
@@ -132,7 +133,41 @@ async def test_redis_down_is_503_and_no_socket_gets_a_half_sent_broadcast(
     assert resp.content_type == "application/problem+json"
     assert resp.headers["Retry-After"] == "1"
     # The publish itself refuses before any local delivery, so the caller's 503 is the whole truth.
-    with pytest.raises(RedisConnectionError):
+    with pytest.raises(RedisDown):
         await client.app[BUS].announce(make_event("system.notification", {"message": "direct"}))
     assert await events_until_pong(ws) == []
+    await ws.close()
+
+
+async def test_a_frozen_redis_is_503_within_redis_timeout_and_then_skipped_at_once(
+    make_client: Callable[..., Awaitable[Client]], private_redis: PrivateRedis
+) -> None:
+    """The broadcast is a request-path Redis call like any other: bounded by REDIS_TIMEOUT through the
+    gate, not by the client's socket timeout (DB_TIMEOUT), and skipped while the gate is open."""
+    client = await make_client(
+        redis_url=private_redis.url, db_timeout=5.0, redis_timeout=0.3, redis_skip_seconds=30.0
+    )
+    email = unique_email("admin")
+    await client.app[AUTH].ensure_admin(email=email, password="admin password 123")
+    login = await client.post("/api/auth/login", json={"email": email, "password": "admin password 123"})
+    admin = await login.json()
+    ws = await client.ws_connect(f"/ws/?token={admin['accessToken']}")
+    await ask(ws, "ping")
+
+    private_redis.hang()
+    try:
+        started = time.monotonic()
+        resp = await client.post(URL, json={"message": "while Redis is frozen"}, headers=auth(admin))
+        first = time.monotonic() - started
+        assert resp.status == 503, await resp.text()
+        assert first < 2.0, f"the broadcast waited {first:.2f}s on a frozen Redis (REDIS_TIMEOUT is 0.3 s)"
+        assert client.app[REDIS_GATE].down
+        started = time.monotonic()
+        resp = await client.post(URL, json={"message": "again"}, headers=auth(admin))
+        again = time.monotonic() - started
+        assert resp.status == 503
+        assert again < 1.0, f"the open gate should skip the publish at once, not wait {again:.2f}s"
+        assert await events_until_pong(ws) == []
+    finally:
+        private_redis.resume()
     await ws.close()

@@ -7,9 +7,11 @@ proof with real processes and a real stopped or frozen redis-server is tests/tes
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.errors import RateLimited
+from actors.reminders import Plan, Reminders
 from server.events import EventBus, make_event
 from server.ratelimit import LocalWindows, RateLimiter
 from server.redisconf import retry_once
-from server.redisgate import RedisDown, RedisGate
+from server.redisgate import GatedSchedule, RedisDown, RedisGate
 from tests.private_redis import REDIS_SERVER, PrivateRedis
 
 
@@ -195,3 +198,34 @@ async def test_emit_says_whether_the_event_reached_redis(redis_url: str) -> None
     finally:
         await live.aclose()
         await dead.aclose()
+
+
+class RefusingSchedule:
+    """A reminder schedule source whose Redis refuses every call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None:
+        self.calls += 1
+        raise RedisConnectionError("refused")
+
+    async def unschedule(self, booking_id: uuid.UUID) -> None:
+        self.calls += 1
+        raise RedisConnectionError("refused")
+
+
+async def test_an_outage_is_one_warning_not_one_per_booking(caplog: pytest.LogCaptureFixture) -> None:
+    """The gate warns when Redis fails; each booking committed meanwhile is logged at INFO only (it
+    was one WARNING per create and per delete, a flood under load while Redis was down)."""
+    source = RefusingSchedule()
+    reminders = Reminders(GatedSchedule(source, RedisGate(timeout=0.5, pause=60.0)))
+    due = datetime.now(UTC) + timedelta(hours=1)
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            await reminders.after_commit(Plan(uuid.uuid4(), due, fresh=True))
+            await reminders.after_commit(Plan(uuid.uuid4(), None))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "Redis failed during reminder schedule" in warnings[0], warnings
+    assert source.calls == 1  # the rest were skipped by the open gate
+    assert sum("the reconciler will" in r.getMessage() for r in caplog.records) == 5
