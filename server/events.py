@@ -100,7 +100,9 @@ class EventBus:
 
     async def emit(self, user_id: uuid.UUID, event: Event) -> bool:
         """Deliver to local subscribers now, then to every other process. Never raises for Redis;
-        returns whether the event reached Redis (the reminder outbox retries when it did not)."""
+        returns whether a web process's listener received it (Redis answered and counted at least one
+        subscriber): the reminder outbox retries when it did not, e.g. in the half second after a Redis
+        restart before the listeners have subscribed again."""
         if self._registry is not None:
             self._registry.deliver(user_id, event)
         return await self._publish(str(user_id), event)
@@ -125,7 +127,7 @@ class EventBus:
     async def _publish(self, target: str, event: Event) -> bool:
         payload = self._envelope(target, event)
         try:
-            await self._send(payload)
+            receivers = await self._send(payload)
         except RedisDown as exc:  # the gate has already said Redis is down, once
             log.info("event not published (%s); remote sockets miss %s", exc, event["event"])
             return False
@@ -135,13 +137,13 @@ class EventBus:
                 "event publish failed (%s); remote sockets miss %s", type(exc).__name__, event["event"]
             )
             return False
-        return True
+        return receivers > 0
 
-    async def _send(self, payload: str) -> None:
+    async def _send(self, payload: str) -> int:
+        """PUBLISH; the number of subscribers that received it."""
         if self._gate is None:
-            await self._redis.publish(self.channel, payload)
-        else:
-            await self._gate.call(lambda: self._redis.publish(self.channel, payload), "event publish")
+            return int(await self._redis.publish(self.channel, payload))
+        return int(await self._gate.call(lambda: self._redis.publish(self.channel, payload), "event publish"))
 
     def _dispatch(self, raw: bytes | str) -> None:
         try:

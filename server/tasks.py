@@ -116,11 +116,15 @@ async def publish(db: Database, bus: EventBus, note: Notification, booking: Book
 @dataclass
 class Republisher:
     """Sends the `booking.reminder` events whose notification committed but whose publish did not
-    happen (the worker died between the two, or Redis was down). Runs in the scheduler process."""
+    happen or reached no web process (the worker died between the two, Redis was down, or the web
+    processes' listeners were not subscribed yet after a Redis restart). Runs in the scheduler process."""
 
     db: Database
     bus: EventBus
     after: timedelta = timedelta(seconds=5)  # the worker's own publish gets this long first
+    # A reminder nobody could be shown for this long (no web process listening: a deployment of workers
+    # only, or a long outage) is marked and dropped as a live event; the notification row stays.
+    give_up: timedelta = timedelta(minutes=10)
     batch: int = 200
     clock: Clock = utcnow
 
@@ -129,17 +133,19 @@ class Republisher:
 
     async def once(self) -> int:
         sent = 0
+        now = self.clock()
         async with self.db.begin() as conn:
-            for note in await store.lock_unpublished(
-                conn, before=self.clock() - self.after, limit=self.batch
-            ):
+            for note in await store.lock_unpublished(conn, before=now - self.after, limit=self.batch):
+                if note.created_at < now - self.give_up:
+                    await store.mark_published(conn, note.id)
+                    continue
                 raw = note.data.get("bookingId")
                 booking = await get_booking(conn, uuid.UUID(raw)) if isinstance(raw, str) else None
                 # A booking deleted since has no live reminder to show; its notification row stays.
                 if booking is not None and not await self.bus.emit(
                     booking.user_id, reminder_event(note, booking)
                 ):
-                    break  # Redis is down: the rest wait for the next pass
+                    break  # Redis is down, or no web process listens yet: the rest wait for the next pass
                 await store.mark_published(conn, note.id)
                 sent += booking is not None
         if sent:

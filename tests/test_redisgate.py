@@ -180,14 +180,19 @@ async def test_clients_survive_a_redis_restart_and_do_not_retry_a_timeout(tmp_pa
         await client.aclose()
 
 
-async def test_emit_says_whether_the_event_reached_redis(redis_url: str) -> None:
-    """The reminder outbox marks a notification published only when emit says so: a publish skipped by
-    an open gate, or refused by a dead Redis, must report False."""
+async def test_emit_says_whether_a_listener_received_the_event(redis_url: str) -> None:
+    """The reminder outbox marks a notification published only when emit says so: a publish nobody
+    subscribes to (listeners not back yet after a Redis restart), a publish skipped by an open gate, or
+    one refused by a dead Redis, must report False."""
     live = Redis.from_url(redis_url)
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    bus = EventBus(live, prefix=f"t{uuid.uuid4().hex[:8]}:", registry=None)
+    pubsub = live.pubsub(ignore_subscribe_messages=True)
     try:
         user, event = uuid.uuid4(), make_event("booking.deleted", {"id": "x"})
-        assert await EventBus(live, prefix=f"t{uuid.uuid4().hex[:8]}:", registry=None).emit(user, event)
+        assert not await bus.emit(user, event)  # Redis answered, but no web process listens
+        await pubsub.subscribe(bus.channel)
+        assert await bus.emit(user, event)
         assert not await EventBus(dead, prefix="t:", registry=None).emit(user, event)
         clock = Clock()
         gate = RedisGate(timeout=0.5, pause=60.0, clock=clock)
@@ -196,6 +201,7 @@ async def test_emit_says_whether_the_event_reached_redis(redis_url: str) -> None
         assert gate.down
         assert not await gated.emit(user, event)  # skipped while it is open
     finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await live.aclose()
         await dead.aclose()
 

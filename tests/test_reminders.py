@@ -418,3 +418,33 @@ async def test_the_outbox_marks_a_deleted_bookings_reminder_without_sending_it(
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     assert str(outcome.notification_id) not in seen
     assert not await _unpublished(db, outcome.notification_id)
+
+
+async def test_the_outbox_keeps_an_event_nobody_heard_and_gives_up_on_an_old_one(
+    client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
+) -> None:
+    """A publish that reaches no listener (the web processes not subscribed yet after a Redis restart)
+    is not a delivery: the row stays unpublished for the next pass. One older than `give_up` is marked
+    without an event (nobody was there to show it to; the notification row stays)."""
+    _, row = await _due_now(client, register, db)
+    outcome = await deliver_unpublished(db, settings, row)
+    assert outcome.notification_id is not None
+    unheard = EventBus(redis, prefix=f"nobody{uuid.uuid4().hex[:8]}:", registry=None)
+    await Republisher(db=db, bus=unheard, after=timedelta(0)).once()
+    assert await _unpublished(db, outcome.notification_id)
+
+    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(bus.channel)
+    try:
+        await Republisher(db=db, bus=bus, after=timedelta(0), give_up=timedelta(0)).once()
+        seen = []
+        for _ in range(10):
+            message = await pubsub.get_message(timeout=0.1)
+            if message:
+                seen.append(json.loads(message["data"])["event"]["data"].get("notificationId"))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert str(outcome.notification_id) not in seen
+    assert not await _unpublished(db, outcome.notification_id)
+    assert await _count_notifications(db, row.user_id) == 1
