@@ -232,7 +232,11 @@ async def mark_published(conn: Connection, notification_id: uuid.UUID) -> None:
 
 _UNPUBLISHED = Query(
     sa.select(notifications)
-    .where(notifications.c.published_at.is_(None), notifications.c.created_at < P("before"))
+    .where(
+        notifications.c.published_at.is_(None),
+        notifications.c.created_at < P("before"),
+        notifications.c.kind == "booking.reminder",  # the only kind with a live event to resend
+    )
     .order_by(notifications.c.created_at)
     .limit(P("limit"))
     .with_for_update(skip_locked=True)
