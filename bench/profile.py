@@ -47,6 +47,7 @@ async def main(args: argparse.Namespace) -> None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 30)
             await stack.drop_database()
+            await stack.drop_keys()
     stats = pstats.Stats(args.out)
     stats.sort_stats("cumulative").print_stats(45)
     stats.sort_stats("tottime").print_stats(30)
