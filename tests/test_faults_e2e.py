@@ -205,6 +205,26 @@ async def _frame_for(
     return False
 
 
+async def _pair_with_a_socket_on_b(
+    database_url: str,
+    private_redis: PrivateRedis,
+    http: aiohttp.ClientSession,
+    web_procs: list[list[WebProcess]],
+    **env: str,
+) -> tuple[WebProcess, WebProcess, str, dict[str, Any], aiohttp.ClientWebSocketResponse]:
+    """Two web processes on the private Redis, both listening; a user registered on A with a socket on
+    B. Returns (a, b, events channel, session, socket on B)."""
+    prefix = f"fault{uuid.uuid4().hex[:8]}:"
+    a, b = start_web(2, web_env(database_url, private_redis.url, prefix, **env))
+    web_procs.append([a, b])
+    channel = f"{prefix}events"
+    await wait_for(lambda: _async(listeners(private_redis.url, channel) == 2), timeout=15, what="2 listeners")
+    session = await register(http, a.base_url)
+    on_b = await http.ws_connect(ws_url(b, session["accessToken"]))
+    await ask(on_b, "ping")
+    return a, b, channel, session, on_b
+
+
 @needs_redis_server
 async def test_redis_down_bookings_commit_promptly_and_events_cross_again_once_it_is_back(
     database_url: str,
@@ -212,16 +232,10 @@ async def test_redis_down_bookings_commit_promptly_and_events_cross_again_once_i
     http: aiohttp.ClientSession,
     web_procs: list[list[WebProcess]],
 ) -> None:
-    prefix = f"fault{uuid.uuid4().hex[:8]}:"
-    env = web_env(database_url, private_redis.url, prefix, AUTH_RATE_LIMIT_PER_EMAIL="5")
-    a, b = start_web(2, env)
-    web_procs.append([a, b])
-    channel = f"{prefix}events"
-    await wait_for(lambda: _async(listeners(private_redis.url, channel) == 2), timeout=15, what="2 listeners")
-    session = await register(http, a.base_url)
+    a, b, channel, session, on_b = await _pair_with_a_socket_on_b(
+        database_url, private_redis, http, web_procs, AUTH_RATE_LIMIT_PER_EMAIL="5"
+    )
     token = session["accessToken"]
-    on_b = await http.ws_connect(ws_url(b, token))
-    await ask(on_b, "ping")
 
     private_redis.stop()
     for n in range(3):  # the first pays for finding Redis gone; the rest skip it
@@ -279,15 +293,8 @@ async def test_redis_hanging_does_not_hang_requests(
     web_procs: list[list[WebProcess]],
 ) -> None:
     """Redis frozen (SIGSTOP): connects complete, nothing answers. Requests must not wait for it."""
-    prefix = f"fault{uuid.uuid4().hex[:8]}:"
-    a, b = start_web(2, web_env(database_url, private_redis.url, prefix))
-    web_procs.append([a, b])
-    channel = f"{prefix}events"
-    await wait_for(lambda: _async(listeners(private_redis.url, channel) == 2), timeout=15, what="2 listeners")
-    session = await register(http, a.base_url)
+    a, b, _, session, on_b = await _pair_with_a_socket_on_b(database_url, private_redis, http, web_procs)
     token = session["accessToken"]
-    on_b = await http.ws_connect(ws_url(b, token))
-    await ask(on_b, "ping")
 
     private_redis.hang()
     try:

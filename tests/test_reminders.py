@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -358,6 +358,26 @@ async def deliver_unpublished(db: Database, settings: Settings, row: store.Remin
         await dead.aclose()
 
 
+async def published_during(
+    redis: Redis, settings: Settings, passes: Callable[[], Awaitable[object]], notification_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    """The envelopes about `notification_id` published on the events channel while `passes` runs."""
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(f"{settings.redis_prefix}events")
+    try:
+        await passes()
+        mine = []
+        for _ in range(10):
+            message = await pubsub.get_message(timeout=0.1)
+            if message:
+                envelope = json.loads(message["data"])
+                if envelope["event"]["data"].get("notificationId") == str(notification_id):
+                    mine.append(envelope)
+        return mine
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
 async def test_an_event_that_missed_redis_is_republished_once_by_the_outbox(
     client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
@@ -373,21 +393,13 @@ async def test_an_event_that_missed_redis_is_republished_once_by_the_outbox(
     await too_soon.once()
     assert await _unpublished(db, outcome.notification_id)
 
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(bus.channel)
-    try:
-        now = Republisher(db=db, bus=bus, after=timedelta(0))
+    now = Republisher(db=db, bus=bus, after=timedelta(0))
+
+    async def passes() -> None:
         await asyncio.gather(now.once(), now.once())
         await now.once()
-        mine = []
-        for _ in range(20):
-            message = await pubsub.get_message(timeout=0.1)
-            if message:
-                envelope = json.loads(message["data"])
-                if envelope["event"]["data"].get("notificationId") == str(outcome.notification_id):
-                    mine.append(envelope)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    mine = await published_during(redis, settings, passes, outcome.notification_id)
     assert len(mine) == 1, mine
     assert mine[0]["user"] == user["user"]["id"]
     data = mine[0]["event"]["data"]
@@ -405,18 +417,8 @@ async def test_the_outbox_marks_a_deleted_bookings_reminder_without_sending_it(
     assert outcome.notification_id is not None
     assert (await client.delete(f"/api/booking/{row.booking_id}", headers=auth(user))).status == 204
     bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(bus.channel)
-    try:
-        await Republisher(db=db, bus=bus, after=timedelta(0)).once()
-        seen = []
-        for _ in range(10):
-            message = await pubsub.get_message(timeout=0.1)
-            if message:
-                seen.append(json.loads(message["data"])["event"]["data"].get("notificationId"))
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-    assert str(outcome.notification_id) not in seen
+    republisher = Republisher(db=db, bus=bus, after=timedelta(0))
+    assert await published_during(redis, settings, republisher.once, outcome.notification_id) == []
     assert not await _unpublished(db, outcome.notification_id)
 
 
@@ -434,17 +436,7 @@ async def test_the_outbox_keeps_an_event_nobody_heard_and_gives_up_on_an_old_one
     assert await _unpublished(db, outcome.notification_id)
 
     bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(bus.channel)
-    try:
-        await Republisher(db=db, bus=bus, after=timedelta(0), give_up=timedelta(0)).once()
-        seen = []
-        for _ in range(10):
-            message = await pubsub.get_message(timeout=0.1)
-            if message:
-                seen.append(json.loads(message["data"])["event"]["data"].get("notificationId"))
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-    assert str(outcome.notification_id) not in seen
+    gives_up = Republisher(db=db, bus=bus, after=timedelta(0), give_up=timedelta(0))
+    assert await published_during(redis, settings, gives_up.once, outcome.notification_id) == []
     assert not await _unpublished(db, outcome.notification_id)
     assert await _count_notifications(db, row.user_id) == 1
