@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from server.events import make_event
@@ -116,16 +117,22 @@ async def test_malformed_bodies_are_refused_never_500(
     assert resp.content_type == "application/problem+json"
 
 
+async def admin_with_a_socket(client: Client) -> tuple[dict[str, Any], aiohttp.ClientWebSocketResponse]:
+    """An admin logged in on `client`'s app, with an open, authenticated socket."""
+    email = unique_email("admin")
+    await client.app[AUTH].ensure_admin(email=email, password="admin password 123")
+    login = await client.post("/api/auth/login", json={"email": email, "password": "admin password 123"})
+    admin: dict[str, Any] = await login.json()
+    ws = await client.ws_connect(f"/ws/?token={admin['accessToken']}")
+    await ask(ws, "ping")
+    return admin, ws
+
+
 async def test_redis_down_is_503_and_no_socket_gets_a_half_sent_broadcast(
     make_client: Callable[..., Awaitable[Client]], private_redis: PrivateRedis
 ) -> None:
     client = await make_client(redis_url=private_redis.url, db_timeout=0.5)
-    email = unique_email("admin")
-    await client.app[AUTH].ensure_admin(email=email, password="admin password 123")
-    login = await client.post("/api/auth/login", json={"email": email, "password": "admin password 123"})
-    admin = await login.json()
-    ws = await client.ws_connect(f"/ws/?token={admin['accessToken']}")
-    await ask(ws, "ping")
+    admin, ws = await admin_with_a_socket(client)
 
     private_redis.stop()
     resp = await client.post(URL, json={"message": "while Redis is down"}, headers=auth(admin))
@@ -147,12 +154,7 @@ async def test_a_frozen_redis_is_503_within_redis_timeout_and_then_skipped_at_on
     client = await make_client(
         redis_url=private_redis.url, db_timeout=5.0, redis_timeout=0.3, redis_skip_seconds=30.0
     )
-    email = unique_email("admin")
-    await client.app[AUTH].ensure_admin(email=email, password="admin password 123")
-    login = await client.post("/api/auth/login", json={"email": email, "password": "admin password 123"})
-    admin = await login.json()
-    ws = await client.ws_connect(f"/ws/?token={admin['accessToken']}")
-    await ask(ws, "ping")
+    admin, ws = await admin_with_a_socket(client)
 
     private_redis.hang()
     try:
