@@ -8,7 +8,6 @@ commit the schedule is replaced in Redis; if Redis is down the change still stan
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class ReminderSchedule(Protocol):
-    """Where due reminders wait to fire (the taskiq Redis schedule source in production)."""
+    """Where due reminders wait to fire: the taskiq Redis schedule source, behind the web process's
+    RedisGate in production (server/redisgate.py), which bounds each call in time."""
 
     async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None: ...
 
@@ -64,12 +64,10 @@ class Reminders:
         self,
         schedule: ReminderSchedule,
         *,
-        timeout: float = 1.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_scheduled: Callable[[], None] = lambda: None,
     ) -> None:
         self._schedule = schedule
-        self._timeout = timeout
         self._clock = clock
         self._on_scheduled = on_scheduled
 
@@ -109,12 +107,11 @@ class Reminders:
             # Counted once committed: PostgreSQL holds the reminder now, whether Redis takes its copy
             # below or the reconciler does later.
             self._on_scheduled()
-        try:
-            async with asyncio.timeout(self._timeout):
-                if plan.due_at is None:
-                    await self._schedule.unschedule(plan.booking_id)
-                else:
-                    await self._schedule.schedule(plan.booking_id, plan.due_at, fresh=plan.fresh)
+        try:  # the schedule bounds its own Redis calls (the web app's is behind the RedisGate)
+            if plan.due_at is None:
+                await self._schedule.unschedule(plan.booking_id)
+            else:
+                await self._schedule.schedule(plan.booking_id, plan.due_at, fresh=plan.fresh)
         except Exception as exc:  # any Redis failure or timeout: the booking change stands
             # PostgreSQL holds the intent; the reconciler schedules it once Redis answers again.
             log.warning(

@@ -18,6 +18,7 @@ from actors.reminders import Plan, Reminders
 from server.broker import LEAD, ReminderSource, make_broker
 from server.events import EventBus
 from server.keys import DB
+from server.redisgate import GatedSchedule, RedisGate
 from server.settings import Settings
 from server.tasks import Outcome, Reconciler, Republisher, deliver
 from storage import reminders as store
@@ -174,7 +175,7 @@ async def test_redis_down_at_commit_keeps_the_change_and_the_intent(
         await r.delete(source.data_key(booking["id"]))
     dead = ReminderSource(replace(settings, redis_url="redis://127.0.0.1:1/0", db_timeout=0.5))
     try:
-        hook = Reminders(dead, timeout=1.0)
+        hook = Reminders(GatedSchedule(dead, RedisGate(timeout=1.0, pause=1.0)))
         row = await reminder(db, booking["id"])
         assert row is not None
         started = asyncio.get_running_loop().time()
