@@ -99,18 +99,17 @@ def reminder_event(note: Notification, booking: Booking) -> Event:
     )
 
 
-async def publish(db: Database, bus: EventBus, note: Notification, booking: Booking) -> bool:
+async def publish(db: Database, bus: EventBus, note: Notification, booking: Booking) -> None:
     """The outbox's happy path: publish right after the commit, then mark the row published. When the
     publish fails (Redis down) or the process dies first, the row stays unpublished and the scheduler's
     `Republisher` sends it later: the live event is at least once, the notification row exactly once."""
     if not await bus.emit(booking.user_id, reminder_event(note, booking)):
-        return False
+        return
     try:
         async with db.connect() as conn:
             await store.mark_published(conn, note.id)
     except Exception:  # the event is out; a republish may send it twice, which is the lesser harm
         log.warning("reminder %s published but not marked", note.id, exc_info=True)
-    return True
 
 
 @dataclass

@@ -27,13 +27,11 @@ class ApiKey:
     last_used_at: datetime | None
     revoked_at: datetime | None
 
-    def usable_at(self, now: datetime) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
-
     def state_at(self, now: datetime) -> str:
+        """ "active", "expired" or "revoked"."""
         if self.revoked_at is not None:
             return "revoked"
-        return "active" if self.usable_at(now) else "expired"
+        return "active" if self.expires_at is None or now < self.expires_at else "expired"
 
 
 _PUBLIC = [c for c in api_keys.c if c.name != "secret_hash"]
