@@ -27,6 +27,7 @@ from server.ratelimit import LocalWindows, RateLimiter
 from server.redisconf import retry_once
 from server.redisgate import GatedSchedule, RedisDown, RedisGate
 from tests.private_redis import REDIS_SERVER, PrivateRedis
+from tests.support import wait_for
 
 
 class Clock:
@@ -82,7 +83,11 @@ async def test_while_a_probe_is_in_flight_other_calls_skip() -> None:
     clock.now += 1.0
     command.fail, command.hang = False, True
     probe = asyncio.create_task(gate.call(command, "x"))
-    await asyncio.sleep(0)
+
+    async def probing() -> bool:
+        return command.made == 2
+
+    await wait_for(probing, timeout=2, interval=0.001, what="the probe in flight")
     with pytest.raises(RedisDown):
         await gate.call(command, "x")
     assert command.made == 2  # the probe only
