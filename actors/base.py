@@ -204,6 +204,7 @@ class Registry(Generic[K]):
         self._idle_timeout = idle_timeout
         self._actors: dict[K, Actor[K]] = {}
         self._subscribers: dict[K, list[Subscriber]] = {}
+        self._everyone: list[Subscriber] = []
         self._closed = False
 
     def __len__(self) -> int:
@@ -248,9 +249,23 @@ class Registry(Generic[K]):
         if actor is not None:
             actor.fanout(event)
 
+    def subscribe_all(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Receive every broadcast, whatever keys (rooms) the subscriber follows, even none."""
+        self._everyone.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._everyone:
+                self._everyone.remove(subscriber)
+
+        return unsubscribe
+
     def broadcast(self, event: Event) -> None:
-        for actor in tuple(self._actors.values()):
-            actor.fanout(event)
+        """Hand an event once to each `subscribe_all` subscriber (no actor is involved or spawned)."""
+        for subscriber in tuple(self._everyone):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("broadcast subscriber failed")
 
     def _forget(self, actor: Actor[K]) -> None:
         if self._actors.get(actor.key) is not actor:

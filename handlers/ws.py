@@ -63,10 +63,10 @@ class Connection:
         self._settings = settings
         self._user: User | None = None
         self._rooms: dict[uuid.UUID, Callable[[], None]] = {}
+        self._unsubscribe_broadcasts: Callable[[], None] | None = None
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.ws_outbox_size)
         self._bucket = TokenBucket(settings.ws_rate_per_second, settings.ws_rate_burst)
         self._strikes = 0
-        self._last_event: Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.close_code: int | None = None
@@ -98,17 +98,17 @@ class Connection:
             unsubscribe()
 
     def leave_all(self) -> None:
+        """Leave every room and stop receiving broadcasts (the session is over)."""
         for user_id in list(self._rooms):
             self.leave(user_id)
+        if self._unsubscribe_broadcasts is not None:
+            self._unsubscribe_broadcasts()
+            self._unsubscribe_broadcasts = None
 
     # --- outbox ------------------------------------------------------------------------------------
 
     def deliver(self, event: Event) -> None:
-        """Subscriber callback, called synchronously by an actor's fan-out: never blocks, never grows."""
-        # One broadcast fans out through every room's actor in a row, with the same object; send it once.
-        if self._stopping or event is self._last_event:
-            return
-        self._last_event = event
+        """Subscriber callback, called synchronously by a fan-out: never blocks, never grows."""
         self.send(event)
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -154,6 +154,8 @@ class Connection:
         user_id_var.set(str(user.id))  # this task's context; the reader and writer copy it
         try:
             self.join(user.id)
+            # Broadcasts reach every open socket, whatever rooms it joins or leaves later.
+            self._unsubscribe_broadcasts = self._app[REGISTRY].subscribe_all(self.deliver)
         except Unavailable:  # the registry already refuses work: the process is shutting down
             self.stop(CLOSE_GOING_AWAY, "server shutting down")
             return

@@ -397,13 +397,16 @@ async def test_a_failing_subscriber_does_not_break_the_others(make_registry: Mak
     registry.subscribe("alice", broken)
     registry.subscribe("alice", after.append)
     registry.subscribe("bob", bob.append)
+    for subscriber in (before.append, broken, after.append):
+        registry.subscribe_all(subscriber)
 
     registry.deliver("alice", {"n": 1})
     registry.broadcast({"n": 2})
 
     assert before == [{"n": 1}, {"n": 2}]
     assert after == [{"n": 1}, {"n": 2}]
-    assert bob == [{"n": 2}]
+    # A broadcast goes to `subscribe_all` subscribers only, once each, not through the keys' lists.
+    assert bob == []
     # The actor is unharmed by its subscriber's failure.
     assert await within(registry.ask("alice", "still here")) == "still here"
 
@@ -420,9 +423,14 @@ async def test_deliver_to_a_key_without_an_actor_spawns_nothing(make_registry: M
         return handler
 
     registry = make_registry(factory)
+    everyone: list[dict[str, Any]] = []
+    unsubscribe = registry.subscribe_all(everyone.append)
     registry.deliver("nobody", {"n": 1})
     registry.broadcast({"n": 2})
+    unsubscribe()
+    registry.broadcast({"n": 3})
 
+    assert everyone == [{"n": 2}]
     assert "nobody" not in registry
     assert len(registry) == 0
     assert spawned == []

@@ -222,8 +222,12 @@ async def test_a_broadcast_reaches_each_socket_once_whatever_its_rooms(
     admin_ws, user_ws = await open_ws(client, admin), await open_ws(client, user)
     await ask(admin_ws, "join-user-room", {"userId": user["user"]["id"]})
     await ask(user_ws, "ping")
+    # A socket that left its own room (no rooms at all) still gets every broadcast.
+    roomless = await open_ws(client, user)
+    left = await ask(roomless, "leave-user-room", {"userId": user["user"]["id"]})
+    assert left["data"]["rooms"] == []
     await client.app[BUS].broadcast(make_event("system.notification", {"message": "maintenance at 6"}))
-    for ws in (admin_ws, user_ws):
+    for ws in (admin_ws, user_ws, roomless):
         frames = await events_until_pong(ws)
         assert [(f["event"], f["data"]) for f in frames] == [
             ("system.notification", {"message": "maintenance at 6"})

@@ -233,9 +233,14 @@ async def test_an_admin_broadcast_over_rest_reaches_every_socket_on_both_process
         await http.ws_connect(pair.ws_url(pair.b, alice["accessToken"])),
         await http.ws_connect(pair.ws_url(pair.b, bob["accessToken"])),
         await http.ws_connect(pair.ws_url(pair.b, admin["accessToken"])),
+        await http.ws_connect(pair.ws_url(pair.a, bob["accessToken"])),
     ]
     for ws in sockets:
         await ask(ws, "ping")
+    # Roomless sockets on both processes: a broadcast is for every open socket, whatever its rooms.
+    for ws in (sockets[1], sockets[4]):
+        left = await ask(ws, "leave-user-room", {}, id="leave")
+        assert left["data"]["rooms"] == [], left
     url = f"{pair.a.base_url}/api/notifications/broadcast"
     async with http.post(url, json={"message": "plain user"}, headers=bearer(alice)) as resp:
         assert resp.status == 403
