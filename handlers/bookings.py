@@ -12,7 +12,7 @@ from marshmallow import Schema
 
 from actors.bookings import parse_if_match
 from actors.errors import FieldError, ValidationFailed
-from actors.views import booking_view
+from actors.views import booking_view, snapshot_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.schemas import (
     AuditPage,
@@ -304,8 +304,8 @@ async def history(request: web.Request) -> web.Response:
             "action": e["action"],
             "entity": e["entity"],
             "entityId": e["entity_id"],
-            "before": e["before"],
-            "after": e["after"],
+            "before": snapshot_view(e["before"]),
+            "after": snapshot_view(e["after"]),
         }
         for e in entries
     ]

@@ -262,8 +262,8 @@ class AuditEntry(Schema):
     action = fields.String(required=True)
     entity = fields.String(required=True)
     entity_id = fields.UUID(required=True, data_key="entityId")
-    before = fields.Dict(allow_none=True, required=True)
-    after = fields.Dict(allow_none=True, required=True)
+    before = fields.Nested(BookingOut, allow_none=True, required=True, metadata=_desc("The booking before"))
+    after = fields.Nested(BookingOut, allow_none=True, required=True, metadata=_desc("The booking after"))
 
 
 class AuditPage(Schema):

@@ -298,7 +298,7 @@ async def test_delete_removes_from_reads_but_audit_keeps_it(
     user = await register()
     b = await create(client, user, hours=30)
     url = f"/api/booking/{b['id']}"
-    await client.patch(url, json={"title": "Renamed"}, headers=auth(user))
+    renamed = await (await client.patch(url, json={"title": "Renamed"}, headers=auth(user))).json()
     assert (await client.delete(url, headers=auth(user))).status == 204
     assert (await client.get(url, headers=auth(user))).status == 404
     assert (await client.delete(url, headers=auth(user))).status == 404
@@ -310,6 +310,12 @@ async def test_delete_removes_from_reads_but_audit_keeps_it(
     assert history["data"][1]["after"]["title"] == "Renamed"
     assert history["data"][2]["after"] is None
     assert all(e["actorId"] == user["user"]["id"] for e in history["data"])
+    # The snapshots have the booking resource's own shape (camelCase, `Z` times, no internal columns),
+    # whether the create statement (to_jsonb) or an update (the service) wrote them.
+    created, updated, deleted = history["data"]
+    assert created["before"] is None and created["after"] == b
+    assert updated["before"] == b and updated["after"] == renamed
+    assert deleted["before"] == renamed
 
 
 async def test_pagination_meta_is_right_on_every_page(client: Client, register: Registrar) -> None:
