@@ -225,7 +225,7 @@ async def count_after(redis: Redis, stream: str, last_id: str | None, *, page: i
     count = 0
     start = f"({last_id}" if last_id else "-"
     while True:
-        entries = await redis.xrange(stream, min=start, max="+", count=page)
+        entries = await redis.xrange(stream, min=start, max="+", count=page) or []
         count += len(entries)
         if len(entries) < page:
             return count
