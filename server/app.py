@@ -17,7 +17,7 @@ from actors.security import TokenCodec
 from actors.usercache import UserCache
 from handlers import auth, bookings, health, notifications, users, ws
 from server import redisconf
-from server.broker import ReminderSource
+from server.broker import ReminderSource, make_broker
 from server.events import EventBus, make_event
 from server.keys import (
     AUTH,
@@ -100,7 +100,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
 async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     """Actor registry, the cross-process event bus and its listener; shutdown drains the mailboxes."""
     settings = app[SETTINGS]
-    reminder_source = ReminderSource(settings)  # the Redis copy of reminders; PostgreSQL holds the intent
+    # The Redis copy of reminders (PostgreSQL holds the intent); one already due goes to the stream.
+    reminder_source = ReminderSource(settings, broker=make_broker(settings))
     deps = Deps(
         db=app[DB],
         emitter=_LateEmitter(app),

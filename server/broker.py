@@ -18,13 +18,14 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from taskiq import AckableMessage, AsyncBroker, ScheduledTask, ScheduleSource, TaskiqScheduler
 from taskiq.exceptions import ScheduledTaskCancelledError
+from taskiq.kicker import AsyncKicker
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource, RedisStreamBroker
 
@@ -113,13 +114,25 @@ def make_broker(settings: Settings, *, idle_timeout_ms: int = 60_000) -> Reminde
     )
 
 
+async def enqueue_reminder(broker: AsyncBroker, booking_id: uuid.UUID, due_at: datetime) -> None:
+    """Put a delivery on the stream now, bypassing the schedule (the task waits out `due_at`)."""
+    kicker: AsyncKicker[Any, Any] = AsyncKicker(DELIVER_REMINDER, broker, {})
+    await kicker.kiq(booking_id=str(booking_id), due_at=due_at.isoformat())
+
+
 PendingCheck = Callable[[uuid.UUID, datetime], Awaitable[bool]]
 
 
 class ReminderSource(ListRedisScheduleSource):
     """The Redis schedule source for reminders: `reminder:<booking id>` schedules, JSON-encoded."""
 
-    def __init__(self, settings: Settings, *, is_pending: PendingCheck | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        is_pending: PendingCheck | None = None,
+        broker: AsyncBroker | None = None,
+    ) -> None:
         self.key_prefix = f"{settings.redis_prefix}schedule"
         super().__init__(
             settings.redis_url,
@@ -128,6 +141,9 @@ class ReminderSource(ListRedisScheduleSource):
             **_connection_kwargs(settings),
         )
         self.is_pending = is_pending
+        # With a broker, a reminder already due goes straight to the stream: through the schedule it
+        # would wait for the scheduler's next read of the source (1-2 s).
+        self._broker = broker
         self._claim_prefix = f"{settings.redis_prefix}reminder-claim:"
         self._client = Redis(connection_pool=self._connection_pool)  # one client: no per-call set-up
         self._put = self._client.register_script(_PUT_SCHEDULE)
@@ -137,6 +153,8 @@ class ReminderSource(ListRedisScheduleSource):
 
     async def close(self) -> None:
         await self._connection_pool.disconnect()
+        if self._broker is not None:
+            await self._broker.shutdown()
 
     def data_key(self, booking_id: uuid.UUID | str) -> str:
         return self._get_data_key(schedule_id(booking_id))
@@ -158,6 +176,11 @@ class ReminderSource(ListRedisScheduleSource):
         first takes the old entry (GETDEL) to find the minute list it sits in: two."""
         task = self.task_for(booking_id, due_at)
         sid = task.schedule_id
+        if self._broker is not None and task.time is not None and task.time <= datetime.now(UTC):
+            if not fresh:
+                await self.delete_schedule(sid)  # an older entry must not fire as well
+            await enqueue_reminder(self._broker, booking_id, due_at)
+            return
         data_key = self._get_data_key(sid)
         keys = [data_key, self._get_time_key(task.time or due_at)]
         if not fresh:

@@ -11,16 +11,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
-from taskiq.kicker import AsyncKicker
 
 from actors.base import Event
 from actors.views import booking_view, iso
 from server import redisconf
-from server.broker import DELIVER_REMINDER, LEAD, ReminderSource
+from server.broker import DELIVER_REMINDER, LEAD, ReminderSource, enqueue_reminder
 from server.events import EventBus, make_event
 from server.jobstats import JobStats
 from server.settings import Settings
@@ -262,5 +260,4 @@ class Reconciler:
         return counts
 
     async def enqueue(self, booking_id: uuid.UUID, due_at: datetime) -> None:
-        kicker: AsyncKicker[Any, Any] = AsyncKicker(DELIVER_REMINDER, self.broker, {})
-        await kicker.kiq(booking_id=str(booking_id), due_at=due_at.isoformat())
+        await enqueue_reminder(self.broker, booking_id, due_at)

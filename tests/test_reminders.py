@@ -72,6 +72,14 @@ async def scheduled_due(source: ReminderSource, booking_id: str) -> str | None:
     return None if raw is None else str(json.loads(raw)["kwargs"]["due_at"])
 
 
+async def queued_due(source: ReminderSource, booking_id: str) -> list[str]:
+    """The due times of the deliveries of `booking_id` waiting on the taskiq stream."""
+    async with source.redis() as r:
+        entries = await r.xrange(source.key_prefix.removesuffix("schedule") + "taskiq:stream")
+    messages = [json.loads(fields[b"data"]) for _, fields in entries]
+    return [m["kwargs"]["due_at"] for m in messages if m["kwargs"]["booking_id"] == booking_id]
+
+
 # --- the hook -------------------------------------------------------------------------------------------
 
 
@@ -101,7 +109,9 @@ async def test_default_is_ten_minutes_and_past_due_but_not_started_is_due_now(
     row = await reminder(db, soon["id"])
     assert row is not None and row.state == "pending"
     assert before <= row.due_at <= datetime.now(UTC)
-    assert await scheduled_due(source, soon["id"]) == row.due_at.isoformat()
+    # Due now: not a schedule entry for the scheduler's next read, but a message on the stream at once.
+    assert await scheduled_due(source, soon["id"]) is None
+    assert await queued_due(source, soon["id"]) == [row.due_at.isoformat()]
 
 
 async def test_null_minutes_means_no_reminder(

@@ -238,6 +238,30 @@ async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
         print(f"{proc.name} stopped on SIGTERM in {took:.2f}s, exit code 0")  # noqa: T201
 
 
+async def test_a_reminder_already_due_goes_straight_to_a_worker_without_waiting_for_the_scheduler(
+    client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub
+) -> None:
+    """SPEC §9's "send at once": a booking whose reminder time has passed at creation (or an edit that
+    makes it due now) is put on the stream by the web process itself, not left for the scheduler's next
+    read of the schedule (which made it 1-2 s late). No scheduler runs here, so only that path delivers."""
+    worker = start_worker(processes)
+    await ready(worker, "reminder worker ready")
+    user = await register()
+
+    created_due = await book(client, user, seconds=120, minutes=10)
+    later = await book(client, user, seconds=3600, minutes=10)
+    resp = await client.patch(
+        f"/api/booking/{later['id']}", json={"reminderMinutesBefore": 120}, headers=auth(user)
+    )
+    assert resp.status == 200, await resp.text()
+
+    seen = await reminders_seen(events, user, until=time.monotonic() + 10, expect=2)
+    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([created_due["id"], later["id"]])
+    assert await notifications(client.app[DB], user) == 2
+    for envelope, arrived in seen:
+        lateness(envelope, arrived)  # printed and collected for the session's summary, not asserted
+
+
 async def test_two_schedulers_send_each_reminder_once(
     client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub
 ) -> None:
