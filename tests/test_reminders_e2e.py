@@ -256,7 +256,8 @@ async def test_a_reminder_already_due_goes_straight_to_a_worker_without_waiting_
     assert resp.status == 200, await resp.text()
 
     seen = await reminders_seen(events, user, until=time.monotonic() + 10, expect=2)
-    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([created_due["id"], later["id"]])
+    reminded = sorted(e["event"]["data"]["bookingId"] for e, _ in seen)
+    assert reminded == sorted([created_due["id"], later["id"]])
     assert await notifications(client.app[DB], user) == 2
     for envelope, arrived in seen:
         lateness(envelope, arrived)  # printed and collected for the session's summary, not asserted
