@@ -111,6 +111,8 @@ def _tidy(document: dict[str, Any]) -> None:
     """Complete each operation with the middlewares' responses and headers, and make apigami's output
     strict OpenAPI 3: it leaves Swagger-2 keys and optional bodies behind."""
     for path, operations in document.get("paths", {}).items():
+        # aiohttp answers HEAD for every GET; the document lists the GET only (Swagger UI showed both).
+        operations.pop("head", None)
         for method, operation in operations.items():
             if not isinstance(operation, dict):
                 continue
