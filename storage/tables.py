@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -122,7 +122,7 @@ idempotency_keys = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("request_hash", sa.Text, nullable=False),
     sa.Column("status_code", sa.Integer, nullable=False),
-    sa.Column("response", JSONB, nullable=False),
+    sa.Column("response", JSON, nullable=False),  # json, not jsonb: a replay keeps the key order
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
     sa.Index("ix_idempotency_keys_created_at", "created_at"),
 )
