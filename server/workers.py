@@ -76,8 +76,15 @@ async def finish(steps: Sequence[Callable[[], Awaitable[object]]], *, grace: flo
         log.warning("%s: shutdown did not finish within %.1fs; exiting anyway", what, grace)
 
 
+def _quiet_intended_cancel(record: logging.LogRecord) -> bool:
+    """taskiq's receiver warns "The listenig task was cancelled." whenever its task is cancelled, which
+    is how SIGTERM stops it here: an intended stop, logged by us at INFO ("worker stopping")."""
+    return record.getMessage() != "The listenig task was cancelled."
+
+
 async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float = 5.0) -> int:
     stop = _stop_event()
+    logging.getLogger("taskiq.receiver").addFilter(_quiet_intended_cancel)
     broker = make_broker(settings)
     register(broker, settings)
     broker.is_worker_process = True

@@ -235,6 +235,7 @@ async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
         took = proc.stop(signal.SIGTERM)
         assert took < 6.0, proc.text()
         assert proc.popen.returncode == 0, (proc.name, proc.popen.returncode, proc.text())
+        assert "WARNING" not in proc.text(), proc.text()  # a clean stop says nothing alarming
         print(f"{proc.name} stopped on SIGTERM in {took:.2f}s, exit code 0")  # noqa: T201
 
 

@@ -26,5 +26,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.alter_column(
-        "idempotency_keys", "response", type_=JSONB(), existing_type=JSON(), postgresql_using="response::jsonb"
+        "idempotency_keys",
+        "response",
+        type_=JSONB(),
+        existing_type=JSON(),
+        postgresql_using="response::jsonb",
     )
