@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -39,10 +40,13 @@ def backing_services() -> Iterator[tuple[str, str]]:
     try:
         yield (db_url or (pg.url if pg else "")), (redis_url or (rd.url if rd else ""))
     finally:
-        if rd:
-            rd.stop()
-        if pg:
-            pg.stop()
+        try:
+            if rd:
+                rd.stop()
+            if pg:
+                pg.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)  # ~70 MB of cluster files per session otherwise
 
 
 @pytest.fixture(scope="session")
