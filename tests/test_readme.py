@@ -73,8 +73,8 @@ SKIPPED = {
     "BENCHMARKS.md § The run": "the full benchmark, 209 s",
     "DEPLOY.md § Development (the default)": "needs a Docker engine "
     "(tests/test_deploy.py checks the compose file with Compose's own loader)",
-    "DEPLOY.md § Production (`docker-compose.prod.yml`)": "needs a Docker engine and production secrets "
-    "(tests/test_deploy.py resolves the profiles with Compose's own loader)",
+    "DEPLOY.md § Production (`docker compose --profile prod`)": "needs a Docker engine and production "
+    "secrets (tests/test_deploy.py resolves the profiles with Compose's own loader)",
     "FAULTS.md § Faults: PostgreSQL or Redis going away, SIGTERM, a soak": "`make test` is this suite",
     "FAULTS.md § Soak": "the soak runs for minutes (`make test-slow`)",
     "WEBSOCKET.md § Memory per idle connection": "the memory benchmark, minutes (tests/test_bench_smoke.py)",
