@@ -172,13 +172,18 @@ async def test_the_try_it_session_works_as_printed(client: Client) -> None:
 
 
 async def test_the_websocket_try_it_works_as_printed(client: Client) -> None:
-    output = await run_bash(block("WEBSOCKET.md § Try it"), {5000: address(client)})
+    script = block("WEBSOCKET.md § Try it")
+    output = await run_bash(script, {5000: address(client)})
     registered, pong, *frames = json_lines(output)
     assert registered["user"]["email"] == "socket@example.com", registered
     assert pong["event"] == "pong" and pong["id"] == "1"
     assert [f["event"] for f in frames] == ["booking.created", "create-booking"], frames
     assert frames[-1]["id"] == "2"
     assert all(f["data"]["title"] == "Socket Booking" for f in frames)
+    # A second run, as the doc says: register answers 409, and the same slot is an error frame, not a hang.
+    again, _, *frames = json_lines(await run_bash(script, {5000: address(client)}))
+    assert again["status"] == 409, again
+    assert [(f["event"], f["id"], f["data"]["status"]) for f in frames] == [("error", "2", 409)], frames
 
 
 async def test_the_broadcast_example_works_as_printed(client: Client) -> None:
