@@ -13,6 +13,7 @@ nearest directory, from the current one up, that holds a Procfile: server/runloc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -64,6 +65,10 @@ def cli_database(command: str, settings: Settings) -> Iterator[Target]:
 def _own_embedded(data_dir: Path) -> Iterator[Target]:
     """With the run lock held: start (or adopt) the embedded server, stop it after only if we started it."""
     postgres_dir = data_dir / "postgres"
+    # pgserver logs a failed pg_ctl as a dozen lines on stderr; our one line says it (and where the log is).
+    pgserver_log = logging.getLogger("pgserver")
+    pgserver_log.addHandler(logging.NullHandler())
+    pgserver_log.propagate = False
     try:
         postgres = EmbeddedPostgres.start(postgres_dir)
     except EmbeddedServerError as exc:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -252,8 +253,14 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("checkout")
+def stack() -> Iterator[Stack]:
+    # Outside pytest's base temp, which a new pytest session resets to 0700, locking out the user
+    # pgserver runs postgres as when we are root (tests/test_cli.py's checkout fixture).
+    with tempfile.TemporaryDirectory(prefix="booking-checkout-") as name:
+        yield from _stack(Path(name))
+
+
+def _stack(root: Path) -> Iterator[Stack]:
     procfile = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
     (root / "Procfile").write_text(f"release: {procfile['release']}\nweb: {procfile['web']}\n")
     (port,) = free_ports(1)
