@@ -147,6 +147,7 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     from server.app import auth_service
     from storage.db import Database
 
+    _settings()  # a configuration error before any prompt
     email = args.email or input("Admin email: ").strip()
     password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass("Admin password (8-128 chars): ")
     if not 8 <= len(password) <= 128:
