@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 
 from server.jobs import create_jobs_app
-from server.keys import AUTH
 from server.settings import Settings
 from tests.conftest import Client
 from tests.processes import BOOKING, ROOT
@@ -186,15 +184,16 @@ async def test_the_websocket_try_it_works_as_printed(client: Client) -> None:
     assert [(f["event"], f["id"], f["data"]["status"]) for f in frames] == [("error", "2", 409)], frames
 
 
-async def test_the_broadcast_example_works_as_printed(client: Client) -> None:
-    """The admin the example logs in as: ensured the way ADMIN_EMAIL / ADMIN_PASSWORD are at start-up."""
-    email, password = f"admin-{uuid.uuid4().hex[:8]}@example.com", "admin password 123"
-    await client.app[AUTH].ensure_admin(email=email, password=password)
+async def test_the_broadcast_example_works_as_printed(client: Client, database_url: str) -> None:
+    """Its first line makes the admin with `.venv/bin/booking create-admin`, on the test's database."""
     output = await run_bash(
         block("README.md § Live updates over WebSocket #2"),
         {5000: address(client)},
-        {"ADMIN_EMAIL": email, "ADMIN_PASSWORD": password},
+        {"DATABASE_URL": database_url, "NODE_ENV": "test"},
     )
+    lines = output.splitlines()
+    assert any("admin@example.com" in line for line in lines[:-1]), output  # create-admin's report
+    output = lines[-1]
     [reply] = json_lines(output)
     assert reply["event"] == "system.notification", reply
     assert reply["data"] == {"message": "Maintenance at 18:00 UTC", "data": {"window": "18:00-18:15"}}
