@@ -15,9 +15,10 @@ from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.reminders import NotificationService, Reminders
 from actors.security import TokenCodec
 from actors.usercache import UserCache
-from handlers import auth, bookings, health, notifications, users, ws
-from server import redisconf
-from server.broker import ReminderSource
+from actors.webhooks import WebhookService
+from handlers import auth, bookings, health, notifications, users, webhooks, ws
+from server import redisconf, webhook_delivery
+from server.broker import ReminderSource, make_broker
 from server.events import EventBus, make_event
 from server.keys import (
     AUTH,
@@ -31,12 +32,13 @@ from server.keys import (
     REDIS_GATE,
     REGISTRY,
     SETTINGS,
+    WEBHOOKS,
 )
 from server.metrics import Metrics
 from server.middlewares import body_rules, cors, request_context
 from server.openapi import setup_openapi
 from server.ratelimit import RateLimiter
-from server.redisgate import GatedSchedule, RedisGate
+from server.redisgate import GatedSchedule, RedisDown, RedisGate
 from server.settings import Settings
 from storage.db import Database
 
@@ -101,6 +103,8 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     """Actor registry, the cross-process event bus and its listener; shutdown drains the mailboxes."""
     settings = app[SETTINGS]
     reminder_source = ReminderSource(settings)  # the Redis copy of reminders; PostgreSQL holds the intent
+    task_broker = make_broker(settings)  # only to enqueue webhook deliveries; the outbox holds the truth
+    hand_off = _GatedKick(webhook_delivery.kicker(task_broker), app[REDIS_GATE])
     deps = Deps(
         db=app[DB],
         emitter=_LateEmitter(app),
@@ -113,6 +117,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         reminders=Reminders(
             GatedSchedule(reminder_source, app[REDIS_GATE]), on_scheduled=app[METRICS].reminders_scheduled.inc
         ),
+        webhooks=hand_off,
     )
     registry: Registry[uuid.UUID] = Registry(
         actor_factory(deps),
@@ -127,6 +132,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS].on_reconnect(cache.clear)
     app[BOOKINGS] = BookingService(deps, registry)
     app[NOTIFICATIONS] = NotificationService(app[DB])
+    app[WEBHOOKS] = WebhookService(app[DB], production=settings.production, kick=hand_off.after_commit)
     metrics = app[METRICS]
     metrics.actors.set_function(lambda: len(registry))
     metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth)
@@ -135,6 +141,22 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     await registry.close()
     await app[BUS].close()
     await reminder_source.close()
+    await task_broker.connection_pool.disconnect()
+
+
+class _GatedKick:
+    """The commit's webhook messages to the workers, behind the RedisGate: a booking change never waits
+    on Redis for them; the scheduler's dispatcher enqueues what was skipped."""
+
+    def __init__(self, kick: webhook_delivery.Kick, gate: RedisGate) -> None:
+        self._kick = kick
+        self._gate = gate
+
+    async def after_commit(self, message_ids: list[uuid.UUID]) -> None:
+        try:
+            await self._gate.call(lambda: self._kick(message_ids), "webhook hand-off")
+        except RedisDown as exc:
+            log.info("webhook messages not handed to the workers (%s); the scheduler will", exc)
 
 
 class _LateEmitter:
@@ -152,6 +174,7 @@ def setup_routes(app: web.Application) -> None:
     app.add_routes(users.routes)
     app.add_routes(bookings.routes)
     app.add_routes(notifications.routes)
+    app.add_routes(webhooks.routes)
     app.add_routes(health.routes)
     ws.setup(app)  # /ws/, its socket set, and the on_shutdown hook that closes sockets with 1001
 

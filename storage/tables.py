@@ -249,6 +249,12 @@ webhook_messages = sa.Table(
         postgresql_where=sa.text("state = 'pending'"),
     ),
     sa.Index("ix_webhook_messages_endpoint_id_seq", "endpoint_id", "seq"),
+    # The attempts in flight per endpoint (its concurrency limit): a handful of rows at any time.
+    sa.Index(
+        "ix_webhook_messages_endpoint_id_locked",
+        "endpoint_id",
+        postgresql_where=sa.text("locked_until IS NOT NULL"),
+    ),
 )
 
 webhook_attempts = sa.Table(

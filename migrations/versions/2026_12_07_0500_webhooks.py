@@ -84,6 +84,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'pending'"),
     )
     op.create_index(op.f("ix_webhook_messages_endpoint_id_seq"), "webhook_messages", ["endpoint_id", "seq"])
+    op.create_index(
+        op.f("ix_webhook_messages_endpoint_id_locked"),
+        "webhook_messages",
+        ["endpoint_id"],
+        postgresql_where=sa.text("locked_until IS NOT NULL"),
+    )
     op.create_table(
         "webhook_attempts",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
