@@ -42,6 +42,9 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     scripts: dict[str, list[int]] = field(default_factory=dict)  # path → statuses to answer, in order
     hanging: set[str] = field(default_factory=set)  # paths that never answer (until released)
+    hang_next: dict[str, int] = field(default_factory=dict)  # path → how many requests to hang first
+    in_flight: dict[str, int] = field(default_factory=dict)
+    most_in_flight: dict[str, int] = field(default_factory=dict)  # the most requests open at once, by path
     answer_body: dict[str, bytes] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -54,7 +57,17 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
         self.received.append(Received(path, dict(request.headers), await request.read(), time.monotonic()))
-        if path in self.hanging:
+        self.in_flight[path] = self.in_flight.get(path, 0) + 1
+        self.most_in_flight[path] = max(self.most_in_flight.get(path, 0), self.in_flight[path])
+        try:
+            return await self._answer(path)
+        finally:
+            self.in_flight[path] -= 1
+
+    async def _answer(self, path: str) -> web.StreamResponse:
+        if path in self.hanging or self.hang_next.get(path, 0) > 0:
+            if self.hang_next.get(path, 0) > 0:
+                self.hang_next[path] -= 1
             await self.release.wait()
             return web.Response(status=504)
         script = self.scripts.get(path)
@@ -70,7 +83,8 @@ async def running_receiver() -> AsyncIterator[Receiver]:
     recv = Receiver()
     app = web.Application()
     app.router.add_post("/{path:.*}", recv.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    # A request the sender gave up on (closed) ends here too, so `in_flight` counts open ones only.
+    runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
