@@ -21,7 +21,7 @@ from handlers.common import bearer_token, json_response
 from handlers.schemas import HealthOut, Problem, Strict
 from handlers.validation import read_json
 from handlers.validation import validate as validate_body
-from server import jobstats
+from server import jobstats, webhook_delivery
 from server.broker import group_name, schedule_id, stream_name
 from server.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
 from storage import bookings as booking_store
@@ -111,13 +111,14 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
             jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
             pending_rows(),
             jobstats.count_keys(redis, f"{settings.redis_prefix}schedule:data:{schedule_id('*')}"),
+            webhook_delivery.figures(redis, request.app[DB], prefix=settings.redis_prefix),
             return_exceptions=True,
         )
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    snapshot, queue, in_database, in_redis = cast(
-        tuple[jobstats.Snapshot, dict[str, Any], int, int], tuple(results)
+    snapshot, queue, in_database, in_redis, webhooks = cast(
+        tuple[jobstats.Snapshot, dict[str, Any], int, int, dict[str, Any]], tuple(results)
     )
     return {
         "queue": {
@@ -131,6 +132,7 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
         "counters": snapshot.counters,
         "lateness": snapshot.lateness,
         "recentFailures": snapshot.failures,
+        "webhooks": webhooks,
     }
 
 
@@ -173,6 +175,7 @@ class _Snapshot:
             "Samples behind the lateness quantiles",
             value=data["lateness"]["samples"],
         )
+        yield from webhook_delivery.metric_families(data["webhooks"])
 
 
 def _wants_prometheus(request: web.Request) -> bool:
@@ -190,7 +193,8 @@ def _wants_prometheus(request: web.Request) -> bool:
 @routes.get("/jobs/metrics")
 @docs(
     tags=["jobs"],
-    summary="Reminder metrics: queue depth, in flight, scheduled, outcomes, lateness, recent failures",
+    summary="Reminder metrics: queue depth, in flight, scheduled, outcomes, lateness, recent failures; "
+    "webhook deliveries",
     description="JSON by default; Prometheus text with `?format=prometheus` or `Accept: text/plain`.",
     security=SECURITY,
     parameters=[

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 from taskiq.kicker import AsyncKicker
@@ -436,3 +437,41 @@ class Dispatcher:
             self.dispatched += len(due)
             log.info("webhook dispatcher: %d message(s) enqueued", len(due))
         return len(due)
+
+
+# --- figures for /metrics and /jobs/metrics ------------------------------------------------------------
+
+
+async def figures(redis: Redis, db: Database, *, prefix: str) -> dict[str, Any]:
+    """Every worker's delivery counters and latency quantiles (Redis) and the outbox's queue depth
+    (pending messages in PostgreSQL): the same on every process."""
+    stats = await WebhookStats(redis, prefix=prefix).read()
+    async with db.connect() as conn:
+        stats["queueDepth"] = await store.count_pending(conn)
+    return stats
+
+
+def metric_families(data: dict[str, Any]) -> list[Metric]:
+    deliveries = CounterMetricFamily(
+        "webhook_deliveries",
+        "Webhook attempts by outcome, all workers: sent (2xx), failed, retried (attempts after the first), "
+        "gone (410), refused (SSRF guard); read from Redis, do not sum across processes",
+        labels=["outcome"],
+    )
+    for outcome, value in data["counters"].items():
+        deliveries.add_metric([outcome], value)
+    latency = GaugeMetricFamily(
+        "webhook_latency_milliseconds",
+        "Latency of the latest webhook attempts, nearest-rank quantiles, all workers",
+        labels=["quantile"],
+    )
+    for name, quantile in (("p50", "0.5"), ("p99", "0.99"), ("max", "1")):
+        value = data["latencyMs"].get(name)
+        if value is not None:
+            latency.add_metric([quantile], float(value))
+    depth = GaugeMetricFamily(
+        "webhook_queue_depth",
+        "Webhook messages not yet delivered or given up (the outbox)",
+        value=data["queueDepth"],
+    )
+    return [deliveries, latency, depth]

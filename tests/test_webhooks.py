@@ -583,3 +583,41 @@ def test_settings_read_the_webhook_variables() -> None:
     config = DeliveryConfig.of(parsed)
     assert (config.timeout, config.retry_base, config.concurrency) == (3.0, 0.5, 2)
     assert config.lease == 8.0 and parsed.webhook_poll_seconds == 0.25
+
+
+async def test_metrics_count_the_deliveries_on_both_services(
+    client: Client,
+    register: Registrar,
+    admin: dict[str, Any],
+    receiver: Receiver,
+    deliverer: Deliverer,
+    settings: Settings,
+    aiohttp_client: Any,
+) -> None:
+    from redis.asyncio import Redis
+
+    from server.jobs import create_jobs_app
+    from server.webhook_delivery import WebhookStats
+
+    redis = Redis.from_url(settings.redis_url)
+    counted = replace(deliverer, stats=WebhookStats(redis, prefix=settings.redis_prefix))
+    try:
+        owner = await register()
+        endpoint = await add_endpoint(client, owner, receiver.url("counted"))
+        receiver.scripts["counted"] = [500]
+        sent = await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json()
+        await deliver_until(counted, uuid.UUID(sent["id"]), "delivered")
+    finally:
+        await redis.aclose()
+    text = await (await client.get("/metrics")).text()
+    assert 'webhook_deliveries_total{outcome="sent"} 1.0' in text
+    assert 'webhook_deliveries_total{outcome="failed"} 1.0' in text
+    assert 'webhook_deliveries_total{outcome="retried"} 1.0' in text
+    assert 'webhook_latency_milliseconds{quantile="0.99"}' in text
+    assert "webhook_queue_depth " in text
+    jobs = await aiohttp_client(create_jobs_app(settings))
+    figures = (await (await jobs.get("/jobs/metrics", headers=auth(admin))).json())["webhooks"]
+    assert figures["counters"] == {"sent": 1, "failed": 1, "retried": 1, "gone": 0, "refused": 0}
+    assert figures["latencyMs"]["samples"] == 2 and isinstance(figures["queueDepth"], int)
+    prometheus = await (await jobs.get("/jobs/metrics?format=prometheus", headers=auth(admin))).text()
+    assert 'webhook_deliveries_total{outcome="sent"} 1.0' in prometheus
