@@ -142,14 +142,6 @@ async def list_endpoints(
     return [_endpoint(r) for r in rows], total
 
 
-async def list_all_endpoints(conn: Connection) -> list[Endpoint]:
-    """Every endpoint (the CLI)."""
-    rows = await conn.fetch(
-        "SELECT * FROM webhook_endpoints ORDER BY created_at, id",
-    )
-    return [_endpoint(r) for r in rows]
-
-
 UPDATABLE = ("url", "events", "description", "active", "disabled_reason", "failing_since")
 
 
@@ -614,3 +606,44 @@ _FAILED_OF = Query(
 async def redeliver_failed(conn: Connection, *, endpoint_id: uuid.UUID) -> list[uuid.UUID]:
     """Every message the endpoint's schedule gave up on, pending again (the CLI's replay)."""
     return [r["id"] for r in await _FAILED_OF.fetch(conn, endpoint_id=endpoint_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    endpoint: Endpoint
+    pending: int
+    failed: int
+    delivered: int
+    last_delivered_at: datetime | None
+
+
+_SUMMARIES = Query(
+    sa.text(
+        """
+        SELECT e.*,
+               count(*) FILTER (WHERE m.state = 'pending') AS pending,
+               count(*) FILTER (WHERE m.state = 'failed') AS failed,
+               count(*) FILTER (WHERE m.state = 'delivered') AS delivered,
+               max(m.delivered_at) AS last_delivered_at
+        FROM webhook_endpoints e
+        LEFT JOIN webhook_messages m ON m.endpoint_id = e.id
+        GROUP BY e.id
+        ORDER BY e.created_at, e.id
+        """
+    )
+)
+
+
+async def summaries(conn: Connection) -> list[Summary]:
+    """Every endpoint with its message counts (the CLI's list)."""
+    counted = ("pending", "failed", "delivered", "last_delivered_at")
+    return [
+        Summary(
+            _endpoint({k: v for k, v in r.items() if k not in counted}),
+            r["pending"],
+            r["failed"],
+            r["delivered"],
+            r["last_delivered_at"],
+        )
+        for r in await _SUMMARIES.fetch(conn)
+    ]

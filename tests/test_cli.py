@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "create-api-key",
     "list-api-keys",
     "revoke-api-key",
+    "webhooks",
     "up",
 )
 

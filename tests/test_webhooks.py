@@ -621,3 +621,57 @@ async def test_metrics_count_the_deliveries_on_both_services(
     assert figures["latencyMs"]["samples"] == 2 and isinstance(figures["queueDepth"], int)
     prometheus = await (await jobs.get("/jobs/metrics?format=prometheus", headers=auth(admin))).text()
     assert 'webhook_deliveries_total{outcome="sent"} 1.0' in prometheus
+
+
+async def _booking_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    import asyncio
+    import os
+
+    from tests.processes import BOOKING
+
+    env = {
+        **os.environ,
+        "NODE_ENV": "test",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(BOOKING),
+        "webhooks",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_lists_endpoints_and_replays_what_was_given_up(
+    client: Client, register: Registrar, settings: Settings
+) -> None:
+    owner = await register()
+    endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/cli")
+    sent = [
+        (await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json())["id"]
+        for _ in range(3)
+    ]
+    async with client.app[DB].connect() as conn:
+        await conn.execute(
+            "UPDATE webhook_messages SET state = 'failed' WHERE id = any($1::uuid[])",
+            [uuid.UUID(i) for i in sent[:2]],
+        )
+    code, out, err = await _booking_cli(settings, "list")
+    assert code == 0, err
+    [line] = [row for row in out.splitlines() if row.startswith(endpoint["id"])]
+    assert line.split()[1:6] == ["active", owner["user"]["id"], "*", "1", "2"], line
+    code, out, err = await _booking_cli(settings, "replay", endpoint["id"], "--delivery", sent[0])
+    assert (code, out.strip()) == (0, "1 message(s) to http://127.0.0.1:9/cli queued for delivery"), err
+    code, out, err = await _booking_cli(settings, "replay", endpoint["id"])
+    assert (code, out.split()[0]) == (0, "1"), err
+    states = {m.state for m in await messages_of(client.app[DB], endpoint["id"])}
+    assert states == {"pending"}
+    code, out, err = await _booking_cli(settings, "replay", str(uuid.uuid4()))
+    assert code != 0 and "no webhook endpoint" in err
+    code, out, err = await _booking_cli(settings, "replay", "not-an-id")
+    assert code == 2 and "not an id" in err
