@@ -675,3 +675,60 @@ async def test_the_cli_lists_endpoints_and_replays_what_was_given_up(
     assert code != 0 and "no webhook endpoint" in err
     code, out, err = await _booking_cli(settings, "replay", "not-an-id")
     assert code == 2 and "not an id" in err
+
+
+async def test_the_readme_receiver_works_as_printed(
+    client: Client, register: Registrar, deliverer: Deliverer, tmp_path: Any
+) -> None:
+    """README's receiver, run as printed: it accepts what the service sends, once per webhook-id, and
+    refuses a forged message."""
+    import asyncio
+    import os
+    import re
+    import socket
+    import sys
+
+    import aiohttp
+
+    from tests.processes import ROOT, free_ports
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("## Webhooks", 1)[1]
+    found = re.search(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert found, "README's Webhooks section has no python block"
+    script = tmp_path / "receiver.py"
+    script.write_text(found.group(1), encoding="utf-8")
+    owner = await register()
+    [port] = free_ports(1)
+    endpoint = await add_endpoint(client, owner, f"http://127.0.0.1:{port}/hooks/booking")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        env={**os.environ, "WEBHOOK_SECRET": endpoint["secret"], "PORT": str(port)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+
+        async def listening() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        await wait_for(listening, timeout=20, what="the README receiver listening")
+        booking = await book(client, owner)
+        [message] = await messages_of(client.app[DB], endpoint["id"])
+        assert await deliverer.deliver(message.id) == "delivered"
+        redo = f"/api/webhooks/{endpoint['id']}/deliveries/{message.id}/redeliver"
+        assert (await client.post(redo, headers=auth(owner))).status == 202
+        await deliver_until(deliverer, message.id, "delivered")  # the same webhook-id: no second effect
+        async with aiohttp.ClientSession() as session:
+            forged = await session.post(
+                f"http://127.0.0.1:{port}/hooks/booking",
+                data=b'{"type":"booking.created"}',
+                headers={"webhook-id": "msg_x", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"},
+            )
+            assert forged.status == 400
+    finally:
+        proc.terminate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    printed = [line for line in out.decode().splitlines() if line.startswith("booking.")]
+    assert printed == [f"booking.created {booking['id']}"], out.decode()
