@@ -272,7 +272,8 @@ class Deliverer:
         headers = rules.headers(endpoint.signing_secrets(now), message.id, now, body)
         answer = await post(self.session, endpoint.url, headers, body, production=self.config.production)
         disabled = await self._settle(claim, answer)
-        log.info(
+        log.log(
+            logging.DEBUG if answer.outcome == "delivered" else logging.INFO,
             "webhook %s (%s) attempt %d to endpoint %s: %s%s",
             message.id,
             message.event_type,

@@ -17,6 +17,8 @@ ROWS = (
     "CPU per create",
     "WS commit->frame on other process",
     "reminder lateness",
+    "webhook commit->delivery",
+    "webhook deliveries/s",
     "list p99, page 1",
     "list p99, page",
     "memory per idle WebSocket",
