@@ -324,6 +324,7 @@ class BookingActor:
                 user_id=booking.user_id,
                 booking_id=booking.id,
                 payload={"booking": booking.snapshot()},
+                handed_off=d.webhooks is not None,
             )
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
@@ -355,6 +356,7 @@ class BookingActor:
                 user_id=current.user_id,
                 booking_id=current.id,
                 payload={"booking": current.snapshot()},
+                handed_off=d.webhooks is not None,
             )
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, None, booking_id=current.id)

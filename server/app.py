@@ -38,7 +38,7 @@ from server.metrics import Metrics
 from server.middlewares import body_rules, cors, request_context
 from server.openapi import setup_openapi
 from server.ratelimit import RateLimiter
-from server.redisgate import GatedSchedule, RedisDown, RedisGate
+from server.redisgate import GatedSchedule, RedisGate
 from server.settings import Settings
 from storage.db import Database
 
@@ -104,7 +104,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     reminder_source = ReminderSource(settings)  # the Redis copy of reminders; PostgreSQL holds the intent
     task_broker = make_broker(settings)  # only to enqueue webhook deliveries; the outbox holds the truth
-    hand_off = _GatedKick(webhook_delivery.kicker(task_broker), app[REDIS_GATE])
+    hand_off = webhook_delivery.HandOff(webhook_delivery.kicker(task_broker), app[REDIS_GATE], app[DB])
     deps = Deps(
         db=app[DB],
         emitter=_LateEmitter(app),
@@ -142,21 +142,6 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[BUS].close()
     await reminder_source.close()
     await task_broker.connection_pool.disconnect()
-
-
-class _GatedKick:
-    """The commit's webhook messages to the workers, behind the RedisGate: a booking change never waits
-    on Redis for them; the scheduler's dispatcher enqueues what was skipped."""
-
-    def __init__(self, kick: webhook_delivery.Kick, gate: RedisGate) -> None:
-        self._kick = kick
-        self._gate = gate
-
-    async def after_commit(self, message_ids: list[uuid.UUID]) -> None:
-        try:
-            await self._gate.call(lambda: self._kick(message_ids), "webhook hand-off")
-        except RedisDown as exc:
-            log.info("webhook messages not handed to the workers (%s); the scheduler will", exc)
 
 
 class _LateEmitter:

@@ -88,6 +88,7 @@ async def deliver(
                 "booking": booking.snapshot(),
                 "reminder": {**note.data, "notificationId": str(note.id)},
             },
+            handed_off=False,  # the scheduler's dispatcher enqueues them
         )
     lateness = (clock() - due_at).total_seconds()
     await publish(db, bus, note, booking)

@@ -32,6 +32,7 @@ from taskiq.kicker import AsyncKicker
 
 from actors import webhook_rules as rules
 from server.events import EventBus, make_event
+from server.redisgate import RedisDown, RedisGate
 from server.settings import Settings
 from storage import reminders as notification_store
 from storage import webhooks as store
@@ -297,6 +298,18 @@ class Deliverer:
         """Record the attempt; the endpoint when this attempt disabled it."""
         disabled: store.Endpoint | None = None
         state, delay = "pending", 0.0
+        if answer.outcome == "delivered" and answer.status is not None:
+            async with self.db.connect() as conn:  # one statement: no transaction block needed
+                settled = await store.record_delivered(
+                    conn,
+                    claim,
+                    response_code=answer.status,
+                    latency_ms=answer.latency_ms,
+                    response_body=answer.body or "",
+                )
+            if not settled:
+                self._lease_lost(claim)
+            return None
         async with self.db.begin() as conn:
             if answer.outcome == "delivered":
                 state = "delivered"
@@ -340,12 +353,16 @@ class Deliverer:
                     },
                 )
         if not settled:
-            log.warning(
-                "webhook %s attempt %d finished after its lease; a newer attempt owns it",
-                claim.message.id,
-                claim.attempt,
-            )
+            self._lease_lost(claim)
         return disabled
+
+    @staticmethod
+    def _lease_lost(claim: store.Claim) -> None:
+        log.warning(
+            "webhook %s attempt %d finished after its lease; a newer attempt owns it",
+            claim.message.id,
+            claim.attempt,
+        )
 
     async def _tell_owner(self, endpoint: store.Endpoint) -> None:
         if self.bus is None:
@@ -370,6 +387,28 @@ class Deliverer:
 
 
 # --- the broker side ---------------------------------------------------------------------------------------
+
+
+class HandOff:
+    """The web process's hand-off of a commit's messages to the workers, behind the RedisGate: a
+    booking change never waits on Redis for them. When it fails, the messages are marked not enqueued,
+    so the scheduler's dispatcher enqueues them on its next pass (else it would wait a lease)."""
+
+    def __init__(self, kick: Kick, gate: RedisGate, db: Database) -> None:
+        self._kick = kick
+        self._gate = gate
+        self._db = db
+
+    async def after_commit(self, message_ids: list[uuid.UUID]) -> None:
+        try:
+            await self._gate.call(lambda: self._kick(message_ids), "webhook hand-off")
+        except RedisDown as exc:
+            log.info("webhook messages not handed to the workers (%s); the scheduler will", exc)
+            try:
+                async with self._db.connect() as conn:
+                    await store.not_handed_off(conn, message_ids)
+            except Exception as db_exc:  # the dispatcher still takes them, one lease later
+                log.warning("webhook messages not marked for the scheduler (%s)", type(db_exc).__name__)
 
 
 def kicker(broker: AsyncBroker) -> Kick:

@@ -9,6 +9,7 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID
 
 from storage.db import Connection, P, Query, Record, page_of, paged
 from storage.tables import webhook_attempts, webhook_endpoints, webhook_messages
@@ -209,7 +210,7 @@ def outbox_cte(created: Any, event_type: str) -> Any:
     return (
         sa.insert(webhook_messages)
         .from_select(
-            ["endpoint_id", "event_type", "booking_id", "payload"],
+            ["endpoint_id", "event_type", "booking_id", "payload", "enqueued_at"],
             sa.select(
                 webhook_endpoints.c.id,
                 sa.literal_column(f"'{event_type}'"),
@@ -217,6 +218,7 @@ def outbox_cte(created: Any, event_type: str) -> Any:
                 sa.func.jsonb_build_object(
                     sa.literal_column("'booking'"), sa.func.to_jsonb(created.table_valued())
                 ),
+                sa.func.now(),  # the web process hands them to the stream right after the commit
             )
             .select_from(created)
             .join(webhook_endpoints, sa.true())
@@ -228,16 +230,17 @@ def outbox_cte(created: Any, event_type: str) -> Any:
 
 
 @cache
-def _enqueue(event_type: str) -> Query:
+def _enqueue(event_type: str, handed_off: bool) -> Query:
     return Query(
         sa.insert(webhook_messages)
         .from_select(
-            ["endpoint_id", "event_type", "booking_id", "payload"],
+            ["endpoint_id", "event_type", "booking_id", "payload", "enqueued_at"],
             sa.select(
                 webhook_endpoints.c.id,
                 sa.literal_column(f"'{event_type}'"),
                 P("booking_id", webhook_messages.c.booking_id.type),
                 P("payload", webhook_messages.c.payload.type),
+                sa.func.now() if handed_off else sa.null(),
             ).where(*_subscribed(event_type, P("user_id", webhook_endpoints.c.user_id.type))),
         )
         .returning(webhook_messages.c.id)
@@ -251,9 +254,14 @@ async def enqueue(
     user_id: uuid.UUID,
     booking_id: uuid.UUID | None,
     payload: dict[str, Any],
+    handed_off: bool = True,
 ) -> list[uuid.UUID]:
-    """One message per endpoint subscribed to `event_type` for `user_id`'s bookings; their ids."""
-    rows = await _enqueue(event_type).fetch(conn, user_id=user_id, booking_id=booking_id, payload=payload)
+    """One message per endpoint subscribed to `event_type` for `user_id`'s bookings; their ids.
+    `handed_off`: the caller enqueues them after the commit (the scheduler waits a lease before it
+    does); otherwise the scheduler enqueues them at once."""
+    rows = await _enqueue(event_type, handed_off).fetch(
+        conn, user_id=user_id, booking_id=booking_id, payload=payload
+    )
     return [r["id"] for r in rows]
 
 
@@ -264,6 +272,7 @@ _ENQUEUE_ONE = Query(
         event_type=P("event_type"),
         booking_id=None,
         payload=P("payload", webhook_messages.c.payload.type),
+        enqueued_at=sa.func.now(),  # the caller hands it over after the commit
     )
     .returning(*webhook_messages.c)
 )
@@ -289,45 +298,61 @@ class Claim:
     attempt: int  # this attempt's number: the token that lets only its worker record the outcome
 
 
+_M = webhook_messages.c
+_E = webhook_endpoints.c
+# One statement locks the message and its endpoint. The endpoint's lock serializes the claims of one
+# endpoint (its concurrency count); NO KEY: a booking commit's foreign-key check on a new message
+# (KEY SHARE) does not wait for it.
 _LOCK_FOR_CLAIM = Query(
-    sa.select(webhook_messages, sa.func.now().label("db_now"))
-    .where(webhook_messages.c.id == P("id"))
+    sa.select(
+        webhook_messages,
+        *[c.label(f"e_{c.name}") for c in webhook_endpoints.c],
+        sa.func.now().label("db_now"),
+    )
+    .join(webhook_endpoints, _E.id == _M.endpoint_id)
+    .where(_M.id == P("id"))
     .with_for_update(key_share=True)
 )
-# Serializes the claims of one endpoint (its concurrency count); NO KEY: a booking commit's foreign-key
-# check on a new message (KEY SHARE) does not wait for it.
-_LOCK_ENDPOINT = Query(
-    sa.select(webhook_endpoints).where(webhook_endpoints.c.id == P("id")).with_for_update(key_share=True)
-)
-_OLDER_PENDING = Query(
-    sa.select(webhook_messages.c.id)
+_older = sa.alias(webhook_messages, "older")
+_OLDER_PENDING = (
+    sa.select(_older.c.id)
     .where(
-        webhook_messages.c.endpoint_id == P("endpoint_id"),
-        webhook_messages.c.booking_id == P("booking_id"),
-        webhook_messages.c.state == "pending",
-        webhook_messages.c.seq < P("seq"),
+        _older.c.endpoint_id == _M.endpoint_id,
+        _older.c.booking_id == _M.booking_id,
+        _older.c.state == "pending",
+        _older.c.seq < _M.seq,
     )
-    .limit(1)
+    .exists()
 )
-_IN_FLIGHT = Query(
+_flying = sa.alias(webhook_messages, "flying")
+_IN_FLIGHT = (
     sa.select(sa.func.count())
-    .select_from(webhook_messages)
+    .select_from(_flying)
     .where(
-        webhook_messages.c.endpoint_id == P("endpoint_id"),
-        webhook_messages.c.locked_until.is_not(None),
-        webhook_messages.c.locked_until > sa.func.now(),
-        webhook_messages.c.state == "pending",
+        _flying.c.endpoint_id == _M.endpoint_id,
+        _flying.c.locked_until.is_not(None),
+        _flying.c.locked_until > sa.func.now(),
+        _flying.c.state == "pending",
     )
+    .scalar_subquery()
 )
+# A new statement, so a new snapshot: it sees every claim of this endpoint that committed before our
+# lock on the endpoint was granted.
 _TAKE = Query(
     sa.update(webhook_messages)
-    .where(webhook_messages.c.id == P("id"))
+    .where(_M.id == P("id"), ~_OLDER_PENDING, P("concurrency", sa.Integer) > _IN_FLIGHT)
     .values(
-        attempts=webhook_messages.c.attempts + 1,
+        attempts=_M.attempts + 1,
         locked_until=sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, P("lease", sa.Float)),
         enqueued_at=None,
     )
     .returning(*webhook_messages.c)
+)
+_WHY_NOT = Query(
+    sa.update(webhook_messages)
+    .where(_M.id == P("id"))
+    .values(enqueued_at=None)  # the scheduler enqueues it again once it can go
+    .returning(_OLDER_PENDING.label("blocked"))
 )
 
 
@@ -346,23 +371,60 @@ async def claim(conn: Connection, message_id: uuid.UUID, *, lease: float, concur
         return "early"
     if message.locked_until is not None and message.locked_until > now:
         return "locked"
-    endpoint_row = await _LOCK_ENDPOINT.fetchrow(conn, id=message.endpoint_id)
-    if endpoint_row is None:
-        return "missing"
-    endpoint = _endpoint(endpoint_row)
+    endpoint = _endpoint({c.name: row[f"e_{c.name}"] for c in webhook_endpoints.c})
     if not endpoint.active:
         return "inactive"
-    if message.booking_id is not None and await _OLDER_PENDING.fetchval(
-        conn, endpoint_id=message.endpoint_id, booking_id=message.booking_id, seq=message.seq
-    ):
-        return "blocked"
-    if int(await _IN_FLIGHT.fetchval(conn, endpoint_id=message.endpoint_id)) >= concurrency:
-        return "busy"
-    taken = await _TAKE.fetchrow(conn, id=message_id, lease=lease)
+    taken = await _TAKE.fetchrow(conn, id=message_id, lease=lease, concurrency=concurrency)
     if taken is None:
-        return "missing"
+        return "blocked" if await _WHY_NOT.fetchval(conn, id=message_id) else "busy"
     claimed = _message(taken)
     return Claim(claimed, endpoint, claimed.attempts)
+
+
+_DELIVERED = Query(
+    sa.text(
+        """
+        WITH settled AS (
+            UPDATE webhook_messages
+            SET state = 'delivered', delivered_at = now(), locked_until = NULL, last_status = :code
+            WHERE id = :id AND attempts = :attempt AND state = 'pending'
+            RETURNING id
+        ), logged AS (
+            INSERT INTO webhook_attempts
+                (message_id, attempt, outcome, response_code, latency_ms, response_body)
+            VALUES (:id, :attempt, 'delivered', :code, :latency_ms, :body)
+        ), healthy AS (
+            UPDATE webhook_endpoints SET failing_since = NULL
+            WHERE id = :endpoint_id AND failing_since IS NOT NULL
+        )
+        SELECT count(*) FROM settled
+        """
+    ).bindparams(
+        sa.bindparam("id", type_=UUID(as_uuid=True)),
+        sa.bindparam("endpoint_id", type_=UUID(as_uuid=True)),
+        sa.bindparam("attempt", type_=sa.Integer),
+        sa.bindparam("code", type_=sa.Integer),
+        sa.bindparam("latency_ms", type_=sa.Float),
+        sa.bindparam("body", type_=sa.Text),
+    )
+)
+
+
+async def record_delivered(
+    conn: Connection, claim: Claim, *, response_code: int, latency_ms: float, response_body: str
+) -> bool:
+    """The happy path of `record` in one statement (no transaction block): the attempt logged, the
+    message delivered, the endpoint's failure clock reset. False when this attempt's lease was lost."""
+    settled = await _DELIVERED.fetchval(
+        conn,
+        id=claim.message.id,
+        endpoint_id=claim.endpoint.id,
+        attempt=claim.attempt,
+        code=response_code,
+        latency_ms=latency_ms,
+        body=response_body,
+    )
+    return bool(settled)
 
 
 _ADD_ATTEMPT = Query(
@@ -535,6 +597,18 @@ async def next_for_endpoint(conn: Connection, endpoint_id: uuid.UUID, *, limit: 
     return [r["id"] for r in await _NEXT_FOR_ENDPOINT.fetch(conn, endpoint_id=endpoint_id, limit=limit)]
 
 
+_NOT_HANDED_OFF = Query(
+    sa.update(webhook_messages)
+    .where(_M.id == sa.func.any(P("ids", sa.ARRAY(UUID(as_uuid=True)))), _M.state == "pending")
+    .values(enqueued_at=None)
+)
+
+
+async def not_handed_off(conn: Connection, message_ids: list[uuid.UUID]) -> None:
+    """The hand-off after the commit failed (Redis down): the scheduler enqueues them at once."""
+    await _NOT_HANDED_OFF.execute(conn, ids=message_ids)
+
+
 _COUNT_PENDING = Query(
     sa.select(sa.func.count()).select_from(webhook_messages).where(webhook_messages.c.state == "pending")
 )
@@ -584,13 +658,14 @@ async def get_message(conn: Connection, message_id: uuid.UUID) -> Message | None
 _REDELIVER = Query(
     sa.update(webhook_messages)
     .where(webhook_messages.c.id == P("id"), webhook_messages.c.endpoint_id == P("endpoint_id"))
-    .values(state="pending", next_attempt_at=sa.func.now(), delivered_at=None, enqueued_at=None)
+    .values(state="pending", next_attempt_at=sa.func.now(), delivered_at=None, enqueued_at=sa.func.now())
     .returning(*webhook_messages.c)
 )
 
 
 async def redeliver(conn: Connection, *, endpoint_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
-    """Send the message again (same webhook-id: receivers that processed it may skip it)."""
+    """Send the message again (same webhook-id: receivers that processed it may skip it); the caller
+    hands it over."""
     row = await _REDELIVER.fetchrow(conn, id=message_id, endpoint_id=endpoint_id)
     return _message(row) if row else None
 
