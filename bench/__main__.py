@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 from bench import create, listing, memory, reminders, webhooks, ws
-from bench.common import Stack, ms, pct, register_users, say
+from bench.common import CpuMeter, Stack, ms, pct, register_users, say
 
 SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory")
 FULL = {
@@ -249,10 +249,17 @@ async def run_webhooks(stack: Stack, args: argparse.Namespace) -> list[Row]:
     users = await stack.seed_users(args.hook_users, "hook")
     say("bench: starting `booking worker` + `booking scheduler`")
     await stack.start_jobs()
+    meter = CpuMeter([stack.jobs[0][0].pid, *(w.process.pid for w in stack.webs)])
+    worker_only = CpuMeter([stack.jobs[0][0].pid])
+    meter.start()
+    worker_only.start()
     try:
         r = await webhooks.webhook_delivery(
             stack.urls, users, rate=args.hook_rate, duration=args.hook_seconds, burst=args.hook_burst
         )
+        changes = r.sent + r.burst
+        worker_ms, _ = worker_only.stop(changes)
+        all_ms, servers_ms = meter.stop(changes)
     finally:
         await stack.stop_jobs()
     ok = r.p(0.99) <= 0.200 and r.lost == 0 and r.duplicated == 0
@@ -268,6 +275,13 @@ async def run_webhooks(stack: Stack, args: argparse.Namespace) -> list[Row]:
             figures[1],
             f"{r.burst_per_second:,.0f}/s",
             f"{r.burst} bookings created by 32 clients over HTTP; lost {r.burst_lost}",
+            "-",
+            "-",
+        ),
+        Row(
+            "CPU per webhook: worker / web+worker / PostgreSQL+Redis",
+            f"{worker_ms:.2f} ms / {all_ms:.2f} ms / {servers_ms:.2f} ms",
+            "per booking change with one subscribed endpoint (create + delivery)",
             "-",
             "-",
         ),

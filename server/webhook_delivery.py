@@ -201,21 +201,54 @@ LATENCY_SAMPLES = 1000
 
 
 class WebhookStats:
+    """Counted in memory per attempt, added to Redis by `flush` (the worker flushes every
+    FLUSH_SECONDS and at shutdown): one Redis round trip per interval, not per attempt."""
+
+    FLUSH_SECONDS = 0.5
+
     def __init__(self, redis: Redis, *, prefix: str) -> None:
         self._redis = redis
         self._counters = f"{prefix}webhooks:counters"
         self._latency = f"{prefix}webhooks:latency"
+        self._pending: dict[str, int] = {}
+        self._samples: list[float] = []
 
-    async def record(self, answer: Answer, *, retried: bool) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(self._counters, "sent" if answer.outcome == "delivered" else "failed", 1)
+    def record(self, answer: Answer, *, retried: bool) -> None:
+        names = ["sent" if answer.outcome == "delivered" else "failed"]
         if retried:
-            pipe.hincrby(self._counters, "retried", 1)
+            names.append("retried")
         if answer.outcome in ("gone", "refused"):
-            pipe.hincrby(self._counters, answer.outcome, 1)
-        pipe.lpush(self._latency, answer.latency_ms)
-        pipe.ltrim(self._latency, 0, LATENCY_SAMPLES - 1)
-        await pipe.execute()
+            names.append(answer.outcome)
+        for name in names:
+            self._pending[name] = self._pending.get(name, 0) + 1
+        self._samples.append(answer.latency_ms)
+
+    async def flush(self) -> None:
+        if not self._pending and not self._samples:
+            return
+        counts, samples = self._pending, self._samples[-LATENCY_SAMPLES:]
+        self._pending, self._samples = {}, []
+        pipe = self._redis.pipeline(transaction=False)
+        for name, value in counts.items():
+            pipe.hincrby(self._counters, name, value)
+        if samples:
+            pipe.lpush(self._latency, *samples)
+            pipe.ltrim(self._latency, 0, LATENCY_SAMPLES - 1)
+        try:
+            await pipe.execute()
+        except Exception:  # kept for the next flush: figures are late, never lost to a blip
+            for name, value in counts.items():
+                self._pending[name] = self._pending.get(name, 0) + value
+            self._samples[:0] = samples
+            raise
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("webhook figures not flushed to Redis (%s)", type(exc).__name__)
 
     async def read(self) -> dict[str, Any]:
         pipe = self._redis.pipeline(transaction=False)
@@ -284,10 +317,7 @@ class Deliverer:
             f" ({answer.error})" if answer.error else "",
         )
         if self.stats is not None:
-            try:
-                await self.stats.record(answer, retried=claim.attempt > 1)
-            except Exception as exc:  # figures only
-                log.warning("webhook figures not recorded (%s)", type(exc).__name__)
+            self.stats.record(answer, retried=claim.attempt > 1)
         if disabled is not None:
             await self._tell_owner(disabled)
         elif self.kick is not None:
@@ -436,18 +466,28 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
     @broker.on_event(TaskiqEvents.WORKER_STARTUP)
     async def startup(state: TaskiqState) -> None:
         state.webhook_session = client_session(production=config.production, timeout=config.timeout)
+        state.webhook_stats = WebhookStats(state.redis, prefix=settings.redis_prefix)
+        state.webhook_flusher = asyncio.create_task(state.webhook_stats.run(), name="webhook-stats")
         state.webhooks = Deliverer(
             db=state.db,
             session=state.webhook_session,
             config=config,
             kick=kicker(broker),
-            stats=WebhookStats(state.redis, prefix=settings.redis_prefix),
+            stats=state.webhook_stats,
             bus=state.bus,
         )
 
-    @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
     async def shutdown(state: TaskiqState) -> None:
+        state.webhook_flusher.cancel()
+        try:
+            async with asyncio.timeout(1.0):
+                await state.webhook_stats.flush()  # the last figures, while Redis is still open
+        except Exception as exc:
+            log.warning("last webhook figures not flushed (%s)", type(exc).__name__)
         await state.webhook_session.close()
+
+    # Before server.tasks' shutdown, which closes the Redis client and the database pool.
+    broker.event_handlers[TaskiqEvents.WORKER_SHUTDOWN].insert(0, shutdown)
 
 
 @dataclass

@@ -579,6 +579,7 @@ _NEXT_FOR_ENDPOINT = Query(
         """
         SELECT c.id FROM webhook_messages c
         WHERE c.endpoint_id = :endpoint_id AND c.state = 'pending' AND c.next_attempt_at <= now()
+          AND c.enqueued_at IS NULL  -- refused as blocked or busy, or never handed over
           AND (c.locked_until IS NULL OR c.locked_until < now())
           AND NOT EXISTS (
               SELECT 1 FROM webhook_messages o
@@ -593,7 +594,8 @@ _NEXT_FOR_ENDPOINT = Query(
 
 
 async def next_for_endpoint(conn: Connection, endpoint_id: uuid.UUID, *, limit: int) -> list[uuid.UUID]:
-    """The endpoint's next deliverable messages (oldest first): what a finished attempt hands on."""
+    """The endpoint's next deliverable messages that no task carries (oldest first): what a finished
+    attempt hands on."""
     return [r["id"] for r in await _NEXT_FOR_ENDPOINT.fetch(conn, endpoint_id=endpoint_id, limit=limit)]
 
 

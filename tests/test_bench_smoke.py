@@ -19,6 +19,7 @@ ROWS = (
     "reminder lateness",
     "webhook commit->delivery",
     "webhook deliveries/s",
+    "CPU per webhook",
     "list p99, page 1",
     "list p99, page",
     "memory per idle WebSocket",

@@ -58,7 +58,6 @@ class World:
             )
         return str(note.id)
 
-
     async def new_webhook(self) -> dict[str, Any]:
         body = {"url": "http://127.0.0.1:9/matrix", "events": ["*"]}
         resp = await self.client.post("/api/webhooks", json=body, headers=self.headers("owner"))

@@ -607,6 +607,8 @@ async def test_metrics_count_the_deliveries_on_both_services(
         receiver.scripts["counted"] = [500]
         sent = await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json()
         await deliver_until(counted, uuid.UUID(sent["id"]), "delivered")
+        assert counted.stats is not None
+        await counted.stats.flush()  # the worker does this every half second
     finally:
         await redis.aclose()
     text = await (await client.get("/metrics")).text()

@@ -177,6 +177,15 @@ async def test_500_three_times_then_200_is_one_success_with_the_attempt_log(
         (4, "delivered", 200),
     ]
 
+    async def counted() -> bool:  # the worker's figures, through Redis, on the web process's /metrics
+        text = await (await client.get("/metrics")).text()
+        return all(
+            f'webhook_deliveries_total{{outcome="{name}"}} {value}' in text
+            for name, value in (("sent", "1.0"), ("failed", "3.0"), ("retried", "3.0"))
+        )
+
+    await wait_for(counted, timeout=10, what="the deliveries counted on /metrics")
+
 
 async def test_410_disables_the_endpoint(
     client: Client, register: Registrar, processes: Callable[..., Proc], receiver: Receiver
