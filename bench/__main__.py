@@ -267,7 +267,8 @@ async def run_webhooks(stack: Stack, args: argparse.Namespace) -> list[Row]:
         Row(
             figures[0],
             f"p50 {ms(r.p(0.5))} / p99 {ms(r.p(0.99))} / max {ms(r.p(1.0))}",
-            f"{r.sent} sent at {r.rate:.0f}/s; lost {r.lost}, duplicated {r.duplicated}",
+            f"{r.sent} sent at {r.rate:.0f}/s; lost {r.lost}, duplicated {r.duplicated}"
+            + (f"; creates refused {r.refused}" if r.refused else ""),
             "p99 <= 200 ms, 0 lost",
             verdict(ok),
         ),

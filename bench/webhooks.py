@@ -45,6 +45,7 @@ class WebhookResult:
     burst: int
     burst_per_second: float
     burst_lost: int
+    refused: dict[int, int]
 
     def p(self, q: float) -> float:
         return pct(self.latencies, q)
@@ -81,6 +82,7 @@ async def webhook_delivery(
     await site.start()
     target = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
     slot = [0]
+    refused: dict[int, int] = {}  # status → creates that did not succeed (an overloaded machine: 503)
 
     def body() -> dict[str, Any]:
         slot[0] += 1  # every booking its own hour: no overlaps whatever the user
@@ -104,6 +106,7 @@ async def webhook_delivery(
                 async with http.post(f"{urls[i % len(urls)]}/api/booking", json=body(), headers=headers) as r:
                     if r.status != 201:
                         failures += 1
+                        refused[r.status] = refused.get(r.status, 0) + 1
 
             # Paced: an open loop at `rate` changes per second (each a create, one message each).
             count = max(1, int(rate * duration))
@@ -148,4 +151,5 @@ async def webhook_delivery(
         burst=burst_sent,
         burst_per_second=(len(times) - 1) / span if span == span and span > 0 else float("nan"),
         burst_lost=burst_sent - len(times),
+        refused=refused,
     )

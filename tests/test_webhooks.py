@@ -734,3 +734,54 @@ async def test_the_readme_receiver_works_as_printed(
         out, _ = await asyncio.wait_for(proc.communicate(), 20)
     printed = [line for line in out.decode().splitlines() if line.startswith("booking.")]
     assert printed == [f"booking.created {booking['id']}"], out.decode()
+
+
+async def test_concurrent_claims_take_a_message_once_and_respect_the_endpoint_limit(
+    client: Client, register: Registrar
+) -> None:
+    """The database guard, raced: ten workers claiming one message get one claim; ten claiming ten
+    messages of one endpoint with a limit of three get three."""
+    import asyncio
+
+    owner = await register()
+    endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/race")
+    ids = [
+        uuid.UUID(
+            (await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json())[
+                "id"
+            ]
+        )
+        for _ in range(11)
+    ]
+    db = client.app[DB]
+
+    async def claim(message_id: uuid.UUID, limit: int) -> store.Claim | str:
+        async with db.begin() as conn:
+            return await store.claim(conn, message_id, lease=30, concurrency=limit)
+
+    one = await asyncio.gather(*(claim(ids[0], 20) for _ in range(10)))
+    assert sum(isinstance(r, store.Claim) for r in one) == 1
+    assert {r for r in one if isinstance(r, str)} == {"locked"}
+    many = await asyncio.gather(*(claim(i, 4) for i in ids[1:]))  # one already in flight: 3 more
+    assert sum(isinstance(r, store.Claim) for r in many) == 3
+    assert {r for r in many if isinstance(r, str)} == {"busy"}
+
+
+async def test_a_hand_off_refused_by_redis_leaves_the_message_to_the_scheduler_at_once(
+    make_client: Any, private_redis: Any
+) -> None:
+    """Redis down at the commit: the booking stands, and its message is marked never enqueued, so the
+    dispatcher takes it on its next pass rather than a lease later."""
+    down = await make_client(redis_url=private_redis.url)
+    resp = await down.post(
+        "/api/auth/register", json={"email": unique_email(), "password": "correct horse battery", "name": "R"}
+    )
+    owner = await resp.json()
+    endpoint = await add_endpoint(down, owner, "http://127.0.0.1:9/down")
+    private_redis.stop()
+    await book(down, owner)
+    [message] = await messages_of(down.app[DB], endpoint["id"])
+    assert message.enqueued_at is None and message.state == "pending"
+    async with down.app[DB].begin() as conn:
+        due = await store.take_due(conn, grace=0, requeue=60, per_endpoint=4, batch=100)
+    assert message.id in due
