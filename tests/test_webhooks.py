@@ -785,3 +785,50 @@ async def test_a_hand_off_refused_by_redis_leaves_the_message_to_the_scheduler_a
     async with down.app[DB].begin() as conn:
         due = await store.take_due(conn, grace=0, requeue=60, per_endpoint=4, batch=100)
     assert message.id in due
+
+
+async def test_a_delivered_reminder_sends_one_booking_reminder_webhook(
+    client: Client, register: Registrar, receiver: Receiver, deliverer: Deliverer, settings: Settings
+) -> None:
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from server.events import EventBus
+    from server.tasks import deliver
+    from storage import reminders as reminder_store
+
+    owner = await register()
+    endpoint = await add_endpoint(client, owner, receiver.url("reminded"), ["booking.reminder"])
+    start = datetime.now(UTC) + timedelta(minutes=30)
+    body = {
+        "title": "Reminded",
+        "startTime": start.isoformat(),
+        "endTime": (start + timedelta(minutes=30)).isoformat(),
+        "reminderMinutesBefore": 60,  # past already: due now
+    }
+    booking = await (await client.post("/api/booking", json=body, headers=auth(owner))).json()
+    db = client.app[DB]
+    async with db.connect() as conn:
+        row = await reminder_store.get_reminder(conn, uuid.UUID(booking["id"]))
+    assert row is not None
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+        outcomes = await asyncio.gather(
+            *(deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at) for _ in range(3))
+        )
+    finally:
+        await redis.aclose()
+    assert sorted(o.status for o in outcomes) == ["duplicate", "duplicate", "sent"]
+    [message] = await messages_of(db, endpoint["id"])
+    assert message.event_type == "booking.reminder" and message.enqueued_at is None  # the dispatcher's
+    assert await deliverer.deliver(message.id) == "delivered"
+    sent = receiver.at("reminded")[0].verify(endpoint["secret"])
+    assert sent["type"] == "booking.reminder"
+    assert sent["data"]["booking"]["id"] == booking["id"]
+    assert sent["data"]["booking"]["reminderSentAt"] is not None
+    assert sent["data"]["reminder"]["minutesBefore"] == 60
+    assert sent["data"]["reminder"]["notificationId"] == str(
+        outcomes[[o.status for o in outcomes].index("sent")].notification_id
+    )

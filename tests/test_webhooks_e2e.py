@@ -47,6 +47,15 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield recv
 
 
+@pytest.fixture(autouse=True)
+async def quiet_outbox(client: Client) -> None:
+    """The session's database holds other tests' undelivered messages, to receivers long gone whose
+    ports a new receiver may reuse: given up before this test's processes start, so they send only
+    this test's messages."""
+    async with client.app[DB].connect() as conn:
+        await conn.execute("UPDATE webhook_messages SET state = 'failed' WHERE state = 'pending'")
+
+
 @pytest.fixture
 def processes(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     env = {
