@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from actors import webhook_rules as rules
-from actors.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from actors.views import iso
 from storage import webhooks as store
 from storage.db import Database
@@ -25,6 +27,7 @@ from storage.webhooks import Attempt, Endpoint, Message
 log = logging.getLogger(__name__)
 
 Kick = Callable[[list[uuid.UUID]], Awaitable[None]]
+DELETE_RETRIES = 3
 
 
 def endpoint_view(e: Endpoint) -> dict[str, Any]:
@@ -163,8 +166,17 @@ class WebhookService:
 
     async def delete(self, actor: User, endpoint_id: uuid.UUID) -> None:
         await self.get(actor, endpoint_id)
-        async with self._db.connect() as conn:
-            await store.delete_endpoint(conn, endpoint_id)
+        # The delete locks the endpoint, then its messages; a worker's claim or retry locks a message,
+        # then its endpoint: the two can deadlock, and PostgreSQL aborts one of them.
+        for attempt in range(DELETE_RETRIES):
+            try:
+                async with self._db.connect() as conn:
+                    await store.delete_endpoint(conn, endpoint_id)
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == DELETE_RETRIES - 1:
+                    raise Conflict("the endpoint is being delivered to; retry") from None
+                log.info("deadlock deleting webhook endpoint %s; retrying", endpoint_id)
 
     async def rotate_secret(self, actor: User, endpoint_id: uuid.UUID) -> WithSecret:
         """A new secret; the previous one keeps signing too for 24 h, so receivers can switch over."""

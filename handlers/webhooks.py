@@ -233,7 +233,11 @@ async def patch_webhook(request: web.Request) -> web.Response:
     summary="Remove an endpoint, its undelivered messages and its delivery log",
     security=_SECURITY,
     parameters=[_ID],
-    responses={204: {"description": "Deleted"}, **_OWNED},
+    responses={
+        204: {"description": "Deleted"},
+        409: {"schema": Problem, "description": "Contended by a delivery in flight; retry"},
+        **_OWNED,
+    },
 )
 async def delete_webhook(request: web.Request) -> web.Response:
     user = await require_user(request)

@@ -328,12 +328,12 @@ class Deliverer:
         """Record the attempt; the endpoint when this attempt disabled it."""
         disabled: store.Endpoint | None = None
         state, delay = "pending", 0.0
-        if answer.outcome == "delivered" and answer.status is not None:
+        if answer.outcome == "delivered":
             async with self.db.connect() as conn:  # one statement: no transaction block needed
                 settled = await store.record_delivered(
                     conn,
                     claim,
-                    response_code=answer.status,
+                    response_code=answer.status or 200,
                     latency_ms=answer.latency_ms,
                     response_body=answer.body or "",
                 )
@@ -341,10 +341,7 @@ class Deliverer:
                 self._lease_lost(claim)
             return None
         async with self.db.begin() as conn:
-            if answer.outcome == "delivered":
-                state = "delivered"
-                await store.endpoint_succeeded(conn, claim.endpoint.id)
-            elif answer.outcome == "gone":
+            if answer.outcome == "gone":
                 state = "failed"
                 disabled = await store.disable(
                     conn, claim.endpoint.id, reason="the endpoint answered 410 Gone"

@@ -487,11 +487,6 @@ async def record(
     return settled is not None
 
 
-_SUCCEEDED = Query(
-    sa.update(webhook_endpoints)
-    .where(webhook_endpoints.c.id == P("id"), webhook_endpoints.c.failing_since.is_not(None))
-    .values(failing_since=None)
-)
 _FAILED = Query(
     sa.update(webhook_endpoints)
     .where(webhook_endpoints.c.id == P("id"))
@@ -504,10 +499,6 @@ _DISABLE = Query(
     .values(active=False, disabled_reason=P("reason"), updated_at=sa.func.now())
     .returning(*webhook_endpoints.c)
 )
-
-
-async def endpoint_succeeded(conn: Connection, endpoint_id: uuid.UUID) -> None:
-    await _SUCCEEDED.execute(conn, id=endpoint_id)
 
 
 async def endpoint_failed(conn: Connection, endpoint_id: uuid.UUID) -> float:

@@ -832,3 +832,51 @@ async def test_a_delivered_reminder_sends_one_booking_reminder_webhook(
     assert sent["data"]["reminder"]["notificationId"] == str(
         outcomes[[o.status for o in outcomes].index("sent")].notification_id
     )
+
+
+async def test_deleting_an_endpoint_that_deadlocks_with_a_delivery_is_retried_never_a_500(
+    client: Client, register: Registrar, caplog: Any
+) -> None:
+    """A worker holds a message and then wants its endpoint (the claim's lock order) while the delete
+    holds the endpoint and wants the message: PostgreSQL aborts the delete, which waited first; the
+    service retries it once the worker is done, and answers 204."""
+    import asyncio
+    import contextlib
+    import logging
+
+    import asyncpg
+
+    caplog.set_level(logging.INFO, logger="actors.webhooks")
+    owner = await register()
+    endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/deadlock")
+    sent = await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json()
+    db = client.app[DB]
+    async with db.pool.acquire() as worker:
+        tx = worker.transaction()
+        await tx.start()
+        await worker.execute(
+            "SELECT 1 FROM webhook_messages WHERE id = $1 FOR NO KEY UPDATE", uuid.UUID(sent["id"])
+        )
+        delete = asyncio.create_task(client.delete(f"/api/webhooks/{endpoint['id']}", headers=auth(owner)))
+
+        async def delete_waits() -> bool:
+            async with db.connect() as conn:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'DELETE FROM webhook_endpoints%'"
+                    )
+                )
+
+        await wait_for(delete_waits, timeout=10, what="the delete waiting on the worker's lock")
+        # Were this one the victim instead, the delete would go through at once (and the log below
+        # would say no retry happened).
+        with contextlib.suppress(asyncpg.DeadlockDetectedError):
+            await worker.execute(
+                "SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE", uuid.UUID(endpoint["id"])
+            )
+        await tx.rollback()
+        resp = await delete
+    assert resp.status == 204, await resp.text()
+    assert (await client.get(f"/api/webhooks/{endpoint['id']}", headers=auth(owner))).status == 404
+    assert any("deadlock deleting webhook endpoint" in r.getMessage() for r in caplog.records)
