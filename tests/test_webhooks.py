@@ -880,3 +880,37 @@ async def test_deleting_an_endpoint_that_deadlocks_with_a_delivery_is_retried_ne
     assert resp.status == 204, await resp.text()
     assert (await client.get(f"/api/webhooks/{endpoint['id']}", headers=auth(owner))).status == 404
     assert any("deadlock deleting webhook endpoint" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_attempt_that_outlived_its_lease_cannot_settle_the_message(
+    client: Client, register: Registrar
+) -> None:
+    owner = await register()
+    endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/lease")
+    sent = await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json()
+    message_id = uuid.UUID(sent["id"])
+    db = client.app[DB]
+    async with db.begin() as conn:
+        late = await store.claim(conn, message_id, lease=0.05, concurrency=4)
+    assert isinstance(late, store.Claim)
+
+    async def reclaimed() -> store.Claim | None:
+        async with db.begin() as conn:
+            again = await store.claim(conn, message_id, lease=30, concurrency=4)
+        return again if isinstance(again, store.Claim) else None
+
+    current = await wait_for(reclaimed, timeout=5, interval=0.02, what="the lease to run out")
+    assert (late.attempt, current.attempt) == (1, 2)
+    async with db.connect() as conn:
+        assert not await store.record_delivered(
+            conn, late, response_code=200, latency_ms=1.0, response_body=""
+        )
+        [message] = await messages_of(db, endpoint["id"])
+        assert message.state == "pending"  # the late answer did not settle it
+        assert await store.record_delivered(
+            conn, current, response_code=200, latency_ms=1.0, response_body=""
+        )
+    [message] = await messages_of(db, endpoint["id"])
+    assert message.state == "delivered"
+    log = await (await client.get(f"/api/webhooks/{endpoint['id']}/deliveries", headers=auth(owner))).json()
+    assert [a["attempt"] for a in log["data"][0]["attempts"]] == [1, 2]  # both attempts are in the log
