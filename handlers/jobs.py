@@ -27,10 +27,12 @@ from server.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS
 from storage import bookings as booking_store
 from storage import reminders as reminder_store
 from storage import tokens as token_store
+from storage import webhooks as webhook_store
 
 routes = web.RouteTableDef()
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+WEBHOOK_LOG_TTL = timedelta(days=30)  # delivered and given-up webhook messages, with their attempts
 
 API_KEY_HEADER = "X-API-Key"
 # Either scheme opens every operation (OpenAPI: alternatives are separate entries).
@@ -261,12 +263,14 @@ class CleanupOut(Schema):
     notifications = fields.Integer(required=True)
     refresh_tokens = fields.Integer(required=True, data_key="refreshTokens")
     refresh_families = fields.Integer(required=True, data_key="refreshFamilies")
+    webhook_messages = fields.Integer(required=True, data_key="webhookMessages")
 
 
 @routes.post("/jobs/cleanup")
 @docs(
     tags=["jobs"],
-    summary="Purge idempotency keys older than 24 h, old read notifications and expired refresh tokens",
+    summary="Purge idempotency keys older than 24 h, old read notifications, expired refresh tokens and "
+    "settled webhook messages older than 30 days",
     description="The JSON body is optional.",
     security=SECURITY,
     responses={
@@ -291,11 +295,13 @@ async def cleanup(request: web.Request) -> web.Response:
             conn, read_before=now - timedelta(days=options["notification_days"])
         )
         tokens, families = await token_store.purge_expired(conn, expired_before=now)
+        hooks = await webhook_store.purge_settled(conn, older_than=now - WEBHOOK_LOG_TTL)
     return json_response(
         {
             "idempotencyKeys": keys,
             "notifications": notes,
             "refreshTokens": tokens,
             "refreshFamilies": families,
+            "webhookMessages": hooks,
         }
     )

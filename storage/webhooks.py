@@ -715,3 +715,17 @@ async def summaries(conn: Connection) -> list[Summary]:
         )
         for r in await _SUMMARIES.fetch(conn)
     ]
+
+
+_PURGE_SETTLED = Query(
+    sa.delete(webhook_messages).where(
+        _M.state.in_(("delivered", "failed")),
+        _M.created_at < P("before"),
+    )
+)
+
+
+async def purge_settled(conn: Connection, *, older_than: datetime) -> int:
+    """Delete delivered and given-up messages (and, by cascade, their attempts) created before
+    `older_than`; pending ones stay whatever their age."""
+    return await _PURGE_SETTLED.execute(conn, before=older_than)

@@ -914,3 +914,47 @@ async def test_an_attempt_that_outlived_its_lease_cannot_settle_the_message(
     assert message.state == "delivered"
     log = await (await client.get(f"/api/webhooks/{endpoint['id']}/deliveries", headers=auth(owner))).json()
     assert [a["attempt"] for a in log["data"][0]["attempts"]] == [1, 2]  # both attempts are in the log
+
+
+async def test_cleanup_purges_settled_messages_older_than_30_days(
+    client: Client, register: Registrar, admin: dict[str, Any], settings: Settings, aiohttp_client: Any
+) -> None:
+    from server.jobs import create_jobs_app
+
+    owner = await register()
+    endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/old")
+    ids = [
+        uuid.UUID(
+            (await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json())[
+                "id"
+            ]
+        )
+        for _ in range(4)
+    ]
+    async with client.app[DB].connect() as conn:
+        for message_id, state, age in zip(
+            ids, ("delivered", "failed", "pending", "delivered"), (31, 31, 31, 29), strict=True
+        ):
+            await conn.execute(
+                "UPDATE webhook_messages SET state = $2, created_at = now() - make_interval(days => $3) "
+                "WHERE id = $1",
+                message_id,
+                state,
+                age,
+            )
+            await conn.execute(
+                "INSERT INTO webhook_attempts (message_id, attempt, outcome, latency_ms) "
+                "VALUES ($1, 1, 'failed', 1)",
+                message_id,
+            )
+    jobs = await aiohttp_client(create_jobs_app(settings))
+    resp = await jobs.post("/jobs/cleanup", headers=auth(admin))
+    assert resp.status == 200
+    assert (await resp.json())["webhookMessages"] >= 2
+    left = await messages_of(client.app[DB], endpoint["id"])
+    assert {m.id for m in left} == {ids[2], ids[3]}  # the pending one and the recent one
+    async with client.app[DB].connect() as conn:
+        attempts = await conn.fetchval(
+            "SELECT count(*) FROM webhook_attempts WHERE message_id = any($1::uuid[])", ids[:2]
+        )
+    assert attempts == 0
