@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -24,8 +24,8 @@ class Endpoint:
     events: list[str]
     description: str | None
     active: bool
-    secret: str
-    previous_secret: str | None
+    secret: str = field(repr=False)  # never in a log line or a traceback's repr
+    previous_secret: str | None = field(repr=False)
     previous_secret_expires_at: datetime | None
     disabled_reason: str | None
     failing_since: datetime | None

@@ -958,3 +958,26 @@ async def test_cleanup_purges_settled_messages_older_than_30_days(
             "SELECT count(*) FROM webhook_attempts WHERE message_id = any($1::uuid[])", ids[:2]
         )
     assert attempts == 0
+
+
+async def test_no_webhook_secret_reaches_the_logs(
+    client: Client, register: Registrar, receiver: Receiver, deliverer: Deliverer, caplog: Any
+) -> None:
+    import logging
+
+    from server.logs import JsonFormatter
+
+    caplog.set_level(logging.DEBUG)
+    owner = await register()
+    endpoint = await add_endpoint(client, owner, receiver.url("logged"))
+    rotated = await (
+        await client.post(f"/api/webhooks/{endpoint['id']}/rotate-secret", headers=auth(owner))
+    ).json()
+    receiver.scripts["logged"] = [500, 410]
+    sent = await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json()
+    await deliver_until(deliverer, uuid.UUID(sent["id"]), "gone")
+    records = [r for r in caplog.records if r.name != "aiohttp.access"]
+    assert any("webhook" in r.getMessage() for r in records), "nothing logged: the check proves nothing"
+    text = "\n".join(f"{JsonFormatter().format(r)} {r.__dict__}" for r in records)
+    for secret in (endpoint["secret"], rotated["secret"]):
+        assert secret not in text and secret.removeprefix("whsec_") not in text
