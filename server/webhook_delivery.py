@@ -305,7 +305,7 @@ class Deliverer:
         body = rules.body(message.event_type, message.created_at, message.payload)
         headers = rules.headers(endpoint.signing_secrets(now), message.id, now, body)
         answer = await post(self.session, endpoint.url, headers, body, production=self.config.production)
-        disabled = await self._settle(claim, answer)
+        disabled, following = await self._settle(claim, answer)
         log.log(
             logging.DEBUG if answer.outcome == "delivered" else logging.INFO,
             "webhook %s (%s) attempt %d to endpoint %s: %s%s",
@@ -320,17 +320,22 @@ class Deliverer:
             self.stats.record(answer, retried=claim.attempt > 1)
         if disabled is not None:
             await self._tell_owner(disabled)
-        elif self.kick is not None:
+        elif following is not None:
+            await self._kick_safely(following)
+        elif answer.outcome != "delivered" and self.kick is not None:
             await self._hand_on(endpoint.id)
         return answer.outcome
 
-    async def _settle(self, claim: store.Claim, answer: Answer) -> store.Endpoint | None:
-        """Record the attempt; the endpoint when this attempt disabled it."""
+    async def _settle(
+        self, claim: store.Claim, answer: Answer
+    ) -> tuple[store.Endpoint | None, list[uuid.UUID] | None]:
+        """Record the attempt; the endpoint when this attempt disabled it, and (after a success) the
+        endpoint's next message to hand on."""
         disabled: store.Endpoint | None = None
         state, delay = "pending", 0.0
         if answer.outcome == "delivered":
             async with self.db.connect() as conn:  # one statement: no transaction block needed
-                settled = await store.record_delivered(
+                settled, next_id = await store.record_delivered(
                     conn,
                     claim,
                     response_code=answer.status or 200,
@@ -339,7 +344,7 @@ class Deliverer:
                 )
             if not settled:
                 self._lease_lost(claim)
-            return None
+            return None, [next_id] if next_id is not None else None
         async with self.db.begin() as conn:
             if answer.outcome == "gone":
                 state = "failed"
@@ -381,7 +386,7 @@ class Deliverer:
                 )
         if not settled:
             self._lease_lost(claim)
-        return disabled
+        return disabled, None
 
     @staticmethod
     def _lease_lost(claim: store.Claim) -> None:
@@ -407,8 +412,17 @@ class Deliverer:
         try:
             async with self.db.connect() as conn:
                 following = await store.next_for_endpoint(conn, endpoint_id, limit=1)
-            if following and self.kick is not None:
-                await self.kick(following)
+        except Exception as exc:  # the dispatcher finds it
+            log.warning("next webhook message not found (%s)", type(exc).__name__)
+            return
+        if following:
+            await self._kick_safely(following)
+
+    async def _kick_safely(self, message_ids: list[uuid.UUID]) -> None:
+        if self.kick is None:
+            return
+        try:
+            await self.kick(message_ids)
         except Exception as exc:  # the dispatcher finds it
             log.warning("next webhook message not handed on (%s)", type(exc).__name__)
 

@@ -397,7 +397,20 @@ _DELIVERED = Query(
             UPDATE webhook_endpoints SET failing_since = NULL
             WHERE id = :endpoint_id AND failing_since IS NOT NULL
         )
-        SELECT count(*) FROM settled
+        SELECT (SELECT count(*) FROM settled) AS settled, (
+            -- what this delivery hands on (the statement's snapshot still shows it pending: skipped)
+            SELECT c.id FROM webhook_messages c
+            WHERE c.endpoint_id = :endpoint_id AND c.id <> :id AND c.state = 'pending'
+              AND c.next_attempt_at <= now() AND c.enqueued_at IS NULL
+              AND (c.locked_until IS NULL OR c.locked_until < now())
+              AND NOT EXISTS (
+                  SELECT 1 FROM webhook_messages o
+                  WHERE o.endpoint_id = c.endpoint_id AND o.booking_id = c.booking_id
+                    AND o.state = 'pending' AND o.seq < c.seq AND o.id <> :id
+              )
+            ORDER BY c.seq
+            LIMIT 1
+        ) AS next_id
         """
     ).bindparams(
         sa.bindparam("id", type_=UUID(as_uuid=True)),
@@ -412,10 +425,11 @@ _DELIVERED = Query(
 
 async def record_delivered(
     conn: Connection, claim: Claim, *, response_code: int, latency_ms: float, response_body: str
-) -> bool:
+) -> tuple[bool, uuid.UUID | None]:
     """The happy path of `record` in one statement (no transaction block): the attempt logged, the
-    message delivered, the endpoint's failure clock reset. False when this attempt's lease was lost."""
-    settled = await _DELIVERED.fetchval(
+    message delivered, the endpoint's failure clock reset; and the endpoint's next message no task
+    carries (see `next_for_endpoint`). False when this attempt's lease was lost."""
+    row = await _DELIVERED.fetchrow(
         conn,
         id=claim.message.id,
         endpoint_id=claim.endpoint.id,
@@ -424,7 +438,9 @@ async def record_delivered(
         latency_ms=latency_ms,
         body=response_body,
     )
-    return bool(settled)
+    if row is None:
+        return False, None
+    return bool(row["settled"]), row["next_id"]
 
 
 _ADD_ATTEMPT = Query(

@@ -902,14 +902,16 @@ async def test_an_attempt_that_outlived_its_lease_cannot_settle_the_message(
     current = await wait_for(reclaimed, timeout=5, interval=0.02, what="the lease to run out")
     assert (late.attempt, current.attempt) == (1, 2)
     async with db.connect() as conn:
-        assert not await store.record_delivered(
+        settled, _ = await store.record_delivered(
             conn, late, response_code=200, latency_ms=1.0, response_body=""
         )
+        assert not settled
         [message] = await messages_of(db, endpoint["id"])
         assert message.state == "pending"  # the late answer did not settle it
-        assert await store.record_delivered(
+        settled, _ = await store.record_delivered(
             conn, current, response_code=200, latency_ms=1.0, response_body=""
         )
+        assert settled
     [message] = await messages_of(db, endpoint["id"])
     assert message.state == "delivered"
     log = await (await client.get(f"/api/webhooks/{endpoint['id']}/deliveries", headers=auth(owner))).json()
