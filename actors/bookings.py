@@ -31,7 +31,9 @@ from actors.errors import (
 )
 from actors.reminders import Plan
 from actors.views import booking_view
+from actors.webhook_rules import BOOKING_DELETED, update_event
 from storage import bookings as store
+from storage import webhooks as webhook_store
 from storage.bookings import Booking, ListFilter
 from storage.db import Connection, Database
 from storage.errors import sqlstate
@@ -88,6 +90,13 @@ class Emitter(Protocol):
     async def emit(self, user_id: uuid.UUID, event: Event) -> None: ...
 
 
+class WebhookHook(Protocol):
+    """Hands the webhook messages a commit wrote to the workers at once (the scheduler would find them
+    in the outbox a moment later anyway)."""
+
+    async def after_commit(self, message_ids: list[uuid.UUID]) -> None: ...
+
+
 class ReminderHook(Protocol):
     """Decides the reminder with the booking's transaction; tells Redis after the commit."""
 
@@ -113,6 +122,7 @@ class Deps:
     emitter: Emitter
     rules: Rules = field(default_factory=Rules)
     reminders: ReminderHook | None = None
+    webhooks: WebhookHook | None = None
     make_event: Callable[[str, dict[str, Any]], Event] = lambda name, data: {"event": name, "data": data}
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
@@ -186,7 +196,7 @@ class BookingActor:
         if msg.idempotency_key is None:
             self._check_new(fields)
             async with d.db.connect() as conn:  # one statement: atomic without a transaction block
-                booking, plan = await self._insert(conn, booking_id, fields, msg)
+                booking, plan, queued = await self._insert(conn, booking_id, fields, msg)
             view = booking_view(booking)
         else:
             digest = request_hash(msg.fields)
@@ -196,12 +206,12 @@ class BookingActor:
                 ):
                     return await self._replay(conn, msg.idempotency_key, digest)
                 self._check_new(fields)
-                booking, plan = await self._insert(conn, booking_id, fields, msg)
+                booking, plan, queued = await self._insert(conn, booking_id, fields, msg)
                 view = booking_view(booking)
                 await store.store_idempotent(
                     conn, user_id=self.owner_id, key=msg.idempotency_key, status_code=201, response=view
                 )
-        await self._after(plan, "booking.created", view)
+        await self._after(plan, "booking.created", view, queued)
         return Created(view)
 
     def _check_new(self, fields: Mapping[str, Any]) -> None:
@@ -215,8 +225,8 @@ class BookingActor:
 
     async def _insert(
         self, conn: Connection, booking_id: uuid.UUID, fields: dict[str, Any], msg: CreateBooking
-    ) -> tuple[Booking, Plan | None]:
-        """The create statement: booking, audit row and reminder row together, or 409."""
+    ) -> tuple[Booking, Plan | None, list[uuid.UUID]]:
+        """The create statement: booking, audit row, reminder row and webhook messages together, or 409."""
         d = self.deps
         plan = (
             d.reminders.for_new(
@@ -227,16 +237,17 @@ class BookingActor:
         )
         values = {name: fields.get(name) for name in store.NEW_BOOKING_FIELDS}
         values.update(id=booking_id, user_id=self.owner_id, user_seq=msg.owner_seq)
-        booking = await store.create_booking(
+        created = await store.create_booking(
             conn, actor_id=msg.actor_id, reminder_due_at=plan.due_at if plan else None, **values
         )
-        if booking is None:
+        if created is None:
             raise _conflict(
                 await store.find_overlap(
                     conn, user_seq=msg.owner_seq, start=fields["start_time"], end=fields["end_time"]
                 )
             )
-        return booking, plan
+        booking, queued = created
+        return booking, plan, queued
 
     async def _replay(self, conn: Connection, key: str, digest: str) -> Created:
         stored = await store.get_idempotent(conn, user_id=self.owner_id, key=key)
@@ -274,6 +285,7 @@ class BookingActor:
     async def _update_once(self, msg: UpdateBooking) -> dict[str, Any]:
         d = self.deps
         plan: Plan | None = None
+        queued: list[uuid.UUID] = []
         async with d.db.begin() as conn:
             current = await store.get_booking(conn, msg.booking_id, for_update=True)
             if current is None or current.user_id != self.owner_id:
@@ -306,10 +318,18 @@ class BookingActor:
                 before=current.snapshot(),
                 after=booking.snapshot(),
             )
+            queued = await webhook_store.enqueue(
+                conn,
+                event_type=update_event(changes),
+                user_id=booking.user_id,
+                booking_id=booking.id,
+                payload={"booking": booking.snapshot()},
+                handed_off=d.webhooks is not None,
+            )
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
         view = booking_view(booking)
-        await self._after(plan, "booking.updated", view)
+        await self._after(plan, "booking.updated", view, queued)
         return view
 
     async def delete(self, msg: DeleteBooking) -> None:
@@ -330,18 +350,36 @@ class BookingActor:
                 before=current.snapshot(),
                 after=None,
             )
+            queued = await webhook_store.enqueue(
+                conn,
+                event_type=BOOKING_DELETED,
+                user_id=current.user_id,
+                booking_id=current.id,
+                payload={"booking": current.snapshot()},
+                handed_off=d.webhooks is not None,
+            )
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, None, booking_id=current.id)
-        await self._after(plan, "booking.deleted", {"id": str(current.id), "userId": str(self.owner_id)})
+        await self._after(
+            plan, "booking.deleted", {"id": str(current.id), "userId": str(self.owner_id)}, queued
+        )
 
-    async def _after(self, plan: Plan | None, name: str, data: dict[str, Any]) -> None:
-        """After the commit: the Redis copy of the reminder, then the event."""
+    async def _after(
+        self, plan: Plan | None, name: str, data: dict[str, Any], queued: list[uuid.UUID]
+    ) -> None:
+        """After the commit: the Redis copy of the reminder, the webhook messages to the workers, then
+        the event."""
         d = self.deps
         if d.reminders and plan is not None:
             try:
                 await d.reminders.after_commit(plan)
             except Exception:  # the reconciler re-schedules from PostgreSQL; the change stands
                 log.exception("reminder scheduling failed for %s", plan.booking_id)
+        if d.webhooks and queued:
+            try:
+                await d.webhooks.after_commit(queued)
+            except Exception:  # the scheduler enqueues them from the outbox; the change stands
+                log.exception("webhook messages not handed to the workers; the scheduler will")
         await d.emitter.emit(self.owner_id, d.make_event(name, data))
 
 

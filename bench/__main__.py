@@ -1,4 +1,5 @@
-"""The benchmark tool: `python -m bench [--quick] [--only create,ws,reminders,list,memory] [--url ...]`.
+"""The benchmark tool: `python -m bench [--quick] [--only create,ws,reminders,webhooks,list,memory]
+[--url ...]`.
 
 It creates a throwaway database on the PostgreSQL in BENCH_DATABASE_URL (else TEST_DATABASE_URL), uses a
 unique key prefix on the Redis in BENCH_REDIS_URL (else TEST_REDIS_URL), starts two `booking serve`
@@ -25,21 +26,23 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import create, listing, memory, reminders, ws
-from bench.common import Stack, ms, pct, register_users, say
+from bench import create, listing, memory, reminders, webhooks, ws
+from bench.common import CpuMeter, Stack, ms, pct, register_users, say
 
-SCENARIOS = ("create", "ws", "reminders", "list", "memory")
+SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory")
 FULL = {
     "duration": 10.0, "warmup": 2.0, "create_users": 512, "sockets": 1000, "ws_users": 250,
     "mutations": 500, "reminders": 2000, "spread": 20.0, "reminder_users": 200,
     "list_rows": 1_000_000, "list_per_user": 10_000, "samples": 200,
     "mem_sockets": 1000, "mem_actors": 1000, "capacity": 10_000,
+    "hook_rate": 200.0, "hook_seconds": 10.0, "hook_burst": 2000, "hook_users": 200,
 }  # fmt: skip
 QUICK = {
     "duration": 1.5, "warmup": 0.5, "create_users": 64, "sockets": 40, "ws_users": 10,
     "mutations": 20, "reminders": 20, "spread": 2.0, "reminder_users": 5,
     "list_rows": 4_000, "list_per_user": 1_000, "samples": 20,
     "mem_sockets": 30, "mem_actors": 5, "capacity": 60,
+    "hook_rate": 20.0, "hook_seconds": 1.5, "hook_burst": 30, "hook_users": 5,
 }  # fmt: skip
 
 
@@ -91,6 +94,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--list-rows", type=int, help="rows in the bookings table for the list test")
     p.add_argument("--list-per-user", type=int, help="bookings of the listed user")
     p.add_argument("--capacity", type=int, help="sockets to hold open on one web process")
+    p.add_argument("--hook-rate", type=float, help="booking changes per second for the webhook latency")
+    p.add_argument("--hook-burst", type=int, help="bookings created at once for the webhook rate")
     args = p.parse_args()
     size = QUICK if args.quick else FULL
     for key, value in size.items():
@@ -112,7 +117,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
         say(f"bench: database {stack.db_name}, Redis prefix {stack.prefix}")
         await stack.create_database()
     try:
-        if not args.url and set(args.only) & {"create", "ws", "reminders", "list"}:
+        if not args.url and set(args.only) & {"create", "ws", "reminders", "webhooks", "list"}:
             say("bench: starting two `booking serve` processes")
             await stack.start_web(2)
         for name in args.only:
@@ -234,6 +239,56 @@ async def run_reminders(stack: Stack, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+async def run_webhooks(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    figures = [
+        f"webhook commit->delivery at {args.hook_rate:.0f} changes/s",
+        f"webhook deliveries/s, burst of {args.hook_burst}",
+    ]
+    if stack.external:
+        return skipped(figures, "p99 <= 200 ms")
+    users = await stack.seed_users(args.hook_users, "hook")
+    say("bench: starting `booking worker` + `booking scheduler`")
+    await stack.start_jobs()
+    meter = CpuMeter([stack.jobs[0][0].pid, *(w.process.pid for w in stack.webs)])
+    worker_only = CpuMeter([stack.jobs[0][0].pid])
+    meter.start()
+    worker_only.start()
+    try:
+        r = await webhooks.webhook_delivery(
+            stack.urls, users, rate=args.hook_rate, duration=args.hook_seconds, burst=args.hook_burst
+        )
+        changes = r.sent + r.burst
+        worker_ms, _ = worker_only.stop(changes)
+        all_ms, servers_ms = meter.stop(changes)
+    finally:
+        await stack.stop_jobs()
+    ok = r.p(0.99) <= 0.200 and r.lost == 0 and r.duplicated == 0
+    return [
+        Row(
+            figures[0],
+            f"p50 {ms(r.p(0.5))} / p99 {ms(r.p(0.99))} / max {ms(r.p(1.0))}",
+            f"{r.sent} sent at {r.rate:.0f}/s; lost {r.lost}, duplicated {r.duplicated}"
+            + (f"; creates refused {r.refused}" if r.refused else ""),
+            "p99 <= 200 ms, 0 lost",
+            verdict(ok),
+        ),
+        Row(
+            figures[1],
+            f"{r.burst_per_second:,.0f}/s",
+            f"{r.burst} bookings created by 32 clients over HTTP; lost {r.burst_lost}",
+            "-",
+            "-",
+        ),
+        Row(
+            "CPU per webhook: worker / web+worker / PostgreSQL+Redis",
+            f"{worker_ms:.2f} ms / {all_ms:.2f} ms / {servers_ms:.2f} ms",
+            "per booking change with one subscribed endpoint (create + delivery)",
+            "-",
+            "-",
+        ),
+    ]
+
+
 async def run_list(stack: Stack, args: argparse.Namespace) -> list[Row]:
     per_user = args.list_per_user
     fillers = max(0, args.list_rows // per_user - 1)
@@ -297,6 +352,7 @@ SCENARIO_RUNNERS = {
     "create": run_create,
     "ws": run_ws,
     "reminders": run_reminders,
+    "webhooks": run_webhooks,
     "list": run_list,
     "memory": run_memory,
 }

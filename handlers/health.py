@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.common import json_response
 from handlers.schemas import HealthOut
-from server import jobstats
+from server import jobstats, webhook_delivery
 from server.keys import DB, METRICS, REDIS, SETTINGS
 from server.metrics import exposition, reminder_delivery_families
 from server.version import VERSION
@@ -108,14 +108,34 @@ async def _reminder_deliveries(request: web.Request) -> bytes:
     return exposition(reminder_delivery_families(snapshot))
 
 
+async def _webhook_deliveries(request: web.Request) -> bytes:
+    """The workers' webhook figures and the outbox depth; left out like the reminders' when Redis or
+    the database does not answer within the health-check timeout."""
+    settings = request.app[SETTINGS]
+    try:
+        data = await asyncio.wait_for(
+            webhook_delivery.figures(request.app[REDIS], request.app[DB], prefix=settings.redis_prefix),
+            settings.health_timeout,
+        )
+    except Exception as exc:
+        log.warning("/metrics without webhook deliveries (%s)", type(exc).__name__)
+        return b""
+    return exposition(webhook_delivery.metric_families(data))
+
+
 @routes.get("/metrics")
 @docs(
     tags=["operations"],
-    summary="Prometheus metrics: requests, actors, mailboxes, sockets, reminders scheduled / sent / lateness",
+    summary="Prometheus metrics: requests, actors, mailboxes, sockets, reminders scheduled / sent / "
+    "lateness, webhooks sent / failed / retried / latency / queue depth",
     responses={200: {"description": "Prometheus text format"}},
 )
 async def metrics(request: web.Request) -> web.Response:
-    payload = generate_latest(request.app[METRICS].registry) + await _reminder_deliveries(request)
+    payload = (
+        generate_latest(request.app[METRICS].registry)
+        + await _reminder_deliveries(request)
+        + await _webhook_deliveries(request)
+    )
     response = web.Response(body=payload)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

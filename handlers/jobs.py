@@ -21,16 +21,18 @@ from handlers.common import bearer_token, json_response
 from handlers.schemas import HealthOut, Problem, Strict
 from handlers.validation import read_json
 from handlers.validation import validate as validate_body
-from server import jobstats
+from server import jobstats, webhook_delivery
 from server.broker import group_name, schedule_id, stream_name
 from server.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
 from storage import bookings as booking_store
 from storage import reminders as reminder_store
 from storage import tokens as token_store
+from storage import webhooks as webhook_store
 
 routes = web.RouteTableDef()
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+WEBHOOK_LOG_TTL = timedelta(days=30)  # delivered and given-up webhook messages, with their attempts
 
 API_KEY_HEADER = "X-API-Key"
 # Either scheme opens every operation (OpenAPI: alternatives are separate entries).
@@ -111,13 +113,14 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
             jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
             pending_rows(),
             jobstats.count_keys(redis, f"{settings.redis_prefix}schedule:data:{schedule_id('*')}"),
+            webhook_delivery.figures(redis, request.app[DB], prefix=settings.redis_prefix),
             return_exceptions=True,
         )
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    snapshot, queue, in_database, in_redis = cast(
-        tuple[jobstats.Snapshot, dict[str, Any], int, int], tuple(results)
+    snapshot, queue, in_database, in_redis, webhooks = cast(
+        tuple[jobstats.Snapshot, dict[str, Any], int, int, dict[str, Any]], tuple(results)
     )
     return {
         "queue": {
@@ -131,6 +134,7 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
         "counters": snapshot.counters,
         "lateness": snapshot.lateness,
         "recentFailures": snapshot.failures,
+        "webhooks": webhooks,
     }
 
 
@@ -173,6 +177,7 @@ class _Snapshot:
             "Samples behind the lateness quantiles",
             value=data["lateness"]["samples"],
         )
+        yield from webhook_delivery.metric_families(data["webhooks"])
 
 
 def _wants_prometheus(request: web.Request) -> bool:
@@ -190,7 +195,8 @@ def _wants_prometheus(request: web.Request) -> bool:
 @routes.get("/jobs/metrics")
 @docs(
     tags=["jobs"],
-    summary="Reminder metrics: queue depth, in flight, scheduled, outcomes, lateness, recent failures",
+    summary="Reminder metrics: queue depth, in flight, scheduled, outcomes, lateness, recent failures; "
+    "webhook deliveries",
     description="JSON by default; Prometheus text with `?format=prometheus` or `Accept: text/plain`.",
     security=SECURITY,
     parameters=[
@@ -257,12 +263,14 @@ class CleanupOut(Schema):
     notifications = fields.Integer(required=True)
     refresh_tokens = fields.Integer(required=True, data_key="refreshTokens")
     refresh_families = fields.Integer(required=True, data_key="refreshFamilies")
+    webhook_messages = fields.Integer(required=True, data_key="webhookMessages")
 
 
 @routes.post("/jobs/cleanup")
 @docs(
     tags=["jobs"],
-    summary="Purge idempotency keys older than 24 h, old read notifications and expired refresh tokens",
+    summary="Purge idempotency keys older than 24 h, old read notifications, expired refresh tokens and "
+    "settled webhook messages older than 30 days",
     description="The JSON body is optional.",
     security=SECURITY,
     responses={
@@ -287,11 +295,13 @@ async def cleanup(request: web.Request) -> web.Response:
             conn, read_before=now - timedelta(days=options["notification_days"])
         )
         tokens, families = await token_store.purge_expired(conn, expired_before=now)
+        hooks = await webhook_store.purge_settled(conn, older_than=now - WEBHOOK_LOG_TTL)
     return json_response(
         {
             "idempotencyKeys": keys,
             "notifications": notes,
             "refreshTokens": tokens,
             "refreshFamilies": families,
+            "webhookMessages": hooks,
         }
     )

@@ -15,8 +15,9 @@ from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.reminders import NotificationService, Reminders
 from actors.security import TokenCodec
 from actors.usercache import UserCache
-from handlers import auth, bookings, health, notifications, users, ws
-from server import redisconf
+from actors.webhooks import WebhookService
+from handlers import auth, bookings, health, notifications, users, webhooks, ws
+from server import redisconf, webhook_delivery
 from server.broker import ReminderSource, make_broker
 from server.events import EventBus, make_event
 from server.keys import (
@@ -31,6 +32,7 @@ from server.keys import (
     REDIS_GATE,
     REGISTRY,
     SETTINGS,
+    WEBHOOKS,
 )
 from server.metrics import Metrics
 from server.middlewares import body_rules, cors, request_context
@@ -100,8 +102,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
 async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     """Actor registry, the cross-process event bus and its listener; shutdown drains the mailboxes."""
     settings = app[SETTINGS]
-    # The Redis copy of reminders (PostgreSQL holds the intent); one already due goes to the stream.
-    reminder_source = ReminderSource(settings, broker=make_broker(settings))
+    # Enqueues to the taskiq stream: webhook deliveries, and reminders already due (PostgreSQL holds the
+    # intent of both; the Redis copy of a reminder due later is the schedule).
+    task_broker = make_broker(settings)
+    reminder_source = ReminderSource(settings, broker=task_broker)
+    hand_off = webhook_delivery.HandOff(webhook_delivery.kicker(task_broker), app[REDIS_GATE], app[DB])
     deps = Deps(
         db=app[DB],
         emitter=_LateEmitter(app),
@@ -114,6 +119,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         reminders=Reminders(
             GatedSchedule(reminder_source, app[REDIS_GATE]), on_scheduled=app[METRICS].reminders_scheduled.inc
         ),
+        webhooks=hand_off,
     )
     registry: Registry[uuid.UUID] = Registry(
         actor_factory(deps),
@@ -128,6 +134,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS].on_reconnect(cache.clear)
     app[BOOKINGS] = BookingService(deps, registry)
     app[NOTIFICATIONS] = NotificationService(app[DB])
+    app[WEBHOOKS] = WebhookService(app[DB], production=settings.production, kick=hand_off.after_commit)
     metrics = app[METRICS]
     metrics.actors.set_function(lambda: len(registry))
     metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth)
@@ -136,6 +143,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     await registry.close()
     await app[BUS].close()
     await reminder_source.close()
+    await task_broker.connection_pool.disconnect()
 
 
 class _LateEmitter:
@@ -153,6 +161,7 @@ def setup_routes(app: web.Application) -> None:
     app.add_routes(users.routes)
     app.add_routes(bookings.routes)
     app.add_routes(notifications.routes)
+    app.add_routes(webhooks.routes)
     app.add_routes(health.routes)
     ws.setup(app)  # /ws/, its socket set, and the on_shutdown hook that closes sockets with 1001
 

@@ -153,9 +153,7 @@ class ReminderSource(ListRedisScheduleSource):
         return Redis(connection_pool=self._connection_pool)
 
     async def close(self) -> None:
-        await self._connection_pool.disconnect()
-        if self._broker is not None:
-            await self._broker.shutdown()
+        await self._connection_pool.disconnect()  # a broker it was given is its owner's to close
 
     def data_key(self, booking_id: uuid.UUID | str) -> str:
         return self._get_data_key(schedule_id(booking_id))

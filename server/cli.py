@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
+from server import webhook_cli
 from server.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=5.0, help="seconds to finish on SIGTERM (default 5)"
     )
     scheduler.set_defaults(func=cmd_scheduler)
+
+    webhook_cli.add_parser(sub)
 
     up = sub.add_parser(
         "up", help="run every Procfile process locally (embedded PostgreSQL/Redis when unset)"

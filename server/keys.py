@@ -13,6 +13,7 @@ from actors.auth import AuthService
 from actors.base import Registry
 from actors.bookings import BookingService
 from actors.reminders import NotificationService
+from actors.webhooks import WebhookService
 from server.events import EventBus
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
@@ -34,6 +35,7 @@ REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
 BUS = web.AppKey("bus", EventBus)
 BOOKINGS = web.AppKey("bookings", BookingService)
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
+WEBHOOKS = web.AppKey("webhooks", WebhookService)
 # Every open socket, so shutdown can close them with 1001; weak, so a finished socket needs no removal.
 WEBSOCKETS = web.AppKey("websockets", WeakSet[web.WebSocketResponse])
 

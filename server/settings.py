@@ -69,6 +69,11 @@ class Settings:
     ws_heartbeat_seconds: float = 30.0
     ws_auth_timeout: float = 10.0
     ws_allowed_origins: tuple[str, ...] = ()
+    # Outbound webhooks; see docs/WEBHOOKS.md.
+    webhook_timeout: float = 10.0
+    webhook_retry_base: float = 5.0
+    webhook_concurrency: int = 4
+    webhook_poll_seconds: float = 1.0
 
     @property
     def production(self) -> bool:
@@ -235,4 +240,8 @@ def _build(env: Mapping[str, str]) -> Settings:
         ws_auth_timeout=_float(env, "WS_AUTH_TIMEOUT", 10.0),
         # Unset means the CORS allow-list: a browser page allowed to call the API may open a socket.
         ws_allowed_origins=_origins(env, "WS_ALLOWED_ORIGINS") if "WS_ALLOWED_ORIGINS" in env else origins,
+        webhook_timeout=_float(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        webhook_retry_base=_float(env, "WEBHOOK_RETRY_BASE_SECONDS", 5.0),
+        webhook_concurrency=_int(env, "WEBHOOK_ENDPOINT_CONCURRENCY", 4, low=1, high=100),
+        webhook_poll_seconds=_float(env, "WEBHOOK_POLL_SECONDS", 1.0),
     )

@@ -23,6 +23,7 @@ from server.events import EventBus, make_event
 from server.jobstats import JobStats
 from server.settings import Settings
 from storage import reminders as store
+from storage import webhooks as webhook_store
 from storage.bookings import Booking, get_booking
 from storage.db import Database
 from storage.reminders import Notification
@@ -75,6 +76,18 @@ async def deliver(
             },
         )
         booking = await store.mark_booking_reminded(conn, booking_id) or booking
+        # Its webhook messages, in the same transaction; the scheduler's dispatcher enqueues them.
+        await webhook_store.enqueue(
+            conn,
+            event_type="booking.reminder",
+            user_id=booking.user_id,
+            booking_id=booking.id,
+            payload={
+                "booking": booking.snapshot(),
+                "reminder": {**note.data, "notificationId": str(note.id)},
+            },
+            handed_off=False,  # the scheduler's dispatcher enqueues them
+        )
     lateness = (clock() - due_at).total_seconds()
     await publish(db, bus, note, booking)
     log.info("reminder %s delivered %.3fs after due", booking_id, lateness)

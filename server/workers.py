@@ -19,11 +19,11 @@ from typing import Any
 from taskiq.api import run_receiver_task
 from taskiq.cli.scheduler.run import SchedulerLoop
 
-from server import redisconf
+from server import redisconf, webhook_delivery
 from server.broker import ReminderSource, make_broker, make_scheduler
 from server.events import EventBus
 from server.settings import Settings
-from server.tasks import Reconciler, Republisher, register
+from server.tasks import Reconciler, Republisher, every, register
 from storage import reminders as store
 from storage.db import Database
 
@@ -87,6 +87,7 @@ async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float =
     logging.getLogger("taskiq.receiver").addFilter(_quiet_intended_cancel)
     broker = make_broker(settings)
     register(broker, settings)
+    webhook_delivery.register(broker, settings)  # after: its start-up uses the database pool
     broker.is_worker_process = True
     await broker.startup()  # WORKER_STARTUP: engine, Redis, event bus
     log.info("reminder worker ready on %s", broker.queue_name)
@@ -124,6 +125,9 @@ async def run_scheduler(
     reconciler = Reconciler(db=db, source=source, broker=broker)
     redis = redisconf.connect(settings)
     republisher = Republisher(db=db, bus=EventBus(redis, prefix=settings.redis_prefix, registry=None))
+    dispatcher = webhook_delivery.Dispatcher(
+        db=db, kick=webhook_delivery.kicker(broker), config=webhook_delivery.DeliveryConfig.of(settings)
+    )
     loop = SchedulerLoop(scheduler)
     log.info("reminder scheduler ready (update every %.1fs)", update_interval)
     try:
@@ -137,6 +141,7 @@ async def run_scheduler(
                 ),
                 reconciler.run(reconcile_interval),
                 republisher.run(reconcile_interval),
+                every(settings.webhook_poll_seconds, dispatcher.once, "webhook dispatcher"),
             ],
             grace=grace,
             what="scheduler",

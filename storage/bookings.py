@@ -20,6 +20,7 @@ from storage.tables import (
     idempotency_keys,
     reminders,
 )
+from storage.webhooks import outbox_cte
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def _booking(row: Record | dict[str, Any]) -> Booking:
     return Booking(**row)
 
 
-# --- create: one statement writes the booking, its audit row and its reminder ----------------------------
+# --- create: one statement writes the booking, its audit row, its reminder and its webhook messages -------
 
 NEW_BOOKING_FIELDS = (
     "id",
@@ -107,7 +108,10 @@ def _create_statement() -> sa.Select[Any]:
         )
         .cte("armed")
     )
-    return sa.select(created).add_cte(audited, armed)
+    # One `booking.created` message per subscribed endpoint (none, and no extra round trip, without).
+    queued = outbox_cte(created, "booking.created")
+    webhook_ids = sa.select(sa.func.array_agg(queued.c.id)).scalar_subquery().label("webhook_ids")
+    return sa.select(created, webhook_ids).add_cte(audited, armed, queued)
 
 
 CREATE_BOOKING = Query(_create_statement())
@@ -115,12 +119,17 @@ CREATE_BOOKING = Query(_create_statement())
 
 async def create_booking(
     conn: Connection, *, actor_id: uuid.UUID, reminder_due_at: datetime | None, **fields: Any
-) -> Booking | None:
-    """Insert the booking with its audit row and (when `reminder_due_at` is set) its pending reminder,
-    atomically in one statement; None when it overlaps an active booking of the same user (no deadlock:
-    ON CONFLICT ON CONSTRAINT ... DO NOTHING)."""
+) -> tuple[Booking, list[uuid.UUID]] | None:
+    """Insert the booking with its audit row, (when `reminder_due_at` is set) its pending reminder and
+    a `booking.created` webhook message per subscribed endpoint, atomically in one statement; the
+    booking and the messages' ids. None when it overlaps an active booking of the same user (no
+    deadlock: ON CONFLICT ON CONSTRAINT ... DO NOTHING)."""
     row = await CREATE_BOOKING.fetchrow(conn, actor_id=actor_id, reminder_due_at=reminder_due_at, **fields)
-    return _booking(row) if row else None
+    if row is None:
+        return None
+    values = dict(row)
+    ids = list(values.pop("webhook_ids") or ())
+    return _booking(values), ids
 
 
 _OVERLAP = sa.select(bookings.c.id).where(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSON, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, UUID
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -181,4 +181,98 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint("length(name) BETWEEN 1 AND 100", name="name_length"),
     sa.CheckConstraint("length(secret_hash) = 64", name="secret_hash_length"),
+)
+
+# --- outbound webhooks (docs/WEBHOOKS.md) -----------------------------------------------------------
+
+WEBHOOK_MESSAGE_STATES = ("pending", "delivered", "failed")
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # An admin's endpoint may subscribe to every user's bookings; anyone else's sees their own only.
+    sa.Column("all_bookings", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("events", ARRAY(sa.Text), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    # Kept as given (it must sign, so it cannot be hashed); never returned after create/rotate.
+    # docs/SECURITY.md explains why it is not encrypted at rest.
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("previous_secret", sa.Text),
+    sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("disabled_reason", sa.Text),
+    # The first failure since the last success: an endpoint failing for 5 days is disabled.
+    sa.Column("failing_since", sa.DateTime(timezone=True)),
+    *_timestamps(),
+    sa.CheckConstraint("length(url) BETWEEN 1 AND 2048", name="url_length"),
+    sa.Index("ix_webhook_endpoints_user_id", "user_id"),
+)
+
+# The outbox: one row per (event, endpoint), written in the transaction of the change it reports.
+webhook_messages = sa.Table(
+    "webhook_messages",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    # Commit order within the table: an endpoint gets one booking's messages in this order.
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    sa.Column(
+        "endpoint_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("booking_id", UUID(as_uuid=True)),  # the ordering key; no foreign key: deletes are events too
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("locked_until", sa.DateTime(timezone=True)),  # a worker's lease on the attempt in flight
+    sa.Column("enqueued_at", sa.DateTime(timezone=True)),  # the scheduler's last enqueue of it
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("last_status", sa.Integer),
+    sa.CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+    sa.Index(
+        "ix_webhook_messages_next_attempt_at_pending",
+        "next_attempt_at",
+        postgresql_where=sa.text("state = 'pending'"),
+    ),
+    sa.Index(
+        "ix_webhook_messages_endpoint_id_booking_id_seq_pending",
+        "endpoint_id",
+        "booking_id",
+        "seq",
+        postgresql_where=sa.text("state = 'pending'"),
+    ),
+    sa.Index("ix_webhook_messages_endpoint_id_seq", "endpoint_id", "seq"),
+    # The attempts in flight per endpoint (its concurrency limit): a handful of rows at any time.
+    sa.Index(
+        "ix_webhook_messages_endpoint_id_locked",
+        "endpoint_id",
+        postgresql_where=sa.text("locked_until IS NOT NULL"),
+    ),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "message_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("webhook_messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("outcome", sa.Text, nullable=False),  # delivered | failed | gone | refused
+    sa.Column("response_code", sa.Integer),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("response_body", sa.Text),  # the first 1 KiB of the answer
+    sa.Column("error", sa.Text),
+    sa.Index("ix_webhook_attempts_message_id", "message_id", "id"),
 )

@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "create-api-key",
     "list-api-keys",
     "revoke-api-key",
+    "webhooks",
     "up",
 )
 

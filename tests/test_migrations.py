@@ -51,9 +51,20 @@ def test_upgrade_downgrade_upgrade(backing_services: tuple[str, str]) -> None:
             "reminders",
             "notifications",
             "api_keys",
+            "webhook_endpoints",
+            "webhook_messages",
+            "webhook_attempts",
         } <= asyncio.run(_tables(url))
         assert "published_at" in asyncio.run(_columns(url, "notifications"))
-        # One step back removes only the newest table; the rest of the schema stays.
+        # One step back removes only the webhook tables.
+        migrate.downgrade(url, "0006_idempotent_response_json")
+        tables = asyncio.run(_tables(url))
+        assert not {"webhook_endpoints", "webhook_messages", "webhook_attempts"} & tables
+        assert "api_keys" in tables
+        # The next gives idempotency_keys.response its jsonb type back.
+        migrate.downgrade(url, "0005_api_keys")
+        assert "api_keys" in asyncio.run(_tables(url))
+        # The next removes only the newest table; the rest of the schema stays.
         migrate.downgrade(url, "0004_notification_outbox")
         tables = asyncio.run(_tables(url))
         assert "api_keys" not in tables and {"users", "reminders", "notifications"} <= tables

@@ -419,10 +419,18 @@ async def test_a_reminder_arrives_on_the_users_socket_on_a_real_web_process(
             assert -0.05 < late < 3.0
             assert await events_until_pong(ws) == []  # once
             await ws.close()
-            async with http.get(f"{web.base_url}/metrics") as resp:
-                text = await resp.text()
-            assert "reminders_scheduled_total 1.0" in text  # this process's one booking
-            assert re.search(r"^reminders_sent_total [1-9]", text, flags=re.MULTILINE), text
+
+            async def scraped() -> str:
+                async with http.get(f"{web.base_url}/metrics") as resp:
+                    return await resp.text()
+
+            async def counted() -> bool:
+                # The worker counts a send in Redis just after it publishes the event: the socket can
+                # see the reminder a moment before the scrape sees the count.
+                return bool(re.search(r"^reminders_sent_total [1-9]", await scraped(), flags=re.MULTILINE))
+
+            await wait_for(counted, timeout=5, what="reminders_sent_total counted on /metrics")
+            assert "reminders_scheduled_total 1.0" in await scraped()  # this process's one booking
     finally:
         exits = stop(procs)
     assert exits[0].code == 0, exits[0].output

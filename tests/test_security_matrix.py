@@ -58,6 +58,13 @@ class World:
             )
         return str(note.id)
 
+    async def new_webhook(self) -> dict[str, Any]:
+        body = {"url": "http://127.0.0.1:9/matrix", "events": ["*"]}
+        resp = await self.client.post("/api/webhooks", json=body, headers=self.headers("owner"))
+        assert resp.status == 201, await resp.text()
+        created: dict[str, Any] = await resp.json()
+        return created
+
 
 Setup = Callable[[World], Awaitable[dict[str, Any]]]  # → {"path": ..., "json": ..., "query": ...}
 
@@ -76,6 +83,17 @@ async def _owner(world: World) -> dict[str, Any]:
 
 async def _notification(world: World) -> dict[str, Any]:
     return {"id": await world.new_notification()}
+
+
+async def _webhook(world: World) -> dict[str, Any]:
+    return {"id": (await world.new_webhook())["id"]}
+
+
+async def _webhook_delivery(world: World) -> dict[str, Any]:
+    endpoint = await world.new_webhook()
+    resp = await world.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=world.headers("owner"))
+    assert resp.status == 202, await resp.text()
+    return {"id": endpoint["id"], "deliveryId": (await resp.json())["id"]}
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,25 @@ MATRIX = [
     Row("GET", "/api/notifications", _user_route()),
     Row("POST", "/api/notifications/{id}/read", PERSONAL, _notification),
     Row("POST", "/api/notifications/broadcast", {**ADMIN_ONLY, "admin": 202}, body={"message": "matrix"}),
+    Row("GET", "/api/webhooks", _user_route()),
+    Row(
+        "POST",
+        "/api/webhooks",
+        {**_user_route(), "other": 201, "owner": 201, "admin": 201},
+        body={"url": "http://127.0.0.1:9/matrix", "events": ["booking.created"]},
+    ),
+    Row("GET", "/api/webhooks/{id}", OWNED, _webhook),
+    Row("PATCH", "/api/webhooks/{id}", OWNED, _webhook, {"description": "changed"}),
+    Row("DELETE", "/api/webhooks/{id}", {**OWNED, "owner": 204, "admin": 204}, _webhook),
+    Row("POST", "/api/webhooks/{id}/rotate-secret", OWNED, _webhook),
+    Row("GET", "/api/webhooks/{id}/deliveries", OWNED, _webhook),
+    Row(
+        "POST",
+        "/api/webhooks/{id}/deliveries/{deliveryId}/redeliver",
+        {**OWNED, "owner": 202, "admin": 202},
+        _webhook_delivery,
+    ),
+    Row("POST", "/api/webhooks/{id}/test", {**OWNED, "owner": 202, "admin": 202}, _webhook),
     # Public on purpose: the auth entry points, health, metrics (nginx keeps /metrics internal), the socket
     # handshake (authenticated inside, see the WebSocket matrix below).
     Row(
