@@ -34,11 +34,13 @@ def booking_view(b: Booking) -> dict[str, Any]:
         "version": b.version,
         "createdAt": iso(b.created_at),
         "updatedAt": iso(b.updated_at),
+        "resourceId": str(b.resource_id) if b.resource_id else None,
+        "attendees": b.attendees,
     }
 
 
 # Internal columns an audit snapshot holds that the public shape never shows.
-_INTERNAL = frozenset({"user_seq"})
+_INTERNAL = frozenset({"user_seq", "resource_seq", "busy_start", "busy_end", "resource_exclusive"})
 _TIMES = frozenset({"start_time", "end_time", "reminder_sent_at", "created_at", "updated_at"})
 _PUBLIC = {f.name: _camel(f.name) for f in fields(Booking) if f.name not in _INTERNAL}
 
@@ -53,5 +55,7 @@ def snapshot_view(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
         value = snapshot.get(name)
         if name in _TIMES and isinstance(value, str):
             value = iso(datetime.fromisoformat(value))
+        if name == "attendees" and value is None:  # written before bookings had attendees
+            value = []
         view[key] = value
     return view

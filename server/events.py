@@ -50,6 +50,7 @@ class EventBus:
         prefix: str,
         registry: Registry[uuid.UUID] | None,
         gate: RedisGate | None = None,
+        resources: Registry[uuid.UUID] | None = None,
     ) -> None:
         """`gate`: a web process publishes on the request path, so within REDIS_TIMEOUT and not at all
         while Redis is known to be down (server/redisgate.py). Workers publish without one."""
@@ -57,6 +58,7 @@ class EventBus:
         self._gate = gate
         self.channel = f"{prefix}events"
         self._registry = registry
+        self._resources = resources  # the resource actors: watchers of a resource hang off them
         self.origin = uuid.uuid4().hex
         self.connected = asyncio.Event()
         self._stopping = False
@@ -107,6 +109,19 @@ class EventBus:
             self._registry.deliver(user_id, event)
         return await self._publish(str(user_id), event)
 
+    async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None:
+        """Like `emit`, to the watchers of a resource (WebSocket `join-resource-room`) in every process."""
+        if self._resources is not None:
+            self._resources.deliver(resource_id, event)
+        try:
+            await self._send(dumps({"origin": self.origin, "resource": str(resource_id), "event": event}))
+        except RedisDown as exc:
+            log.info("event not published (%s); remote watchers miss %s", exc, event["event"])
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "event publish failed (%s); remote watchers miss %s", type(exc).__name__, event["event"]
+            )
+
     async def broadcast(self, event: Event) -> None:
         if self._registry is not None:
             self._registry.broadcast(event)
@@ -156,6 +171,10 @@ class EventBus:
                         callback(str(message["data"]))
                     except Exception:  # one hook's bug must not end the listener for every socket
                         log.exception("signal %s hook failed", message["signal"])
+                return
+            if "resource" in message:
+                if self._resources is not None:
+                    self._resources.deliver(uuid.UUID(message["resource"]), message["event"])
                 return
             if self._registry is None:
                 return
