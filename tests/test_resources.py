@@ -4,10 +4,13 @@ a user, attendees, and `resource.busy.changed`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.conftest import Client, Registrar, auth
@@ -493,3 +496,84 @@ async def test_both_the_admin_and_the_owner_get_the_events_of_a_booking_made_on_
     finally:
         await owner.close()
         await acting.close()
+
+
+# --- the mechanism, step by step: the row lock orders two writers of one capacity-N resource -------
+
+
+async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_first_ones_booking(
+    client: Client, register: Registrar, admin: dict[str, Any]
+) -> None:
+    """Two transactions of the capacity-N path, interleaved by hand: B's lock waits for A's commit, and
+    B's count (a later statement, a fresh snapshot) sees A's booking, so B is refused. Without the lock
+    B would count before A commits and both would take the last seat."""
+    from server.keys import DB
+    from storage import resources as store
+    from tests.support import wait_for
+
+    alice, bob, carol = await register(), await register(), await register()
+    room = await new_resource(client, admin, capacity=2)
+    status, _ = await book(client, carol, body(140, 141, resourceId=room["id"]))
+    assert status == 201
+    db = client.app[DB]
+    rid = uuid.UUID(room["id"])
+
+    async def fields(session: dict[str, Any]) -> dict[str, Any]:
+        async with db.connect() as conn:
+            seq = await conn.fetchval("SELECT seq FROM users WHERE id = $1", uuid.UUID(session["user"]["id"]))
+            rseq = await conn.fetchval("SELECT seq FROM resources WHERE id = $1", rid)
+        start = datetime.fromisoformat(at(140).replace("Z", "+00:00"))
+        return {
+            "id": uuid.uuid4(),
+            "user_id": uuid.UUID(session["user"]["id"]),
+            "user_seq": seq,
+            "title": "by hand",
+            "description": None,
+            "location": None,
+            "notes": None,
+            "start_time": start,
+            "end_time": start + timedelta(hours=1),
+            "reminder_minutes_before": None,
+            "attendees": [],
+            "resource_id": rid,
+            "resource_seq": rseq,
+            "busy_start": start,
+            "busy_end": start + timedelta(hours=1),
+            "resource_exclusive": False,
+        }
+
+    a_fields, b_fields = await fields(alice), await fields(bob)
+    async with db.pool.acquire() as a, db.pool.acquire() as b:
+        a_tx, b_tx = a.transaction(), b.transaction()
+        await a_tx.start()
+        await b_tx.start()
+        try:
+            await store.lock_resources(a, [rid])
+            made = await store.create_resource_booking(
+                a, actor_id=a_fields["user_id"], reminder_due_at=None, capacity=2, **a_fields
+            )
+            assert made is not None  # 1 of 2 taken: A takes the last seat (not committed yet)
+            b_pid = b.get_server_pid()
+            b_lock = asyncio.ensure_future(store.lock_resources(b, [rid]))
+
+            async def b_waits_on_a_lock() -> bool:
+                async with db.connect() as probe:
+                    kind = await probe.fetchval(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", b_pid
+                    )
+                return kind == "Lock"
+
+            await wait_for(b_waits_on_a_lock, what="the second writer to wait on the resource's row lock")
+            assert not b_lock.done()
+            await a_tx.commit()
+            await asyncio.wait_for(b_lock, 5)
+            refused = await store.create_resource_booking(
+                b, actor_id=b_fields["user_id"], reminder_due_at=None, capacity=2, **b_fields
+            )
+            assert refused is None  # B sees A's committed booking: the resource is full
+        finally:
+            for tx in (a_tx, b_tx):
+                with contextlib.suppress(asyncpg.InterfaceError):  # A is already committed
+                    await tx.rollback()
+    status, full = await book(client, bob, body(140.5, 141.5, resourceId=room["id"]))
+    assert status == 409 and full["detail"] == "resource full"
