@@ -19,8 +19,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.processes import WebProcess, start_web, stop
+from tests.processes import WebProcess, start_web, stop, wait_for_listeners
 from tests.support import unique_email
+from tests.ws_support import ask, events_until_pong, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -68,11 +69,12 @@ class Stack:
 @pytest.fixture(scope="module")
 def web(database_url: str, redis_url: str) -> Iterator[tuple[list[WebProcess], str]]:
     admin_email = unique_email("race-admin")
+    prefix = f"e2e{uuid.uuid4().hex[:10]}:"
     env = {
         "NODE_ENV": "test",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": f"e2e{uuid.uuid4().hex[:10]}:",
+        "REDIS_KEY_PREFIX": prefix,
         "AUTH_RATE_LIMIT_PER_IP": "100000",
         "AUTH_RATE_LIMIT_PER_EMAIL": "100000",
         "API_RATE_LIMIT_PER_USER": "100000",
@@ -83,6 +85,7 @@ def web(database_url: str, redis_url: str) -> Iterator[tuple[list[WebProcess], s
     }
     procs = start_web(2, env)
     try:
+        wait_for_listeners(redis_url, f"{prefix}events", 2)  # no event published from now on is missed
         yield procs, admin_email
     finally:
         exits = stop(procs)
@@ -304,3 +307,39 @@ async def test_cancel_then_rebook_races_never_overbook_or_lose_a_seat(stack: Sta
             wins = [(contenders[0], again)]
         holder, held = wins[0]
         assert await active_ids(stack.database_url, resource) == {held["id"]}
+
+
+async def test_watchers_on_the_other_process_get_busy_changes_without_private_details(stack: Stack) -> None:
+    resource = await stack.resource(capacity=3, bufferBeforeMinutes=10)
+    start = base_time(80)
+    (owner_id, owner), (_, watcher_token) = stack.users[150], stack.users[151]
+    ws_b = stack.urls[1].replace("http://", "ws://")
+    watcher = await stack.http.ws_connect(f"{ws_b}/ws/?token={watcher_token}")
+    owner_ws = await stack.http.ws_connect(f"{ws_b}/ws/?token={owner}")
+    try:
+        joined = await ask(watcher, "join-resource-room", {"resourceId": resource})
+        assert joined["event"] == "join-resource-room", joined
+        await ask(owner_ws, "ping")
+        body = {
+            "title": "Board meeting",
+            "startTime": iso(start),
+            "endTime": iso(start + timedelta(hours=1)),
+            "resourceId": resource,
+        }
+        status, made = await stack.send(0, "POST", "/api/booking", owner, body)  # on process A
+        assert status == 201, made
+        event = await next_frame(watcher)
+        assert event["event"] == "resource.busy.changed", event
+        assert event["data"] == {
+            "resourceId": resource,
+            "start": iso(start - timedelta(minutes=10)),
+            "end": iso(start + timedelta(hours=1)),
+        }
+        assert "Board meeting" not in str(event) and owner_id not in str(event)
+        own = await next_frame(owner_ws)  # the owner's sockets keep the full booking events
+        assert own["event"] == "booking.created" and own["data"]["title"] == "Board meeting"
+        # Nothing else reached the watcher: no booking.* event of someone else's.
+        assert [f["event"] for f in await events_until_pong(watcher)] == []
+    finally:
+        await watcher.close()
+        await owner_ws.close()
