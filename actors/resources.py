@@ -282,6 +282,10 @@ class ResourceActor:
         self.resource_id = resource_id
         self.deps = deps
         self.emitter = emitter
+        # The capacity this actor last saw: when it is above 1 a create goes straight to the locked path
+        # (which reads the row under the lock anyway), saving the unlocked read. Only a hint: a stale
+        # value picks the slower path or one more read, never a wrong answer.
+        self._capacity: int | None = None
         self._dispatch: dict[type, Callable[[Any], Awaitable[Any]]] = {
             BookResource: self.book,
             ChangeResourceBooking: self.change,
@@ -313,16 +317,18 @@ class ResourceActor:
         fields = dict(c.fields)
         now = d.clock()
         check_times(d.rules, start=fields["start_time"], end=fields["end_time"], now=now, start_changed=True)
-        async with d.db.connect() as conn:
-            peek = await store.get_resource(conn, self.resource_id)
-            if peek is None:
-                raise _unknown_resource()
-            # Capacity 1 without an Idempotency-Key: one statement, no transaction block, no lock — the
-            # exclusion constraint decides between racing writers (measured: docs/BENCHMARKS.md).
-            if peek.capacity == 1 and c.idempotency_key is None:
-                self._check_bookable(peek, fields, now)
-                booking, plan = await self._insert(conn, peek, fields, msg)
-                return Written(booking_view(booking), plan)
+        if c.idempotency_key is None and (self._capacity is None or self._capacity == 1):
+            async with d.db.connect() as conn:
+                peek = await store.get_resource(conn, self.resource_id)
+                if peek is None:
+                    raise _unknown_resource()
+                self._capacity = peek.capacity
+                # Capacity 1 without an Idempotency-Key: one statement, no transaction block, no lock —
+                # the exclusion constraint decides between racing writers (docs/BENCHMARKS.md).
+                if peek.capacity == 1:
+                    self._check_bookable(peek, fields, now)
+                    booking, plan = await self._insert(conn, peek, fields, msg)
+                    return Written(booking_view(booking), plan)
         async with d.db.begin() as conn:
             if c.idempotency_key is not None:
                 digest = request_hash(c.fields)
@@ -336,6 +342,7 @@ class ResourceActor:
             resource = (await store.lock_resources(conn, [self.resource_id])).get(self.resource_id)
             if resource is None:
                 raise _unknown_resource()
+            self._capacity = resource.capacity
             self._check_bookable(resource, fields, now)
             booking, plan = await self._insert(conn, resource, fields, msg)
             view = booking_view(booking)

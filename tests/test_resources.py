@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -577,3 +578,44 @@ async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_
                     await tx.rollback()
     status, full = await book(client, bob, body(140.5, 141.5, resourceId=room["id"]))
     assert status == 409 and full["detail"] == "resource full"
+
+
+# --- the README's resource session, as printed -------------------------------------------------------
+
+
+async def test_the_readme_resource_session_works_as_printed(
+    make_client: Callable[..., Awaitable[Client]],
+) -> None:
+    import re
+    import shutil
+
+    from tests.processes import ROOT
+
+    if shutil.which("curl") is None or shutil.which("bash") is None:
+        pytest.skip("needs curl and bash")
+    client = await make_client(admin_email="admin@example.com", admin_password="admin-pass-1")
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Try it", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 2, "Try it: the session, then the resources part that continues it"
+    # The session's user is its own here: the README's own test books test@example.com's slot as printed.
+    script = "\n".join(blocks).replace("test@example.com", f"readme-{uuid.uuid4().hex[:10]}@example.com")
+    for call in ("/api/resources", "/busy?", '"capacity":1', '"capacity":3', "resourceId"):
+        assert call in blocks[1], call
+    base = f"http://{client.server.host}:{client.server.port}"
+    shell = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", script.replace("http://localhost:5000", base),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(shell.communicate(), 90)
+    output = out.decode()
+    assert shell.returncode == 0, err.decode() + output
+    assert '"conflictingId"' in output  # the admin ran into the room's buffer
+    assert '"start":' in output and '"title":"Planning"' in output  # busy time, as the admin sees it
+    assert re.findall(r"^(ana|ben|cleo|dan) (\d+)$", output, flags=re.MULTILINE) == [
+        ("ana", "201"),
+        ("ben", "201"),
+        ("cleo", "201"),
+        ("dan", "409"),
+    ]
+    assert '"status":"cancelled"' in output
+    assert output.rstrip().endswith("204\n204")
