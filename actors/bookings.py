@@ -99,6 +99,10 @@ class ResourceBookingsPort(Protocol):
 
     async def deleted(self, booking: Booking) -> None: ...
 
+    async def publish(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None: ...
+
 
 class ReminderHook(Protocol):
     """Decides the reminder with the booking's transaction; tells Redis after the commit."""
@@ -237,7 +241,9 @@ class BookingActor:
         written = await self.deps.resources.create(self.owner_id, replace(msg, fields=fields))
         created: Created = written.created or Created(written.view)
         if not created.replayed:
-            await self._after(written.plan, "booking.created", written.view, also=msg.actor_id)
+            await self._after(
+                written.plan, "booking.created", written.view, also=msg.actor_id, resource_events=written.busy
+            )
         return created
 
     def _check_new(self, fields: Mapping[str, Any]) -> None:
@@ -358,7 +364,11 @@ class BookingActor:
         assert self.deps.resources is not None  # noqa: S101
         written = await self.deps.resources.update(self.owner_id, msg, resource_id)
         view: dict[str, Any] = written.view
-        await self._after(written.plan, "booking.updated", view, also=msg.actor_id)
+        if not written.changed:
+            return view
+        await self._after(
+            written.plan, "booking.updated", view, also=msg.actor_id, resource_events=written.busy
+        )
         return view
 
     async def delete(self, msg: DeleteBooking) -> None:
@@ -388,7 +398,13 @@ class BookingActor:
             await d.resources.deleted(current)  # its seat is free: resource.busy.changed to the watchers
 
     async def _after(
-        self, plan: Plan | None, name: str, data: dict[str, Any], *, also: uuid.UUID | None = None
+        self,
+        plan: Plan | None,
+        name: str,
+        data: dict[str, Any],
+        *,
+        also: uuid.UUID | None = None,
+        resource_events: tuple[tuple[uuid.UUID, Event], ...] = (),
     ) -> None:
         """After the commit: the Redis copy of the reminder, then the event."""
         d = self.deps
@@ -398,9 +414,14 @@ class BookingActor:
             except Exception:  # the reconciler re-schedules from PostgreSQL; the change stands
                 log.exception("reminder scheduling failed for %s", plan.booking_id)
         event = d.make_event(name, data)
-        await d.emitter.emit(self.owner_id, event)
+        targets = [self.owner_id]
         if also is not None and also != self.owner_id:  # an admin acting for the owner sees it too
-            await d.emitter.emit(also, event)
+            targets.append(also)
+        if resource_events and d.resources is not None:
+            await d.resources.publish([(t, event) for t in targets], resource_events)
+            return
+        for target in targets:
+            await d.emitter.emit(target, event)
 
 
 def actor_factory(deps: Deps) -> Callable[[uuid.UUID], Handler]:

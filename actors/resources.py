@@ -20,7 +20,7 @@ import logging
 import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,6 +59,10 @@ BUSY_CHANGED = "resource.busy.changed"
 
 class ResourceEmitter(Protocol):
     async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None: ...
+
+    async def emit_all(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None: ...
 
 
 @cache
@@ -235,6 +239,10 @@ class Written:
     view: dict[str, Any]
     plan: Plan | None
     created: Created | None = None
+    # resource.busy.changed for each resource whose busy time changed: published by the owner's actor
+    # in the same Redis round trip as its booking.* event.
+    busy: tuple[tuple[uuid.UUID, Event], ...] = ()
+    changed: bool = True  # False: an update that changed nothing (no event)
 
 
 class _Stale(Exception):
@@ -282,10 +290,10 @@ class ResourceActor:
         self.resource_id = resource_id
         self.deps = deps
         self.emitter = emitter
-        # The capacity this actor last saw: when it is above 1 a create goes straight to the locked path
-        # (which reads the row under the lock anyway), saving the unlocked read. Only a hint: a stale
-        # value picks the slower path or one more read, never a wrong answer.
-        self._capacity: int | None = None
+        # The resource row this actor last read. A capacity-1 create writes with it only if the row is
+        # still at that version (checked inside the insert statement), so a change or a retirement made
+        # by any process is never missed; a capacity-N create reads the row under its lock anyway.
+        self._resource: Resource | None = None
         self._dispatch: dict[type, Callable[[Any], Awaitable[Any]]] = {
             BookResource: self.book,
             ChangeResourceBooking: self.change,
@@ -317,18 +325,23 @@ class ResourceActor:
         fields = dict(c.fields)
         now = d.clock()
         check_times(d.rules, start=fields["start_time"], end=fields["end_time"], now=now, start_changed=True)
-        if c.idempotency_key is None and (self._capacity is None or self._capacity == 1):
+        if c.idempotency_key is None and (self._resource is None or self._resource.capacity == 1):
             async with d.db.connect() as conn:
-                peek = await store.get_resource(conn, self.resource_id)
-                if peek is None:
-                    raise _unknown_resource()
-                self._capacity = peek.capacity
+                known = self._resource
+                if known is None:
+                    known = self._resource = await store.get_resource(conn, self.resource_id)
+                    if known is None:
+                        raise _unknown_resource()
                 # Capacity 1 without an Idempotency-Key: one statement, no transaction block, no lock —
                 # the exclusion constraint decides between racing writers (docs/BENCHMARKS.md).
-                if peek.capacity == 1:
-                    self._check_bookable(peek, fields, now)
-                    booking, plan = await self._insert(conn, peek, fields, msg)
-                    return Written(booking_view(booking), plan)
+                if known.capacity == 1:
+                    self._check_bookable(known, fields, now)
+                    written = await self._insert(conn, known, fields, msg)
+                    if written is not None:
+                        return written
+                    # The row changed since this actor read it: read it again, decide again.
+                    self._resource = None
+                    return await self._book_once(msg)
         async with d.db.begin() as conn:
             if c.idempotency_key is not None:
                 digest = request_hash(c.fields)
@@ -342,15 +355,15 @@ class ResourceActor:
             resource = (await store.lock_resources(conn, [self.resource_id])).get(self.resource_id)
             if resource is None:
                 raise _unknown_resource()
-            self._capacity = resource.capacity
+            self._resource = resource
             self._check_bookable(resource, fields, now)
-            booking, plan = await self._insert(conn, resource, fields, msg)
-            view = booking_view(booking)
+            written = await self._insert(conn, resource, fields, msg)
+            assert written is not None  # noqa: S101  (under the row lock the version cannot have moved)
             if c.idempotency_key is not None:
                 await booking_store.store_idempotent(
-                    conn, user_id=msg.owner_id, key=c.idempotency_key, status_code=201, response=view
+                    conn, user_id=msg.owner_id, key=c.idempotency_key, status_code=201, response=written.view
                 )
-        return Written(view, plan, Created(view))
+        return replace(written, created=Created(written.view))
 
     @staticmethod
     def _check_bookable(resource: Resource, fields: Mapping[str, Any], now: datetime) -> None:
@@ -360,7 +373,8 @@ class ResourceActor:
 
     async def _insert(
         self, conn: Connection, resource: Resource, fields: dict[str, Any], msg: BookResource
-    ) -> tuple[Booking, Plan | None]:
+    ) -> Written | None:
+        """The booking written with `resource` as read (None: the row is no longer at that version)."""
         d = self.deps
         booking_id = uuid.uuid4()
         plan = (
@@ -388,9 +402,13 @@ class ResourceActor:
             actor_id=msg.create.actor_id,
             reminder_due_at=plan.due_at if plan else None,
             capacity=resource.capacity,
+            resource_version=resource.version,
             **values,
         )
         if booking is None:
+            current = await store.get_resource(conn, resource.id)
+            if current is None or current.version != resource.version:
+                return None
             raise await self._why_not(
                 conn,
                 resource,
@@ -399,8 +417,7 @@ class ResourceActor:
                 end=fields["end_time"],
                 busy=(busy_start, busy_end),
             )
-        await self._busy_changed(resource.id, busy_start, busy_end)
-        return booking, plan
+        return Written(booking_view(booking), plan, busy=busy_events(d, None, booking))
 
     async def _why_not(
         self,
@@ -493,7 +510,7 @@ class ResourceActor:
                 raise PreconditionFailed(f"booking is at version {current.version}, not {u.if_match}")
             changes = {k: v for k, v in u.changes.items() if getattr(current, k) != v}
             if not changes:
-                return Written(booking_view(current), None)
+                return Written(booking_view(current), None, changed=False)
             new_status = changes.get("status")
             if current.status in ("completed", "cancelled"):
                 raise Conflict(f"a {current.status} booking cannot be changed")
@@ -551,8 +568,7 @@ class ResourceActor:
                 if d.reminders
                 else None
             )
-        await self._announce(current, booking)
-        return Written(booking_view(booking), plan)
+        return Written(booking_view(booking), plan, busy=busy_events(d, current, booking))
 
     async def _exclusion_conflict(self, msg: ChangeResourceBooking, exc: BaseException) -> Conflict:
         """A 23P01 on update: the owner's constraint or the capacity-1 resource's."""
@@ -589,15 +605,6 @@ class ResourceActor:
             return Conflict("the booking overlaps another active booking")
         return Conflict(f"the booking overlaps active booking {mine}", conflictingId=str(mine))
 
-    # --- events -------------------------------------------------------------------------------------
-
-    async def _announce(self, before: Booking, after: Booking | None) -> None:
-        """`resource.busy.changed` to the watchers of each resource whose busy time changed."""
-        await announce_busy(self.emitter, self.deps, before, after)
-
-    async def _busy_changed(self, resource_id: uuid.UUID, start: datetime, end: datetime) -> None:
-        await _emit_busy(self.emitter, self.deps, resource_id, start, end)
-
 
 def _full(resource: Resource, ids: list[uuid.UUID]) -> Conflict:
     if resource.capacity == 1:
@@ -618,12 +625,14 @@ def _busy_of(b: Booking | None) -> tuple[uuid.UUID, datetime, datetime] | None:
     return b.resource_id, b.busy_start, b.busy_end
 
 
-async def announce_busy(emitter: ResourceEmitter, deps: Deps, before: Booking, after: Booking | None) -> None:
-    """After a commit: tell the watchers of each resource whose busy time changed, with no details (one
+def busy_events(
+    deps: Deps, before: Booking | None, after: Booking | None
+) -> tuple[tuple[uuid.UUID, Event], ...]:
+    """`resource.busy.changed` for each resource whose busy time a change moved, with no details (one
     event per resource, spanning the time freed and the time taken)."""
     was, now = _busy_of(before), _busy_of(after)
     if was == now:
-        return
+        return ()
     ranges: dict[uuid.UUID, tuple[datetime, datetime]] = {}
     for held in (was, now):
         if held is None:
@@ -631,20 +640,10 @@ async def announce_busy(emitter: ResourceEmitter, deps: Deps, before: Booking, a
         resource_id, start, end = held
         lo, hi = ranges.get(resource_id, (start, end))
         ranges[resource_id] = (min(lo, start), max(hi, end))
-    for resource_id, (start, end) in ranges.items():
-        await _emit_busy(emitter, deps, resource_id, start, end)
-
-
-async def _emit_busy(
-    emitter: ResourceEmitter, deps: Deps, resource_id: uuid.UUID, start: datetime, end: datetime
-) -> None:
-    event = deps.make_event(
-        BUSY_CHANGED, {"resourceId": str(resource_id), "start": iso(start), "end": iso(end)}
+    return tuple(
+        (rid, deps.make_event(BUSY_CHANGED, {"resourceId": str(rid), "start": iso(lo), "end": iso(hi)}))
+        for rid, (lo, hi) in ranges.items()
     )
-    try:
-        await emitter.emit_resource(resource_id, event)
-    except Exception:  # the commit stands; watchers re-read on the next change or resync
-        log.exception("resource event failed for %s", resource_id)
 
 
 async def _replay(conn: Connection, owner_id: uuid.UUID, key: str, digest: str) -> Created:
@@ -682,7 +681,14 @@ class ResourceBookings:
         return written
 
     async def deleted(self, booking: Booking) -> None:
-        await announce_busy(self.emitter, self._deps(), booking, None)
+        for resource_id, event in busy_events(self._deps(), booking, None):
+            await self.emitter.emit_resource(resource_id, event)
+
+    async def publish(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None:
+        """The owner's booking.* event and the resources' busy events, in one Redis round trip."""
+        await self.emitter.emit_all(to_users, to_resources)
 
 
 def resource_actor_factory(deps: Deps, emitter: ResourceEmitter) -> Callable[[uuid.UUID], Handler]:

@@ -326,15 +326,20 @@ async def run_resources(stack: Stack, args: argparse.Namespace) -> list[Row]:
     r = await resources.race(stack.database_url, stack.urls, racers, room)
     rows = []
     for figure, rate in zip(figures, rates, strict=False):
-        ratio = rate.per_second / personal.per_second if personal.per_second else math.nan
+        # Throughput on this CPU-bound machine follows the web processes' CPU per create; the rate also
+        # follows whatever else runs (the reference ran a few seconds earlier), so both are printed and
+        # the verdict is the CPU ratio.
+        by_rate = rate.per_second / personal.per_second if personal.per_second else math.nan
+        by_cpu = personal.cpu_ms[0] / rate.cpu_ms[0] if rate.cpu_ms[0] else math.nan
         errors = f", {rate.errors} errors" if rate.errors else ""
         rows.append(
             Row(
                 figure,
-                f"{rate.per_second:,.0f}/s{errors} (p50 {ms(rate.p50)})",
-                f"personal create {personal.per_second:,.0f}/s ({ratio:.0%})",
-                ">= 80% of personal",
-                verdict(ratio >= 0.8),
+                f"{rate.per_second:,.0f}/s{errors}, web CPU {rate.cpu_ms[0]:.2f} ms/create",
+                f"personal {personal.per_second:,.0f}/s ({by_rate:.0%}), web CPU {personal.cpu_ms[0]:.2f} ms"
+                f" ({by_cpu:.0%})",
+                ">= 80% of personal (CPU)",
+                verdict(by_cpu >= 0.8),
             )
         )
     wins, losses = r.statuses.get(201, 0), r.statuses.get(409, 0)

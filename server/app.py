@@ -173,6 +173,11 @@ class _LateEmitter:
     async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None:
         await self._app[BUS].emit_resource(resource_id, event)
 
+    async def emit_all(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None:
+        await self._app[BUS].emit_all(to_users, to_resources)
+
 
 def _user_lookup(app: web.Application) -> Callable[[uuid.UUID], Awaitable[User | None]]:
     async def lookup(user_id: uuid.UUID) -> User | None:

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,6 +120,39 @@ class EventBus:
         except (RedisError, OSError) as exc:
             log.warning(
                 "event publish failed (%s); remote watchers miss %s", type(exc).__name__, event["event"]
+            )
+
+    async def emit_all(
+        self, to_users: Sequence[tuple[uuid.UUID, Event]], to_resources: Sequence[tuple[uuid.UUID, Event]]
+    ) -> None:
+        """`emit` and `emit_resource` for several events at once: local delivery, then one pipelined
+        round trip of PUBLISHes (a resource booking's booking.* and resource.busy.changed events)."""
+        payloads = []
+        for user_id, event in to_users:
+            if self._registry is not None:
+                self._registry.deliver(user_id, event)
+            payloads.append(self._envelope(str(user_id), event))
+        for resource_id, event in to_resources:
+            if self._resources is not None:
+                self._resources.deliver(resource_id, event)
+            payloads.append(dumps({"origin": self.origin, "resource": str(resource_id), "event": event}))
+
+        async def publish_all() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for payload in payloads:
+                    pipe.publish(self.channel, payload)
+                return await pipe.execute()
+
+        try:
+            if self._gate is None:
+                await publish_all()
+            else:
+                await self._gate.call(publish_all, "event publish")
+        except RedisDown as exc:
+            log.info("events not published (%s); remote sockets miss %d", exc, len(payloads))
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "event publish failed (%s); remote sockets miss %d", type(exc).__name__, len(payloads)
             )
 
     async def broadcast(self, event: Event) -> None:

@@ -201,6 +201,9 @@ CREATE_RESOURCE_BOOKING = Query(
                CAST(:busy_start AS timestamptz), CAST(:busy_end AS timestamptz),
                CAST(:resource_exclusive AS boolean)
         WHERE NOT EXISTS (SELECT 1 FROM full_at)
+          -- the resource as the writer read it (its capacity, buffers, window, active): else no row
+          AND EXISTS (SELECT 1 FROM resources r WHERE r.id = CAST(:resource_id AS uuid)
+                                                    AND r.version = CAST(:resource_version AS integer))
         ON CONFLICT DO NOTHING
         RETURNING *
     ),
@@ -220,12 +223,24 @@ CREATE_RESOURCE_BOOKING = Query(
 
 
 async def create_resource_booking(
-    conn: Connection, *, actor_id: uuid.UUID, reminder_due_at: datetime | None, capacity: int, **fields: Any
+    conn: Connection,
+    *,
+    actor_id: uuid.UUID,
+    reminder_due_at: datetime | None,
+    capacity: int,
+    resource_version: int,
+    **fields: Any,
 ) -> Booking | None:
     """The booking with its audit and reminder rows, or None: the resource is full over its busy range,
-    or it overlaps an exclusive booking of the resource or an active booking of its owner."""
+    it overlaps an exclusive booking of the resource or an active booking of its owner, or the resource
+    row is no longer at `resource_version` (the writer's rules came from an older row)."""
     row = await CREATE_RESOURCE_BOOKING.fetchrow(
-        conn, actor_id=actor_id, reminder_due_at=reminder_due_at, capacity=capacity, **fields
+        conn,
+        actor_id=actor_id,
+        reminder_due_at=reminder_due_at,
+        capacity=capacity,
+        resource_version=resource_version,
+        **fields,
     )
     return Booking(**row) if row else None
 

@@ -315,6 +315,26 @@ async def test_another_users_booking_id_is_a_404_and_stays_as_it_was(
     assert await (await client.get(f"/api/booking/{hers['id']}", headers=auth(alice))).json() == hers
 
 
+async def test_a_change_to_the_resource_applies_to_the_next_booking_at_once(
+    client: Client, register: Registrar, admin: dict[str, Any]
+) -> None:
+    """The resource's actor writes with the row it read last, checked by version in the insert: a change
+    made since (here a buffer) is seen by the very next booking, existing bookings keep theirs."""
+    alice, bob = await register(), await register()
+    room = await new_resource(client, admin)
+    _, first = await book(client, alice, body(150, 151, resourceId=room["id"]))
+    changed = await client.patch(
+        f"/api/resources/{room['id']}", json={"bufferBeforeMinutes": 60}, headers=auth(admin)
+    )
+    assert changed.status == 200
+    # 151-152 touches nothing without buffers; with 60 minutes before it is busy from 150.
+    status, refused = await book(client, bob, body(151, 152, resourceId=room["id"]))
+    assert status == 409 and refused["conflictingId"] == first["id"], refused
+    url = f"/api/resources/{room['id']}/busy?from={at(149)}&to={at(153)}"
+    busy = (await (await client.get(url, headers=auth(bob))).json())["data"]
+    assert busy == [{"start": at(150), "end": at(151)}]  # the existing booking keeps its range
+
+
 # --- busy time and privacy ----------------------------------------------------------------------------
 
 
@@ -522,7 +542,7 @@ async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_
     async def fields(session: dict[str, Any]) -> dict[str, Any]:
         async with db.connect() as conn:
             seq = await conn.fetchval("SELECT seq FROM users WHERE id = $1", uuid.UUID(session["user"]["id"]))
-            rseq = await conn.fetchval("SELECT seq FROM resources WHERE id = $1", rid)
+            rseq, version = await conn.fetchrow("SELECT seq, version FROM resources WHERE id = $1", rid)
         start = datetime.fromisoformat(at(140).replace("Z", "+00:00"))
         return {
             "id": uuid.uuid4(),
@@ -541,6 +561,7 @@ async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_
             "busy_start": start,
             "busy_end": start + timedelta(hours=1),
             "resource_exclusive": False,
+            "resource_version": version,
         }
 
     a_fields, b_fields = await fields(alice), await fields(bob)
