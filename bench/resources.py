@@ -76,6 +76,24 @@ async def resource_rate(
         return await _run(label, concurrency, duration, warmup, once, meter=meter)
 
 
+def combined(parts: Sequence[Rate]) -> Rate:
+    """Several measured stretches as one: counts and seconds added, CPU per create weighted by count."""
+    count = sum(p.count for p in parts)
+    weight = [p.count + p.errors for p in parts]
+    total = sum(weight) or 1
+
+    def cpu(i: int) -> float:
+        return sum(p.cpu_ms[i] * w for p, w in zip(parts, weight, strict=True)) / total
+
+    return Rate(
+        count,
+        sum(p.errors for p in parts),
+        sum(p.seconds for p in parts),
+        [x for p in parts for x in p.latencies],
+        (cpu(0), cpu(1)),
+    )
+
+
 @dataclass
 class Race:
     statuses: dict[int, int]
