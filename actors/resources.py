@@ -202,9 +202,10 @@ class ResourceService:
         if errors:
             raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
         async with self.deps.db.connect() as conn:
-            if await store.get_resource(conn, resource_id) is None:
+            resource = await store.get_resource(conn, resource_id)
+            if resource is None:
                 raise NotFound("resource not found")
-            found = await store.busy(conn, resource_id=resource_id, start=start, end=end)
+            found = await store.busy(conn, resource_seq=resource.seq, start=start, end=end)
         return [busy_view(b, actor) for b in found]
 
 

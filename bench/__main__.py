@@ -337,8 +337,10 @@ async def run_resources(stack: Stack, args: argparse.Namespace) -> list[Row]:
         rows.append(
             Row(
                 figure,
-                f"{rate.per_second:,.0f}/s{errors} ({by_rate:.0%}), web CPU {rate.cpu_ms[0]:.2f} ms/create",
-                f"personal {personal.per_second:,.0f}/s, web CPU {personal.cpu_ms[0]:.2f} ms ({by_cpu:.0%})",
+                f"{rate.per_second:,.0f}/s{errors} ({by_rate:.0%}); CPU/create web {rate.cpu_ms[0]:.2f} ms,"
+                f" PG+Redis {rate.cpu_ms[1]:.2f} ms",
+                f"personal {personal.per_second:,.0f}/s; web {personal.cpu_ms[0]:.2f} ms ({by_cpu:.0%}),"
+                f" PG+Redis {personal.cpu_ms[1]:.2f} ms",
                 ">= 80% of personal",
                 verdict(by_rate >= 0.8),
             )

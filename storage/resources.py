@@ -328,8 +328,10 @@ _BUSY = Query(
     sa.text(
         f"""
     SELECT id AS booking_id, user_id, title, start_time, end_time, busy_start, busy_end FROM bookings
-    WHERE resource_id = CAST(:resource_id AS uuid) AND {_ACTIVE}
-      AND busy_start < CAST(:to AS timestamptz) AND busy_end > CAST(:from AS timestamptz)
+    WHERE resource_seq IS NOT NULL AND {_ACTIVE}
+      AND int8range(resource_seq, resource_seq, '[]') && int8range(:resource_seq, :resource_seq, '[]')
+      AND tstzrange(busy_start, busy_end, '[)')
+          && tstzrange(CAST(:from AS timestamptz), CAST(:to AS timestamptz), '[)')
     ORDER BY busy_start, id
     LIMIT 10000
     """  # noqa: S608  (module constants, no input)
@@ -337,6 +339,6 @@ _BUSY = Query(
 )
 
 
-async def busy(conn: Connection, *, resource_id: uuid.UUID, start: datetime, end: datetime) -> list[Busy]:
-    rows = await _BUSY.fetch(conn, resource_id=resource_id, **{"from": start, "to": end})
+async def busy(conn: Connection, *, resource_seq: int, start: datetime, end: datetime) -> list[Busy]:
+    rows = await _BUSY.fetch(conn, resource_seq=resource_seq, **{"from": start, "to": end})
     return [Busy(**r) for r in rows]

@@ -160,8 +160,8 @@ bookings = sa.Table(
     sa.CheckConstraint("reminder_minutes_before BETWEEN 0 AND 10080", name="reminder_range"),
     sa.Index("ix_bookings_user_id_start_time", "user_id", "start_time", "id"),
     sa.Index("ix_bookings_start_time", "start_time", "id"),
-    sa.Index("ix_bookings_resource_id_start_time", "resource_id", "start_time", "id"),
-    # The overlap count of capacity-N resources reads active busy ranges through this.
+    # The overlap count and the busy time of a resource read its active busy ranges through this (a
+    # personal booking is not in it, so personal inserts do not maintain it).
     sa.Index(
         "ix_bookings_resource_busy",
         sa.text("int8range(resource_seq, resource_seq, '[]')"),

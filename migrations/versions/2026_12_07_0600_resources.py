@@ -88,7 +88,6 @@ def upgrade() -> None:
         "(resource_id IS NULL) = (resource_seq IS NULL) AND (resource_id IS NULL) = (busy_start IS NULL) "
         "AND (resource_id IS NULL) = (busy_end IS NULL) AND (busy_end IS NULL OR busy_end > busy_start)",
     )
-    op.create_index("ix_bookings_resource_id_start_time", "bookings", ["resource_id", "start_time", "id"])
     # Capacity 1: no two active bookings of the resource whose busy ranges (buffers included) overlap,
     # enforced by the database whatever process writes. The resource as a one-point int8range, like the
     # user in ex_bookings_no_overlap (no btree_gist on the embedded server).
@@ -101,7 +100,8 @@ def upgrade() -> None:
         ) WHERE ({ACTIVE} AND resource_exclusive)
         """
     )
-    # Capacity N: the overlap count under the resource's row lock reads active busy ranges through this.
+    # The overlap count (capacity N, under the resource's row lock) and the busy time read active busy
+    # ranges through this; personal bookings are not in it.
     op.execute(
         f"""
         CREATE INDEX ix_bookings_resource_busy ON bookings USING gist (
@@ -115,7 +115,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP INDEX ix_bookings_resource_busy")
     op.execute("ALTER TABLE bookings DROP CONSTRAINT ex_bookings_resource_no_overlap")
-    op.drop_index("ix_bookings_resource_id_start_time", table_name="bookings")
     op.drop_constraint(op.f("ck_bookings_resource_shape"), "bookings", type_="check")
     op.drop_constraint(op.f("fk_bookings_resource_id_resources"), "bookings", type_="foreignkey")
     for column in (
