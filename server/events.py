@@ -125,35 +125,23 @@ class EventBus:
     async def emit_all(
         self, to_users: Sequence[tuple[uuid.UUID, Event]], to_resources: Sequence[tuple[uuid.UUID, Event]]
     ) -> None:
-        """`emit` and `emit_resource` for several events at once: local delivery, then one pipelined
-        round trip of PUBLISHes (a resource booking's booking.* and resource.busy.changed events)."""
-        payloads = []
+        """`emit` and `emit_resource` for several events at once: local delivery, then ONE message for
+        every other process (a resource booking's booking.* and resource.busy.changed events)."""
+        batch: list[dict[str, Any]] = []
         for user_id, event in to_users:
             if self._registry is not None:
                 self._registry.deliver(user_id, event)
-            payloads.append(self._envelope(str(user_id), event))
+            batch.append({"user": str(user_id), "event": event})
         for resource_id, event in to_resources:
             if self._resources is not None:
                 self._resources.deliver(resource_id, event)
-            payloads.append(dumps({"origin": self.origin, "resource": str(resource_id), "event": event}))
-
-        async def publish_all() -> list[Any]:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for payload in payloads:
-                    pipe.publish(self.channel, payload)
-                return await pipe.execute()
-
+            batch.append({"resource": str(resource_id), "event": event})
         try:
-            if self._gate is None:
-                await publish_all()
-            else:
-                await self._gate.call(publish_all, "event publish")
+            await self._send(dumps({"origin": self.origin, "batch": batch}))
         except RedisDown as exc:
-            log.info("events not published (%s); remote sockets miss %d", exc, len(payloads))
+            log.info("events not published (%s); remote sockets miss %d", exc, len(batch))
         except (RedisError, OSError) as exc:
-            log.warning(
-                "event publish failed (%s); remote sockets miss %d", type(exc).__name__, len(payloads)
-            )
+            log.warning("event publish failed (%s); remote sockets miss %d", type(exc).__name__, len(batch))
 
     async def broadcast(self, event: Event) -> None:
         if self._registry is not None:
@@ -205,19 +193,24 @@ class EventBus:
                     except Exception:  # one hook's bug must not end the listener for every socket
                         log.exception("signal %s hook failed", message["signal"])
                 return
-            if "resource" in message:
-                if self._resources is not None:
-                    self._resources.deliver(uuid.UUID(message["resource"]), message["event"])
-                return
-            if self._registry is None:
-                return
-            target, event = message["user"], message["event"]
-            if target == BROADCAST:
-                self._registry.broadcast(event)
-            else:
-                self._registry.deliver(uuid.UUID(target), event)
+            for part in message.get("batch", (message,)):
+                self._deliver(part)
         except (ValueError, KeyError, TypeError):
             log.warning("ignored a malformed event on %s", self.channel)
+
+    def _deliver(self, part: dict[str, Any]) -> None:
+        """One event of a message: to a resource's watchers, a user's sockets, or everyone."""
+        if "resource" in part:
+            if self._resources is not None:
+                self._resources.deliver(uuid.UUID(part["resource"]), part["event"])
+            return
+        if self._registry is None:
+            return
+        target, event = part["user"], part["event"]
+        if target == BROADCAST:
+            self._registry.broadcast(event)
+        else:
+            self._registry.deliver(uuid.UUID(target), event)
 
     async def listen(self) -> None:
         """Run until cancelled; re-subscribes with backoff whenever Redis goes away."""
