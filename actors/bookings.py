@@ -158,6 +158,7 @@ def request_hash(fields: Mapping[str, Any]) -> str:
         {k: (v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()},
         separators=(",", ":"),
         sort_keys=True,
+        default=str,  # a resourceId (UUID)
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 

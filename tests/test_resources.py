@@ -640,3 +640,45 @@ async def test_the_readme_resource_session_works_as_printed(
     ]
     assert '"status":"cancelled"' in output
     assert output.rstrip().endswith("204\n204")
+
+
+async def test_an_idempotent_resource_create_replays_the_first_answer(
+    client: Client, register: Registrar, admin: dict[str, Any]
+) -> None:
+    user = await register()
+    room = await new_resource(client, admin, capacity=4)
+    payload = body(160, 161, resourceId=room["id"])
+    headers = {**auth(user), "Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await client.post("/api/booking", json=payload, headers=headers)
+    again = await client.post("/api/booking", json=payload, headers=headers)
+    assert first.status == again.status == 201
+    assert await first.json() == await again.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    other = await client.post("/api/booking", json={**payload, "title": "other"}, headers=headers)
+    assert other.status == 422
+    url = f"/api/resources/{room['id']}/busy?from={at(159)}&to={at(162)}"
+    assert len((await (await client.get(url, headers=auth(user))).json())["data"]) == 1
+
+
+async def test_idle_resource_actors_stop_like_user_actors(
+    make_client: Callable[..., Awaitable[Client]],
+) -> None:
+    from server.keys import AUTH, RESOURCE_REGISTRY
+    from tests.support import unique_email, wait_for
+
+    client = await make_client(actor_idle_seconds=0.2)
+    email = unique_email("idle-admin")
+    await client.app[AUTH].ensure_admin(email=email, password="admin password 123")
+    login = await client.post("/api/auth/login", json={"email": email, "password": "admin password 123"})
+    admin = await login.json()
+    room = await new_resource(client, admin)
+    status, _ = await book(client, admin, body(170, 171, resourceId=room["id"]))
+    assert status == 201
+    registry = client.app[RESOURCE_REGISTRY]
+    rid = uuid.UUID(room["id"])
+    assert rid in registry and registry.get(rid).name == f"actor:resource:{rid}"
+
+    async def stopped() -> bool:
+        return rid not in registry
+
+    await wait_for(stopped, what="the idle resource actor to stop")
