@@ -326,23 +326,23 @@ class ResourceActor:
         fields = dict(c.fields)
         now = d.clock()
         check_times(d.rules, start=fields["start_time"], end=fields["end_time"], now=now, start_changed=True)
-        if c.idempotency_key is None and (self._resource is None or self._resource.capacity == 1):
-            async with d.db.connect() as conn:
-                known = self._resource
-                if known is None:
-                    known = self._resource = await store.get_resource(conn, self.resource_id)
+        if c.idempotency_key is None:
+            # One statement, no transaction block: capacity 1 decided by the exclusion constraint, capacity
+            # N under the resource's row lock taken inside the statement (docs/BENCHMARKS.md).
+            for _ in range(RETRIES):
+                async with d.db.connect() as conn:
+                    known = self._resource
                     if known is None:
-                        raise _unknown_resource()
-                # Capacity 1 without an Idempotency-Key: one statement, no transaction block, no lock —
-                # the exclusion constraint decides between racing writers (docs/BENCHMARKS.md).
-                if known.capacity == 1:
+                        known = self._resource = await store.get_resource(conn, self.resource_id)
+                        if known is None:
+                            raise _unknown_resource()
                     self._check_bookable(known, fields, now)
-                    written = await self._insert(conn, known, fields, msg)
+                    written = await self._insert(conn, known, fields, msg, locked=known.capacity > 1)
                     if written is not None:
                         return written
-                    # The row changed since this actor read it: read it again, decide again.
-                    self._resource = None
-                    return await self._book_once(msg)
+                # The row changed since this actor read it: read it again, decide again.
+                self._resource = None
+            raise Conflict("the resource is being changed; retry")
         async with d.db.begin() as conn:
             if c.idempotency_key is not None:
                 digest = request_hash(c.fields)
@@ -351,8 +351,9 @@ class ResourceActor:
                 ):
                     created = await _replay(conn, msg.owner_id, c.idempotency_key, digest)
                     return Written(created.booking, None, created)
-            # Capacity N: the resource's row lock serializes its writers across processes; the count in
-            # the next statement sees every booking the previous holder committed.
+            # With an Idempotency-Key the key is claimed first, in a transaction: the resource's row
+            # lock serializes its writers across processes; the count in the next statement sees every
+            # booking the previous holder committed.
             resource = (await store.lock_resources(conn, [self.resource_id])).get(self.resource_id)
             if resource is None:
                 raise _unknown_resource()
@@ -373,7 +374,13 @@ class ResourceActor:
         _check_window(resource, fields["start_time"], now)
 
     async def _insert(
-        self, conn: Connection, resource: Resource, fields: dict[str, Any], msg: BookResource
+        self,
+        conn: Connection,
+        resource: Resource,
+        fields: dict[str, Any],
+        msg: BookResource,
+        *,
+        locked: bool = False,
     ) -> Written | None:
         """The booking written with `resource` as read (None: the row is no longer at that version)."""
         d = self.deps
@@ -404,6 +411,7 @@ class ResourceActor:
             reminder_due_at=plan.due_at if plan else None,
             capacity=resource.capacity,
             resource_version=resource.version,
+            locked=locked,
             **values,
         )
         if booking is None:

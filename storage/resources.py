@@ -183,13 +183,30 @@ NEW_RESOURCE_BOOKING_FIELDS = (
     "resource_exclusive",
 )
 
-# One statement: the capacity check, the booking, its audit row and its reminder row. ON CONFLICT DO
-# NOTHING without a target covers both exclusion constraints (the owner's and the capacity-1 resource's).
-CREATE_RESOURCE_BOOKING = Query(
-    sa.text(
-        f"""
-    WITH o AS ({_OVERLAPPING}),
-    full_at AS ({_FULL_AT}),
+
+def _create_statement(*, locked: bool) -> str:
+    """One statement: the capacity check, the booking, its audit row and its reminder row. ON CONFLICT
+    DO NOTHING without a target covers both exclusion constraints (the owner's and the capacity-1
+    resource's). The booking is written only while the resource row is at the version the writer read
+    (its capacity, buffers, window, active flag): else no row.
+
+    Unlocked (capacity 1): the count runs in the statement's snapshot; the exclusion constraint decides
+    between racing writers. Locked (capacity N): `resource_has_room` (migration 0007) takes the
+    resource's row lock, then counts in a statement of its own — a VOLATILE function's statements take
+    a fresh snapshot under READ COMMITTED, so the count sees every booking the previous lock holder
+    committed. The lock is held until this statement's transaction ends."""
+    if locked:
+        ctes = ""
+        check = """resource_has_room(CAST(:resource_id AS uuid), CAST(:resource_version AS integer),
+                                 CAST(:resource_seq AS bigint), CAST(:busy_start AS timestamptz),
+                                 CAST(:busy_end AS timestamptz), CAST(:capacity AS integer))"""
+    else:
+        ctes = f"o AS ({_OVERLAPPING}),\n    full_at AS ({_FULL_AT}),"
+        check = """NOT EXISTS (SELECT 1 FROM full_at)
+          AND EXISTS (SELECT 1 FROM resources r WHERE r.id = CAST(:resource_id AS uuid)
+                                                    AND r.version = CAST(:resource_version AS integer))"""
+    return f"""
+    WITH {ctes}
     created AS (
         INSERT INTO bookings (id, user_id, user_seq, title, description, location, notes, start_time,
                               end_time, reminder_minutes_before, attendees, resource_id, resource_seq,
@@ -200,10 +217,7 @@ CREATE_RESOURCE_BOOKING = Query(
                CAST(:resource_id AS uuid), CAST(:resource_seq AS bigint),
                CAST(:busy_start AS timestamptz), CAST(:busy_end AS timestamptz),
                CAST(:resource_exclusive AS boolean)
-        WHERE NOT EXISTS (SELECT 1 FROM full_at)
-          -- the resource as the writer read it (its capacity, buffers, window, active): else no row
-          AND EXISTS (SELECT 1 FROM resources r WHERE r.id = CAST(:resource_id AS uuid)
-                                                    AND r.version = CAST(:resource_version AS integer))
+        WHERE {check}
         ON CONFLICT DO NOTHING
         RETURNING *
     ),
@@ -218,8 +232,10 @@ CREATE_RESOURCE_BOOKING = Query(
     )
     SELECT * FROM created
     """  # noqa: S608  (module constants, no input)
-    )
-)
+
+
+CREATE_RESOURCE_BOOKING = Query(sa.text(_create_statement(locked=False)))
+CREATE_RESOURCE_BOOKING_LOCKED = Query(sa.text(_create_statement(locked=True)))
 
 
 async def create_resource_booking(
@@ -229,12 +245,13 @@ async def create_resource_booking(
     reminder_due_at: datetime | None,
     capacity: int,
     resource_version: int,
+    locked: bool = False,
     **fields: Any,
 ) -> Booking | None:
     """The booking with its audit and reminder rows, or None: the resource is full over its busy range,
     it overlaps an exclusive booking of the resource or an active booking of its owner, or the resource
     row is no longer at `resource_version` (the writer's rules came from an older row)."""
-    row = await CREATE_RESOURCE_BOOKING.fetchrow(
+    row = await (CREATE_RESOURCE_BOOKING_LOCKED if locked else CREATE_RESOURCE_BOOKING).fetchrow(
         conn,
         actor_id=actor_id,
         reminder_due_at=reminder_due_at,

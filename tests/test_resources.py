@@ -525,9 +525,10 @@ async def test_both_the_admin_and_the_owner_get_the_events_of_a_booking_made_on_
 async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_first_ones_booking(
     client: Client, register: Registrar, admin: dict[str, Any]
 ) -> None:
-    """Two transactions of the capacity-N path, interleaved by hand: B's lock waits for A's commit, and
-    B's count (a later statement, a fresh snapshot) sees A's booking, so B is refused. Without the lock
-    B would count before A commits and both would take the last seat."""
+    """Two writers of the capacity-N statement, interleaved by hand: B's statement waits on the row lock
+    A's statement took, and B's count (a statement of its own inside resource_has_room, so a fresh
+    snapshot) sees A's booking once A commits, so B is refused. Without the lock B would count before A
+    commits and both would take the last seat."""
     from server.keys import DB
     from storage import resources as store
     from tests.support import wait_for
@@ -566,17 +567,19 @@ async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_
 
     a_fields, b_fields = await fields(alice), await fields(bob)
     async with db.pool.acquire() as a, db.pool.acquire() as b:
-        a_tx, b_tx = a.transaction(), b.transaction()
+        a_tx = a.transaction()
         await a_tx.start()
-        await b_tx.start()
         try:
-            await store.lock_resources(a, [rid])
             made = await store.create_resource_booking(
-                a, actor_id=a_fields["user_id"], reminder_due_at=None, capacity=2, **a_fields
+                a, actor_id=a_fields["user_id"], reminder_due_at=None, capacity=2, locked=True, **a_fields
             )
-            assert made is not None  # 1 of 2 taken: A takes the last seat (not committed yet)
+            assert made is not None  # 1 of 2 taken: A takes the last seat, holds the lock, not committed
             b_pid = b.get_server_pid()
-            b_lock = asyncio.ensure_future(store.lock_resources(b, [rid]))
+            b_create = asyncio.ensure_future(
+                store.create_resource_booking(
+                    b, actor_id=b_fields["user_id"], reminder_due_at=None, capacity=2, locked=True, **b_fields
+                )
+            )
 
             async def b_waits_on_a_lock() -> bool:
                 async with db.connect() as probe:
@@ -586,17 +589,13 @@ async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_
                 return kind == "Lock"
 
             await wait_for(b_waits_on_a_lock, what="the second writer to wait on the resource's row lock")
-            assert not b_lock.done()
+            assert not b_create.done()
             await a_tx.commit()
-            await asyncio.wait_for(b_lock, 5)
-            refused = await store.create_resource_booking(
-                b, actor_id=b_fields["user_id"], reminder_due_at=None, capacity=2, **b_fields
-            )
-            assert refused is None  # B sees A's committed booking: the resource is full
+            refused = await asyncio.wait_for(b_create, 5)
+            assert refused is None  # B counted after A's commit: the resource is full
         finally:
-            for tx in (a_tx, b_tx):
-                with contextlib.suppress(asyncpg.InterfaceError):  # A is already committed
-                    await tx.rollback()
+            with contextlib.suppress(asyncpg.InterfaceError):  # A is already committed
+                await a_tx.rollback()
     status, full = await book(client, bob, body(140.5, 141.5, resourceId=room["id"]))
     assert status == 409 and full["detail"] == "resource full"
 

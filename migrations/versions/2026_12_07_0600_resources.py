@@ -111,8 +111,41 @@ def upgrade() -> None:
         """
     )
 
+    # Capacity N in one round trip: the row lock, then the count in a statement of its own (a VOLATILE
+    # function's statements each take a fresh snapshot under READ COMMITTED, so the count sees every
+    # booking committed by the lock's previous holder). storage/resources.py calls it inside the insert.
+    op.execute(
+        f"""
+        CREATE FUNCTION resource_has_room(
+            p_resource_id uuid, p_version integer, p_seq bigint,
+            p_start timestamptz, p_end timestamptz, p_capacity integer
+        ) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+            PERFORM 1 FROM resources WHERE id = p_resource_id AND version = p_version FOR UPDATE;
+            IF NOT FOUND THEN
+                RETURN false;  -- changed since the writer read it: the writer reads it again
+            END IF;
+            RETURN NOT EXISTS (
+                WITH o AS (
+                    SELECT busy_start, busy_end FROM bookings
+                    WHERE resource_seq IS NOT NULL AND {ACTIVE}
+                      AND int8range(resource_seq, resource_seq, '[]') && int8range(p_seq, p_seq, '[]')
+                      AND tstzrange(busy_start, busy_end, '[)') && tstzrange(p_start, p_end, '[)')
+                )
+                SELECT 1 FROM (
+                    SELECT p_start AS p UNION SELECT o.busy_start FROM o WHERE o.busy_start > p_start
+                ) points
+                WHERE (SELECT count(*) FROM o WHERE o.busy_start <= points.p AND o.busy_end > points.p)
+                      >= p_capacity
+            );
+        END
+        $$
+        """  # noqa: S608  (a module constant, no input)
+    )
+
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION resource_has_room(uuid, integer, bigint, timestamptz, timestamptz, integer)")
     op.execute("DROP INDEX ix_bookings_resource_busy")
     op.execute("ALTER TABLE bookings DROP CONSTRAINT ex_bookings_resource_no_overlap")
     op.drop_constraint(op.f("ck_bookings_resource_shape"), "bookings", type_="check")
