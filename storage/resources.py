@@ -7,10 +7,13 @@ How a resource booking stays within capacity (docs/ARCHITECTURE.md, "Resources")
 - capacity 1: the exclusion constraint `ex_bookings_resource_no_overlap` over (resource, busy range) of
   active rows written as exclusive; the insert uses ON CONFLICT DO NOTHING, so a racing loser gets no
   row (never an exception or a deadlock);
-- capacity N: the writer holds the resource's row lock (`lock_resources`, SELECT ... FOR UPDATE) and, in
-  a later statement of the same transaction, counts the maximum overlap of active busy ranges over the
-  new one (`CREATE_RESOURCE_BOOKING` inserts only when it is below capacity). A later statement under
-  READ COMMITTED takes a fresh snapshot, so it sees every booking committed by the previous holder.
+- capacity N: the writer holds the resource's row lock and then, in a statement of its own, counts the
+  maximum overlap of active busy ranges over the new one; it inserts only when that is below capacity.
+  A create does both inside its one statement (`CREATE_RESOURCE_BOOKING_LOCKED` calls the PL/pgSQL
+  function `resource_has_room`); a move or an idempotent create locks with `lock_resources` (SELECT ...
+  FOR UPDATE) in its transaction and counts in the next statement. Either way the count is a statement
+  that starts after the lock was granted, so under READ COMMITTED its fresh snapshot holds every booking
+  the previous holder committed.
 """
 
 from __future__ import annotations
