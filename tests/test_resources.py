@@ -148,6 +148,31 @@ async def test_hostile_resource_input_is_a_400_with_the_field(
     assert after["meta"]["total"] == before["meta"]["total"]  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"timeZone": "Mars/Olympus"}, "timeZone"),
+        ({"capacity": 0}, "capacity"),
+        ({"capacity": 10001}, "capacity"),
+        ({"bufferBeforeMinutes": 1441}, "bufferBeforeMinutes"),
+        ({"bufferAfterMinutes": -1}, "bufferAfterMinutes"),
+        ({"name": ""}, "name"),
+        ({"active": "maybe"}, "active"),
+        ({"version": 9}, "version"),
+        ({}, "body"),
+    ],
+)
+async def test_hostile_resource_changes_are_400s_and_change_nothing(
+    client: Client, admin: dict[str, Any], payload: dict[str, Any], field: str
+) -> None:
+    resource = await new_resource(client, admin)
+    resp = await client.patch(f"/api/resources/{resource['id']}", json=payload, headers=auth(admin))
+    assert resp.status == 400, await resp.text()
+    assert field in {e["field"] for e in (await resp.json())["errors"]}
+    read = await (await client.get(f"/api/resources/{resource['id']}", headers=auth(admin))).json()
+    assert read == resource
+
+
 async def test_an_unknown_zone_in_a_change_is_a_400_and_changes_nothing(
     client: Client, admin: dict[str, Any]
 ) -> None:
