@@ -223,7 +223,9 @@ async def test_200_creates_on_a_capacity_1_resource_with_buffers_give_exactly_on
     assert await max_overlap(stack.database_url, resource) == 1
 
 
-async def test_100_concurrent_moves_onto_a_slot_with_two_seats_left(stack: Stack) -> None:
+async def test_100_concurrent_moves_onto_a_slot_with_two_seats_left_then_98_onto_the_full_slot(
+    stack: Stack,
+) -> None:
     resource = await stack.resource(capacity=5)
     start = base_time(40)
     target = {"startTime": iso(start), "endTime": iso(start + timedelta(hours=1))}
@@ -264,6 +266,17 @@ async def test_100_concurrent_moves_onto_a_slot_with_two_seats_left(stack: Stack
             assert problem["detail"] == "resource full" and len(problem["conflictingIds"]) == 5, problem
     assert await max_overlap(stack.database_url, resource) == 5
     assert len(await active_ids(stack.database_url, resource)) == 103  # every booking still there
+    # Now the slot is full: the 98 others at once again, and none gets in.
+    losers = [m for m, (status, _) in zip(movers, outcomes, strict=True) if status == 409]
+    again = await asyncio.gather(
+        *(
+            stack.send(n, "PATCH", f"/api/booking/{bid}", token, target)
+            for n, (bid, token) in enumerate(losers)
+        )
+    )
+    assert_no_5xx(again)
+    assert [s for s, _ in again] == [409] * 98, sorted(s for s, _ in again)
+    assert await max_overlap(stack.database_url, resource) == 5
 
 
 async def test_cancel_then_rebook_races_never_overbook_or_lose_a_seat(stack: Stack) -> None:
