@@ -706,3 +706,67 @@ async def test_idle_resource_actors_stop_like_user_actors(
         return rid not in registry
 
     await wait_for(stopped, what="the idle resource actor to stop")
+
+
+# --- the migration ------------------------------------------------------------------------------
+
+
+def test_the_migration_keeps_existing_bookings_as_personal_ones(backing_services: tuple[str, str]) -> None:
+    """0006 with a user and a booking, then 0007: the booking is intact and personal (no resource, no
+    attendees); back to 0006 and up again keeps it too."""
+    from storage import migrate
+    from tests.support import create_database, drop_database
+
+    admin_url = backing_services[0]
+    name = f"booking_res_mig_{uuid.uuid4().hex[:8]}"
+    url = asyncio.run(create_database(admin_url, name))
+    plain = url.replace("postgresql+asyncpg://", "postgresql://")
+    start = datetime(2031, 5, 1, 9, tzinfo=UTC)
+
+    async def seed() -> uuid.UUID:
+        conn = await asyncpg.connect(plain)
+        try:
+            user_id, seq = await conn.fetchrow(
+                "INSERT INTO users (email, name, password_hash) VALUES ('m@example.com', 'M', 'x') "
+                "RETURNING id, seq"
+            )
+            booking_id: uuid.UUID = await conn.fetchval(
+                "INSERT INTO bookings (user_id, user_seq, title, start_time, end_time) "
+                "VALUES ($1, $2, 'Before resources', $3, $4) RETURNING id",
+                user_id,
+                seq,
+                start,
+                start + timedelta(hours=1),
+            )
+            return booking_id
+        finally:
+            await conn.close()
+
+    async def read(booking_id: uuid.UUID) -> dict[str, Any]:
+        conn = await asyncpg.connect(plain)
+        try:
+            row = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1", booking_id)
+            assert row is not None
+            return dict(row)
+        finally:
+            await conn.close()
+
+    try:
+        migrate.upgrade(url, "0006_idempotent_response_json")
+        booking_id = asyncio.run(seed())
+        before = asyncio.run(read(booking_id))
+        migrate.upgrade(url)
+        after = asyncio.run(read(booking_id))
+        assert {k: after[k] for k in before} == before
+        assert (
+            after["resource_id"] is None
+            and after["busy_start"] is None
+            and after["resource_exclusive"] is False
+        )
+        assert after["attendees"] == "[]"  # jsonb as text: this connection has no JSON codec
+        migrate.downgrade(url, "0006_idempotent_response_json")
+        assert asyncio.run(read(booking_id)) == before
+        migrate.upgrade(url)
+        assert asyncio.run(read(booking_id))["title"] == "Before resources"
+    finally:
+        asyncio.run(drop_database(admin_url, name))
