@@ -88,13 +88,14 @@ class Actor(Generic[K]):
     idle_timeout: float
     on_exit: Callable[[Actor[K]], None]
     subscribers: list[Subscriber] = field(default_factory=list)
+    kind: str = "user"
     task: asyncio.Task[None] | None = None
     _mailbox: Mailbox = field(default_factory=Mailbox)
     _stopping: bool = False
 
     @property
     def name(self) -> str:
-        return f"actor:user:{self.key}"
+        return f"actor:{self.kind}:{self.key}"
 
     @property
     def depth(self) -> int:
@@ -198,7 +199,10 @@ class Registry(Generic[K]):
         *,
         mailbox_size: int = 256,
         idle_timeout: float = 300.0,
+        kind: str = "user",
     ) -> None:
+        """`kind` names the actors' tasks (`actor:<kind>:<key>`): users, or resources."""
+        self._kind = kind
         self._factory = handler_factory
         self._mailbox_size = mailbox_size
         self._idle_timeout = idle_timeout
@@ -226,7 +230,13 @@ class Registry(Generic[K]):
             # idle stop raced a subscribe, or a crash) serves the same open sockets.
             subscribers = self._subscribers.setdefault(key, [])
             actor = Actor(
-                key, self._factory(key), self._mailbox_size, self._idle_timeout, self._forget, subscribers
+                key,
+                self._factory(key),
+                self._mailbox_size,
+                self._idle_timeout,
+                self._forget,
+                subscribers,
+                self._kind,
             )
             self._actors[key] = actor
             actor.start()

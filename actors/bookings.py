@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -68,6 +68,8 @@ class UpdateBooking:
     booking_id: uuid.UUID
     changes: Mapping[str, Any]
     if_match: int | None = None
+    # The resource whose actor writes this change (the booking's, or the one it moves to); None: personal.
+    resource_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,20 @@ class WebhookHook(Protocol):
     in the outbox a moment later anyway)."""
 
     async def after_commit(self, message_ids: list[uuid.UUID]) -> None: ...
+
+
+class ResourceBookingsPort(Protocol):
+    """actors/resources.py: ResourceBookings — the resource actors, behind the owner's actor."""
+
+    async def create(self, owner_id: uuid.UUID, msg: CreateBooking) -> Any: ...
+
+    async def update(self, owner_id: uuid.UUID, msg: UpdateBooking, resource_id: uuid.UUID) -> Any: ...
+
+    async def deleted(self, booking: Booking) -> None: ...
+
+    async def publish(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None: ...
 
 
 class ReminderHook(Protocol):
@@ -125,6 +141,8 @@ class Deps:
     webhooks: WebhookHook | None = None
     make_event: Callable[[str, dict[str, Any]], Event] = lambda name, data: {"event": name, "data": data}
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    resources: ResourceBookingsPort | None = None
+    users: Callable[[uuid.UUID], Awaitable[User | None]] | None = None
 
 
 # --- rules ------------------------------------------------------------------------------------------
@@ -150,6 +168,7 @@ def request_hash(fields: Mapping[str, Any]) -> str:
         {k: (v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()},
         separators=(",", ":"),
         sort_keys=True,
+        default=str,  # a resourceId (UUID)
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -162,6 +181,14 @@ def parse_if_match(header: str | None) -> int | None:
     if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise PreconditionFailed("If-Match must be an ETag returned by this API")
     return int(value)
+
+
+class _Reroute(Exception):
+    """A personal-path update found a resource booking: it goes to the resource's actor instead."""
+
+    def __init__(self, resource_id: uuid.UUID) -> None:
+        super().__init__(str(resource_id))
+        self.resource_id = resource_id
 
 
 def _conflict(conflicting: uuid.UUID | None) -> Conflict:
@@ -192,6 +219,10 @@ class BookingActor:
         d = self.deps
         fields = dict(msg.fields)
         fields.setdefault("reminder_minutes_before", d.rules.default_reminder_minutes)
+        fields.setdefault("attendees", [])
+        if fields.get("resource_id") is not None and d.resources is not None:
+            return await self._create_on_resource(msg, fields)
+        fields.pop("resource_id", None)
         booking_id = uuid.uuid4()
         if msg.idempotency_key is None:
             self._check_new(fields)
@@ -211,8 +242,25 @@ class BookingActor:
                 await store.store_idempotent(
                     conn, user_id=self.owner_id, key=msg.idempotency_key, status_code=201, response=view
                 )
-        await self._after(plan, "booking.created", view, queued)
+        await self._after(plan, "booking.created", view, queued, also=msg.actor_id)
         return Created(view)
+
+    async def _create_on_resource(self, msg: CreateBooking, fields: dict[str, Any]) -> Created:
+        """Written by the resource's actor (actors/resources.py); the events go out from here, in this
+        user's order."""
+        assert self.deps.resources is not None  # noqa: S101
+        written = await self.deps.resources.create(self.owner_id, replace(msg, fields=fields))
+        created: Created = written.created or Created(written.view)
+        if not created.replayed:
+            await self._after(
+                written.plan,
+                "booking.created",
+                written.view,
+                written.queued,
+                also=msg.actor_id,
+                resource_events=written.busy,
+            )
+        return created
 
     def _check_new(self, fields: Mapping[str, Any]) -> None:
         check_times(
@@ -258,9 +306,13 @@ class BookingActor:
         return Created(stored.response, replayed=True)
 
     async def update(self, msg: UpdateBooking) -> dict[str, Any]:
+        if msg.resource_id is not None and self.deps.resources is not None:
+            return await self._update_on_resource(msg, msg.resource_id)
         for attempt in range(DEADLOCK_RETRIES):
             try:
                 return await self._update_once(msg)
+            except _Reroute as reroute:
+                return await self._update_on_resource(msg, reroute.resource_id)
             except asyncpg.PostgresError as exc:
                 code = sqlstate(exc)
                 if code == "23P01":
@@ -290,6 +342,8 @@ class BookingActor:
             current = await store.get_booking(conn, msg.booking_id, for_update=True)
             if current is None or current.user_id != self.owner_id:
                 raise NotFound("booking not found")
+            if current.resource_id is not None and self.deps.resources is not None:
+                raise _Reroute(current.resource_id)  # leaves the transaction: no lock held on the way
             if msg.if_match is not None and msg.if_match != current.version:
                 raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
             changes = {k: v for k, v in msg.changes.items() if getattr(current, k) != v}
@@ -329,7 +383,23 @@ class BookingActor:
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
         view = booking_view(booking)
-        await self._after(plan, "booking.updated", view, queued)
+        await self._after(plan, "booking.updated", view, queued, also=msg.actor_id)
+        return view
+
+    async def _update_on_resource(self, msg: UpdateBooking, resource_id: uuid.UUID) -> dict[str, Any]:
+        assert self.deps.resources is not None  # noqa: S101
+        written = await self.deps.resources.update(self.owner_id, msg, resource_id)
+        view: dict[str, Any] = written.view
+        if not written.changed:
+            return view
+        await self._after(
+            written.plan,
+            "booking.updated",
+            view,
+            written.queued,
+            also=msg.actor_id,
+            resource_events=written.busy,
+        )
         return view
 
     async def delete(self, msg: DeleteBooking) -> None:
@@ -361,14 +431,27 @@ class BookingActor:
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, None, booking_id=current.id)
         await self._after(
-            plan, "booking.deleted", {"id": str(current.id), "userId": str(self.owner_id)}, queued
+            plan,
+            "booking.deleted",
+            {"id": str(current.id), "userId": str(self.owner_id)},
+            queued,
+            also=msg.actor_id,
         )
+        if current.resource_id is not None and d.resources is not None:
+            await d.resources.deleted(current)  # its seat is free: resource.busy.changed to the watchers
 
     async def _after(
-        self, plan: Plan | None, name: str, data: dict[str, Any], queued: list[uuid.UUID]
+        self,
+        plan: Plan | None,
+        name: str,
+        data: dict[str, Any],
+        queued: Sequence[uuid.UUID] = (),
+        *,
+        also: uuid.UUID | None = None,
+        resource_events: tuple[tuple[uuid.UUID, Event], ...] = (),
     ) -> None:
         """After the commit: the Redis copy of the reminder, the webhook messages to the workers, then
-        the event."""
+        the events (the owner's, an acting admin's, the resource's watchers')."""
         d = self.deps
         if d.reminders and plan is not None:
             try:
@@ -377,10 +460,18 @@ class BookingActor:
                 log.exception("reminder scheduling failed for %s", plan.booking_id)
         if d.webhooks and queued:
             try:
-                await d.webhooks.after_commit(queued)
+                await d.webhooks.after_commit(list(queued))
             except Exception:  # the scheduler enqueues them from the outbox; the change stands
                 log.exception("webhook messages not handed to the workers; the scheduler will")
-        await d.emitter.emit(self.owner_id, d.make_event(name, data))
+        event = d.make_event(name, data)
+        targets = [self.owner_id]
+        if also is not None and also != self.owner_id:  # an admin acting for the owner sees it too
+            targets.append(also)
+        if resource_events and d.resources is not None:
+            await d.resources.publish([(t, event) for t in targets], resource_events)
+            return
+        for target in targets:
+            await d.emitter.emit(target, event)
 
 
 def actor_factory(deps: Deps) -> Callable[[uuid.UUID], Handler]:
@@ -401,19 +492,36 @@ class BookingService:
     async def create(
         self, actor: User, fields: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> Created:
+        fields = dict(fields)
+        owner = await self._on_behalf_of(actor, fields.pop("user_id", None))
         result: Created = await self.registry.ask(
-            actor.id, CreateBooking(actor.id, actor.seq, dict(fields), idempotency_key)
+            owner.id, CreateBooking(actor.id, owner.seq, fields, idempotency_key)
         )
         return result
+
+    async def _on_behalf_of(self, actor: User, user_id: uuid.UUID | None) -> User:
+        """Whose booking a create makes: the caller's, or (admins only) `userId`'s."""
+        if user_id is None or user_id == actor.id:
+            return actor
+        if not actor.is_admin:
+            raise Forbidden("only admins may book for another user")
+        owner = await self.deps.users(user_id) if self.deps.users is not None else None
+        if owner is None:
+            raise ValidationFailed("no such user", [FieldError("userId", "no user has this id")])
+        if not owner.active:
+            raise Conflict(f"user {user_id} is suspended and cannot be booked for")
+        return owner
 
     async def update(
         self, actor: User, booking_id: uuid.UUID, changes: Mapping[str, Any], *, if_match: int | None = None
     ) -> dict[str, Any]:
         if not changes:
             raise ValidationFailed("nothing to change", [FieldError("body", "give at least one field")])
-        owner = await self._owner(actor, booking_id)
+        booking = await self.get(actor, booking_id)
+        # The resource actor that writes it: the one it moves to, else its own (None: a personal one).
+        resource_id = changes.get("resource_id") or booking.resource_id
         result: dict[str, Any] = await self.registry.ask(
-            owner, UpdateBooking(actor.id, booking_id, dict(changes), if_match)
+            booking.user_id, UpdateBooking(actor.id, booking_id, dict(changes), if_match, resource_id)
         )
         return result
 

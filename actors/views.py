@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
 from storage.bookings import Booking
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 def iso(value: datetime) -> str:
@@ -34,24 +30,33 @@ def booking_view(b: Booking) -> dict[str, Any]:
         "version": b.version,
         "createdAt": iso(b.created_at),
         "updatedAt": iso(b.updated_at),
+        "resourceId": str(b.resource_id) if b.resource_id else None,
+        "attendees": b.attendees,
     }
 
 
-# Internal columns an audit snapshot holds that the public shape never shows.
-_INTERNAL = frozenset({"user_seq"})
-_TIMES = frozenset({"start_time", "end_time", "reminder_sent_at", "created_at", "updated_at"})
-_PUBLIC = {f.name: _camel(f.name) for f in fields(Booking) if f.name not in _INTERNAL}
+_UUIDS = frozenset({"id", "user_id", "resource_id"})
+_TIMES = frozenset(
+    {"start_time", "end_time", "reminder_sent_at", "created_at", "updated_at", "busy_start", "busy_end"}
+)
+
+
+def booking_from_snapshot(snapshot: dict[str, Any]) -> Booking:
+    """A booking from its stored JSON snapshot (PostgreSQL's to_jsonb of the row, or Booking.snapshot()).
+    A key the snapshot lacks (written before the column existed) takes the field's default."""
+    values: dict[str, Any] = {}
+    for f in fields(Booking):
+        if f.name not in snapshot:
+            continue
+        raw = snapshot[f.name]
+        if raw is not None and f.name in _UUIDS:
+            raw = uuid.UUID(raw)
+        elif raw is not None and f.name in _TIMES:
+            raw = datetime.fromisoformat(raw)
+        values[f.name] = raw
+    return Booking(**values)
 
 
 def snapshot_view(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An audit log's stored row (snake_case, as to_jsonb or Booking.snapshot wrote it) in the booking
-    resource's shape: the same camelCase names, UTC times with `Z`, no internal columns."""
-    if snapshot is None:
-        return None
-    view: dict[str, Any] = {}
-    for name, key in _PUBLIC.items():
-        value = snapshot.get(name)
-        if name in _TIMES and isinstance(value, str):
-            value = iso(datetime.fromisoformat(value))
-        view[key] = value
-    return view
+    """An audit log's stored row in the booking resource's own shape (GET /api/booking/{id})."""
+    return None if snapshot is None else booking_view(booking_from_snapshot(snapshot))

@@ -19,8 +19,7 @@ from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
 
-from actors.views import booking_view, iso
-from storage.bookings import Booking
+from actors.views import booking_from_snapshot, booking_view, iso
 
 # --- the catalogue -------------------------------------------------------------------------------------
 
@@ -208,23 +207,6 @@ def headers(
         "webhook-signature": signature(signing_secrets, msg_id, timestamp, body),
         "content-type": "application/json",
     }
-
-
-_UUID_FIELDS = {"id", "user_id"}
-_TIME_FIELDS = {"start_time", "end_time", "reminder_sent_at", "created_at", "updated_at"}
-
-
-def booking_from_snapshot(snapshot: dict[str, Any]) -> Booking:
-    """A booking from its JSON snapshot (PostgreSQL's to_jsonb of the row, or Booking.snapshot())."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(Booking):
-        raw = snapshot.get(f.name)
-        if raw is not None and f.name in _UUID_FIELDS:
-            raw = uuid.UUID(raw)
-        elif raw is not None and f.name in _TIME_FIELDS:
-            raw = datetime.fromisoformat(raw)
-        values[f.name] = raw
-    return Booking(**values)
 
 
 def render_data(payload: dict[str, Any]) -> dict[str, Any]:

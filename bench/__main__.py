@@ -26,10 +26,10 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import create, listing, memory, reminders, webhooks, ws
+from bench import create, listing, memory, reminders, resources, webhooks, ws
 from bench.common import CpuMeter, Stack, ms, pct, register_users, say
 
-SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory")
+SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory", "resources")
 FULL = {
     "duration": 10.0, "warmup": 2.0, "create_users": 512, "sockets": 1000, "ws_users": 250,
     "mutations": 500, "reminders": 2000, "spread": 20.0, "reminder_users": 200,
@@ -117,7 +117,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
         say(f"bench: database {stack.db_name}, Redis prefix {stack.prefix}")
         await stack.create_database()
     try:
-        if not args.url and set(args.only) & {"create", "ws", "reminders", "webhooks", "list"}:
+        if not args.url and set(args.only) & {"create", "ws", "reminders", "webhooks", "list", "resources"}:
             say("bench: starting two `booking serve` processes")
             await stack.start_web(2)
         for name in args.only:
@@ -348,6 +348,73 @@ async def run_memory(stack: Stack, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+async def run_resources(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    c = args.concurrency
+    figures = [
+        f"resource create c={c}, capacity 1",
+        f"resource create c={c}, capacity 5",
+        f"resource race: {resources.RACE_CREATES} creates, one slot, capacity 5",
+    ]
+    if stack.external:
+        return skipped(figures, "needs the tool's own database (resources are seeded)")
+    pids = [w.process.pid for w in stack.webs]
+    # Interleaved rounds (personal, capacity 1, capacity 5, personal, ...), each with fresh users and
+    # resources: load that comes and goes on a shared machine falls on all three alike.
+    rounds = 3
+    timing = {"concurrency": c, "duration": args.duration / rounds, "warmup": args.warmup, "web_pids": pids}
+    parts: dict[str, list[create.Rate]] = {"personal": [], "1": [], "5": []}
+    for n in range(rounds):
+        users = await stack.seed_users(args.create_users, f"personal{n}")
+        parts["personal"].append(await create.http_rate(stack.urls, users, **timing))
+        for capacity in (1, 5):
+            rooms = await resources.seed_resources(
+                stack.database_url, c, capacity=capacity, label=f"cap{capacity}-{n}"
+            )
+            users = await stack.seed_users(args.create_users, f"res{capacity}-{n}")
+            label = f"resource create, capacity {capacity}"
+            parts[str(capacity)].append(
+                await resources.resource_rate(stack.urls, users, rooms, label=label, **timing)
+            )
+    personal = resources.combined(parts["personal"])
+    rates = [resources.combined(parts["1"]), resources.combined(parts["5"])]
+    (room,) = await resources.seed_resources(
+        stack.database_url, 1, capacity=resources.RACE_CAPACITY, label="race"
+    )
+    racers = await stack.seed_users(resources.RACE_CREATES, "race")
+    r = await resources.race(stack.database_url, stack.urls, racers, room)
+    rows = []
+    for figure, rate in zip(figures, rates, strict=False):
+        # The target is the rate; the web processes' CPU per create is printed beside it (steadier when
+        # something else runs on the machine).
+        by_rate = rate.per_second / personal.per_second if personal.per_second else math.nan
+        by_cpu = personal.cpu_ms[0] / rate.cpu_ms[0] if rate.cpu_ms[0] else math.nan
+        errors = f", {rate.errors} errors" if rate.errors else ""
+        rows.append(
+            Row(
+                figure,
+                f"{rate.per_second:,.0f}/s{errors} ({by_rate:.0%}); CPU/create web {rate.cpu_ms[0]:.2f} ms,"
+                f" PG+Redis {rate.cpu_ms[1]:.2f} ms",
+                f"personal {personal.per_second:,.0f}/s; web {personal.cpu_ms[0]:.2f} ms ({by_cpu:.0%}),"
+                f" PG+Redis {personal.cpu_ms[1]:.2f} ms",
+                ">= 80% of personal",
+                verdict(by_rate >= 0.8),
+            )
+        )
+    wins, losses = r.statuses.get(201, 0), r.statuses.get(409, 0)
+    others = {k: v for k, v in r.statuses.items() if k not in (201, 409)}
+    exact = wins == resources.RACE_CAPACITY and losses == resources.RACE_CREATES - wins and not others
+    rows.append(
+        Row(
+            figures[2],
+            f"{wins} x 201, {losses} x 409{f', other {others}' if others else ''} in {ms(r.seconds)}",
+            f"max overlap afterwards {r.max_overlap}",
+            f"exactly {resources.RACE_CAPACITY} x 201, no 5xx",
+            verdict(exact and r.max_overlap == resources.RACE_CAPACITY),
+        )
+    )
+    return rows
+
+
 SCENARIO_RUNNERS = {
     "create": run_create,
     "ws": run_ws,
@@ -355,6 +422,7 @@ SCENARIO_RUNNERS = {
     "webhooks": run_webhooks,
     "list": run_list,
     "memory": run_memory,
+    "resources": run_resources,
 }
 
 

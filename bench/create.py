@@ -128,6 +128,7 @@ async def raw_rate(
                     "start_time": start,
                     "end_time": start + LENGTH,
                     "reminder_minutes_before": 10,
+                    "attendees": "[]",  # jsonb as text: this raw pool has no JSON codec
                 }
             )
             async with db.acquire() as conn:

@@ -78,7 +78,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 @routes.post("/api/booking")
 @docs(
     tags=["bookings"],
-    summary="Create a booking (never overlapping another active one of yours)",
+    summary="Create a booking (never overlapping another active one of yours; within a resource's capacity)",
     security=[{"bearerAuth": []}],
     parameters=[
         {
@@ -99,8 +99,13 @@ def _idempotency_key(request: web.Request) -> str | None:
                 "Idempotent-Replayed": header("Idempotent-Replayed"),
             },
         },
-        400: {"schema": Problem, "description": "Invalid input"},
-        409: {"schema": Problem, "description": "Overlaps an active booking (`conflictingId`)"},
+        400: {"schema": Problem, "description": "Invalid input (also an unknown `resourceId` or `userId`)"},
+        403: {"schema": Problem, "description": "`userId` of another user without the admin role"},
+        409: {
+            "schema": Problem,
+            "description": "Overlaps an active booking (`conflictingId`), the resource is full"
+            " (`resource full`, `conflictingIds`) or retired",
+        },
         413: {"schema": Problem, "description": "Body too large"},
         415: {"schema": Problem, "description": "Body is not JSON"},
         422: {"schema": Problem, "description": "Idempotency-Key reused with another body"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate
 
 from handlers.validation import unstorable_text
 
@@ -114,6 +114,11 @@ class Problem(Schema):
     conflicting_id = fields.UUID(
         metadata=_desc("On 409 overlap: the booking in the way"), data_key="conflictingId"
     )
+    conflicting_ids = fields.List(
+        fields.UUID(),
+        metadata=_desc("On 409 for a resource: the bookings that fill it (`resource full`)"),
+        data_key="conflictingIds",
+    )
     retry_after = fields.Integer(metadata=_desc("On 429: seconds to wait"), data_key="retryAfter")
 
 
@@ -179,6 +184,34 @@ def _example_slot(days_ahead: int = 30) -> tuple[str, str]:
 _EXAMPLE_START, _EXAMPLE_END = _example_slot()
 
 
+MAX_ATTENDEES = 100
+
+
+class Attendee(Strict):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    name = fields.String(allow_none=True, validate=validate.Length(max=255))
+
+    @post_load
+    def _shape(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {"email": data["email"], "name": data.get("name")}
+
+
+def _attendees() -> fields.List:
+    return fields.List(
+        fields.Nested(Attendee),
+        validate=validate.Length(max=MAX_ATTENDEES),
+        metadata=_desc(f"At most {MAX_ATTENDEES}; stored and returned, no mail is sent"),
+    )
+
+
+def _resource_ref() -> fields.UUID:
+    return fields.UUID(
+        allow_none=True,
+        data_key="resourceId",
+        metadata=_desc("The resource booked (room, desk, person...); null or absent: a personal booking"),
+    )
+
+
 class CreateBookingRequest(Strict):
     title = fields.String(
         required=True, validate=validate.Length(min=1, max=255), metadata={"example": "Team sync"}
@@ -194,6 +227,11 @@ class CreateBookingRequest(Strict):
         validate=validate.Range(min=0, max=10080),
         data_key="reminderMinutesBefore",
         metadata=_desc("Minutes before start (default 10); null for no reminder"),
+    )
+    resource_id = _resource_ref()
+    attendees = _attendees()
+    user_id = fields.UUID(
+        data_key="userId", metadata=_desc("Admins only: book on behalf of this user (403 for others)")
     )
 
 
@@ -211,6 +249,8 @@ class UpdateBookingRequest(Strict):
         data_key="reminderMinutesBefore",
     )
     status = fields.String(validate=validate.OneOf(STATUSES))
+    resource_id = _resource_ref()
+    attendees = _attendees()
 
 
 class StatusRequest(Strict):
@@ -244,6 +284,8 @@ class BookingOut(Schema):
     version = fields.Integer(required=True)
     created_at = fields.DateTime(required=True, data_key="createdAt")
     updated_at = fields.DateTime(required=True, data_key="updatedAt")
+    resource_id = fields.UUID(allow_none=True, data_key="resourceId")
+    attendees = fields.List(fields.Nested(Attendee))
 
 
 class BookingPage(Schema):
@@ -269,3 +311,102 @@ class AuditEntry(Schema):
 class AuditPage(Schema):
     data = fields.List(fields.Nested(AuditEntry), required=True)
     meta = fields.Nested(PageMeta, required=True)
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def _minutes(description: str, *, maximum: int, **kwargs: Any) -> fields.Integer:
+    return fields.Integer(
+        strict=True, validate=validate.Range(min=0, max=maximum), metadata=_desc(description), **kwargs
+    )
+
+
+class ResourceFields(Strict):
+    name = fields.String(
+        validate=validate.Length(min=1, max=255), metadata=_desc("Unique among active resources, any case")
+    )
+    description = fields.String(allow_none=True, validate=validate.Length(max=_TEXT))
+    kind = fields.String(
+        validate=validate.Length(min=1, max=100), metadata=_desc("Free text: room, desk, person...")
+    )
+    time_zone = fields.String(
+        validate=validate.Length(min=1, max=64),
+        data_key="timeZone",
+        metadata=_desc("IANA name, e.g. Europe/Paris"),
+    )
+    capacity = fields.Integer(
+        strict=True, validate=validate.Range(min=1, max=10_000), metadata=_desc("Bookings at once (1-10000)")
+    )
+    buffer_before_minutes = _minutes(
+        "Unavailable before each booking", maximum=1440, data_key="bufferBeforeMinutes"
+    )
+    buffer_after_minutes = _minutes(
+        "Unavailable after each booking", maximum=1440, data_key="bufferAfterMinutes"
+    )
+    min_notice_minutes = _minutes(
+        "How soon before its start a booking may still be made", maximum=525_600, data_key="minNoticeMinutes"
+    )
+    max_advance_days = _minutes("How far ahead a booking may start", maximum=3650, data_key="maxAdvanceDays")
+
+
+class CreateResourceRequest(ResourceFields):
+    name = fields.String(
+        required=True, validate=validate.Length(min=1, max=255), metadata={"example": "Room 1"}
+    )
+    kind = fields.String(load_default="room", validate=validate.Length(min=1, max=100))
+    time_zone = fields.String(
+        load_default="UTC", validate=validate.Length(min=1, max=64), data_key="timeZone"
+    )
+    capacity = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1, max=10_000))
+
+
+class UpdateResourceRequest(ResourceFields):
+    active = fields.Boolean(metadata=_desc("false retires the resource; true brings it back"))
+
+
+class ResourceOut(Schema):
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    description = fields.String(allow_none=True, required=True)
+    kind = fields.String(required=True)
+    time_zone = fields.String(required=True, data_key="timeZone")
+    capacity = fields.Integer(required=True)
+    buffer_before_minutes = fields.Integer(required=True, data_key="bufferBeforeMinutes")
+    buffer_after_minutes = fields.Integer(required=True, data_key="bufferAfterMinutes")
+    min_notice_minutes = fields.Integer(required=True, data_key="minNoticeMinutes")
+    max_advance_days = fields.Integer(required=True, data_key="maxAdvanceDays")
+    active = fields.Boolean(required=True)
+    version = fields.Integer(required=True)
+    created_at = fields.DateTime(required=True, data_key="createdAt")
+    updated_at = fields.DateTime(required=True, data_key="updatedAt")
+
+
+class ResourcePage(Schema):
+    data = fields.List(fields.Nested(ResourceOut), required=True)
+    meta = fields.Nested(PageMeta, required=True)
+
+
+class ResourceListQuery(PageQuery):
+    include_retired = fields.Boolean(
+        load_default=False, data_key="includeRetired", metadata=_desc("Admins only: retired ones too")
+    )
+
+
+class BusyQuery(Strict):
+    from_ = _aware("Start of the window", data_key="from", required=True)
+    to = _aware("End of the window (at most 31 days after from)", required=True)
+
+
+class BusyInterval(Schema):
+    start = fields.DateTime(required=True, metadata=_desc("Busy from (the booking's start minus the buffer)"))
+    end = fields.DateTime(required=True, metadata=_desc("Busy until (the booking's end plus the buffer)"))
+    booking_id = fields.UUID(data_key="bookingId", metadata=_desc("Only for its owner and admins"))
+    user_id = fields.UUID(data_key="userId", metadata=_desc("Only for its owner and admins"))
+    title = fields.String(metadata=_desc("Only for its owner and admins"))
+    start_time = fields.DateTime(data_key="startTime", metadata=_desc("Only for its owner and admins"))
+    end_time = fields.DateTime(data_key="endTime", metadata=_desc("Only for its owner and admins"))
+
+
+class BusyList(Schema):
+    data = fields.List(fields.Nested(BusyInterval), required=True)

@@ -23,6 +23,7 @@ from aiohttp_apigami import docs
 from actors.base import Event
 from actors.bookings import BookingService
 from actors.errors import DomainError, Unauthorized, Unavailable
+from actors.resources import ResourceService
 from handlers.common import bearer_token, user_json
 from handlers.json import dumps
 from handlers.ws_commands import COMMANDS
@@ -40,7 +41,17 @@ from handlers.ws_protocol import (
     peek_id,
     reply,
 )
-from server.keys import AUTH, BOOKINGS, LIMITER, METRICS, REGISTRY, SETTINGS, WEBSOCKETS
+from server.keys import (
+    AUTH,
+    BOOKINGS,
+    LIMITER,
+    METRICS,
+    REGISTRY,
+    RESOURCE_REGISTRY,
+    RESOURCES,
+    SETTINGS,
+    WEBSOCKETS,
+)
 from server.logs import user_id_var
 from server.middlewares import is_dependency_failure  # one rule for REST and WS
 from server.settings import Settings
@@ -63,6 +74,7 @@ class Connection:
         self._settings = settings
         self._user: User | None = None
         self._rooms: dict[uuid.UUID, Callable[[], None]] = {}
+        self._resource_rooms: dict[uuid.UUID, Callable[[], None]] = {}
         self._unsubscribe_broadcasts: Callable[[], None] | None = None
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.ws_outbox_size)
         self._bucket = TokenBucket(settings.ws_rate_per_second, settings.ws_rate_burst)
@@ -97,10 +109,31 @@ class Connection:
         if unsubscribe is not None:
             unsubscribe()
 
+    @property
+    def resources(self) -> ResourceService:
+        return self._app[RESOURCES]
+
+    @property
+    def resource_rooms(self) -> frozenset[uuid.UUID]:
+        return frozenset(self._resource_rooms)
+
+    def join_resource(self, resource_id: uuid.UUID) -> None:
+        if resource_id not in self._resource_rooms:
+            self._resource_rooms[resource_id] = self._app[RESOURCE_REGISTRY].subscribe(
+                resource_id, self.deliver
+            )
+
+    def leave_resource(self, resource_id: uuid.UUID) -> None:
+        unsubscribe = self._resource_rooms.pop(resource_id, None)
+        if unsubscribe is not None:
+            unsubscribe()
+
     def leave_all(self) -> None:
         """Leave every room and stop receiving broadcasts (the session is over)."""
         for user_id in list(self._rooms):
             self.leave(user_id)
+        for resource_id in list(self._resource_rooms):
+            self.leave_resource(resource_id)
         if self._unsubscribe_broadcasts is not None:
             self._unsubscribe_broadcasts()
             self._unsubscribe_broadcasts = None

@@ -19,6 +19,7 @@ from marshmallow import validate as rules
 
 from actors.bookings import BookingService
 from actors.errors import Conflict, Forbidden
+from actors.resources import ResourceService
 from actors.views import booking_view, iso
 from handlers.common import page_meta
 from handlers.schemas import BookingListQuery, CreateBookingRequest, Strict, UpdateBookingRequest
@@ -44,6 +45,16 @@ class Session(Protocol):
 
     def leave(self, user_id: uuid.UUID) -> None: ...
 
+    @property
+    def resources(self) -> ResourceService: ...
+
+    @property
+    def resource_rooms(self) -> frozenset[uuid.UUID]: ...
+
+    def join_resource(self, resource_id: uuid.UUID) -> None: ...
+
+    def leave_resource(self, resource_id: uuid.UUID) -> None: ...
+
 
 Run = Callable[[Session, dict[str, Any]], Awaitable[Any]]
 
@@ -67,6 +78,10 @@ class LeaveRoomRequest(Strict):
     user_id = fields.UUID(data_key="userId", metadata={"description": "Your own room when omitted"})
 
 
+class ResourceRoomRequest(Strict):
+    resource_id = fields.UUID(required=True, data_key="resourceId")
+
+
 class BookingRef(Strict):
     id = fields.UUID(required=True)
     if_match = fields.Integer(strict=True, validate=rules.Range(min=0), data_key="ifMatch")
@@ -80,6 +95,7 @@ class CreateOptions(Strict):
 _room = RoomRequest()
 _leave = LeaveRoomRequest()
 _ref = BookingRef()
+_resource_room = ResourceRoomRequest()
 _options = CreateOptions()
 _create = CreateBookingRequest()
 _update = UpdateBookingRequest()
@@ -117,6 +133,26 @@ async def leave_user_room(session: Session, data: dict[str, Any]) -> dict[str, A
     target: uuid.UUID = validate(_leave, data).get("user_id", session.user.id)
     session.leave(target)
     return {"userId": str(target), "rooms": sorted(str(r) for r in session.rooms)}
+
+
+def _resource_rooms(session: Session) -> dict[str, Any]:
+    return {"resourceRooms": sorted(str(r) for r in session.resource_rooms)}
+
+
+async def join_resource_room(session: Session, data: dict[str, Any]) -> dict[str, Any]:
+    """Watch a resource's busy time (`resource.busy.changed`, no private details): any active user."""
+    target: uuid.UUID = validate(_resource_room, data)["resource_id"]
+    await session.resources.get(session.user, target)  # 404 for an unknown resource
+    if target not in session.resource_rooms and len(session.resource_rooms) >= MAX_ROOMS:
+        raise Conflict(f"a connection may watch at most {MAX_ROOMS} resources; leave one first")
+    session.join_resource(target)
+    return {"resourceId": str(target), **_resource_rooms(session)}
+
+
+async def leave_resource_room(session: Session, data: dict[str, Any]) -> dict[str, Any]:
+    target: uuid.UUID = validate(_resource_room, data)["resource_id"]
+    session.leave_resource(target)
+    return {"resourceId": str(target), **_resource_rooms(session)}
 
 
 async def create_booking(session: Session, data: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +204,8 @@ COMMANDS: dict[str, Command] = {
     "authenticate": Command(authenticate_again, "authenticate", metered=False),
     "join-user-room": Command(join_user_room, "join-user-room", metered=False),
     "leave-user-room": Command(leave_user_room, "leave-user-room", metered=False),
+    "join-resource-room": Command(join_resource_room, "join-resource-room", metered=False),
+    "leave-resource-room": Command(leave_resource_room, "leave-resource-room", metered=False),
     "create-booking": Command(create_booking, "create-booking"),
     "get-bookings": Command(get_bookings, "get-bookings"),
     "get-booking": Command(get_booking, "get-booking"),

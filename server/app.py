@@ -13,10 +13,11 @@ from actors.auth import AuthService
 from actors.base import Event, Registry
 from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.reminders import NotificationService, Reminders
+from actors.resources import ResourceBookings, ResourceService, resource_actor_factory
 from actors.security import TokenCodec
 from actors.usercache import UserCache
 from actors.webhooks import WebhookService
-from handlers import auth, bookings, health, notifications, users, webhooks, ws
+from handlers import auth, bookings, health, notifications, resources, users, webhooks, ws
 from server import redisconf, webhook_delivery
 from server.broker import ReminderSource, make_broker
 from server.events import EventBus, make_event
@@ -31,6 +32,8 @@ from server.keys import (
     REDIS,
     REDIS_GATE,
     REGISTRY,
+    RESOURCE_REGISTRY,
+    RESOURCES,
     SETTINGS,
     WEBHOOKS,
 )
@@ -41,6 +44,7 @@ from server.ratelimit import RateLimiter
 from server.redisgate import GatedSchedule, RedisGate
 from server.settings import Settings
 from storage.db import Database
+from storage.users import User, get_user
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +131,39 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         idle_timeout=settings.actor_idle_seconds,
     )
     app[REGISTRY] = registry
-    app[BUS] = EventBus(app[REDIS], prefix=settings.redis_prefix, registry=registry, gate=app[REDIS_GATE])
+    # One actor per booked resource, behind the owners' actors (actors/resources.py: the lock order).
+    resource_emitter = _LateEmitter(app)
+    resource_registry: Registry[uuid.UUID] = Registry(
+        resource_actor_factory(deps, resource_emitter),
+        mailbox_size=settings.actor_mailbox_size,
+        idle_timeout=settings.actor_idle_seconds,
+        kind="resource",
+    )
+    app[RESOURCE_REGISTRY] = resource_registry
+    deps.resources = ResourceBookings(resource_registry, resource_emitter, lambda: deps)
+    deps.users = _user_lookup(app)
+    app[BUS] = EventBus(
+        app[REDIS],
+        prefix=settings.redis_prefix,
+        registry=registry,
+        gate=app[REDIS_GATE],
+        resources=resource_registry,
+    )
     cache = app[AUTH].cache
     if cache is not None:
         app[BUS].on_signal(USER_CHANGED, lambda data: cache.drop(uuid.UUID(data)))
         app[BUS].on_reconnect(cache.clear)
     app[BOOKINGS] = BookingService(deps, registry)
+    app[RESOURCES] = ResourceService(deps)
     app[NOTIFICATIONS] = NotificationService(app[DB])
     app[WEBHOOKS] = WebhookService(app[DB], production=settings.production, kick=hand_off.after_commit)
     metrics = app[METRICS]
-    metrics.actors.set_function(lambda: len(registry))
-    metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth)
+    metrics.actors.set_function(lambda: len(registry) + len(resource_registry))
+    metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth + resource_registry.mailbox_depth)
     app[BUS].start()
     yield
-    await registry.close()
+    await registry.close()  # the user actors first: they may still be waiting on resource actors
+    await resource_registry.close()
     await app[BUS].close()
     await reminder_source.close()
     await task_broker.connection_pool.disconnect()
@@ -155,11 +178,28 @@ class _LateEmitter:
     async def emit(self, user_id: uuid.UUID, event: Event) -> None:
         await self._app[BUS].emit(user_id, event)
 
+    async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None:
+        await self._app[BUS].emit_resource(resource_id, event)
+
+    async def emit_all(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None:
+        await self._app[BUS].emit_all(to_users, to_resources)
+
+
+def _user_lookup(app: web.Application) -> Callable[[uuid.UUID], Awaitable[User | None]]:
+    async def lookup(user_id: uuid.UUID) -> User | None:
+        async with app[DB].connect() as conn:
+            return await get_user(conn, user_id)
+
+    return lookup
+
 
 def setup_routes(app: web.Application) -> None:
     app.add_routes(auth.routes)
     app.add_routes(users.routes)
     app.add_routes(bookings.routes)
+    app.add_routes(resources.routes)
     app.add_routes(notifications.routes)
     app.add_routes(webhooks.routes)
     app.add_routes(health.routes)

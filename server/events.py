@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,7 @@ class EventBus:
         prefix: str,
         registry: Registry[uuid.UUID] | None,
         gate: RedisGate | None = None,
+        resources: Registry[uuid.UUID] | None = None,
     ) -> None:
         """`gate`: a web process publishes on the request path, so within REDIS_TIMEOUT and not at all
         while Redis is known to be down (server/redisgate.py). Workers publish without one."""
@@ -57,6 +58,7 @@ class EventBus:
         self._gate = gate
         self.channel = f"{prefix}events"
         self._registry = registry
+        self._resources = resources  # the resource actors: watchers of a resource hang off them
         self.origin = uuid.uuid4().hex
         self.connected = asyncio.Event()
         self._stopping = False
@@ -106,6 +108,40 @@ class EventBus:
         if self._registry is not None:
             self._registry.deliver(user_id, event)
         return await self._publish(str(user_id), event)
+
+    async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None:
+        """Like `emit`, to the watchers of a resource (WebSocket `join-resource-room`) in every process."""
+        if self._resources is not None:
+            self._resources.deliver(resource_id, event)
+        try:
+            await self._send(dumps({"origin": self.origin, "resource": str(resource_id), "event": event}))
+        except RedisDown as exc:
+            log.info("event not published (%s); remote watchers miss %s", exc, event["event"])
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "event publish failed (%s); remote watchers miss %s", type(exc).__name__, event["event"]
+            )
+
+    async def emit_all(
+        self, to_users: Sequence[tuple[uuid.UUID, Event]], to_resources: Sequence[tuple[uuid.UUID, Event]]
+    ) -> None:
+        """`emit` and `emit_resource` for several events at once: local delivery, then ONE message for
+        every other process (a resource booking's booking.* and resource.busy.changed events)."""
+        batch: list[dict[str, Any]] = []
+        for user_id, event in to_users:
+            if self._registry is not None:
+                self._registry.deliver(user_id, event)
+            batch.append({"user": str(user_id), "event": event})
+        for resource_id, event in to_resources:
+            if self._resources is not None:
+                self._resources.deliver(resource_id, event)
+            batch.append({"resource": str(resource_id), "event": event})
+        try:
+            await self._send(dumps({"origin": self.origin, "batch": batch}))
+        except RedisDown as exc:
+            log.info("events not published (%s); remote sockets miss %d", exc, len(batch))
+        except (RedisError, OSError) as exc:
+            log.warning("event publish failed (%s); remote sockets miss %d", type(exc).__name__, len(batch))
 
     async def broadcast(self, event: Event) -> None:
         if self._registry is not None:
@@ -157,15 +193,24 @@ class EventBus:
                     except Exception:  # one hook's bug must not end the listener for every socket
                         log.exception("signal %s hook failed", message["signal"])
                 return
-            if self._registry is None:
-                return
-            target, event = message["user"], message["event"]
-            if target == BROADCAST:
-                self._registry.broadcast(event)
-            else:
-                self._registry.deliver(uuid.UUID(target), event)
+            for part in message.get("batch", (message,)):
+                self._deliver(part)
         except (ValueError, KeyError, TypeError):
             log.warning("ignored a malformed event on %s", self.channel)
+
+    def _deliver(self, part: dict[str, Any]) -> None:
+        """One event of a message: to a resource's watchers, a user's sockets, or everyone."""
+        if "resource" in part:
+            if self._resources is not None:
+                self._resources.deliver(uuid.UUID(part["resource"]), part["event"])
+            return
+        if self._registry is None:
+            return
+        target, event = part["user"], part["event"]
+        if target == BROADCAST:
+            self._registry.broadcast(event)
+        else:
+            self._registry.deliver(uuid.UUID(target), event)
 
     async def listen(self) -> None:
         """Run until cancelled; re-subscribes with backoff whenever Redis goes away."""

@@ -13,6 +13,7 @@ from actors.auth import AuthService
 from actors.base import Registry
 from actors.bookings import BookingService
 from actors.reminders import NotificationService
+from actors.resources import ResourceService
 from actors.webhooks import WebhookService
 from server.events import EventBus
 from server.metrics import Metrics
@@ -34,6 +35,8 @@ METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
 BUS = web.AppKey("bus", EventBus)
 BOOKINGS = web.AppKey("bookings", BookingService)
+RESOURCES = web.AppKey("resources", ResourceService)
+RESOURCE_REGISTRY = web.AppKey("resource_registry", Registry[uuid.UUID])  # one actor per booked resource
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 WEBHOOKS = web.AppKey("webhooks", WebhookService)
 # Every open socket, so shutdown can close them with 1001; weak, so a finished socket needs no removal.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -40,6 +40,12 @@ class Booking:
     version: int
     created_at: datetime
     updated_at: datetime
+    resource_id: uuid.UUID | None = None
+    resource_seq: int | None = None
+    busy_start: datetime | None = None
+    busy_end: datetime | None = None
+    resource_exclusive: bool = False
+    attendees: list[dict[str, Any]] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready copy for the audit log (the shape PostgreSQL's to_jsonb gives a row)."""
@@ -74,6 +80,7 @@ NEW_BOOKING_FIELDS = (
     "start_time",
     "end_time",
     "reminder_minutes_before",
+    "attendees",
 )
 
 

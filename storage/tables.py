@@ -85,9 +85,44 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_at", "at"),
 )
 
+# Shared resources (rooms, desks, people, equipment) that many users book; retired, never deleted.
+resources = sa.Table(
+    "resources",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    # A bigint per resource, for the same reason as users.seq: the resource exclusion constraint.
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("kind", sa.Text, nullable=False, server_default="room"),
+    sa.Column("time_zone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("capacity", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("buffer_before_minutes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("buffer_after_minutes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("min_notice_minutes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_advance_days", sa.Integer, nullable=False, server_default="730"),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    *_timestamps(),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 255", name="name_length"),
+    sa.CheckConstraint("capacity BETWEEN 1 AND 10000", name="capacity_range"),
+    sa.CheckConstraint(
+        "buffer_before_minutes BETWEEN 0 AND 1440 AND buffer_after_minutes BETWEEN 0 AND 1440",
+        name="buffer_range",
+    ),
+    sa.CheckConstraint("min_notice_minutes >= 0 AND max_advance_days >= 0", name="window_range"),
+    sa.Index(
+        "uq_resources_name_lower_active",
+        sa.text("lower(name)"),
+        unique=True,
+        postgresql_where=sa.text("active"),
+    ),
+)
+
 ACTIVE_STATUSES = ("scheduled", "in-progress")
 BOOKING_STATUSES = ("scheduled", "in-progress", "completed", "cancelled")
 OVERLAP_CONSTRAINT = "ex_bookings_no_overlap"
+RESOURCE_OVERLAP_CONSTRAINT = "ex_bookings_resource_no_overlap"
 
 bookings = sa.Table(
     "bookings",
@@ -106,14 +141,37 @@ bookings = sa.Table(
     sa.Column("reminder_sent_at", sa.DateTime(timezone=True)),
     sa.Column("version", sa.Integer, nullable=False, server_default="1"),
     *_timestamps(),
+    # A resource booking (NULL: a personal one). busy_start/busy_end are start - buffer before and
+    # end + buffer after, from the resource's buffers when the booking was written; resource_exclusive
+    # is whether the resource had capacity 1 then (the exclusion constraint covers those rows).
+    sa.Column("resource_id", UUID(as_uuid=True), sa.ForeignKey("resources.id", ondelete="RESTRICT")),
+    sa.Column("resource_seq", sa.BigInteger),
+    sa.Column("busy_start", sa.DateTime(timezone=True)),
+    sa.Column("busy_end", sa.DateTime(timezone=True)),
+    sa.Column("resource_exclusive", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("attendees", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.CheckConstraint("end_time > start_time", name="time_order"),
+    sa.CheckConstraint(
+        "(resource_id IS NULL) = (resource_seq IS NULL) AND (resource_id IS NULL) = (busy_start IS NULL) "
+        "AND (resource_id IS NULL) = (busy_end IS NULL) AND (busy_end IS NULL OR busy_end > busy_start)",
+        name="resource_shape",
+    ),
     sa.CheckConstraint("status IN ('scheduled', 'in-progress', 'completed', 'cancelled')", name="status"),
     sa.CheckConstraint("reminder_minutes_before BETWEEN 0 AND 10080", name="reminder_range"),
     sa.Index("ix_bookings_user_id_start_time", "user_id", "start_time", "id"),
     sa.Index("ix_bookings_start_time", "start_time", "id"),
+    # The overlap count and the busy time of a resource read its active busy ranges through this (a
+    # personal booking is not in it, so personal inserts do not maintain it).
+    sa.Index(
+        "ix_bookings_resource_busy",
+        sa.text("int8range(resource_seq, resource_seq, '[]')"),
+        sa.text("tstzrange(busy_start, busy_end, '[)')"),
+        postgresql_using="gist",
+        postgresql_where=sa.text("resource_seq IS NOT NULL AND status IN ('scheduled', 'in-progress')"),
+    ),
 )
-# The exclusion constraint itself lives in the migration (Alembic cannot autogenerate EXCLUDE
-# over expressions); storage refers to it by OVERLAP_CONSTRAINT.
+# The exclusion constraints live in the migrations (Alembic cannot autogenerate EXCLUDE over
+# expressions); storage names them by the constants above.
 
 idempotency_keys = sa.Table(
     "idempotency_keys",

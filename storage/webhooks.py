@@ -229,6 +229,19 @@ def outbox_cte(created: Any, event_type: str) -> Any:
     )
 
 
+def outbox_sql(event_type: str, source: str = "created") -> str:
+    """outbox_cte as SQL text, for statements written as text (storage/resources.py): one message per
+    subscribed endpoint about each row of the CTE `source`. Keep the two in step."""
+    return f"""
+        INSERT INTO webhook_messages (endpoint_id, event_type, booking_id, payload, enqueued_at)
+        SELECT e.id, '{event_type}', {source}.id, jsonb_build_object('booking', to_jsonb({source})), now()
+        FROM {source} JOIN webhook_endpoints e ON true
+        WHERE e.active AND (e.user_id = {source}.user_id OR e.all_bookings)
+          AND e.events && ARRAY['{event_type}', '*']::text[]
+        RETURNING id
+    """  # noqa: S608  (module constants, no input)
+
+
 @cache
 def _enqueue(event_type: str, handed_off: bool) -> Query:
     return Query(

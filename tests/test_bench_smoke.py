@@ -25,6 +25,9 @@ ROWS = (
     "memory per idle WebSocket",
     "memory per idle actor",
     "sockets one web process holds",
+    "resource create c=32, capacity 1",
+    "resource create c=32, capacity 5",
+    "resource race",
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

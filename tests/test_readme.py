@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from server.jobs import create_jobs_app
 from server.settings import Settings
-from tests.conftest import Client
+from tests.conftest import Client, Registrar
 from tests.processes import BOOKING, ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -76,6 +77,10 @@ SKIPPED = {
     "FAULTS.md § Faults: PostgreSQL or Redis going away, SIGTERM, a soak": "`make test` is this suite",
     "FAULTS.md § Soak": "the soak runs for minutes (`make test-slow`)",
     "WEBSOCKET.md § Memory per idle connection": "the memory benchmark, minutes (tests/test_bench_smoke.py)",
+    "WEBHOOKS.md § Quick start": "calls with the reader's $WEBHOOK_ID, each run by tests/test_webhooks.py "
+    "(test_redelivery_and_test_events_reach_the_receiver, test_the_delivery_log_pages_newest_first)",
+    "WEBHOOKS.md § Operations": "the CLI against a running stack "
+    "(tests/test_webhooks.py::test_the_cli_lists_endpoints_and_replays_what_was_given_up runs it)",
 }
 
 # The blocks the tests below run, each named by the test that runs it.
@@ -84,6 +89,8 @@ RUN = {
     "README.md § Live updates over WebSocket": "test_the_try_it_session_works_as_printed",
     "README.md § Live updates over WebSocket #2": "test_the_broadcast_example_works_as_printed",
     "README.md § API keys for the job service": "test_the_api_key_session_works_as_printed",
+    "README.md § Try it #2": "test_the_readme_resource_session_works_as_printed",
+    "README.md § Webhooks": "test_the_webhook_example_works_as_printed",
     "WEBSOCKET.md § Try it": "test_the_websocket_try_it_works_as_printed",
 }
 
@@ -220,3 +227,50 @@ async def test_the_api_key_session_works_as_printed(
     assert "revoked at" in output
     assert output.rstrip().endswith("401")  # the revoked key
     assert "bk_" not in output  # the key itself is only ever in $KEY
+
+
+# --- the README's resource session, as printed -------------------------------------------------------
+
+
+async def test_the_readme_resource_session_works_as_printed(
+    make_client: Callable[..., Awaitable[Client]],
+) -> None:
+    if shutil.which("curl") is None or shutil.which("bash") is None:
+        pytest.skip("needs curl and bash")
+    client = await make_client(admin_email="admin@example.com", admin_password="admin-pass-1")
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Try it", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 2, "Try it: the session, then the resources part that continues it"
+    # The session's user is its own here: the README's own test books test@example.com's slot as printed.
+    script = "\n".join(blocks).replace("test@example.com", f"readme-{uuid.uuid4().hex[:10]}@example.com")
+    for call in ("/api/resources", "/busy?", '"capacity":1', '"capacity":3', "resourceId"):
+        assert call in blocks[1], call
+    base = f"http://{client.server.host}:{client.server.port}"
+    shell = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", script.replace("http://localhost:5000", base),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(shell.communicate(), 90)
+    output = out.decode()
+    assert shell.returncode == 0, err.decode() + output
+    assert '"conflictingId"' in output  # the admin ran into the room's buffer
+    assert '"start":' in output and '"title":"Planning"' in output  # busy time, as the admin sees it
+    assert re.findall(r"^(ana|ben|cleo|dan) (\d+)$", output, flags=re.MULTILINE) == [
+        ("ana", "201"),
+        ("ben", "201"),
+        ("cleo", "201"),
+        ("dan", "409"),
+    ]
+    assert '"status":"cancelled"' in output
+    assert output.rstrip().endswith("204\n204")
+
+
+async def test_the_webhook_example_works_as_printed(client: Client, register: Registrar) -> None:
+    """README's Webhooks block with the Try it session's $TOKEN: an endpoint, its secret shown once."""
+    user = await register()
+    output = await run_bash(
+        block("README.md § Webhooks"), {5000: address(client)}, {"TOKEN": user["accessToken"]}
+    )
+    [created] = json_lines(output)
+    assert created["events"] == ["*"] and created["active"] is True, created
+    assert created["secret"].startswith("whsec_")

@@ -51,6 +51,13 @@ class World:
         resp = await self.client.get(f"/api/booking/{booking_id}", headers=self.headers("owner"))
         return await resp.json() if resp.status == 200 else None
 
+    async def new_resource(self) -> str:
+        name = f"Matrix room {uuid.uuid4().hex[:10]}"
+        resp = await self.client.post("/api/resources", json={"name": name}, headers=self.headers("admin"))
+        assert resp.status == 201, await resp.text()
+        resource_id: str = (await resp.json())["id"]
+        return resource_id
+
     async def new_notification(self) -> str:
         async with self.client.app[DB].connect() as conn:
             note = await reminder_store.add_notification(
@@ -79,6 +86,14 @@ async def _booking(world: World) -> dict[str, Any]:
 
 async def _owner(world: World) -> dict[str, Any]:
     return {"id": world.owner_id}
+
+
+async def _resource(world: World) -> dict[str, Any]:
+    return {"id": await world.new_resource()}
+
+
+def _resource_name(world: World) -> dict[str, Any]:
+    return {"name": f"Matrix new {uuid.uuid4().hex[:10]}"}
 
 
 async def _notification(world: World) -> dict[str, Any]:
@@ -133,6 +148,13 @@ MATRIX = [
         {**_user_route(), "other": 201, "owner": 201, "admin": 201},
         body=lambda w: w.slot(),
     ),
+    Row(
+        "POST",
+        "/api/booking",
+        {"anonymous": 401, "other": 403, "owner": 201, "admin": 201},  # on behalf of the owner: admins only
+        _owner,
+        body=lambda w: {**w.slot(), "userId": w.owner_id},
+    ),
     Row("GET", "/api/booking/{id}", OWNED, _booking),
     Row("PATCH", "/api/booking/{id}", OWNED, _booking, {"title": "changed"}, unchanged_unless=(200,)),
     Row(
@@ -146,6 +168,19 @@ MATRIX = [
         unchanged_unless=(204,),
     ),
     Row("GET", "/api/booking/{id}/history", ADMIN_ONLY, _booking),
+    Row("POST", "/api/resources", {**ADMIN_ONLY, "admin": 201}, body=_resource_name),
+    Row("GET", "/api/resources", _user_route()),
+    Row("GET", "/api/resources", {**ADMIN_ONLY, "owner": 403}, query="includeRetired=true"),
+    Row("GET", "/api/resources/{id}", _user_route(), _resource),
+    Row("PATCH", "/api/resources/{id}", ADMIN_ONLY, _resource, {"description": "changed"}),
+    Row("DELETE", "/api/resources/{id}", {**ADMIN_ONLY, "admin": 204}, _resource),
+    Row(
+        "GET",
+        "/api/resources/{id}/busy",
+        _user_route(),
+        _resource,
+        query="from=2030-01-01T00:00:00Z&to=2030-01-02T00:00:00Z",
+    ),
     Row("GET", "/api/notifications", _user_route()),
     Row("POST", "/api/notifications/{id}/read", PERSONAL, _notification),
     Row("POST", "/api/notifications/broadcast", {**ADMIN_ONLY, "admin": 202}, body={"message": "matrix"}),
@@ -251,15 +286,17 @@ async def test_lists_never_show_another_users_bookings(world: World) -> None:
 
 # --- the WebSocket matrix ----------------------------------------------------------------------------
 
-WS_EVENTS: dict[str, Callable[[str, str], dict[str, Any] | None]] = {
-    "ping": lambda booking, owner: None,
-    "join-user-room": lambda booking, owner: {"userId": owner},
-    "leave-user-room": lambda booking, owner: {"userId": owner},
-    "get-bookings": lambda booking, owner: {"limit": 100},
-    "get-booking": lambda booking, owner: {"id": booking},
-    "update-booking": lambda booking, owner: {"id": booking, "title": "over ws"},
-    "delete-booking": lambda booking, owner: {"id": booking},
-    "create-booking": lambda booking, owner: booking_data(hours=900, title="ws create"),
+WS_EVENTS: dict[str, Callable[[str, str, str], dict[str, Any] | None]] = {
+    "ping": lambda booking, owner, resource: None,
+    "join-user-room": lambda booking, owner, resource: {"userId": owner},
+    "leave-user-room": lambda booking, owner, resource: {"userId": owner},
+    "get-bookings": lambda booking, owner, resource: {"limit": 100},
+    "get-booking": lambda booking, owner, resource: {"id": booking},
+    "update-booking": lambda booking, owner, resource: {"id": booking, "title": "over ws"},
+    "delete-booking": lambda booking, owner, resource: {"id": booking},
+    "create-booking": lambda booking, owner, resource: booking_data(hours=900, title="ws create"),
+    "join-resource-room": lambda booking, owner, resource: {"resourceId": resource},
+    "leave-resource-room": lambda booking, owner, resource: {"resourceId": resource},
 }
 # What each role gets back for the owner's booking/room: "ok" (a reply frame of the same name) or a status.
 WS_EXPECT: dict[str, dict[str, str | int]] = {
@@ -272,6 +309,8 @@ WS_EXPECT: dict[str, dict[str, str | int]] = {
         "update-booking": 404,
         "delete-booking": 404,
         "create-booking": "ok",
+        "join-resource-room": "ok",  # any active user may watch a resource's busy time
+        "leave-resource-room": "ok",
     },
     "owner": dict.fromkeys(WS_EVENTS, "ok"),
     "admin": dict.fromkeys(WS_EVENTS, "ok"),
@@ -280,10 +319,11 @@ WS_EXPECT: dict[str, dict[str, str | int]] = {
 
 async def test_every_socket_event_refuses_an_anonymous_caller(world: World) -> None:
     booking = await world.new_booking()
+    resource = await world.new_resource()
     for event, data in WS_EVENTS.items():
         ws = await world.client.ws_connect("/ws/")
         frame: dict[str, Any] = {"event": event, "id": "x"}
-        payload = data(booking, world.owner_id)
+        payload = data(booking, world.owner_id, resource)
         if payload is not None:
             frame["data"] = payload
         await ws.send_json(frame)
@@ -295,12 +335,13 @@ async def test_every_socket_event_refuses_an_anonymous_caller(world: World) -> N
 async def test_every_socket_event_for_each_role(world: World, role: str) -> None:
     session = world.sessions[role]
     assert session is not None
+    resource = await world.new_resource()
     ws = await world.client.ws_connect(f"/ws/?token={session['accessToken']}")
     try:
         for n, (event, data) in enumerate(WS_EVENTS.items()):
             booking = await world.new_booking()
             before = await world.owner_booking(booking)
-            reply = await ask(ws, event, data(booking, world.owner_id), id=f"{event}-{n}")
+            reply = await ask(ws, event, data(booking, world.owner_id, resource), id=f"{event}-{n}")
             want = WS_EXPECT[role][event]
             if want == "ok":
                 assert reply["event"] != "error", (role, event, reply)

@@ -133,7 +133,17 @@ def test_the_body_renders_a_booking_snapshot_as_the_api_view() -> None:
         "version": 2,
         "createdAt": "2031-01-01T10:00:00Z",
         "updatedAt": "2031-01-02T09:00:00Z",
+        "resourceId": None,
+        "attendees": [],
     }
+    # A snapshot stored before resources existed (no resource or attendee keys) renders the same.
+    old = {
+        k: v
+        for k, v in booking.snapshot().items()
+        if k
+        not in ("resource_id", "attendees", "resource_seq", "busy_start", "busy_end", "resource_exclusive")
+    }
+    assert json.loads(rules.body("booking.updated", created, {"booking": old}))["data"] == sent["data"]
 
 
 def test_cancelling_is_its_own_event_every_other_change_an_update() -> None:

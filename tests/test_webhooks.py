@@ -315,6 +315,49 @@ async def test_each_booking_change_writes_one_message_per_subscribed_endpoint(
     assert deleted.payload["booking"]["id"] == booking["id"]
 
 
+async def test_a_resource_booking_writes_its_messages_like_a_personal_one(
+    client: Client, register: Registrar, admin: dict[str, Any]
+) -> None:
+    """Resource creates and moves are written by the resource's actor with statements of their own: the
+    outbox rows are in them too (capacity 1 and capacity N), and a full resource's 409 writes none."""
+    owner, rival = await register(), await register()
+    endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/resources")
+    rooms = []
+    for capacity in (1, 2):
+        resp = await client.post(
+            "/api/resources",
+            json={"name": f"Hooked {uuid.uuid4().hex[:8]}", "capacity": capacity},
+            headers=auth(admin),
+        )
+        assert resp.status == 201, await resp.text()
+        rooms.append((await resp.json())["id"])
+    booked = []
+    for n, room in enumerate(rooms):
+        body = {**booking_data(hours=300 + 10 * n), "resourceId": room}
+        resp = await client.post("/api/booking", json=body, headers=auth(owner))
+        assert resp.status == 201, await resp.text()
+        booked.append(await resp.json())
+    # The capacity-1 room is taken for that slot: the rival's 409 writes nothing for anyone.
+    taken = {**booking_data(hours=300), "resourceId": rooms[0]}
+    assert (await client.post("/api/booking", json=taken, headers=auth(rival))).status == 409
+    moved = {**booking_data(hours=305)}
+    resp = await client.patch(f"/api/booking/{booked[0]['id']}", json=moved, headers=auth(owner))
+    assert resp.status == 200, await resp.text()
+    resp = await client.patch(
+        f"/api/booking/{booked[1]['id']}/status", json={"status": "cancelled"}, headers=auth(owner)
+    )
+    assert resp.status == 200, await resp.text()
+
+    found = await messages_of(client.app[DB], endpoint["id"])
+    assert [(m.event_type, str(m.booking_id)) for m in found] == [
+        ("booking.created", booked[0]["id"]),
+        ("booking.created", booked[1]["id"]),
+        ("booking.updated", booked[0]["id"]),
+        ("booking.cancelled", booked[1]["id"]),
+    ]
+    assert found[0].payload["booking"]["resource_id"] == rooms[0]
+
+
 async def test_a_refused_or_rolled_back_change_writes_no_message(client: Client, register: Registrar) -> None:
     owner = await register()
     endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/all")

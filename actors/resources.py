@@ -1,0 +1,723 @@
+"""Resources: the admin service over them, and the per-resource actor that writes their bookings.
+
+Who waits on whom (one fixed order, so no cycle and no deadlock):
+
+    user actor (the owner's)  ──ask──▶  resource actor  ──▶  PostgreSQL
+                                                         resource rows FOR UPDATE (by id), then the
+                                                         booking row FOR UPDATE
+
+A booking of a resource is still a message to its owner's actor, which keeps the owner's order (its
+events are emitted there, one message at a time); that actor hands the write to the resource's actor,
+which serializes the writes of one resource in this process. A resource actor never asks a user actor,
+and never another resource actor (a booking moving between resources goes to the target's actor; the
+database locks both rows in id order). Across processes the database is the last word
+(storage/resources.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import zoneinfo
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from functools import cache
+from typing import TYPE_CHECKING, Any, Protocol
+
+import asyncpg
+
+from actors.base import Event, Handler, Registry
+from actors.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    ValidationFailed,
+)
+from actors.reminders import Plan
+from actors.views import booking_view, iso
+from actors.webhook_rules import update_event
+from storage import bookings as booking_store
+from storage import resources as store
+from storage import webhooks as webhook_store
+from storage.bookings import Booking
+from storage.db import Connection
+from storage.errors import sqlstate
+from storage.resources import Busy, Resource
+from storage.tables import RESOURCE_OVERLAP_CONSTRAINT
+from storage.users import User
+
+if TYPE_CHECKING:
+    from actors.bookings import CreateBooking, Created, Deps, UpdateBooking
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3
+MAX_BUSY_WINDOW = timedelta(days=31)
+BUSY_CHANGED = "resource.busy.changed"
+
+
+class ResourceEmitter(Protocol):
+    async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None: ...
+
+    async def emit_all(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None: ...
+
+
+@cache
+def known_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def resource_view(r: Resource) -> dict[str, Any]:
+    return {
+        "id": str(r.id),
+        "name": r.name,
+        "description": r.description,
+        "kind": r.kind,
+        "timeZone": r.time_zone,
+        "capacity": r.capacity,
+        "bufferBeforeMinutes": r.buffer_before_minutes,
+        "bufferAfterMinutes": r.buffer_after_minutes,
+        "minNoticeMinutes": r.min_notice_minutes,
+        "maxAdvanceDays": r.max_advance_days,
+        "active": r.active,
+        "version": r.version,
+        "createdAt": iso(r.created_at),
+        "updatedAt": iso(r.updated_at),
+    }
+
+
+def busy_view(b: Busy, viewer: User) -> dict[str, Any]:
+    """A busy interval; who booked it and why only for its owner and admins."""
+    view: dict[str, Any] = {"start": iso(b.busy_start), "end": iso(b.busy_end)}
+    if viewer.is_admin or b.user_id == viewer.id:
+        view.update(
+            bookingId=str(b.booking_id),
+            userId=str(b.user_id),
+            title=b.title,
+            startTime=iso(b.start_time),
+            endTime=iso(b.end_time),
+        )
+    return view
+
+
+def _check_zone(values: Mapping[str, Any]) -> None:
+    zone = values.get("time_zone")
+    if zone is not None and zone not in known_zones():
+        raise ValidationFailed(
+            f"unknown time zone {zone!r}",
+            [FieldError("timeZone", "must be an IANA time zone name, e.g. Europe/Paris")],
+        )
+
+
+# --- the admin service ------------------------------------------------------------------------------
+
+
+class ResourceService:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def create(self, actor: User, values: Mapping[str, Any]) -> Resource:
+        _require_admin(actor)
+        _check_zone(values)
+        async with self.deps.db.begin() as conn:
+            try:
+                resource = await store.create_resource(conn, dict(values))
+            except asyncpg.UniqueViolationError:
+                raise _duplicate(values["name"]) from None
+            await booking_store.audit(
+                conn,
+                actor_id=actor.id,
+                action="create",
+                entity="resource",
+                entity_id=resource.id,
+                before=None,
+                after=resource_view(resource),
+            )
+        return resource
+
+    async def update(
+        self, actor: User, resource_id: uuid.UUID, changes: Mapping[str, Any], *, if_match: int | None = None
+    ) -> Resource:
+        _require_admin(actor)
+        if not changes:
+            raise ValidationFailed("nothing to change", [FieldError("body", "give at least one field")])
+        _check_zone(changes)
+        async with self.deps.db.begin() as conn:
+            # The row lock every booking writer of this resource takes: a change (capacity, buffers,
+            # retirement) is ordered against them, never in the middle of one.
+            current = await store.get_resource(conn, resource_id, for_update=True)
+            if current is None:
+                raise NotFound("resource not found")
+            if if_match is not None and if_match != current.version:
+                raise PreconditionFailed(f"resource is at version {current.version}, not {if_match}")
+            values = {k: v for k, v in changes.items() if getattr(current, k) != v}
+            if not values:
+                return current
+            try:
+                resource = await store.update_resource(conn, resource_id, values)
+            except asyncpg.UniqueViolationError:
+                raise _duplicate(values.get("name", current.name)) from None
+            await booking_store.audit(
+                conn,
+                actor_id=actor.id,
+                action="update",
+                entity="resource",
+                entity_id=resource.id,
+                before=resource_view(current),
+                after=resource_view(resource),
+            )
+        return resource
+
+    async def retire(self, actor: User, resource_id: uuid.UUID, *, if_match: int | None = None) -> Resource:
+        return await self.update(actor, resource_id, {"active": False}, if_match=if_match)
+
+    async def get(self, actor: User, resource_id: uuid.UUID) -> Resource:
+        async with self.deps.db.connect() as conn:
+            resource = await store.get_resource(conn, resource_id)
+        if resource is None:
+            raise NotFound("resource not found")
+        return resource
+
+    async def list_page(
+        self, actor: User, *, page: int, limit: int, include_retired: bool = False
+    ) -> tuple[list[Resource], int]:
+        if include_retired and not actor.is_admin:
+            raise Forbidden("only admins may list retired resources")
+        async with self.deps.db.connect() as conn:
+            return await store.list_resources(
+                conn, include_retired=include_retired, offset=(page - 1) * limit, limit=limit
+            )
+
+    async def busy(
+        self, actor: User, resource_id: uuid.UUID, *, start: datetime, end: datetime
+    ) -> list[dict[str, Any]]:
+        errors = []
+        if end <= start:
+            errors.append(FieldError("to", "must be after from"))
+        elif end - start > MAX_BUSY_WINDOW:
+            errors.append(FieldError("to", f"the window may span at most {MAX_BUSY_WINDOW.days} days"))
+        if errors:
+            raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
+        async with self.deps.db.connect() as conn:
+            resource = await store.get_resource(conn, resource_id)
+            if resource is None:
+                raise NotFound("resource not found")
+            found = await store.busy(conn, resource_seq=resource.seq, start=start, end=end)
+        return [busy_view(b, actor) for b in found]
+
+
+def _require_admin(actor: User) -> None:
+    if not actor.is_admin:
+        raise Forbidden("admin role required")
+
+
+def _duplicate(name: str) -> Conflict:
+    return Conflict(f"an active resource is already named {name!r} (names are unique, any case)")
+
+
+# --- booking a resource: the resource's actor --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookResource:
+    owner_id: uuid.UUID
+    create: CreateBooking
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResourceBooking:
+    owner_id: uuid.UUID
+    update: UpdateBooking
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What the owner's actor needs after a resource actor's commit."""
+
+    view: dict[str, Any]
+    plan: Plan | None
+    created: Created | None = None
+    # resource.busy.changed for each resource whose busy time changed: published by the owner's actor
+    # in the same Redis round trip as its booking.* event.
+    busy: tuple[tuple[uuid.UUID, Event], ...] = ()
+    changed: bool = True  # False: an update that changed nothing (no event)
+    queued: tuple[uuid.UUID, ...] = ()  # webhook messages the commit wrote, for the owner's actor to hand off
+
+
+class _Stale(Exception):
+    """The booking's resource changed between the routing read and the lock: route again."""
+
+
+def _busy_range(resource: Resource, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    return (
+        start - timedelta(minutes=resource.buffer_before_minutes),
+        end + timedelta(minutes=resource.buffer_after_minutes),
+    )
+
+
+def _check_window(resource: Resource, start: datetime, now: datetime) -> None:
+    """The resource's own booking window: minimum notice and maximum advance (400s on startTime)."""
+    errors: list[FieldError] = []
+    if start - now < timedelta(minutes=resource.min_notice_minutes):
+        errors.append(
+            FieldError(
+                "startTime", f"this resource needs at least {resource.min_notice_minutes} minutes' notice"
+            )
+        )
+    if start - now > timedelta(days=resource.max_advance_days):
+        errors.append(
+            FieldError(
+                "startTime", f"this resource takes bookings at most {resource.max_advance_days} days ahead"
+            )
+        )
+    if errors:
+        raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
+
+
+def _unknown_resource() -> ValidationFailed:
+    return ValidationFailed("no such resource", [FieldError("resourceId", "no resource has this id")])
+
+
+def _retired(resource: Resource) -> Conflict:
+    return Conflict(f"resource {resource.id} is retired and takes no new bookings")
+
+
+class ResourceActor:
+    """Writes the bookings of one resource, one message at a time (the registry runs one per resource)."""
+
+    def __init__(self, resource_id: uuid.UUID, deps: Deps, emitter: ResourceEmitter) -> None:
+        self.resource_id = resource_id
+        self.deps = deps
+        self.emitter = emitter
+        # The resource row this actor last read. A capacity-1 create writes with it only if the row is
+        # still at that version (checked inside the insert statement), so a change or a retirement made
+        # by any process is never missed; a capacity-N create reads the row under its lock anyway.
+        self._resource: Resource | None = None
+        self._dispatch: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            BookResource: self.book,
+            ChangeResourceBooking: self.change,
+        }
+
+    async def __call__(self, message: Any) -> Any:
+        return await self._dispatch[type(message)](message)
+
+    # --- create ----------------------------------------------------------------------------------
+
+    async def book(self, msg: BookResource) -> Written:
+        for attempt in range(RETRIES):
+            try:
+                return await self._book_once(msg)
+            except asyncpg.PostgresError as exc:
+                if sqlstate(exc) == "40P01" and attempt < RETRIES - 1:
+                    log.info("deadlock on a resource booking; retrying")
+                    continue
+                if sqlstate(exc) == "40P01":
+                    raise Conflict("the resource is contended; retry") from None
+                raise
+        raise Conflict("the resource is contended; retry")  # pragma: no cover
+
+    async def _book_once(self, msg: BookResource) -> Written:
+        from actors.bookings import Created, check_times, request_hash
+
+        d = self.deps
+        c = msg.create
+        fields = dict(c.fields)
+        now = d.clock()
+        check_times(d.rules, start=fields["start_time"], end=fields["end_time"], now=now, start_changed=True)
+        if c.idempotency_key is None:
+            # One statement, no transaction block: capacity 1 decided by the exclusion constraint, capacity
+            # N under the resource's row lock taken inside the statement (docs/BENCHMARKS.md).
+            for _ in range(RETRIES):
+                async with d.db.connect() as conn:
+                    known = self._resource
+                    if known is None:
+                        known = self._resource = await store.get_resource(conn, self.resource_id)
+                        if known is None:
+                            raise _unknown_resource()
+                    self._check_bookable(known, fields, now)
+                    written = await self._insert(conn, known, fields, msg, locked=known.capacity > 1)
+                    if written is not None:
+                        return written
+                # The row changed since this actor read it: read it again, decide again.
+                self._resource = None
+            raise Conflict("the resource is being changed; retry")
+        async with d.db.begin() as conn:
+            if c.idempotency_key is not None:
+                digest = request_hash(c.fields)
+                if not await booking_store.claim_idempotency_key(
+                    conn, user_id=msg.owner_id, key=c.idempotency_key, request_hash=digest
+                ):
+                    created = await _replay(conn, msg.owner_id, c.idempotency_key, digest)
+                    return Written(created.booking, None, created)
+            # With an Idempotency-Key the key is claimed first, in a transaction: the resource's row
+            # lock serializes its writers across processes; the count in the next statement sees every
+            # booking the previous holder committed.
+            resource = (await store.lock_resources(conn, [self.resource_id])).get(self.resource_id)
+            if resource is None:
+                raise _unknown_resource()
+            self._resource = resource
+            self._check_bookable(resource, fields, now)
+            written = await self._insert(conn, resource, fields, msg)
+            assert written is not None  # noqa: S101  (under the row lock the version cannot have moved)
+            if c.idempotency_key is not None:
+                await booking_store.store_idempotent(
+                    conn, user_id=msg.owner_id, key=c.idempotency_key, status_code=201, response=written.view
+                )
+        return replace(written, created=Created(written.view))
+
+    @staticmethod
+    def _check_bookable(resource: Resource, fields: Mapping[str, Any], now: datetime) -> None:
+        if not resource.active:
+            raise _retired(resource)
+        _check_window(resource, fields["start_time"], now)
+
+    async def _insert(
+        self,
+        conn: Connection,
+        resource: Resource,
+        fields: dict[str, Any],
+        msg: BookResource,
+        *,
+        locked: bool = False,
+    ) -> Written | None:
+        """The booking written with `resource` as read (None: the row is no longer at that version)."""
+        d = self.deps
+        booking_id = uuid.uuid4()
+        plan = (
+            d.reminders.for_new(
+                booking_id=booking_id, minutes=fields["reminder_minutes_before"], start=fields["start_time"]
+            )
+            if d.reminders
+            else None
+        )
+        busy_start, busy_end = _busy_range(resource, fields["start_time"], fields["end_time"])
+        values = {name: fields.get(name) for name in store.NEW_RESOURCE_BOOKING_FIELDS}
+        values.update(
+            id=booking_id,
+            user_id=msg.owner_id,
+            user_seq=msg.create.owner_seq,
+            attendees=fields.get("attendees") or [],
+            resource_id=resource.id,
+            resource_seq=resource.seq,
+            busy_start=busy_start,
+            busy_end=busy_end,
+            resource_exclusive=resource.capacity == 1,
+        )
+        written = await store.create_resource_booking(
+            conn,
+            actor_id=msg.create.actor_id,
+            reminder_due_at=plan.due_at if plan else None,
+            capacity=resource.capacity,
+            resource_version=resource.version,
+            locked=locked,
+            **values,
+        )
+        if written is None:
+            current = await store.get_resource(conn, resource.id)
+            if current is None or current.version != resource.version:
+                return None
+            raise await self._why_not(
+                conn,
+                resource,
+                owner_seq=msg.create.owner_seq,
+                start=fields["start_time"],
+                end=fields["end_time"],
+                busy=(busy_start, busy_end),
+            )
+        booking = written.booking
+        return Written(
+            booking_view(booking), plan, busy=busy_events(d, None, booking), queued=tuple(written.webhook_ids)
+        )
+
+    async def _why_not(
+        self,
+        conn: Connection,
+        resource: Resource,
+        *,
+        owner_seq: int,
+        start: datetime,
+        end: datetime,
+        busy: tuple[datetime, datetime],
+        exclude: uuid.UUID | None = None,
+    ) -> Conflict:
+        """The 409 for a write the database refused: the owner's own overlap first, then the resource."""
+        mine = await booking_store.find_overlap(
+            conn, user_seq=owner_seq, start=start, end=end, exclude=exclude
+        )
+        if mine is not None:
+            return Conflict(f"the booking overlaps active booking {mine}", conflictingId=str(mine))
+        if resource.capacity == 1:
+            other = await store.exclusive_conflict(
+                conn, resource_seq=resource.seq, busy_start=busy[0], busy_end=busy[1], exclude=exclude
+            )
+            ids = (
+                [other]
+                if other is not None
+                else await store.resource_conflicts(
+                    conn,
+                    resource_seq=resource.seq,
+                    busy_start=busy[0],
+                    busy_end=busy[1],
+                    capacity=1,
+                    exclude=exclude,
+                )
+            )
+            if not ids:  # the booking in the way was cancelled since: a retry may succeed
+                return Conflict("the resource is booked at that time; retry", conflictingIds=[])
+            return Conflict(
+                f"the resource is booked at that time by booking {ids[0]} (buffers included)",
+                conflictingId=str(ids[0]),
+                conflictingIds=[str(i) for i in ids],
+            )
+        ids = await store.resource_conflicts(
+            conn,
+            resource_seq=resource.seq,
+            busy_start=busy[0],
+            busy_end=busy[1],
+            capacity=resource.capacity,
+            exclude=exclude,
+        )
+        return Conflict("resource full", conflictingIds=[str(i) for i in ids])
+
+    # --- move, extend, change resource, cancel ----------------------------------------------------
+
+    async def change(self, msg: ChangeResourceBooking) -> Written:
+        for attempt in range(RETRIES):
+            try:
+                return await self._change_once(msg)
+            except _Stale:
+                continue
+            except asyncpg.PostgresError as exc:
+                code = sqlstate(exc)
+                if code == "23P01":
+                    raise await self._exclusion_conflict(msg, exc) from None
+                if code == "40P01" and attempt < RETRIES - 1:
+                    log.info("deadlock on a resource booking update; retrying")
+                    continue
+                if code == "40P01":
+                    raise Conflict("the booking is contended; retry") from None
+                raise
+        raise Conflict("the booking is contended; retry")
+
+    async def _change_once(self, msg: ChangeResourceBooking) -> Written:
+        from actors.bookings import EDITABLE, TRANSITIONS, check_times
+
+        d = self.deps
+        u = msg.update
+        async with d.db.begin() as conn:
+            # The resource rows first (in id order), then the booking row: the one lock order.
+            peek = await booking_store.get_booking(conn, u.booking_id)
+            ids = {
+                i for i in (peek.resource_id if peek else None, u.changes.get("resource_id")) if i is not None
+            }
+            locked = await store.lock_resources(conn, list(ids))
+            current = await booking_store.get_booking(conn, u.booking_id, for_update=True)
+            if current is None or current.user_id != msg.owner_id:
+                raise NotFound("booking not found")
+            if current.resource_id is not None and current.resource_id not in locked:
+                raise _Stale
+            if u.if_match is not None and u.if_match != current.version:
+                raise PreconditionFailed(f"booking is at version {current.version}, not {u.if_match}")
+            changes = {k: v for k, v in u.changes.items() if getattr(current, k) != v}
+            if not changes:
+                return Written(booking_view(current), None, changed=False)
+            new_status = changes.get("status")
+            if current.status in ("completed", "cancelled"):
+                raise Conflict(f"a {current.status} booking cannot be changed")
+            if new_status is not None and new_status not in TRANSITIONS[current.status]:
+                raise Conflict(f"status cannot go from {current.status} to {new_status}")
+            start = changes.get("start_time", current.start_time)
+            end = changes.get("end_time", current.end_time)
+            now = d.clock()
+            if {k for k in changes if k in EDITABLE} & {"start_time", "end_time"}:
+                check_times(d.rules, start=start, end=end, now=now, start_changed="start_time" in changes)
+            target_id = changes.get("resource_id", current.resource_id)
+            values = dict(changes)
+            moved = bool({"start_time", "end_time", "resource_id"} & changes.keys())
+            target: Resource | None = None
+            if target_id is None:
+                values.update(resource_seq=None, busy_start=None, busy_end=None, resource_exclusive=False)
+            elif moved:
+                target = locked.get(target_id)
+                if target is None:
+                    raise _unknown_resource()
+                if not target.active:
+                    raise _retired(target)
+                if "start_time" in changes or "resource_id" in changes:
+                    _check_window(target, start, now)
+                busy = _busy_range(target, start, end)
+                values.update(
+                    resource_seq=target.seq,
+                    busy_start=busy[0],
+                    busy_end=busy[1],
+                    resource_exclusive=target.capacity == 1,
+                )
+                if changes.get("status", current.status) in ("scheduled", "in-progress"):
+                    # Under the target's row lock: exact, whatever other processes write.
+                    ids_in_way = await store.resource_conflicts(
+                        conn,
+                        resource_seq=target.seq,
+                        busy_start=busy[0],
+                        busy_end=busy[1],
+                        capacity=target.capacity,
+                        exclude=current.id,
+                    )
+                    if ids_in_way:
+                        raise _full(target, ids_in_way)
+            booking = await booking_store.update_booking(conn, current.id, values)
+            await booking_store.audit(
+                conn,
+                actor_id=u.actor_id,
+                action="update",
+                entity_id=booking.id,
+                before=current.snapshot(),
+                after=booking.snapshot(),
+            )
+            queued = await webhook_store.enqueue(
+                conn,
+                event_type=update_event(changes),
+                user_id=booking.user_id,
+                booking_id=booking.id,
+                payload={"booking": booking.snapshot()},
+                handed_off=d.webhooks is not None,
+            )
+            plan = (
+                await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
+                if d.reminders
+                else None
+            )
+        return Written(
+            booking_view(booking), plan, busy=busy_events(d, current, booking), queued=tuple(queued)
+        )
+
+    async def _exclusion_conflict(self, msg: ChangeResourceBooking, exc: BaseException) -> Conflict:
+        """A 23P01 on update: the owner's constraint or the capacity-1 resource's."""
+        u = msg.update
+        async with self.deps.db.connect() as conn:
+            current = await booking_store.get_booking(conn, u.booking_id)
+            if current is None:
+                return Conflict("the booking overlaps another active booking")
+            start = u.changes.get("start_time", current.start_time)
+            end = u.changes.get("end_time", current.end_time)
+            if getattr(exc, "constraint_name", None) == RESOURCE_OVERLAP_CONSTRAINT:
+                target_id = u.changes.get("resource_id", current.resource_id)
+                target = await store.get_resource(conn, target_id) if target_id else None
+                if target is not None:
+                    busy = _busy_range(target, start, end)
+                    other = await store.exclusive_conflict(
+                        conn,
+                        resource_seq=target.seq,
+                        busy_start=busy[0],
+                        busy_end=busy[1],
+                        exclude=current.id,
+                    )
+                    if other is not None:
+                        return Conflict(
+                            f"the resource is booked at that time by booking {other} (buffers included)",
+                            conflictingId=str(other),
+                            conflictingIds=[str(other)],
+                        )
+                return Conflict("the resource is booked at that time; retry", conflictingIds=[])
+            mine = await booking_store.find_overlap(
+                conn, user_seq=current.user_seq, start=start, end=end, exclude=current.id
+            )
+        if mine is None:
+            return Conflict("the booking overlaps another active booking")
+        return Conflict(f"the booking overlaps active booking {mine}", conflictingId=str(mine))
+
+
+def _full(resource: Resource, ids: list[uuid.UUID]) -> Conflict:
+    if resource.capacity == 1:
+        return Conflict(
+            f"the resource is booked at that time by booking {ids[0]} (buffers included)",
+            conflictingId=str(ids[0]),
+            conflictingIds=[str(i) for i in ids],
+        )
+    return Conflict("resource full", conflictingIds=[str(i) for i in ids])
+
+
+def _busy_of(b: Booking | None) -> tuple[uuid.UUID, datetime, datetime] | None:
+    """The resource time an active resource booking holds, or None."""
+    if b is None or b.status not in ("scheduled", "in-progress") or b.resource_id is None:
+        return None
+    if b.busy_start is None or b.busy_end is None:  # pragma: no cover  (ck_bookings_resource_shape)
+        return None
+    return b.resource_id, b.busy_start, b.busy_end
+
+
+def busy_events(
+    deps: Deps, before: Booking | None, after: Booking | None
+) -> tuple[tuple[uuid.UUID, Event], ...]:
+    """`resource.busy.changed` for each resource whose busy time a change moved, with no details (one
+    event per resource, spanning the time freed and the time taken)."""
+    was, now = _busy_of(before), _busy_of(after)
+    if was == now:
+        return ()
+    ranges: dict[uuid.UUID, tuple[datetime, datetime]] = {}
+    for held in (was, now):
+        if held is None:
+            continue
+        resource_id, start, end = held
+        lo, hi = ranges.get(resource_id, (start, end))
+        ranges[resource_id] = (min(lo, start), max(hi, end))
+    return tuple(
+        (rid, deps.make_event(BUSY_CHANGED, {"resourceId": str(rid), "start": iso(lo), "end": iso(hi)}))
+        for rid, (lo, hi) in ranges.items()
+    )
+
+
+async def _replay(conn: Connection, owner_id: uuid.UUID, key: str, digest: str) -> Created:
+    from actors.bookings import Created
+    from actors.errors import IdempotencyMismatch, Unavailable
+
+    stored = await booking_store.get_idempotent(conn, user_id=owner_id, key=key)
+    if stored is None:
+        raise Unavailable("idempotency key is being processed; retry")
+    if stored.request_hash != digest:
+        raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
+    return Created(stored.response, replayed=True)
+
+
+# --- what the owner's actor calls ---------------------------------------------------------------------
+
+
+class ResourceBookings:
+    """The door from a user's actor to the resource actors (actors/bookings.py calls it)."""
+
+    def __init__(
+        self, registry: Registry[uuid.UUID], emitter: ResourceEmitter, deps_ref: Callable[[], Deps]
+    ) -> None:
+        self.registry = registry
+        self.emitter = emitter
+        self._deps = deps_ref
+
+    async def create(self, owner_id: uuid.UUID, msg: CreateBooking) -> Written:
+        resource_id = msg.fields["resource_id"]
+        written: Written = await self.registry.ask(resource_id, BookResource(owner_id, msg))
+        return written
+
+    async def update(self, owner_id: uuid.UUID, msg: UpdateBooking, resource_id: uuid.UUID) -> Written:
+        written: Written = await self.registry.ask(resource_id, ChangeResourceBooking(owner_id, msg))
+        return written
+
+    async def deleted(self, booking: Booking) -> None:
+        for resource_id, event in busy_events(self._deps(), booking, None):
+            await self.emitter.emit_resource(resource_id, event)
+
+    async def publish(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None:
+        """The owner's booking.* event and the resources' busy events, in one Redis round trip."""
+        await self.emitter.emit_all(to_users, to_resources)
+
+
+def resource_actor_factory(deps: Deps, emitter: ResourceEmitter) -> Callable[[uuid.UUID], Handler]:
+    def make(resource_id: uuid.UUID) -> Handler:
+        return ResourceActor(resource_id, deps, emitter)
+
+    return make
