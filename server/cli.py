@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import errno
 import getpass
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -43,28 +46,52 @@ def _use_uvloop() -> None:
 def _run_http(
     args: argparse.Namespace, process: str, make_app: Callable[[Settings], web.Application], default_port: int
 ) -> int:
-    """`serve` and `jobs` run the same way: SO_REUSEPORT (several processes on one port), no access
-    log from aiohttp (ours omits query strings), a bounded graceful shutdown."""
+    """`serve` and `jobs` run the same way: the port bound first (a taken one is a one-line error),
+    no access log from aiohttp (ours omits query strings), a bounded graceful shutdown."""
     from server import logs
 
     settings = _settings()
     logs.configure(level=settings.log_level, json_output=settings.log_json, process=process)
     port = args.port if args.port is not None else default_port
     host = args.host or settings.host
+    sock = _listen(process, host, port, reuse_port=args.reuse_port)
     logging.getLogger("server").info(
-        "%s process %d listening on %s:%d (%s)", process, os.getpid(), host, port, settings.environment
+        "%s process %d listening on %s:%d (%s%s)",
+        process,
+        os.getpid(),
+        host,
+        port,
+        settings.environment,
+        ", SO_REUSEPORT" if args.reuse_port else "",
     )
     _use_uvloop()
-    web.run_app(
-        make_app(settings),
-        host=host,
-        port=port,
-        reuse_port=True,
-        access_log=None,
-        shutdown_timeout=10.0,
-        print=None,
-    )
+    web.run_app(make_app(settings), sock=sock, access_log=None, shutdown_timeout=10.0, print=None)
     return 0
+
+
+def _listen(process: str, host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A socket bound to host:port. SO_REUSEPORT only when asked (`--reuse-port`, which `booking up`
+    gives its web processes when WEB_CONCURRENCY > 1): without it a port someone else listens on,
+    another stack's web process included, is refused instead of silently shared."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, OverflowError) as exc:
+        sys.exit(f"{process}: cannot listen on {host}:{port}: {exc}")
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does: TIME_WAIT is fine
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        taken = exc.errno == errno.EADDRINUSE
+        variable = {"web": "PORT", "jobs": "JOB_PORT"}.get(process, "the port")
+        hint = f"; another process is listening there: stop it, or set {variable} or --port" if taken else ""
+        sys.exit(f"{process}: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}")
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -79,14 +106,40 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return _run_http(args, "jobs", create_jobs_app, _settings().job_port)
 
 
+T = TypeVar("T")
+
+
+def _on_database(command: str, work: Callable[[Settings], T]) -> T:
+    """Run `work` with the database `booking <command>` uses: DATABASE_URL, or with nothing configured
+    this checkout's embedded one (server/localdb.py). A failure is one line naming that database and
+    what to do, never a traceback; a refused input (DomainError) exits with its reason."""
+    from actors.errors import DomainError
+    from server.localdb import DatabaseUnavailable, cli_database, describe_failure
+
+    settings = _settings()
+    try:
+        with cli_database(command, settings) as target:
+            try:
+                return work(dataclasses.replace(settings, database_url=target.url))
+            except DomainError as exc:
+                fields = "; ".join(f"{e.field}: {e.message}" for e in getattr(exc, "errors", ()))
+                sys.exit(f"error: {exc.detail}" + (f" ({fields})" if fields else ""))
+            except Exception as exc:
+                sys.exit(describe_failure(exc, target))
+    except DatabaseUnavailable as exc:
+        sys.exit(str(exc))
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from storage import migrate
 
-    settings = _settings()
-    if args.downgrade:
-        migrate.downgrade(settings.database_url, args.downgrade)
-    else:
-        migrate.upgrade(settings.database_url, args.revision)
+    def run(settings: Settings) -> None:
+        if args.downgrade:
+            migrate.downgrade(settings.database_url, args.downgrade)
+        else:
+            migrate.upgrade(settings.database_url, args.revision)
+
+    _on_database("migrate", run)
     return 0
 
 
@@ -94,13 +147,13 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     from server.app import auth_service
     from storage.db import Database
 
-    settings = _settings()
+    _settings()  # a configuration error before any prompt
     email = args.email or input("Admin email: ").strip()
     password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass("Admin password (8-128 chars): ")
     if not 8 <= len(password) <= 128:
         sys.exit("password must be 8-128 characters")
 
-    async def run() -> None:
+    async def run(settings: Settings) -> None:
         db = await Database.open(settings.database_url, pool_size=1, timeout=settings.db_timeout)
         try:
             user = await auth_service(settings, db).ensure_admin(
@@ -110,33 +163,23 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
             await db.close()
         print(f"admin ready: {user.email} ({user.id})")  # noqa: T201
 
-    asyncio.run(run())
+    _on_database("create-admin", lambda settings: asyncio.run(run(settings)))
     return 0
 
 
-T = TypeVar("T")
-
-
-def _with_api_keys(action: Callable[[ApiKeyService], Awaitable[T]]) -> T:
-    """Run one ApiKeyService call on a one-connection pool; a refused input exits non-zero with its reason."""
+def _with_api_keys(command: str, action: Callable[[ApiKeyService], Awaitable[T]]) -> T:
+    """Run one ApiKeyService call on a one-connection pool (see _on_database for the database)."""
     from actors.api_keys import ApiKeyService
-    from actors.errors import DomainError
     from storage.db import Database
 
-    settings = _settings()
-
-    async def run() -> T:
+    async def run(settings: Settings) -> T:
         db = await Database.open(settings.database_url, pool_size=1, timeout=settings.db_timeout)
         try:
             return await action(ApiKeyService(db))
         finally:
             await db.close()
 
-    try:
-        return asyncio.run(run())
-    except DomainError as exc:
-        fields = "; ".join(f"{e.field}: {e.message}" for e in getattr(exc, "errors", ()))
-        sys.exit(f"error: {exc.detail}" + (f" ({fields})" if fields else ""))
+    return _on_database(command, lambda settings: asyncio.run(run(settings)))
 
 
 def _when(at: datetime | None) -> str:
@@ -144,13 +187,17 @@ def _when(at: datetime | None) -> str:
 
 
 def cmd_create_api_key(args: argparse.Namespace) -> int:
-    created = _with_api_keys(lambda keys: keys.create(name=args.name, expires_in_days=args.expires_in_days))
+    from server.localdb import program
+
+    created = _with_api_keys(
+        "create-api-key", lambda keys: keys.create(name=args.name, expires_in_days=args.expires_in_days)
+    )
     key = created.key
     expiry = f"expires {_when(key.expires_at)}" if key.expires_at else "never expires"
     # The key alone on stdout (KEY=$(booking create-api-key …)); the rest is for the person reading.
     print(  # noqa: T201
         f"API key {key.prefix} ({key.name}) created; {expiry}. It is shown once, now: store it in a "
-        f"secret manager. Revoke it with `booking revoke-api-key {key.prefix}`.",
+        f"secret manager. Revoke it with `{program()} revoke-api-key {key.prefix}`.",
         file=sys.stderr,
     )
     print(created.token)  # noqa: T201
@@ -158,7 +205,7 @@ def cmd_create_api_key(args: argparse.Namespace) -> int:
 
 
 def cmd_list_api_keys(args: argparse.Namespace) -> int:
-    keys = _with_api_keys(lambda service: service.list_keys())
+    keys = _with_api_keys("list-api-keys", lambda service: service.list_keys())
     now = datetime.now(UTC)
     rows = [("PREFIX", "NAME", "STATE", "CREATED", "EXPIRES", "LAST USED", "REVOKED")]
     rows += [
@@ -180,7 +227,7 @@ def cmd_list_api_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke_api_key(args: argparse.Namespace) -> int:
-    key = _with_api_keys(lambda keys: keys.revoke(args.prefix))
+    key = _with_api_keys("revoke-api-key", lambda keys: keys.revoke(args.prefix))
     print(f"API key {key.prefix} ({key.name}) revoked at {_when(key.revoked_at)}")  # noqa: T201
     return 0
 
@@ -223,9 +270,10 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from server.runlock import checkout_root
     from server.up import up
 
-    return up(root=Path.cwd(), procfile=Path(args.procfile), web_concurrency=args.web_concurrency)
+    return up(root=checkout_root(), procfile=Path(args.procfile), web_concurrency=args.web_concurrency)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,14 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="web process: REST /api/, WebSocket /ws/, /health, /metrics, Swagger UI"
     )
     serve.add_argument("--host", default=None, help="bind address (default HOST or 0.0.0.0)")
-    serve.add_argument("--port", type=int, default=None, help="port (default PORT or 5000; SO_REUSEPORT)")
+    serve.add_argument("--port", type=int, default=None, help="port (default PORT or 5000)")
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=os.environ.get("WEB_REUSE_PORT") == "1",
+        help="share the port with other web processes (SO_REUSEPORT; default WEB_REUSE_PORT=1, which "
+        "booking up sets when WEB_CONCURRENCY > 1); without it a taken port is an error",
+    )
     serve.set_defaults(func=cmd_serve)
 
     jobs = sub.add_parser(
         "jobs", help="job service: /jobs/health, /jobs/metrics, /jobs/queue/stats, /jobs/cleanup (admin)"
     )
     jobs.add_argument("--host", default=None, help="bind address (default HOST or 0.0.0.0)")
-    jobs.add_argument("--port", type=int, default=None, help="port (default JOB_PORT or 5001; SO_REUSEPORT)")
+    jobs.add_argument("--port", type=int, default=None, help="port (default JOB_PORT or 5001)")
+    jobs.add_argument(
+        "--reuse-port", action="store_true", help="share the port with other job processes (SO_REUSEPORT)"
+    )
     jobs.set_defaults(func=cmd_jobs)
 
     migrate = sub.add_parser("migrate", help="release step: alembic upgrade head (never run at web start-up)")
@@ -319,7 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C at a prompt, say; long-running commands handle their own
+        return 128 + 2
     return result
 
 

@@ -45,10 +45,19 @@ class EmbeddedPostgres:
     """A pgserver-managed PostgreSQL, reachable only through its unix socket."""
 
     def __init__(
-        self, *, handle: PostgresServer, data_dir: Path, pid: int, socket_dir: Path, bin_dir: Path
+        self,
+        *,
+        handle: PostgresServer,
+        data_dir: Path,
+        pid: int,
+        socket_dir: Path,
+        bin_dir: Path,
+        adopted: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.pid = pid
+        # Whether the server was already running when start() found it (not started by us).
+        self.adopted = adopted
         self._handle = handle
         self._socket_dir = socket_dir
         self._bin_dir = bin_dir
@@ -64,6 +73,7 @@ class EmbeddedPostgres:
             raise EmbeddedServerError(f"embedded PostgreSQL cannot use a path with whitespace: {data_dir}")
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         pgserver = _import_pgserver()
+        adopted = _postmaster_running(pgserver, data_dir)
         try:
             # cleanup_mode=None: we stop the server ourselves. pgserver stops it at exit only when
             # this process is the last one in its on-disk list of users, which a crash leaves stale.
@@ -84,9 +94,14 @@ class EmbeddedPostgres:
             pid=info.pid,
             socket_dir=info.socket_dir,
             bin_dir=_package_dir(pgserver) / "pginstall" / "bin",
+            adopted=adopted,
         )
         logger.info(
-            "embedded PostgreSQL %d ready in %s (socket in %s)", server.pid, data_dir, info.socket_dir
+            "embedded PostgreSQL %d %s in %s (socket in %s)",
+            server.pid,
+            "already running" if adopted else "ready",
+            data_dir,
+            info.socket_dir,
         )
         return server
 
@@ -112,6 +127,23 @@ class EmbeddedPostgres:
         """Fast shutdown (clients disconnected, no recovery needed next time); idempotent."""
         if self._stopped:
             return
+        self._let_go()
+        if not _signal_and_wait(self.pid, (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL), _STOP_SECONDS):
+            raise EmbeddedServerError(f"embedded PostgreSQL {self.pid} in {self.data_dir} did not stop")
+        if self._socket_dir != self.data_dir:
+            # pgserver's fallback for a long data path: one directory per data dir, empty now.
+            with contextlib.suppress(OSError):
+                self._socket_dir.rmdir()
+        logger.info("embedded PostgreSQL %d stopped", self.pid)
+
+    def close(self) -> None:
+        """Stop the server if start() started it; leave one it adopted running, as it was found."""
+        if not self.adopted:
+            self.stop()
+        elif not self._stopped:
+            self._let_go()
+
+    def _let_go(self) -> None:
         self._stopped = True
         try:
             # Drops pgserver's per-directory handle and our pid from its list; with cleanup_mode=None
@@ -120,13 +152,6 @@ class EmbeddedPostgres:
         except Exception:
             logger.warning("pgserver clean-up failed for %s", self.data_dir, exc_info=True)
         atexit.unregister(self._handle._cleanup)
-        if not _signal_and_wait(self.pid, (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL), _STOP_SECONDS):
-            raise EmbeddedServerError(f"embedded PostgreSQL {self.pid} in {self.data_dir} did not stop")
-        if self._socket_dir != self.data_dir:
-            # pgserver's fallback for a long data path: one directory per data dir, empty now.
-            with contextlib.suppress(OSError):
-                self._socket_dir.rmdir()
-        logger.info("embedded PostgreSQL %d stopped", self.pid)
 
     def _url(self, database: str) -> str:
         return f"postgresql://postgres@/{database}?host={quote(str(self._socket_dir), safe='/')}"
@@ -303,6 +328,15 @@ def _import_pgserver() -> ModuleType:
     return pgserver
 
 
+def _postmaster_running(pgserver: ModuleType, data_dir: Path) -> bool:
+    """Whether a postmaster is running on `data_dir` already (its postmaster.pid names a live process)."""
+    try:
+        info = pgserver.utils.PostmasterInfo.read_from_pgdata(data_dir)
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+    return info is not None and bool(info.is_running())
+
+
 def _package_dir(module: ModuleType) -> Path:
     if module.__file__ is None:
         raise EmbeddedServerError(f"{module.__name__} is not installed as plain files")
@@ -336,7 +370,10 @@ def _redis_pid(port: int) -> int | None:
 
 
 def _stop_stale_redis(data_dir: Path) -> None:
-    """Stop a Redis left running by a run that was killed before it could stop it."""
+    """Stop a Redis left running by a run that was killed before it could stop it.
+
+    Only `booking up` starts Redis, and only while it holds the checkout's run lock
+    (server/runlock.py), so whatever it finds here belongs to no live run."""
     pid_file = data_dir / "redis.pid"
     try:
         pid = int(pid_file.read_text().strip())

@@ -1,7 +1,9 @@
 """`booking up`: the one-command local run (SPEC §11).
 
 Starts embedded PostgreSQL and Redis for whichever of DATABASE_URL / REDIS_URL is unset, runs the
-Procfile's `release` step once, then every other Procfile process until Ctrl-C.
+Procfile's `release` step once, then every other Procfile process until Ctrl-C. It holds the
+checkout's run lock (server/runlock.py) throughout: a second `booking up` in the same checkout refuses
+at once instead of adopting, and later stopping, the first one's servers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
 
 from server.embedded import EmbeddedPostgres, EmbeddedRedis, port_is_free
+from server.runlock import CheckoutBusy, RunLock
 from server.supervisor import expand, parse_procfile, run, supervise
 
 EMBEDDED_REDIS_PORT = 6390
@@ -25,6 +28,9 @@ DATABASE_NAME = "booking"
 # The taskiq stream worker was seen taking over 20 s to exit on SIGTERM; its messages are acked, so
 # killing it after a bounded grace loses nothing.
 GRACE_SECONDS = 10.0
+# Set for the Procfile processes when WEB_CONCURRENCY > 1: `booking serve` then binds PORT with
+# SO_REUSEPORT so its instances share it; without it a taken port is an error (server/cli.py).
+REUSE_PORT_VARIABLE = "WEB_REUSE_PORT"
 
 
 def up(*, root: Path, procfile: Path, web_concurrency: int) -> int:
@@ -35,6 +41,18 @@ def up(*, root: Path, procfile: Path, web_concurrency: int) -> int:
         _say(f"{procfile} lists no process besides 'release'")
         return 1
     processes = expand(entries, {"web": web_concurrency} if "web" in entries else {})
+    try:
+        lock = RunLock.acquire(root / ".data", "booking up")
+    except CheckoutBusy as busy:
+        sys.stderr.write(f"{busy.refusal()}\n")
+        return 1
+    with lock:
+        return _up(root, lock, release, processes, web_concurrency)
+
+
+def _up(
+    root: Path, lock: RunLock, release: str | None, processes: list[tuple[str, str]], web_concurrency: int
+) -> int:
     env = dict(os.environ)
     env.setdefault("PORT", "5000")
     env.setdefault("JOB_PORT", "5001")
@@ -44,9 +62,15 @@ def up(*, root: Path, procfile: Path, web_concurrency: int) -> int:
     scripts = sysconfig.get_path("scripts")
     if scripts not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = os.pathsep.join(filter(None, [scripts, env.get("PATH")]))
+    if web_concurrency > 1:
+        env[REUSE_PORT_VARIABLE] = "1"
+    else:
+        env.pop(REUSE_PORT_VARIABLE, None)
     try:
         with _stop_signals_interrupt(), contextlib.ExitStack() as servers:
-            _provide_database(env, root, servers)
+            if embedded_url := _provide_database(env, root, servers):
+                # A CLI command run meanwhile (`booking create-admin`) uses this server (server/localdb.py).
+                lock.publish(database_url=embedded_url)
             _provide_redis(env, root, servers)
             if release is not None:
                 _say(f"release: {release}")
@@ -74,13 +98,15 @@ def mask_url(url: str) -> str:
         return "(unparsable URL)"
 
 
-def _provide_database(env: dict[str, str], root: Path, servers: contextlib.ExitStack) -> None:
+def _provide_database(env: dict[str, str], root: Path, servers: contextlib.ExitStack) -> str | None:
+    """Set DATABASE_URL; return it when it is the embedded server's."""
     if env.get("DATABASE_URL"):
         _say(f"PostgreSQL: {mask_url(env['DATABASE_URL'])} (from DATABASE_URL)")
-        return
+        return None
     postgres = servers.enter_context(EmbeddedPostgres.start(root / ".data" / "postgres"))
     env["DATABASE_URL"] = postgres.create_database(DATABASE_NAME)
     _say(f"PostgreSQL: {env['DATABASE_URL']} (embedded, data in {postgres.data_dir})")
+    return env["DATABASE_URL"]
 
 
 def _provide_redis(env: dict[str, str], root: Path, servers: contextlib.ExitStack) -> None:
@@ -97,8 +123,8 @@ def _say_urls(env: dict[str, str], processes: Iterable[str]) -> None:
     web = f"localhost:{env['PORT']}"
     lines = [
         "",
-        f"  API         http://{web}/api/booking",
         f"  Swagger UI  http://{web}/api/",
+        f"  API         http://{web}/api/booking  (needs a token: log in first, see README.md)",
         f"  WebSocket   ws://{web}/ws/",
         f"  Health      http://{web}/health",
     ]

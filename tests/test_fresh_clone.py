@@ -149,8 +149,12 @@ def test_make_run_on_a_fresh_clone_serves_the_readme_calls_and_ctrl_c_leaves_not
 
         output = wait_until(printed_urls, "make run to print its URLs", INSTALL_AND_START_SECONDS, log=log)
         assert "(embedded" in output, "PostgreSQL and Redis come embedded when no URL is set"
-        api = re.search(r"^\s*API\s+(http://\S+)/api/booking$", output, re.MULTILINE)
+        assert "installing dependencies from requirements.lock (about 30 s)" in output, (
+            "pip's pause is announced"
+        )
+        api = re.search(r"^\s*API\s+(http://\S+)/api/booking\s+\(needs a token", output, re.MULTILINE)
         assert api, output
+        assert output.index("Swagger UI") < api.start(), "the link a browser can open comes first"
         base = api.group(1)
         assert base == f"http://localhost:{port}"
         for label, url in (
@@ -180,6 +184,38 @@ def test_make_run_on_a_fresh_clone_serves_the_readme_calls_and_ctrl_c_leaves_not
             60,
             log=log,
         )
+
+        # The README's first admin, as printed, in a second terminal beside make run (no venv active,
+        # nothing configured): it lands in make run's embedded database, and the admin can log in.
+        readme = (clone / "README.md").read_text(encoding="utf-8")
+        (create_admin,) = re.findall(
+            r"^ADMIN_PASSWORD=\S+ \.venv/bin/booking create-admin .*$", readme, re.MULTILINE
+        )
+        admin = subprocess.run(
+            ["/bin/sh", "-c", create_admin], cwd=clone, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert admin.returncode == 0, admin.stderr
+        email = re.search(r"--email (\S+)", create_admin)
+        password = re.match(r"ADMIN_PASSWORD=(\S+)", create_admin)
+        assert email and password
+        status, body = call(
+            "POST", f"{base}/api/auth/login", {"email": email.group(1), "password": password.group(1)}
+        )
+        assert status == 200, body
+        status, body = call("GET", f"{base}/api/users", token=body["accessToken"])
+        assert status == 200, body  # admin only
+        # And an API key from the README's command works on the job service it printed.
+        (create_key,) = re.findall(r"^KEY=\$\(\.venv/bin/booking create-api-key .*\)$", readme, re.MULTILINE)
+        key = subprocess.run(
+            ["/bin/sh", "-c", f'{create_key}\nprintf "%s" "$KEY"'],
+            cwd=clone, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert key.returncode == 0 and key.stdout.startswith("bk_"), key.stderr
+        request = urllib.request.Request(
+            f"http://localhost:{job_port}/jobs/metrics", headers={"X-API-Key": key.stdout}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (our own server)
+            assert resp.status == 200
 
         # What Ctrl-C has to stop: the clone's embedded servers and booking processes are all running.
         running = processes_from(clone)

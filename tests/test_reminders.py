@@ -451,3 +451,43 @@ async def test_the_outbox_keeps_an_event_nobody_heard_and_gives_up_on_an_old_one
     assert await published_during(redis, settings, gives_up.once, outcome.notification_id) == []
     assert not await _unpublished(db, outcome.notification_id)
     assert await _count_notifications(db, row.user_id) == 1
+
+
+async def test_the_schedule_source_scans_for_past_schedules_once_not_on_every_tick(
+    settings: Settings, tmp_path: Any
+) -> None:
+    """The scheduler asks for schedules every second. taskiq-redis's list source SCANs every
+    `schedule:time:*` key on each call, so a tick cost grew with the pending reminders; ours SCANs once
+    (what fell due while no scheduler ran) and then reads two minute lists. On a Redis of its own, so
+    the SCAN count is this source's alone."""
+    from server.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis.start(tmp_path / "redis")
+    source = ReminderSource(replace(settings, redis_url=server.url))
+    redis = Redis.from_url(server.url)
+    try:
+        now = datetime.now(UTC)
+        overdue = [uuid.uuid4() for _ in range(3)]  # due while no scheduler ran
+        later = [uuid.uuid4() for _ in range(200)]  # pending, hours ahead: never to be read by a tick
+        for i, booking_id in enumerate(overdue):
+            await source.schedule(booking_id, now - timedelta(minutes=20 + i), fresh=True)
+        for i, booking_id in enumerate(later):
+            await source.schedule(booking_id, now + timedelta(hours=1, minutes=i), fresh=True)
+        current = uuid.uuid4()
+        await source.schedule(current, now + LEAD + timedelta(seconds=1), fresh=True)
+
+        async def scans() -> int:
+            return int((await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0))
+
+        first = {uuid.UUID(t.kwargs["booking_id"]) for t in await source.get_schedules()}
+        assert set(overdue) <= first and current in first and not first & set(later)
+        after_first = await scans()
+        assert after_first >= 1
+        for _ in range(5):
+            ticked = {uuid.UUID(t.kwargs["booking_id"]) for t in await source.get_schedules()}
+            assert current in ticked and not ticked & set(later)
+        assert await scans() == after_first
+    finally:
+        await redis.aclose()
+        await source.close()
+        server.stop()

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +206,162 @@ def test_web_concurrency_2_runs_two_real_serve_processes_on_one_port(
             raise
     assert code == 0, log.read_text()
     assert not [pid for pid in webs if running(pid)], "a web process outlived booking up"
+
+
+# --- one `booking up` per checkout -------------------------------------------------------------------
+
+
+def newcomer_env(**extra: str) -> dict[str, str]:
+    """A shell on a fresh machine: no DATABASE_URL, REDIS_URL or TEST_* configured."""
+    drop = {"DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY", "WEB_REUSE_PORT", "APP_ENV"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("TEST_")}
+    env.update(NODE_ENV="development", **extra)
+    return env
+
+
+class Stack:
+    """A real `booking up` (release + web, embedded PostgreSQL and Redis) in its own checkout root."""
+
+    def __init__(self, root: Path, port: int, env: dict[str, str], process: subprocess.Popen[bytes]) -> None:
+        self.root = root
+        self.port = port
+        self.env = env
+        self.process = process
+
+    @property
+    def log(self) -> str:
+        return (self.root / "up.log").read_text(errors="replace")
+
+    def health(self) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status
+        except OSError:
+            return 0
+        finally:
+            conn.close()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + 90
+        while self.health() != 200:
+            assert self.process.poll() is None, (
+                f"booking up exited with {self.process.returncode}:\n{self.log}"
+            )
+            assert time.monotonic() < deadline, f"/health never answered 200:\n{self.log}"
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # Outside pytest's base temp, which a new pytest session resets to 0700, locking out the user
+    # pgserver runs postgres as when we are root (tests/test_cli.py's checkout fixture).
+    with tempfile.TemporaryDirectory(prefix="booking-checkout-") as name:
+        yield from _stack(Path(name))
+
+
+def _stack(root: Path) -> Iterator[Stack]:
+    procfile = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
+    (root / "Procfile").write_text(f"release: {procfile['release']}\nweb: {procfile['web']}\n")
+    (port,) = free_ports(1)
+    env = newcomer_env(PORT=str(port), DB_POOL_SIZE="3")
+    with (root / "up.log").open("wb") as out:
+        process = subprocess.Popen(
+            [str(BOOKING), "up", "--procfile", str(root / "Procfile")],
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    running_stack = Stack(root, port, env, process)
+    try:
+        running_stack.wait_healthy()
+        yield running_stack
+        # Whatever the tests did, the first run still stops cleanly and takes its servers with it.
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+        assert code == 0, running_stack.log
+        assert postgres_processes(root / ".data" / "postgres") == []
+        assert "Traceback" not in running_stack.log, running_stack.log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.embedded
+def test_a_second_booking_up_in_the_checkout_refuses_at_once_and_leaves_the_first_alone(stack: Stack) -> None:
+    postgres_before = postgres_processes(stack.root / ".data" / "postgres")
+    redis_before = (stack.root / ".data" / "redis" / "redis.pid").read_text()
+    assert postgres_before
+
+    try:
+        second = subprocess.run(
+            [str(BOOKING), "up", "--procfile", str(stack.root / "Procfile")],
+            cwd=stack.root,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the second booking up kept running:\n{exc.output}") from None
+
+    assert second.returncode != 0
+    lines = (second.stdout + second.stderr).splitlines()
+    assert lines == [
+        f"booking up is already running in this checkout, pid {stack.process.pid}; stop it with Ctrl-C there"
+    ]
+    assert stack.health() == 200
+    assert stack.process.poll() is None
+    assert postgres_processes(stack.root / ".data" / "postgres")[0] == postgres_before[0]
+    assert (stack.root / ".data" / "redis" / "redis.pid").read_text() == redis_before
+    assert "stale" not in stack.log
+
+
+@pytest.mark.embedded
+def test_cli_with_nothing_configured_uses_the_running_booking_ups_database(stack: Stack) -> None:
+    """`booking create-admin` beside `make run`: its embedded server, which it must not stop."""
+    email = unique_email("cli-admin")
+    env = {**newcomer_env(), "ADMIN_PASSWORD": "password123"}
+    created = subprocess.run(
+        [str(BOOKING), "create-admin", "--email", email],
+        cwd=stack.root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith(f"admin ready: {email} ("), created.stdout
+
+    key = subprocess.run(
+        [str(BOOKING), "create-api-key", "scraper"],
+        cwd=stack.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert key.returncode == 0, key.stderr
+    assert re.fullmatch(r"bk_[0-9a-f]{12}_\S+\n", key.stdout), key.stdout
+
+    # The admin exists in the database the running web process uses, and that process is undisturbed.
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    try:
+        _login_as_admin_and_list_users(conn, email)
+    finally:
+        conn.close()
+    assert stack.health() == 200
+    assert postgres_processes(stack.root / ".data" / "postgres")
+
+
+def _login_as_admin_and_list_users(conn: http.client.HTTPConnection, email: str) -> None:
+    conn.request(
+        "POST", "/api/auth/login", body=json.dumps({"email": email, "password": "password123"}),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    login = conn.getresponse()
+    assert login.status == 200, login.read()
+    token = json.loads(login.read())["accessToken"]
+    conn.request("GET", "/api/users", headers={"Authorization": f"Bearer {token}"})
+    users = conn.getresponse()
+    assert users.status == 200, users.read()  # admin only
+    users.read()
