@@ -24,9 +24,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from actors.availability import Hours, describe, hours_of
 from actors.base import Event, Handler, Registry
 from actors.errors import (
     Conflict,
@@ -276,6 +278,24 @@ def _check_window(resource: Resource, start: datetime, now: datetime) -> None:
         raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
 
 
+def resource_hours(resource: Resource) -> Hours:
+    return hours_of(ZoneInfo(resource.time_zone), resource.hours_weekly, resource.hours_overrides)
+
+
+def check_hours(resource: Resource, start: datetime, end: datetime) -> None:
+    """400 on startTime, naming the hours, when [start, end) is not inside one open stretch."""
+    hours = resource_hours(resource)
+    if hours.weekly is None and not hours.overrides:
+        return  # open around the clock: nothing to check
+    if not hours.contains(start, end):
+        local = start.astimezone(hours.zone)
+        text = describe(hours, local.date())
+        raise ValidationFailed(
+            f"startTime outside the resource's working hours ({text}, {resource.time_zone})",
+            [FieldError("startTime", f"outside the resource's working hours: {text} ({resource.time_zone})")],
+        )
+
+
 def _unknown_resource() -> ValidationFailed:
     return ValidationFailed("no such resource", [FieldError("resourceId", "no resource has this id")])
 
@@ -371,6 +391,7 @@ class ResourceActor:
         if not resource.active:
             raise _retired(resource)
         _check_window(resource, fields["start_time"], now)
+        check_hours(resource, fields["start_time"], fields["end_time"])
 
     async def _insert(
         self, conn: Connection, resource: Resource, fields: dict[str, Any], msg: BookResource
@@ -536,6 +557,7 @@ class ResourceActor:
                     raise _retired(target)
                 if "start_time" in changes or "resource_id" in changes:
                     _check_window(target, start, now)
+                check_hours(target, start, end)
                 busy = _busy_range(target, start, end)
                 values.update(
                     resource_seq=target.seq,

@@ -10,18 +10,20 @@ from datetime import timedelta
 from aiohttp import web
 
 from actors.auth import AuthService
+from actors.availability_service import AvailabilityService
 from actors.base import Event, Registry
 from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.reminders import NotificationService, Reminders
 from actors.resources import ResourceBookings, ResourceService, resource_actor_factory
 from actors.security import TokenCodec
 from actors.usercache import UserCache
-from handlers import auth, bookings, health, notifications, resources, users, ws
+from handlers import auth, availability, bookings, health, notifications, resources, users, ws
 from server import redisconf
 from server.broker import ReminderSource, make_broker
 from server.events import EventBus, make_event
 from server.keys import (
     AUTH,
+    AVAILABILITY,
     BOOKINGS,
     BUS,
     DB,
@@ -149,6 +151,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS].on_reconnect(cache.clear)
     app[BOOKINGS] = BookingService(deps, registry)
     app[RESOURCES] = ResourceService(deps)
+    app[AVAILABILITY] = AvailabilityService(deps, resource_emitter)
     app[NOTIFICATIONS] = NotificationService(app[DB])
     metrics = app[METRICS]
     metrics.actors.set_function(lambda: len(registry) + len(resource_registry))
@@ -192,6 +195,7 @@ def setup_routes(app: web.Application) -> None:
     app.add_routes(users.routes)
     app.add_routes(bookings.routes)
     app.add_routes(resources.routes)
+    app.add_routes(availability.routes)
     app.add_routes(notifications.routes)
     app.add_routes(health.routes)
     ws.setup(app)  # /ws/, its socket set, and the on_shutdown hook that closes sockets with 1001

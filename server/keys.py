@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from actors.api_keys import ApiKeyService
 from actors.auth import AuthService
+from actors.availability_service import AvailabilityService
 from actors.base import Registry
 from actors.bookings import BookingService
 from actors.reminders import NotificationService
@@ -35,6 +36,7 @@ REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
 BUS = web.AppKey("bus", EventBus)
 BOOKINGS = web.AppKey("bookings", BookingService)
 RESOURCES = web.AppKey("resources", ResourceService)
+AVAILABILITY = web.AppKey("availability", AvailabilityService)  # hours, slots, next, free/busy
 RESOURCE_REGISTRY = web.AppKey("resource_registry", Registry[uuid.UUID])  # one actor per booked resource
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 # Every open socket, so shutdown can close them with 1001; weak, so a finished socket needs no removal.
