@@ -20,6 +20,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 Span = tuple[datetime, datetime]  # a half-open [start, end) of UTC instants
@@ -222,8 +223,12 @@ def aligned(zone: ZoneInfo, step: timedelta, at: datetime) -> datetime:
         k += minutes
 
 
-def slots(hours: Hours, busy: Busy, rules: SlotRules, start: datetime, end: datetime) -> list[Span]:
-    """Every open slot starting in [start, end), in order."""
+def slots(
+    hours: Hours, busy: Busy, rules: SlotRules, start: datetime, end: datetime, own: Busy = Busy(())
+) -> list[Span]:
+    """Every open slot starting in [start, end), in order. `busy` is the resource's full time, met by
+    what a slot occupies (buffers included); `own` is the caller's own booked time, met by the slot itself
+    (the per-user rule knows no buffers)."""
     lower, upper = rules.window(start, end)
     if lower >= upper:
         return []
@@ -232,7 +237,11 @@ def slots(hours: Hours, busy: Busy, rules: SlotRules, start: datetime, end: date
     at = aligned(hours.zone, rules.step, lower)
     while at < upper:
         slot_end = at + rules.duration
-        if _fits(spans, at, slot_end) and busy.first_hit(*rules.occupies(at)) is None:
+        if (
+            _fits(spans, at, slot_end)
+            and busy.first_hit(*rules.occupies(at)) is None
+            and own.first_hit(at, slot_end) is None
+        ):
             found.append((at, slot_end))
         at = aligned(hours.zone, rules.step, at + MINUTE)
     return found
@@ -275,7 +284,9 @@ class _Timeline:
                 return None
 
 
-def next_slot(hours: Hours, busy: Busy, rules: SlotRules, after: datetime, horizon: datetime) -> Span | None:
+def next_slot(
+    hours: Hours, busy: Busy, rules: SlotRules, after: datetime, horizon: datetime, own: Busy = Busy(())
+) -> Span | None:
     """The earliest open slot starting in [after, horizon). It never walks the grid through busy or
     closed time: a candidate that meets busy time jumps past it, one outside hours to the next open
     stretch long enough to hold it, so the cost follows the busy and closed stretches passed, not the
@@ -296,5 +307,78 @@ def next_slot(hours: Hours, busy: Busy, rules: SlotRules, after: datetime, horiz
         if hit is not None:
             at = max(candidate + MINUTE, hit[1] + rules.buffer_before)
             continue
+        mine = own.first_hit(candidate, candidate + rules.duration)
+        if mine is not None:
+            at = max(candidate + MINUTE, mine[1])
+            continue
         return candidate, candidate + rules.duration
     return None
+
+
+# --- the stored documents ---------------------------------------------------------------------------------
+# weekly: [{"weekday": 1-7 (ISO, 1 = Monday), "start": "HH:MM", "end": "HH:MM" or "24:00"}] or None;
+# overrides: [{"date": "YYYY-MM-DD", "intervals": [{"start", "end"}]}], an empty list closing the day.
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def parse_wall(text: str) -> time | None:
+    """ "HH:MM" as a wall time; "24:00" (midnight at the day's end) as None."""
+    if text == "24:00":
+        return None
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+def _interval(doc: Mapping[str, str]) -> LocalInterval:
+    start = parse_wall(doc["start"])
+    if start is None:
+        raise ValueError("an interval cannot start at 24:00")
+    return LocalInterval(start, parse_wall(doc["end"]))
+
+
+def _day(intervals: Iterable[LocalInterval]) -> tuple[LocalInterval, ...]:
+    ordered = sorted(intervals, key=lambda i: i.start)
+    for before, after in itertools.pairwise(ordered):
+        if before.end is None or before.end > after.start:
+            raise ValueError(f"intervals {before.start:%H:%M} and {after.start:%H:%M} overlap")
+    return tuple(ordered)
+
+
+def hours_of(
+    zone: ZoneInfo, weekly: Sequence[Mapping[str, Any]] | None, overrides: Sequence[Mapping[str, Any]] = ()
+) -> Hours:
+    """The Hours of stored (or validated) documents; ValueError names what is wrong."""
+    week: dict[int, tuple[LocalInterval, ...]] | None = None
+    if weekly is not None:
+        by_day: dict[int, list[LocalInterval]] = {}
+        for doc in weekly:
+            by_day.setdefault(int(doc["weekday"]), []).append(_interval(doc))
+        week = {d: _day(v) for d, v in by_day.items()}
+    days: dict[date, tuple[LocalInterval, ...]] = {}
+    for doc in overrides:
+        day = date.fromisoformat(doc["date"])
+        if day in days:
+            raise ValueError(f"{day} has two overrides")
+        days[day] = _day(_interval(i) for i in doc["intervals"])
+    return Hours(zone, weekly=week, overrides=days)
+
+
+def describe(hours: Hours, day: date | None = None) -> str:
+    """The hours in words, for an error message: the week, and `day`'s override if it has one."""
+    if day is not None and day in hours.overrides:
+        found = hours.overrides[day]
+        return f"on {day}: " + (", ".join(_span_text(i) for i in found) or "closed")
+    if hours.weekly is None:
+        return "open around the clock"
+    parts = [
+        f"{WEEKDAYS[d - 1]} " + ", ".join(_span_text(i) for i in hours.weekly[d])
+        for d in sorted(hours.weekly)
+        if hours.weekly[d]
+    ]
+    return "; ".join(parts) or "closed every day"
+
+
+def _span_text(interval: LocalInterval) -> str:
+    end = "24:00" if interval.end is None else f"{interval.end:%H:%M}"
+    return f"{interval.start:%H:%M}-{end}"

@@ -24,9 +24,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from actors.availability import Hours, describe, hours_of
 from actors.base import Event, Handler, Registry
 from actors.errors import (
     Conflict,
@@ -279,6 +281,24 @@ def _check_window(resource: Resource, start: datetime, now: datetime) -> None:
         raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
 
 
+def resource_hours(resource: Resource) -> Hours:
+    return hours_of(ZoneInfo(resource.time_zone), resource.hours_weekly, resource.hours_overrides)
+
+
+def check_hours(resource: Resource, start: datetime, end: datetime) -> None:
+    """400 on startTime, naming the hours, when [start, end) is not inside one open stretch."""
+    hours = resource_hours(resource)
+    if hours.weekly is None and not hours.overrides:
+        return  # open around the clock: nothing to check
+    if not hours.contains(start, end):
+        local = start.astimezone(hours.zone)
+        text = describe(hours, local.date())
+        raise ValidationFailed(
+            f"startTime outside the resource's working hours ({text}, {resource.time_zone})",
+            [FieldError("startTime", f"outside the resource's working hours: {text} ({resource.time_zone})")],
+        )
+
+
 def _unknown_resource() -> ValidationFailed:
     return ValidationFailed("no such resource", [FieldError("resourceId", "no resource has this id")])
 
@@ -339,7 +359,18 @@ class ResourceActor:
                         known = self._resource = await store.get_resource(conn, self.resource_id)
                         if known is None:
                             raise _unknown_resource()
-                    self._check_bookable(known, fields, now)
+                    try:
+                        self._check_bookable(known, fields, now)
+                    except (ValidationFailed, Conflict):
+                        # Refused by the row this actor read earlier: another process may have changed it
+                        # since (hours opened, reactivated), so refuse only on a fresh read.
+                        fresh = await store.get_resource(conn, self.resource_id)
+                        if fresh is None:
+                            raise _unknown_resource() from None
+                        self._resource = fresh
+                        if fresh.version == known.version:
+                            raise
+                        continue
                     written = await self._insert(conn, known, fields, msg, locked=known.capacity > 1)
                     if written is not None:
                         return written
@@ -375,6 +406,7 @@ class ResourceActor:
         if not resource.active:
             raise _retired(resource)
         _check_window(resource, fields["start_time"], now)
+        check_hours(resource, fields["start_time"], fields["end_time"])
 
     async def _insert(
         self,
@@ -550,6 +582,7 @@ class ResourceActor:
                     raise _retired(target)
                 if "start_time" in changes or "resource_id" in changes:
                     _check_window(target, start, now)
+                check_hours(target, start, end)
                 busy = _busy_range(target, start, end)
                 values.update(
                     resource_seq=target.seq,

@@ -10,6 +10,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from actors.auth import AuthService
+from actors.availability_service import AvailabilityService
 from actors.base import Event, Registry
 from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.reminders import NotificationService, Reminders
@@ -17,12 +18,13 @@ from actors.resources import ResourceBookings, ResourceService, resource_actor_f
 from actors.security import TokenCodec
 from actors.usercache import UserCache
 from actors.webhooks import WebhookService
-from handlers import auth, bookings, health, notifications, resources, users, webhooks, ws
+from handlers import auth, availability, bookings, health, notifications, resources, users, webhooks, ws
 from server import redisconf, webhook_delivery
 from server.broker import ReminderSource, make_broker
 from server.events import EventBus, make_event
 from server.keys import (
     AUTH,
+    AVAILABILITY,
     BOOKINGS,
     BUS,
     DB,
@@ -155,6 +157,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS].on_reconnect(cache.clear)
     app[BOOKINGS] = BookingService(deps, registry)
     app[RESOURCES] = ResourceService(deps)
+    app[AVAILABILITY] = AvailabilityService(deps, resource_emitter)
     app[NOTIFICATIONS] = NotificationService(app[DB])
     app[WEBHOOKS] = WebhookService(app[DB], production=settings.production, kick=hand_off.after_commit)
     metrics = app[METRICS]
@@ -200,6 +203,7 @@ def setup_routes(app: web.Application) -> None:
     app.add_routes(users.routes)
     app.add_routes(bookings.routes)
     app.add_routes(resources.routes)
+    app.add_routes(availability.routes)
     app.add_routes(notifications.routes)
     app.add_routes(webhooks.routes)
     app.add_routes(health.routes)

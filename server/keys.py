@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from actors.api_keys import ApiKeyService
 from actors.auth import AuthService
+from actors.availability_service import AvailabilityService
 from actors.base import Registry
 from actors.bookings import BookingService
 from actors.reminders import NotificationService
@@ -36,6 +37,7 @@ REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
 BUS = web.AppKey("bus", EventBus)
 BOOKINGS = web.AppKey("bookings", BookingService)
 RESOURCES = web.AppKey("resources", ResourceService)
+AVAILABILITY = web.AppKey("availability", AvailabilityService)  # hours, slots, next, free/busy
 RESOURCE_REGISTRY = web.AppKey("resource_registry", Registry[uuid.UUID])  # one actor per booked resource
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 WEBHOOKS = web.AppKey("webhooks", WebhookService)

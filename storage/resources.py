@@ -47,6 +47,8 @@ class Resource:
     max_advance_days: int
     active: bool
     version: int
+    hours_weekly: list[dict[str, Any]] | None
+    hours_overrides: list[dict[str, Any]]
     created_at: datetime
     updated_at: datetime
 

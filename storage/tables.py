@@ -103,6 +103,10 @@ resources = sa.Table(
     sa.Column("max_advance_days", sa.Integer, nullable=False, server_default="730"),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    # Working hours in time_zone (docs/AVAILABILITY.md): [{weekday, start, end}], NULL = open around the
+    # clock; overrides [{date, intervals}], an empty list closes the day. Validated by the API.
+    sa.Column("hours_weekly", JSONB),
+    sa.Column("hours_overrides", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     *_timestamps(),
     sa.CheckConstraint("length(name) BETWEEN 1 AND 255", name="name_length"),
     sa.CheckConstraint("capacity BETWEEN 1 AND 10000", name="capacity_range"),
@@ -333,4 +337,15 @@ webhook_attempts = sa.Table(
     sa.Column("response_body", sa.Text),  # the first 1 KiB of the answer
     sa.Column("error", sa.Text),
     sa.Index("ix_webhook_attempts_message_id", "message_id", "id"),
+)
+
+# A user's own weekly hours and time zone, used when others ask for their free/busy.
+user_availability = sa.Table(
+    "user_availability",
+    metadata,
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("time_zone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("weekly", JSONB),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
 )

@@ -67,6 +67,13 @@ async def get_user(conn: Connection, user_id: uuid.UUID) -> User | None:
     return _user(row) if row else None
 
 
+_BY_IDS = Query(sa.select(users).where(users.c.id == sa.func.any(P("ids", type_=sa.ARRAY(users.c.id.type)))))
+
+
+async def get_users_by_ids(conn: Connection, user_ids: list[uuid.UUID]) -> list[User]:
+    return [_user(row) for row in await _BY_IDS.fetch(conn, ids=user_ids)]
+
+
 async def get_user_by_email(conn: Connection, email: str) -> User | None:
     row = await _BY_EMAIL.fetchrow(conn, email=email)
     return _user(row) if row else None
