@@ -13,7 +13,9 @@ import shutil
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -91,6 +93,7 @@ RUN = {
     "README.md § API keys for the job service": "test_the_api_key_session_works_as_printed",
     "README.md § Try it #2": "test_the_readme_resource_session_works_as_printed",
     "README.md § Webhooks": "test_the_webhook_example_works_as_printed",
+    "README.md § Availability": "test_the_availability_example_works_as_printed",
     "WEBSOCKET.md § Try it": "test_the_websocket_try_it_works_as_printed",
 }
 
@@ -274,3 +277,28 @@ async def test_the_webhook_example_works_as_printed(client: Client, register: Re
     [created] = json_lines(output)
     assert created["events"] == ["*"] and created["active"] is True, created
     assert created["secret"].startswith("whsec_")
+
+
+async def test_the_availability_example_works_as_printed(
+    make_client: Callable[..., Awaitable[Client]],
+) -> None:
+    """README's Availability block after the Try it session and its resources part (it uses their $TOKEN,
+    $ADMIN and field()): the hours are saved, next and slots answer inside them, free/busy without titles."""
+    client = await make_client(admin_email="admin@example.com", admin_password="admin-pass-1")
+    email = f"readme-{uuid.uuid4().hex[:10]}@example.com"
+    script = "\n".join(
+        [block("README.md § Try it"), block("README.md § Try it #2"), block("README.md § Availability")]
+    ).replace("test@example.com", email)
+    output = await run_bash(script, {5000: address(client)})
+    lines = output.splitlines()
+    at = lines.index("200")  # the PUT of the hours, after the earlier parts' output
+    nxt, found, busy = (json.loads(line) for line in lines[at + 1 : at + 4])
+    assert nxt["timeZone"] == "America/New_York" and nxt["slot"] is not None, nxt
+    for slot in [nxt["slot"], *found["data"]]:
+        local = datetime.fromisoformat(slot["start"].replace("Z", "+00:00")).astimezone(
+            ZoneInfo("Europe/Berlin")
+        )
+        assert local.isoweekday() <= 5 and 9 <= local.hour < 17, slot
+    assert found["timeZone"] == "Europe/Berlin" and found["durationMinutes"] == 60
+    assert [r["busy"] is not None for r in busy["resources"]] == [True] and len(busy["users"]) == 1
+    assert "Planning" not in lines[at + 3]
