@@ -26,10 +26,10 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import create, listing, memory, reminders, resources, webhooks, ws
+from bench import availability, create, listing, memory, reminders, resources, webhooks, ws
 from bench.common import CpuMeter, Stack, ms, pct, register_users, say
 
-SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory", "resources")
+SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory", "resources", "availability")
 FULL = {
     "duration": 10.0, "warmup": 2.0, "create_users": 512, "sockets": 1000, "ws_users": 250,
     "mutations": 500, "reminders": 2000, "spread": 20.0, "reminder_users": 200,
@@ -117,7 +117,15 @@ async def run(args: argparse.Namespace) -> list[Row]:
         say(f"bench: database {stack.db_name}, Redis prefix {stack.prefix}")
         await stack.create_database()
     try:
-        if not args.url and set(args.only) & {"create", "ws", "reminders", "webhooks", "list", "resources"}:
+        if not args.url and set(args.only) & {
+            "create",
+            "ws",
+            "reminders",
+            "webhooks",
+            "list",
+            "resources",
+            "availability",
+        }:
             say("bench: starting two `booking serve` processes")
             await stack.start_web(2)
         for name in args.only:
@@ -348,6 +356,41 @@ async def run_memory(stack: Stack, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+async def run_availability(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    n = args.list_per_user
+    figures = [
+        f"availability slots p99 (31 days, {n:,} bookings, {args.list_rows:,}-row table)",
+        f"availability next p99 (first free {availability.BUSY_DAYS} days out)",
+    ]
+    if stack.external:
+        return skipped(figures, "needs the tool's own database (bookings are bulk-loaded)")
+    owner, caller = await stack.seed_users(2, "avail")
+    fillers = await stack.seed_users(max(1, args.list_rows // n), "avfill")
+    resource_id, seq, base, rows = await availability.load(
+        stack.database_url, owner, fillers, bookings=n, table_rows=args.list_rows, per_user=n
+    )
+    say(f"bench: {n:,} bookings of one resource over {availability.BUSY_DAYS} days, {rows:,} rows in all")
+    slots_t, next_t, sql_t, day = await availability.latency(
+        stack.urls[0], stack.database_url, caller, resource_id, seq, base, samples=args.samples
+    )
+    return [
+        Row(
+            figures[0],
+            f"{ms(pct(slots_t, 0.99))} (p50 {ms(pct(slots_t, 0.5))})",
+            f"its busy read via asyncpg: p99 {ms(pct(sql_t, 0.99))}",
+            "<= 20 ms",
+            verdict(pct(slots_t, 0.99) <= 0.020),
+        ),
+        Row(
+            figures[1],
+            f"{ms(pct(next_t, 0.99))} (p50 {ms(pct(next_t, 0.5))})",
+            f"found {day:.1f} days after the first booking",
+            "<= 20 ms",
+            verdict(pct(next_t, 0.99) <= 0.020),
+        ),
+    ]
+
+
 async def run_resources(stack: Stack, args: argparse.Namespace) -> list[Row]:
     c = args.concurrency
     figures = [
@@ -423,6 +466,7 @@ SCENARIO_RUNNERS = {
     "list": run_list,
     "memory": run_memory,
     "resources": run_resources,
+    "availability": run_availability,
 }
 
 

@@ -28,6 +28,8 @@ ROWS = (
     "resource create c=32, capacity 1",
     "resource create c=32, capacity 5",
     "resource race",
+    "availability slots p99",
+    "availability next p99",
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
