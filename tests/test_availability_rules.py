@@ -291,3 +291,21 @@ def test_slots_and_next_agree_with_the_oracle(sc: dict) -> None:
     expected = oracle(sc)
     assert slots(hours, busy, sc["rules"], sc["start"], end, own) == expected
     assert next_slot(hours, busy, sc["rules"], sc["start"], end, own) == (expected[0] if expected else None)
+
+
+def test_zones_resolve_from_the_pinned_tzdata_without_system_zone_files() -> None:
+    """A slim image has no /usr/share/zoneinfo: zoneinfo then reads the tzdata package the lock pins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import zoneinfo, datetime as d, tzdata; "
+        "z = zoneinfo.ZoneInfo('Europe/Berlin'); "
+        "print(tzdata.IANA_VERSION, d.datetime(2027, 3, 28, 12, tzinfo=z).utcoffset())"
+    )
+    env = {**os.environ, "PYTHONTZPATH": os.devnull}  # no system zone files at all
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    version, offset = done.stdout.split()
+    assert version.startswith("20") and offset == "2:00:00"
