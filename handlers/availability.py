@@ -23,11 +23,18 @@ from actors.errors import FieldError, ValidationFailed
 from actors.resources import known_zones
 from actors.views import iso
 from handlers.common import json_response, require_admin, require_user
+from handlers.docparts import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    ID_PARAM,
+    WITH_ETAG,
+    etag,
+    if_match,
+)
 from handlers.schemas import Instant, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
 from server.keys import AVAILABILITY
-from server.openapi import header
 
 routes = web.RouteTableDef()
 
@@ -243,27 +250,7 @@ _slots_query = SlotsQuery()
 _next_query = NextQuery()
 _freebusy_query = FreeBusyQuery()
 
-_AUTH_ERRORS: dict[int, dict[str, Any]] = {
-    401: {"schema": Problem, "description": "Missing or invalid access token"},
-    429: {"schema": Problem, "description": "Rate limited"},
-}
-_BODY_ERRORS: dict[int, dict[str, Any]] = {
-    413: {"schema": Problem, "description": "Body too large"},
-    415: {"schema": Problem, "description": "Body is not JSON"},
-}
-_WITH_ETAG = {"headers": {"ETag": header("ETag")}}
-_ID_PARAM = [{"in": "path", "name": "id", "required": True, "schema": {"type": "string", "format": "uuid"}}]
-_IF_MATCH = {
-    "in": "header",
-    "name": "If-Match",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "ETag from a previous read; 412 when it changed since",
-}
-
-
-def _etag(version: int) -> dict[str, str]:
-    return {"ETag": f'"{version}"'}
+_IF_MATCH = if_match("it")
 
 
 # --- a resource's working hours ---------------------------------------------------------------------
@@ -274,17 +261,17 @@ def _etag(version: int) -> dict[str, str]:
     tags=["availability"],
     summary="A resource's working hours, in its time zone (no rules: open around the clock)",
     security=[{"bearerAuth": []}],
-    parameters=_ID_PARAM,
+    parameters=ID_PARAM,
     responses={
-        200: {"schema": HoursOut, "description": "The hours; ETag is the resource's version", **_WITH_ETAG},
+        200: {"schema": HoursOut, "description": "The hours; ETag is the resource's version", **WITH_ETAG},
         404: {"schema": Problem, "description": "No such resource"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 async def get_hours(request: web.Request) -> web.Response:
     user = await require_user(request)
     resource = await request.app[AVAILABILITY].hours(user, path_uuid(request))
-    return json_response(hours_view(resource), headers=_etag(resource.version))
+    return json_response(hours_view(resource), headers=etag(resource.version))
 
 
 @routes.put("/api/resources/{id}/hours")
@@ -294,15 +281,15 @@ async def get_hours(request: web.Request) -> web.Response:
     description="The answer lists the active bookings ahead that the new hours leave outside, for the "
     "admin to sort out. The resource's version (its ETag) moves.",
     security=[{"bearerAuth": []}],
-    parameters=[*_ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH],
     responses={
-        200: {"schema": HoursChangeOut, "description": "The new hours", **_WITH_ETAG},
+        200: {"schema": HoursChangeOut, "description": "The new hours", **WITH_ETAG},
         400: {"schema": Problem, "description": "Invalid hours (overlapping intervals, a bad time)"},
         403: {"schema": Problem, "description": "Admin role required"},
         404: {"schema": Problem, "description": "No such resource"},
         412: {"schema": Problem, "description": "If-Match is stale"},
-        **_BODY_ERRORS,
-        **_AUTH_ERRORS,
+        **BODY_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @request_schema(HoursRequest)
@@ -320,7 +307,7 @@ async def put_hours(request: web.Request) -> web.Response:
             {"bookingId": str(i), "startTime": iso(s), "endTime": iso(e)} for i, s, e in change.outside
         ],
     }
-    return json_response(view, headers=_etag(change.resource.version))
+    return json_response(view, headers=etag(change.resource.version))
 
 
 # --- your own availability --------------------------------------------------------------------------
@@ -332,14 +319,14 @@ async def put_hours(request: web.Request) -> web.Response:
     summary="Your own weekly hours and time zone (used when others ask for your free/busy)",
     security=[{"bearerAuth": []}],
     responses={
-        200: {"schema": AvailabilityOut, "description": "Your availability", **_WITH_ETAG},
-        **_AUTH_ERRORS,
+        200: {"schema": AvailabilityOut, "description": "Your availability", **WITH_ETAG},
+        **AUTH_ERRORS,
     },
 )
 async def get_my_availability(request: web.Request) -> web.Response:
     user = await require_user(request)
     found = await request.app[AVAILABILITY].mine(user)
-    return json_response(availability_view(found), headers=_etag(found.version))
+    return json_response(availability_view(found), headers=etag(found.version))
 
 
 @routes.put("/api/users/me/availability")
@@ -349,11 +336,11 @@ async def get_my_availability(request: web.Request) -> web.Response:
     security=[{"bearerAuth": []}],
     parameters=[_IF_MATCH],
     responses={
-        200: {"schema": AvailabilityOut, "description": "Saved", **_WITH_ETAG},
+        200: {"schema": AvailabilityOut, "description": "Saved", **WITH_ETAG},
         400: {"schema": Problem, "description": "Invalid hours or an unknown time zone"},
         412: {"schema": Problem, "description": "If-Match is stale"},
-        **_BODY_ERRORS,
-        **_AUTH_ERRORS,
+        **BODY_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @request_schema(AvailabilityRequest)
@@ -364,7 +351,7 @@ async def put_my_availability(request: web.Request) -> web.Response:
     saved = await request.app[AVAILABILITY].set_mine(
         user, time_zone=data["time_zone"], weekly=data["weekly"], if_match=if_match
     )
-    return json_response(availability_view(saved), headers=_etag(saved.version))
+    return json_response(availability_view(saved), headers=etag(saved.version))
 
 
 # --- slots and the next free slot --------------------------------------------------------------------
@@ -397,7 +384,7 @@ def _label_zone(q: dict[str, Any], default: str = "UTC") -> ZoneInfo:
         400: {"schema": Problem, "description": "Invalid query (the window spans at most 31 days)"},
         404: {"schema": Problem, "description": "No such resource"},
         409: {"schema": Problem, "description": "The resource is retired"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(SlotsQuery)
@@ -429,7 +416,7 @@ async def get_slots(request: web.Request) -> web.Response:
         400: {"schema": Problem, "description": "Invalid query"},
         404: {"schema": Problem, "description": "No such resource"},
         409: {"schema": Problem, "description": "The resource is retired"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(NextQuery)
@@ -462,7 +449,7 @@ async def get_next(request: web.Request) -> web.Response:
         200: {"schema": FreeBusyOut, "description": "Busy time per id, in the order asked"},
         400: {"schema": Problem, "description": "Invalid query"},
         404: {"schema": Problem, "description": "An id names no resource or user"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(FreeBusyQuery)

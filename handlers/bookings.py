@@ -14,6 +14,13 @@ from actors.bookings import parse_if_match
 from actors.errors import FieldError, ValidationFailed
 from actors.views import booking_view, snapshot_view
 from handlers.common import json_response, page_meta, require_admin, require_user
+from handlers.docparts import (
+    AUTH_ERRORS,
+    ID_PARAM,
+    WITH_ETAG,
+    etag,
+    if_match,
+)
 from handlers.schemas import (
     AuditPage,
     BookingLimitQuery,
@@ -44,23 +51,7 @@ _page = PageQuery()
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
-_AUTH_ERRORS: dict[int, dict[str, Any]] = {
-    401: {"schema": Problem, "description": "Missing or invalid access token"},
-    429: {"schema": Problem, "description": "Rate limited"},
-}
-_WITH_ETAG = {"headers": {"ETag": header("ETag")}}
-_ID_PARAM = [{"in": "path", "name": "id", "required": True, "schema": {"type": "string", "format": "uuid"}}]
-_IF_MATCH = {
-    "in": "header",
-    "name": "If-Match",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "ETag from a previous read; 412 when the booking changed since",
-}
-
-
-def _etag(view: dict[str, Any]) -> dict[str, str]:
-    return {"ETag": f'"{view["version"]}"'}
+_IF_MATCH = if_match("the booking")
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -109,7 +100,7 @@ def _idempotency_key(request: web.Request) -> str | None:
         413: {"schema": Problem, "description": "Body too large"},
         415: {"schema": Problem, "description": "Body is not JSON"},
         422: {"schema": Problem, "description": "Idempotency-Key reused with another body"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @request_schema(CreateBookingRequest)
@@ -119,7 +110,7 @@ async def create_booking(request: web.Request) -> web.Response:
     data = await body(request, _create)
     created = await request.app[BOOKINGS].create(user, data, idempotency_key=key)
     view = created.booking
-    headers = {**_etag(view), "Location": f"/api/booking/{view['id']}"}
+    headers = {**etag(view["version"]), "Location": f"/api/booking/{view['id']}"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
     return json_response(view, status=201, headers=headers)
@@ -134,7 +125,7 @@ async def create_booking(request: web.Request) -> web.Response:
         200: {"schema": BookingPage, "description": "A page of bookings"},
         400: {"schema": Problem, "description": "Invalid query"},
         403: {"schema": Problem, "description": "`userId` of another user without the admin role"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(BookingListQuery)
@@ -163,7 +154,7 @@ def _short_list_doc(summary: str) -> Callable[[Handler], Handler]:
             200: {"schema": BookingList, "description": "Bookings"},
             400: {"schema": Problem, "description": "Invalid query"},
             403: {"schema": Problem, "description": "`userId` of another user without the admin role"},
-            **_AUTH_ERRORS,
+            **AUTH_ERRORS,
         },
     )
     return decorator
@@ -194,17 +185,17 @@ async def past(request: web.Request) -> web.Response:
     tags=["bookings"],
     summary="One booking (ETag = its version)",
     security=[{"bearerAuth": []}],
-    parameters=_ID_PARAM,
+    parameters=ID_PARAM,
     responses={
-        200: {"schema": BookingOut, "description": "The booking", **_WITH_ETAG},
+        200: {"schema": BookingOut, "description": "The booking", **WITH_ETAG},
         404: {"schema": Problem, "description": "Missing, or someone else's"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 async def get_booking(request: web.Request) -> web.Response:
     user = await require_user(request)
     view = booking_view(await request.app[BOOKINGS].get(user, path_uuid(request)))
-    return json_response(view, headers=_etag(view))
+    return json_response(view, headers=etag(view["version"]))
 
 
 _MUTATION_ERRORS: dict[int, dict[str, Any]] = {
@@ -214,7 +205,7 @@ _MUTATION_ERRORS: dict[int, dict[str, Any]] = {
     412: {"schema": Problem, "description": "If-Match is stale"},
     413: {"schema": Problem, "description": "Body too large"},
     415: {"schema": Problem, "description": "Body is not JSON"},
-    **_AUTH_ERRORS,
+    **AUTH_ERRORS,
 }
 
 
@@ -223,9 +214,9 @@ _MUTATION_ERRORS: dict[int, dict[str, Any]] = {
     tags=["bookings"],
     summary="Change some fields (same rules as create)",
     security=[{"bearerAuth": []}],
-    parameters=[*_ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH],
     responses={
-        200: {"schema": BookingOut, "description": "The updated booking", **_WITH_ETAG},
+        200: {"schema": BookingOut, "description": "The updated booking", **WITH_ETAG},
         **_MUTATION_ERRORS,
     },
 )
@@ -241,7 +232,7 @@ async def _update(request: web.Request, schema: Schema) -> web.Response:
     if_match = parse_if_match(request.headers.get("If-Match"))
     changes = await body(request, schema)
     view = await request.app[BOOKINGS].update(user, booking_id, changes, if_match=if_match)
-    return json_response(view, headers=_etag(view))
+    return json_response(view, headers=etag(view["version"]))
 
 
 @routes.patch("/api/booking/{id}/status")
@@ -249,9 +240,9 @@ async def _update(request: web.Request, schema: Schema) -> web.Response:
     tags=["bookings"],
     summary="Move a booking through scheduled → in-progress → completed, or cancel it",
     security=[{"bearerAuth": []}],
-    parameters=[*_ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH],
     responses={
-        200: {"schema": BookingOut, "description": "The updated booking", **_WITH_ETAG},
+        200: {"schema": BookingOut, "description": "The updated booking", **WITH_ETAG},
         **_MUTATION_ERRORS,
     },
 )
@@ -265,12 +256,12 @@ async def patch_status(request: web.Request) -> web.Response:
     tags=["bookings"],
     summary="Delete a booking (its reminder is cancelled; the audit log keeps it)",
     security=[{"bearerAuth": []}],
-    parameters=[*_ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH],
     responses={
         204: {"description": "Deleted"},
         404: {"schema": Problem, "description": "Missing, or someone else's"},
         412: {"schema": Problem, "description": "If-Match is stale"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 async def delete_booking(request: web.Request) -> web.Response:
@@ -286,13 +277,13 @@ async def delete_booking(request: web.Request) -> web.Response:
     tags=["bookings"],
     summary="Audit trail of a booking, deleted ones included (admin)",
     security=[{"bearerAuth": []}],
-    parameters=_ID_PARAM,
+    parameters=ID_PARAM,
     responses={
         200: {"schema": AuditPage, "description": "Audit entries, oldest first"},
         400: {"schema": Problem, "description": "Invalid query"},
         403: {"schema": Problem, "description": "Admin role required"},
         404: {"schema": Problem, "description": "Not a booking id"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(PageQuery)

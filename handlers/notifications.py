@@ -16,6 +16,9 @@ from redis.exceptions import RedisError
 from actors.errors import Unavailable
 from actors.reminders import notification_view
 from handlers.common import json_response, page_meta, require_admin, require_user
+from handlers.docparts import (
+    AUTH_ERRORS,
+)
 from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
@@ -88,10 +91,6 @@ class BroadcastOut(Schema):
 
 _query = NotificationQuery()
 _broadcast = BroadcastRequest()
-_AUTH_ERRORS = {
-    401: {"schema": Problem, "description": "Missing or invalid access token"},
-    429: {"schema": Problem, "description": "Rate limited"},
-}
 
 
 @routes.get("/api/notifications")
@@ -102,7 +101,7 @@ _AUTH_ERRORS = {
     responses={
         200: {"schema": NotificationPage, "description": "A page of notifications"},
         400: {"schema": Problem, "description": "Invalid query"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(NotificationQuery)
@@ -132,7 +131,7 @@ async def list_notifications(request: web.Request) -> web.Response:
     responses={
         200: {"schema": NotificationOut, "description": "The notification, read"},
         404: {"schema": Problem, "description": "No such notification of yours"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 async def mark_read(request: web.Request) -> web.Response:
@@ -153,7 +152,7 @@ async def mark_read(request: web.Request) -> web.Response:
         202: {"schema": BroadcastOut, "description": "Published: the event as the sockets receive it"},
         400: {"schema": Problem, "description": "Invalid body"},
         403: {"schema": Problem, "description": "Admin role required"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @request_schema(BroadcastRequest)

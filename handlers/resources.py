@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 
 from actors.bookings import parse_if_match
 from actors.resources import resource_view
 from handlers.common import json_response, page_meta, require_admin, require_user
+from handlers.docparts import (
+    ADMIN_ERRORS,
+    AUTH_ERRORS,
+    ID_PARAM,
+    WITH_ETAG,
+    etag,
+    if_match,
+)
 from handlers.schemas import (
     BusyList,
     BusyQuery,
@@ -32,27 +38,7 @@ _update = UpdateResourceRequest()
 _list = ResourceListQuery()
 _busy = BusyQuery()
 
-_AUTH_ERRORS: dict[int, dict[str, Any]] = {
-    401: {"schema": Problem, "description": "Missing or invalid access token"},
-    429: {"schema": Problem, "description": "Rate limited"},
-}
-_ADMIN_ERRORS: dict[int, dict[str, Any]] = {
-    403: {"schema": Problem, "description": "Admin role required"},
-    **_AUTH_ERRORS,
-}
-_WITH_ETAG = {"headers": {"ETag": header("ETag")}}
-_ID_PARAM = [{"in": "path", "name": "id", "required": True, "schema": {"type": "string", "format": "uuid"}}]
-_IF_MATCH = {
-    "in": "header",
-    "name": "If-Match",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "ETag from a previous read; 412 when the resource changed since",
-}
-
-
-def _etag(view: dict[str, Any]) -> dict[str, str]:
-    return {"ETag": f'"{view["version"]}"'}
+_IF_MATCH = if_match("the resource")
 
 
 @routes.post("/api/resources")
@@ -70,7 +56,7 @@ def _etag(view: dict[str, Any]) -> dict[str, str]:
         409: {"schema": Problem, "description": "An active resource already has this name"},
         413: {"schema": Problem, "description": "Body too large"},
         415: {"schema": Problem, "description": "Body is not JSON"},
-        **_ADMIN_ERRORS,
+        **ADMIN_ERRORS,
     },
 )
 @request_schema(CreateResourceRequest)
@@ -79,7 +65,7 @@ async def create_resource(request: web.Request) -> web.Response:
     data = await body(request, _create)
     view = resource_view(await request.app[RESOURCES].create(user, data))
     return json_response(
-        view, status=201, headers={**_etag(view), "Location": f"/api/resources/{view['id']}"}
+        view, status=201, headers={**etag(view["version"]), "Location": f"/api/resources/{view['id']}"}
     )
 
 
@@ -92,7 +78,7 @@ async def create_resource(request: web.Request) -> web.Response:
         200: {"schema": ResourcePage, "description": "A page of resources"},
         400: {"schema": Problem, "description": "Invalid query"},
         403: {"schema": Problem, "description": "`includeRetired` without the admin role"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(ResourceListQuery)
@@ -111,17 +97,17 @@ async def list_resources(request: web.Request) -> web.Response:
     tags=["resources"],
     summary="One resource (ETag = its version)",
     security=[{"bearerAuth": []}],
-    parameters=_ID_PARAM,
+    parameters=ID_PARAM,
     responses={
-        200: {"schema": ResourceOut, "description": "The resource", **_WITH_ETAG},
+        200: {"schema": ResourceOut, "description": "The resource", **WITH_ETAG},
         404: {"schema": Problem, "description": "No such resource"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 async def get_resource(request: web.Request) -> web.Response:
     user = await require_user(request)
     view = resource_view(await request.app[RESOURCES].get(user, path_uuid(request)))
-    return json_response(view, headers=_etag(view))
+    return json_response(view, headers=etag(view["version"]))
 
 
 @routes.patch("/api/resources/{id}")
@@ -129,16 +115,16 @@ async def get_resource(request: web.Request) -> web.Response:
     tags=["resources"],
     summary="Change a resource (admin); capacity and buffers apply to bookings written afterwards",
     security=[{"bearerAuth": []}],
-    parameters=[*_ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH],
     responses={
-        200: {"schema": ResourceOut, "description": "The updated resource", **_WITH_ETAG},
+        200: {"schema": ResourceOut, "description": "The updated resource", **WITH_ETAG},
         400: {"schema": Problem, "description": "Invalid input"},
         404: {"schema": Problem, "description": "No such resource"},
         409: {"schema": Problem, "description": "An active resource already has this name"},
         412: {"schema": Problem, "description": "If-Match is stale"},
         413: {"schema": Problem, "description": "Body too large"},
         415: {"schema": Problem, "description": "Body is not JSON"},
-        **_ADMIN_ERRORS,
+        **ADMIN_ERRORS,
     },
 )
 @request_schema(UpdateResourceRequest)
@@ -148,7 +134,7 @@ async def patch_resource(request: web.Request) -> web.Response:
     if_match = parse_if_match(request.headers.get("If-Match"))
     changes = await body(request, _update)
     view = resource_view(await request.app[RESOURCES].update(user, resource_id, changes, if_match=if_match))
-    return json_response(view, headers=_etag(view))
+    return json_response(view, headers=etag(view["version"]))
 
 
 @routes.delete("/api/resources/{id}")
@@ -156,12 +142,12 @@ async def patch_resource(request: web.Request) -> web.Response:
     tags=["resources"],
     summary="Retire a resource (admin): it takes no new bookings, its bookings stay",
     security=[{"bearerAuth": []}],
-    parameters=[*_ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH],
     responses={
         204: {"description": "Retired (or already retired)"},
         404: {"schema": Problem, "description": "No such resource"},
         412: {"schema": Problem, "description": "If-Match is stale"},
-        **_ADMIN_ERRORS,
+        **ADMIN_ERRORS,
     },
 )
 async def retire_resource(request: web.Request) -> web.Response:
@@ -177,12 +163,12 @@ async def retire_resource(request: web.Request) -> web.Response:
     tags=["resources"],
     summary="When a resource is busy (buffers included); details only for your own bookings (admins: all)",
     security=[{"bearerAuth": []}],
-    parameters=_ID_PARAM,
+    parameters=ID_PARAM,
     responses={
         200: {"schema": BusyList, "description": "Busy intervals that meet [from, to), by start"},
         400: {"schema": Problem, "description": "Invalid query (the window spans at most 31 days)"},
         404: {"schema": Problem, "description": "No such resource"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(BusyQuery)

@@ -9,6 +9,9 @@ from aiohttp_apigami import docs, querystring_schema, request_schema
 
 from actors.errors import NotFound, ValidationFailed
 from handlers.common import json_response, page_meta, require_admin, user_json
+from handlers.docparts import (
+    ADMIN_ERRORS,
+)
 from handlers.schemas import PageQuery, Problem, UserOut, UserPage, UserPatch
 from handlers.validation import body, query
 from server.keys import AUTH
@@ -27,13 +30,6 @@ def path_uuid(request: web.Request, name: str = "id") -> uuid.UUID:
         raise NotFound(f"no resource with id {request.match_info[name][:64]!r}") from None
 
 
-_ADMIN_ERRORS = {
-    401: {"schema": Problem, "description": "Missing or invalid access token"},
-    403: {"schema": Problem, "description": "Admin role required"},
-    429: {"schema": Problem, "description": "Rate limited"},
-}
-
-
 @routes.get("/api/users")
 @docs(
     tags=["users"],
@@ -42,7 +38,7 @@ _ADMIN_ERRORS = {
     responses={
         200: {"schema": UserPage, "description": "A page of users"},
         400: {"schema": Problem, "description": "Invalid query"},
-        **_ADMIN_ERRORS,
+        **ADMIN_ERRORS,
     },
 )
 @querystring_schema(PageQuery)
@@ -68,7 +64,7 @@ async def list_users(request: web.Request) -> web.Response:
         400: {"schema": Problem, "description": "Invalid input"},
         404: {"schema": Problem, "description": "No such user"},
         409: {"schema": Problem, "description": "An admin cannot demote or suspend themselves"},
-        **_ADMIN_ERRORS,
+        **ADMIN_ERRORS,
     },
 )
 @request_schema(UserPatch)

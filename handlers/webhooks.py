@@ -12,6 +12,9 @@ from marshmallow import Schema, fields, validate
 from actors import webhook_rules as rules
 from actors.webhooks import delivery_view, endpoint_view
 from handlers.common import json_response, page_meta, require_user
+from handlers.docparts import (
+    AUTH_ERRORS,
+)
 from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
@@ -134,13 +137,9 @@ _create = CreateWebhookRequest()
 _update = UpdateWebhookRequest()
 _page = PageQuery()
 
-_AUTH_ERRORS: dict[int, dict[str, Any]] = {
-    401: {"schema": Problem, "description": "Missing or invalid access token"},
-    429: {"schema": Problem, "description": "Rate limited"},
-}
 _OWNED: dict[int, dict[str, Any]] = {
     404: {"schema": Problem, "description": "Missing, or someone else's"},
-    **_AUTH_ERRORS,
+    **AUTH_ERRORS,
 }
 _BODY_ERRORS: dict[int, dict[str, Any]] = {
     400: {"schema": Problem, "description": "Invalid input (an unknown event, a refused URL, ...)"},
@@ -166,7 +165,7 @@ _SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
         201: {"schema": WebhookWithSecret, "description": "Created, with its signing secret"},
         **_BODY_ERRORS,
         403: {"schema": Problem, "description": "`allBookings` without the admin role"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @request_schema(CreateWebhookRequest)
@@ -186,7 +185,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     responses={
         200: {"schema": WebhookPage, "description": "A page of endpoints, oldest first"},
         400: {"schema": Problem, "description": "Invalid query"},
-        **_AUTH_ERRORS,
+        **AUTH_ERRORS,
     },
 )
 @querystring_schema(PageQuery)
