@@ -20,7 +20,6 @@ from actors.availability import (
     Hours,
     SlotRules,
     Span,
-    full_spans,
     hours_of,
     merge,
     next_slot,
@@ -205,14 +204,14 @@ class AvailabilityService:
         self, actor: User, resource: Resource, rules: SlotRules, start: datetime, end: datetime
     ) -> tuple[Busy, Busy]:
         """The resource's full time and the caller's own booked time that slots starting in [start, end)
-        can meet: two indexed range reads."""
+        can meet: two indexed range reads, the full time merged in PostgreSQL."""
         reach_from, reach_to = start - rules.buffer_before, end + rules.duration + rules.buffer_after
         async with self.deps.db.connect() as conn:
-            occupied = await store.resource_busy(
-                conn, resource_seq=resource.seq, start=reach_from, end=reach_to
+            full = await store.resource_full(
+                conn, resource_seq=resource.seq, capacity=resource.capacity, start=reach_from, end=reach_to
             )
             mine = await store.user_busy(conn, user_seq=actor.seq, start=start, end=end + rules.duration)
-        return Busy.of(full_spans(occupied, resource.capacity)), Busy.of(mine)
+        return Busy(full), Busy.of(mine)
 
     async def slots(
         self,
@@ -276,11 +275,11 @@ class AvailabilityService:
                 resource = await resource_store.get_resource(conn, resource_id)
                 if resource is None:
                     raise NotFound(f"no resource with id {resource_id}")
-                occupied = await store.resource_busy(conn, resource_seq=resource.seq, start=start, end=end)
-                closed = _closed(resource_hours(resource), start, end)
-                resources[resource_id] = _clip(
-                    merge([*full_spans(occupied, resource.capacity), *closed]), start, end
+                full = await store.resource_full(
+                    conn, resource_seq=resource.seq, capacity=resource.capacity, start=start, end=end
                 )
+                closed = _closed(resource_hours(resource), start, end)
+                resources[resource_id] = _clip(merge([*full, *closed]), start, end)
             wanted = list(dict.fromkeys(user_ids))
             found = {u.id: u for u in await get_users_by_ids(conn, wanted)} if wanted else {}
             missing = [u for u in wanted if u not in found]

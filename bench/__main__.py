@@ -377,7 +377,7 @@ async def run_availability(stack: Stack, args: argparse.Namespace) -> list[Row]:
         Row(
             figures[0],
             f"{ms(pct(slots_t, 0.99))} (p50 {ms(pct(slots_t, 0.5))})",
-            f"its busy read via asyncpg: p99 {ms(pct(sql_t, 0.99))}",
+            f"its full-time read via asyncpg: p99 {ms(pct(sql_t, 0.99))}",
             "<= 20 ms",
             verdict(pct(slots_t, 0.99) <= 0.020),
         ),

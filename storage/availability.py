@@ -79,17 +79,14 @@ _ACTIVE = "status IN ('scheduled', 'in-progress')"
 
 # Every active booking of the resource whose busy range (buffers included) meets [from, to), through the
 # partial GiST index of resource busy ranges. Only the two instants: the rules need nothing else.
-_RESOURCE_BUSY = Query(
-    sa.text(
-        f"""
+_RESOURCE_BUSY_SQL = f"""
     SELECT busy_start, busy_end FROM bookings
     WHERE resource_seq IS NOT NULL AND {_ACTIVE}
       AND int8range(resource_seq, resource_seq, '[]') && int8range(:seq, :seq, '[]')
       AND tstzrange(busy_start, busy_end, '[)')
           && tstzrange(CAST(:from AS timestamptz), CAST(:to AS timestamptz), '[)')
-    """  # noqa: S608  (module constants, no input)
-    )
-)
+"""  # noqa: S608  (module constants, no input)
+_RESOURCE_BUSY = Query(sa.text(_RESOURCE_BUSY_SQL))
 
 # A user's active bookings meeting [from, to), through the per-user exclusion constraint's GiST index.
 _USER_BUSY = Query(
@@ -109,6 +106,38 @@ Span = tuple[datetime, datetime]
 
 async def resource_busy(conn: Connection, *, resource_seq: int, start: datetime, end: datetime) -> list[Span]:
     rows = await _RESOURCE_BUSY.fetch(conn, seq=resource_seq, **{"from": start, "to": end})
+    return [(r["busy_start"], r["busy_end"]) for r in rows]
+
+
+# Where at least :capacity of those busy ranges overlap, merged: a sweep in PostgreSQL (+1 at each
+# start, -1 at each end, a running sum over the instants), so a month of back-to-back bookings comes
+# back as one row instead of thousands. Ends before starts at one instant: the ranges are half-open.
+_RESOURCE_FULL = Query(
+    sa.text(
+        f"""
+    WITH busy AS ({_RESOURCE_BUSY_SQL}),
+    steps AS (
+        SELECT at, sum(delta) AS delta FROM (
+            SELECT busy_start AS at, 1 AS delta FROM busy UNION ALL SELECT busy_end, -1 FROM busy
+        ) ends GROUP BY at
+    ),
+    covered AS (
+        SELECT at, lead(at) OVER (ORDER BY at) AS until, sum(delta) OVER (ORDER BY at) AS seats FROM steps
+    )
+    SELECT lower(r) AS busy_start, upper(r) AS busy_end
+    FROM unnest((SELECT range_agg(tstzrange(at, until, '[)')) FROM covered
+                 WHERE seats >= :capacity AND until IS NOT NULL)) AS r
+    ORDER BY 1
+    """  # noqa: S608  (module constants, no input)
+    )
+)
+
+
+async def resource_full(
+    conn: Connection, *, resource_seq: int, capacity: int, start: datetime, end: datetime
+) -> list[Span]:
+    """The full spans (no seat left) of the resource's busy ranges meeting [start, end)."""
+    rows = await _RESOURCE_FULL.fetch(conn, seq=resource_seq, capacity=capacity, **{"from": start, "to": end})
     return [(r["busy_start"], r["busy_end"]) for r in rows]
 
 

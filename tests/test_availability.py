@@ -506,3 +506,43 @@ async def test_hours_opened_by_another_process_take_effect_at_once(
     status, _ = await put_hours(other_process, admin, room["id"], {"weekly": longer})
     assert status == 200
     assert await book(other_process, user, room["id"], *evening) == 201
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 3])
+async def test_full_spans_merged_in_postgresql_match_the_rules(
+    client: Client, register: Registrar, admin: dict[str, Any], capacity: int
+) -> None:
+    """storage.availability.resource_full (a sweep in SQL) against actors.availability.full_spans (the
+    rules the property tests check) on random overlapping busy ranges, back to back ones included."""
+    import random
+
+    from actors.availability import full_spans
+    from server.keys import DB
+    from storage import availability as store
+
+    owner = await register()
+    resource = await new_resource(client, admin, capacity=capacity)
+    rng = random.Random(capacity)
+    base = datetime(2031, 1, 6, tzinfo=UTC)
+    spans = []
+    for _ in range(120):
+        s = base + timedelta(minutes=15 * rng.randrange(0, 400))
+        spans.append((s, s + timedelta(minutes=15 * rng.randrange(1, 12))))
+    async with client.app[DB].connect() as conn:
+        rid = uuid.UUID(resource["id"])
+        seq = await conn.fetchval("SELECT seq FROM resources WHERE id = $1", rid)
+        await conn.executemany(
+            "INSERT INTO bookings (user_id, user_seq, title, start_time, end_time, resource_id, "
+            "resource_seq, busy_start, busy_end) VALUES ($1, $2, 'x', $3, $4, $5, $6, $3, $4)",
+            [
+                # a user_seq of its own per row, so the owner's no-overlap rule stays out of the way
+                (uuid.UUID(owner["user"]["id"]), 10**12 + 1000 * capacity + n, s, e, rid, seq)
+                for n, (s, e) in enumerate(spans)
+            ],
+        )
+        window = (base, base + timedelta(days=5))
+        got = await store.resource_full(
+            conn, resource_seq=seq, capacity=capacity, start=window[0], end=window[1]
+        )
+    assert got == full_spans(spans, capacity)
+    assert got  # the data does fill the resource somewhere
