@@ -145,6 +145,34 @@ class Deps:
     users: Callable[[uuid.UUID], Awaitable[User | None]] | None = None
 
 
+async def record_update(
+    d: Deps,
+    conn: Connection,
+    *,
+    actor_id: uuid.UUID,
+    before: Booking,
+    after: Booking,
+    changes: dict[str, Any],
+) -> list[uuid.UUID]:
+    """In the update's transaction: its audit row and its webhook messages (their ids, to hand off)."""
+    await store.audit(
+        conn,
+        actor_id=actor_id,
+        action="update",
+        entity_id=after.id,
+        before=before.snapshot(),
+        after=after.snapshot(),
+    )
+    return await webhook_store.enqueue(
+        conn,
+        event_type=update_event(changes),
+        user_id=after.user_id,
+        booking_id=after.id,
+        payload={"booking": after.snapshot()},
+        handed_off=d.webhooks is not None,
+    )
+
+
 # --- rules ------------------------------------------------------------------------------------------
 
 
@@ -364,21 +392,8 @@ class BookingActor:
                     start_changed="start_time" in changes,
                 )
             booking = await store.update_booking(conn, current.id, changes)
-            await store.audit(
-                conn,
-                actor_id=msg.actor_id,
-                action="update",
-                entity_id=booking.id,
-                before=current.snapshot(),
-                after=booking.snapshot(),
-            )
-            queued = await webhook_store.enqueue(
-                conn,
-                event_type=update_event(changes),
-                user_id=booking.user_id,
-                booking_id=booking.id,
-                payload={"booking": booking.snapshot()},
-                handed_off=d.webhooks is not None,
+            queued = await record_update(
+                d, conn, actor_id=msg.actor_id, before=current, after=booking, changes=changes
             )
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, booking, booking_id=booking.id)

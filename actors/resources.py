@@ -40,10 +40,8 @@ from actors.errors import (
 )
 from actors.reminders import Plan
 from actors.views import booking_view, iso
-from actors.webhook_rules import update_event
 from storage import bookings as booking_store
 from storage import resources as store
-from storage import webhooks as webhook_store
 from storage.bookings import Booking
 from storage.db import Connection
 from storage.errors import sqlstate
@@ -537,7 +535,7 @@ class ResourceActor:
         raise Conflict("the booking is contended; retry")
 
     async def _change_once(self, msg: ChangeResourceBooking) -> Written:
-        from actors.bookings import EDITABLE, TRANSITIONS, check_times
+        from actors.bookings import EDITABLE, TRANSITIONS, check_times, record_update
 
         d = self.deps
         u = msg.update
@@ -603,21 +601,8 @@ class ResourceActor:
                     if ids_in_way:
                         raise _full(target, ids_in_way)
             booking = await booking_store.update_booking(conn, current.id, values)
-            await booking_store.audit(
-                conn,
-                actor_id=u.actor_id,
-                action="update",
-                entity_id=booking.id,
-                before=current.snapshot(),
-                after=booking.snapshot(),
-            )
-            queued = await webhook_store.enqueue(
-                conn,
-                event_type=update_event(changes),
-                user_id=booking.user_id,
-                booking_id=booking.id,
-                payload={"booking": booking.snapshot()},
-                handed_off=d.webhooks is not None,
+            queued = await record_update(
+                d, conn, actor_id=u.actor_id, before=current, after=booking, changes=changes
             )
             plan = (
                 await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
