@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from storage.db import Connection, P, Paged, Query, Record, page_of, paged
+from storage.db import Connection, P, Paged, Query, Record, page_of, paged, versioned_update
 from storage.tables import (
     ACTIVE_STATUSES,
     OVERLAP_CONSTRAINT,
@@ -172,24 +172,8 @@ async def get_booking(conn: Connection, booking_id: uuid.UUID, *, for_update: bo
     return _booking(row) if row else None
 
 
-@cache
-def _update(fields: frozenset[str]) -> Query:
-    return Query(
-        sa.update(bookings)
-        .where(bookings.c.id == P("id"))
-        .values(
-            {
-                **{name: P(name) for name in sorted(fields)},
-                "version": bookings.c.version + 1,
-                "updated_at": sa.func.now(),
-            }
-        )
-        .returning(*bookings.c)
-    )
-
-
 async def update_booking(conn: Connection, booking_id: uuid.UUID, values: dict[str, Any]) -> Booking:
-    row = await _update(frozenset(values)).fetchrow(conn, id=booking_id, **values)
+    row = await versioned_update(bookings, frozenset(values)).fetchrow(conn, id=booking_id, **values)
     if row is None:
         raise LookupError(f"booking {booking_id} vanished under its row lock")
     return _booking(row)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeAlias, cast
 
 import asyncpg
@@ -78,6 +79,24 @@ class Query:
         status = await conn.execute(self.sql, *self.args(params))
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
+
+
+@cache
+def versioned_update(table: sa.Table, names: frozenset[str]) -> Query:
+    """UPDATE `table` SET the named columns (parameters of the same names), version + 1, updated_at =
+    now() WHERE id = :id RETURNING the row: the one shape of a change to a versioned row."""
+    return Query(
+        sa.update(table)
+        .where(table.c.id == P("id"))
+        .values(
+            {
+                **{name: P(name) for name in sorted(names)},
+                "version": table.c.version + 1,
+                "updated_at": sa.func.now(),
+            }
+        )
+        .returning(*table.c)
+    )
 
 
 @dataclass(frozen=True, slots=True)

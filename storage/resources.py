@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from storage.bookings import Booking
-from storage.db import Connection, P, Paged, Query, Record, page_of, paged
+from storage.db import Connection, P, Paged, Query, Record, page_of, paged, versioned_update
 from storage.tables import resources
 from storage.webhooks import outbox_sql
 
@@ -108,24 +108,8 @@ async def lock_resources(conn: Connection, ids: list[uuid.UUID]) -> dict[uuid.UU
     return {r.id: r for r in map(_resource, rows)}
 
 
-@cache
-def _update(names: frozenset[str]) -> Query:
-    return Query(
-        sa.update(resources)
-        .where(resources.c.id == P("id"))
-        .values(
-            {
-                **{n: P(n) for n in sorted(names)},
-                "version": resources.c.version + 1,
-                "updated_at": sa.func.now(),
-            }
-        )
-        .returning(*resources.c)
-    )
-
-
 async def update_resource(conn: Connection, resource_id: uuid.UUID, values: dict[str, Any]) -> Resource:
-    row = await _update(frozenset(values)).fetchrow(conn, id=resource_id, **values)
+    row = await versioned_update(resources, frozenset(values)).fetchrow(conn, id=resource_id, **values)
     if row is None:
         raise LookupError(f"resource {resource_id} vanished under its row lock")
     return _resource(row)
