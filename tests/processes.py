@@ -6,6 +6,7 @@ returns that log so a failing test can show why a process misbehaved.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,7 +15,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -168,3 +170,17 @@ def wait_for_listeners(redis_url: str, channel: str, count: int, timeout: float 
     while (subscribed := listeners(redis_url, channel)) < count:
         assert time.monotonic() < deadline, f"only {subscribed} of {count} listeners on {channel}"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_webs(n: int, database_url: str, redis_url: str, **extra: str) -> Iterator[list[WebProcess]]:
+    """`n` real `booking serve` processes on a key prefix of their own (web_env plus `extra`), every
+    listener subscribed before the caller starts, so no event it causes is missed; each must exit 0."""
+    prefix = f"e2e{uuid.uuid4().hex[:10]}:"
+    procs = start_web(n, web_env(database_url, redis_url, prefix, **extra))
+    try:
+        wait_for_listeners(redis_url, f"{prefix}events", n)
+        yield procs
+    finally:
+        exits = stop(procs)
+        assert all(e.code == 0 for e in exits), [(e.base_url, e.code, e.output) for e in exits]

@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.processes import WebProcess, start_web, stop, wait_for_listeners
+from tests.processes import WebProcess, running_webs
 from tests.support import unique_email
 from tests.ws_support import ask, events_until_pong, next_frame
 
@@ -69,27 +69,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def web(database_url: str, redis_url: str) -> Iterator[tuple[list[WebProcess], str]]:
     admin_email = unique_email("race-admin")
-    prefix = f"e2e{uuid.uuid4().hex[:10]}:"
-    env = {
-        "NODE_ENV": "test",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix,
-        "AUTH_RATE_LIMIT_PER_IP": "100000",
-        "AUTH_RATE_LIMIT_PER_EMAIL": "100000",
-        "API_RATE_LIMIT_PER_USER": "100000",
-        "ADMIN_EMAIL": admin_email,
-        "ADMIN_PASSWORD": ADMIN_PASSWORD,
-        # Small pools: the shared PostgreSQL (max_connections 100) also serves other sessions' tests.
-        "DB_POOL_SIZE": "4",
-    }
-    procs = start_web(2, env)
-    try:
-        wait_for_listeners(redis_url, f"{prefix}events", 2)  # no event published from now on is missed
+    # Small pools: the shared PostgreSQL (max_connections 100) also serves other sessions' tests.
+    extra = {"ADMIN_EMAIL": admin_email, "ADMIN_PASSWORD": ADMIN_PASSWORD, "DB_POOL_SIZE": "4"}
+    with running_webs(2, database_url, redis_url, **extra) as procs:
         yield procs, admin_email
-    finally:
-        exits = stop(procs)
-        assert all(e.code == 0 for e in exits), [(e.base_url, e.code, e.output) for e in exits]
 
 
 @pytest.fixture(scope="module")
