@@ -32,12 +32,23 @@ def booking_view(b: Booking) -> dict[str, Any]:
         "updatedAt": iso(b.updated_at),
         "resourceId": str(b.resource_id) if b.resource_id else None,
         "attendees": b.attendees,
+        "seriesId": str(b.series_id) if b.series_id else None,
+        "occurrenceStart": iso(b.occurrence_start) if b.occurrence_start else None,
     }
 
 
-_UUIDS = frozenset({"id", "user_id", "resource_id"})
+_UUIDS = frozenset({"id", "user_id", "resource_id", "series_id"})
 _TIMES = frozenset(
-    {"start_time", "end_time", "reminder_sent_at", "created_at", "updated_at", "busy_start", "busy_end"}
+    {
+        "start_time",
+        "end_time",
+        "reminder_sent_at",
+        "created_at",
+        "updated_at",
+        "busy_start",
+        "busy_end",
+        "occurrence_start",
+    }
 )
 
 

@@ -286,6 +286,14 @@ class BookingOut(Schema):
     updated_at = fields.DateTime(required=True, data_key="updatedAt")
     resource_id = fields.UUID(allow_none=True, data_key="resourceId")
     attendees = fields.List(fields.Nested(Attendee))
+    series_id = fields.UUID(
+        allow_none=True, data_key="seriesId", metadata=_desc("The recurring series this is an occurrence of")
+    )
+    occurrence_start = fields.DateTime(
+        allow_none=True,
+        data_key="occurrenceStart",
+        metadata=_desc("The occurrence's start in its series' rule (its RECURRENCE-ID); stays when moved"),
+    )
 
 
 class BookingPage(Schema):

@@ -46,6 +46,8 @@ class Booking:
     busy_end: datetime | None = None
     resource_exclusive: bool = False
     attendees: list[dict[str, Any]] = field(default_factory=list)
+    series_id: uuid.UUID | None = None
+    occurrence_start: datetime | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready copy for the audit log (the shape PostgreSQL's to_jsonb gives a row)."""

@@ -38,6 +38,8 @@ users = sa.Table(
     sa.Column("role", sa.Text, nullable=False, server_default="user"),
     sa.Column("status", sa.Text, nullable=False, server_default="active"),
     *_timestamps(),
+    # The user's own IANA zone: the default zone of their series and of their availability labels.
+    sa.Column("time_zone", sa.Text, nullable=False, server_default="UTC"),
     sa.CheckConstraint("role IN ('user', 'admin')", name="role"),
     sa.CheckConstraint("status IN ('active', 'suspended')", name="status"),
     sa.Index("uq_users_email_lower", sa.text("lower(email)"), unique=True),
@@ -128,6 +130,31 @@ BOOKING_STATUSES = ("scheduled", "in-progress", "completed", "cancelled")
 OVERLAP_CONSTRAINT = "ex_bookings_no_overlap"
 RESOURCE_OVERLAP_CONSTRAINT = "ex_bookings_resource_no_overlap"
 
+# A recurring series (docs/RECURRENCE.md): the rule and the template its occurrences were made from.
+# Each occurrence is a row of `bookings` (series_id, occurrence_start = its RECURRENCE-ID).
+booking_series = sa.Table(
+    "booking_series",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("resource_id", UUID(as_uuid=True), sa.ForeignKey("resources.id", ondelete="RESTRICT")),
+    sa.Column("rrule", sa.Text, nullable=False),  # normalized RFC 5545 RRULE value, UNTIL in UTC
+    sa.Column("time_zone", sa.Text, nullable=False),  # the rule is expanded in this zone's local time
+    sa.Column("dtstart", sa.DateTime(timezone=True), nullable=False),  # the first instance
+    sa.Column("duration_seconds", sa.Integer, nullable=False),
+    sa.Column("exdates", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),  # as given
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("location", sa.Text),
+    sa.Column("notes", sa.Text),
+    sa.Column("reminder_minutes_before", sa.Integer),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    *_timestamps(),
+    sa.CheckConstraint("duration_seconds > 0", name="duration"),
+    sa.CheckConstraint("length(rrule) BETWEEN 1 AND 1000", name="rrule_length"),
+    sa.Index("ix_booking_series_user_id", "user_id"),
+)
+
 bookings = sa.Table(
     "bookings",
     metadata,
@@ -154,7 +181,12 @@ bookings = sa.Table(
     sa.Column("busy_end", sa.DateTime(timezone=True)),
     sa.Column("resource_exclusive", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("attendees", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    # An occurrence of a series: the series and the instance of its rule this row is (RECURRENCE-ID;
+    # start_time differs from it once the occurrence is moved).
+    sa.Column("series_id", UUID(as_uuid=True), sa.ForeignKey("booking_series.id", ondelete="CASCADE")),
+    sa.Column("occurrence_start", sa.DateTime(timezone=True)),
     sa.CheckConstraint("end_time > start_time", name="time_order"),
+    sa.CheckConstraint("(series_id IS NULL) = (occurrence_start IS NULL)", name="series_shape"),
     sa.CheckConstraint(
         "(resource_id IS NULL) = (resource_seq IS NULL) AND (resource_id IS NULL) = (busy_start IS NULL) "
         "AND (resource_id IS NULL) = (busy_end IS NULL) AND (busy_end IS NULL OR busy_end > busy_start)",
@@ -164,6 +196,13 @@ bookings = sa.Table(
     sa.CheckConstraint("reminder_minutes_before BETWEEN 0 AND 10080", name="reminder_range"),
     sa.Index("ix_bookings_user_id_start_time", "user_id", "start_time", "id"),
     sa.Index("ix_bookings_start_time", "start_time", "id"),
+    sa.Index(
+        "uq_bookings_series_id_occurrence_start",
+        "series_id",
+        "occurrence_start",
+        unique=True,
+        postgresql_where=sa.text("series_id IS NOT NULL"),
+    ),
     # The overlap count and the busy time of a resource read its active busy ranges through this (a
     # personal booking is not in it, so personal inserts do not maintain it).
     sa.Index(

@@ -26,6 +26,7 @@ class User:
     status: str
     created_at: datetime
     updated_at: datetime
+    time_zone: str = "UTC"
 
     @property
     def is_admin(self) -> bool:
