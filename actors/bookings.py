@@ -30,6 +30,7 @@ from actors.errors import (
     ValidationFailed,
 )
 from actors.reminders import Plan
+from actors.series import ChangeSeries, CreateSeries, DeleteSeries, SeriesWriter, SeriesWritten, touch_for
 from actors.views import booking_view
 from actors.webhook_rules import BOOKING_DELETED, update_event
 from storage import bookings as store
@@ -234,10 +235,14 @@ class BookingActor:
     def __init__(self, owner_id: uuid.UUID, deps: Deps) -> None:
         self.owner_id = owner_id
         self.deps = deps
+        self.series = SeriesWriter(owner_id, deps)
         self._dispatch: dict[type, Callable[[Any], Awaitable[Any]]] = {
             CreateBooking: self.create,
             UpdateBooking: self.update,
             DeleteBooking: self.delete,
+            CreateSeries: self.series.create,
+            ChangeSeries: self.series.change,
+            DeleteSeries: self.series.delete,
         }
 
     async def __call__(self, message: Any) -> Any:
@@ -395,10 +400,11 @@ class BookingActor:
             queued = await record_update(
                 d, conn, actor_id=msg.actor_id, before=current, after=booking, changes=changes
             )
+            summary = await touch_for(conn, booking)
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
         view = booking_view(booking)
-        await self._after(plan, "booking.updated", view, queued, also=msg.actor_id)
+        await self._after(plan, "booking.updated", view, queued, also=msg.actor_id, summary=summary)
         return view
 
     async def _update_on_resource(self, msg: UpdateBooking, resource_id: uuid.UUID) -> dict[str, Any]:
@@ -414,6 +420,7 @@ class BookingActor:
             written.queued,
             also=msg.actor_id,
             resource_events=written.busy,
+            summary=written.summary,
         )
         return view
 
@@ -445,12 +452,14 @@ class BookingActor:
             )
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, None, booking_id=current.id)
+            summary = await touch_for(conn, current)
         await self._after(
             plan,
             "booking.deleted",
             {"id": str(current.id), "userId": str(self.owner_id)},
             queued,
             also=msg.actor_id,
+            summary=summary,
         )
         if current.resource_id is not None and d.resources is not None:
             await d.resources.deleted(current)  # its seat is free: resource.busy.changed to the watchers
@@ -464,9 +473,11 @@ class BookingActor:
         *,
         also: uuid.UUID | None = None,
         resource_events: tuple[tuple[uuid.UUID, Event], ...] = (),
+        summary: dict[str, Any] | None = None,
     ) -> None:
         """After the commit: the Redis copy of the reminder, the webhook messages to the workers, then
-        the events (the owner's, an acting admin's, the resource's watchers')."""
+        the events (the owner's, an acting admin's, the resource's watchers'; for an occurrence, its
+        series' `series.updated` summary after its own)."""
         d = self.deps
         if d.reminders and plan is not None:
             try:
@@ -478,15 +489,18 @@ class BookingActor:
                 await d.webhooks.after_commit(list(queued))
             except Exception:  # the scheduler enqueues them from the outbox; the change stands
                 log.exception("webhook messages not handed to the workers; the scheduler will")
-        event = d.make_event(name, data)
+        events = [d.make_event(name, data)]
+        if summary is not None:
+            events.append(d.make_event("series.updated", summary))
         targets = [self.owner_id]
         if also is not None and also != self.owner_id:  # an admin acting for the owner sees it too
             targets.append(also)
-        if resource_events and d.resources is not None:
-            await d.resources.publish([(t, event) for t in targets], resource_events)
+        if (resource_events or summary) and d.resources is not None:
+            await d.resources.publish([(t, e) for t in targets for e in events], resource_events)
             return
         for target in targets:
-            await d.emitter.emit(target, event)
+            for event in events:
+                await d.emitter.emit(target, event)
 
 
 def actor_factory(deps: Deps) -> Callable[[uuid.UUID], Handler]:
@@ -506,13 +520,35 @@ class BookingService:
 
     async def create(
         self, actor: User, fields: Mapping[str, Any], *, idempotency_key: str | None = None
-    ) -> Created:
+    ) -> Created | SeriesWritten:
+        """A booking, or with `recurrence` a series of them (SeriesWritten)."""
         fields = dict(fields)
         owner = await self._on_behalf_of(actor, fields.pop("user_id", None))
+        if fields.get("recurrence") is not None:
+            series: SeriesWritten = await self.registry.ask(
+                owner.id, CreateSeries(actor.id, owner.seq, fields, owner.time_zone, idempotency_key)
+            )
+            return series
+        fields.pop("recurrence", None)
+        if fields.pop("conflict_policy", None) is not None:
+            raise ValidationFailed(
+                "conflictPolicy applies to a series", [FieldError("conflictPolicy", "needs recurrence")]
+            )
         result: Created = await self.registry.ask(
             owner.id, CreateBooking(actor.id, owner.seq, fields, idempotency_key)
         )
         return result
+
+    async def get_series(self, actor: User, series_id: uuid.UUID) -> dict[str, Any]:
+        from actors.series import series_view
+        from storage import series as series_store
+
+        async with self.deps.db.connect() as conn:
+            series = await series_store.get_series(conn, series_id)
+            if series is None or (series.user_id != actor.id and not actor.is_admin):
+                raise NotFound("series not found")
+            rows = await series_store.occurrences(conn, series_id)
+        return series_view(series, rows)
 
     async def _on_behalf_of(self, actor: User, user_id: uuid.UUID | None) -> User:
         """Whose booking a create makes: the caller's, or (admins only) `userId`'s."""
@@ -528,11 +564,24 @@ class BookingService:
         return owner
 
     async def update(
-        self, actor: User, booking_id: uuid.UUID, changes: Mapping[str, Any], *, if_match: int | None = None
+        self,
+        actor: User,
+        booking_id: uuid.UUID,
+        changes: Mapping[str, Any],
+        *,
+        if_match: int | None = None,
+        scope: str = "this",
     ) -> dict[str, Any]:
+        """scope=this changes the booking (If-Match: its version); following|all change its series from
+        this occurrence on, or all of it (If-Match: the series' version) and return the series."""
         if not changes:
             raise ValidationFailed("nothing to change", [FieldError("body", "give at least one field")])
         booking = await self.get(actor, booking_id)
+        if scope != "this":
+            series: dict[str, Any] = await self.registry.ask(
+                booking.user_id, ChangeSeries(actor.id, booking_id, dict(changes), scope, if_match)
+            )
+            return series
         # The resource actor that writes it: the one it moves to, else its own (None: a personal one).
         resource_id = changes.get("resource_id") or booking.resource_id
         result: dict[str, Any] = await self.registry.ask(
@@ -540,8 +589,13 @@ class BookingService:
         )
         return result
 
-    async def delete(self, actor: User, booking_id: uuid.UUID, *, if_match: int | None = None) -> None:
+    async def delete(
+        self, actor: User, booking_id: uuid.UUID, *, if_match: int | None = None, scope: str = "this"
+    ) -> None:
         owner = await self._owner(actor, booking_id)
+        if scope != "this":
+            await self.registry.ask(owner, DeleteSeries(actor.id, booking_id, scope, if_match))
+            return
         await self.registry.ask(owner, DeleteBooking(actor.id, booking_id, if_match))
 
     async def get(self, actor: User, booking_id: uuid.UUID) -> Booking:

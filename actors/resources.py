@@ -247,6 +247,7 @@ class Written:
     busy: tuple[tuple[uuid.UUID, Event], ...] = ()
     changed: bool = True  # False: an update that changed nothing (no event)
     queued: tuple[uuid.UUID, ...] = ()  # webhook messages the commit wrote, for the owner's actor to hand off
+    summary: dict[str, Any] | None = None  # an occurrence's change: its series' series.updated
 
 
 class _Stale(Exception):
@@ -536,6 +537,7 @@ class ResourceActor:
 
     async def _change_once(self, msg: ChangeResourceBooking) -> Written:
         from actors.bookings import EDITABLE, TRANSITIONS, check_times, record_update
+        from actors.series import touch_for
 
         d = self.deps
         u = msg.update
@@ -604,13 +606,18 @@ class ResourceActor:
             queued = await record_update(
                 d, conn, actor_id=u.actor_id, before=current, after=booking, changes=changes
             )
+            summary = await touch_for(conn, booking)
             plan = (
                 await d.reminders.in_transaction(conn, booking, booking_id=booking.id)
                 if d.reminders
                 else None
             )
         return Written(
-            booking_view(booking), plan, busy=busy_events(d, current, booking), queued=tuple(queued)
+            booking_view(booking),
+            plan,
+            busy=busy_events(d, current, booking),
+            queued=tuple(queued),
+            summary=summary,
         )
 
     async def _exclusion_conflict(self, msg: ChangeResourceBooking, exc: BaseException) -> Conflict:

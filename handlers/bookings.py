@@ -12,6 +12,7 @@ from marshmallow import Schema
 
 from actors.bookings import parse_if_match
 from actors.errors import FieldError, ValidationFailed
+from actors.series import SeriesWritten
 from actors.views import booking_view, snapshot_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (
@@ -31,6 +32,8 @@ from handlers.schemas import (
     CreateBookingRequest,
     PageQuery,
     Problem,
+    ScopeQuery,
+    SeriesOut,
     StatusRequest,
     UpdateBookingRequest,
 )
@@ -48,6 +51,17 @@ _status = StatusRequest()
 _list = BookingListQuery()
 _limit = BookingLimitQuery()
 _page = PageQuery()
+_scope = ScopeQuery()
+# A booking, or (with `recurrence`; scope=following|all) its series.
+BOOKING_OR_SERIES = {"oneOf": [BookingOut, SeriesOut]}
+_SCOPE_PARAM = {
+    "in": "query",
+    "name": "scope",
+    "required": False,
+    "schema": {"type": "string", "enum": ["this", "following", "all"], "default": "this"},
+    "description": "For an occurrence: this one (If-Match: its version), or this and the following, or the"
+    " whole series (If-Match: the series' version; the reply is the series)",
+}
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -82,8 +96,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     ],
     responses={
         201: {
-            "schema": BookingOut,
-            "description": "Created (Location header points at it), or the replay of an earlier create",
+            "schema": BOOKING_OR_SERIES,
+            "description": "Created (Location header points at it), or the replay of an earlier create; with"
+            " `recurrence` the series and its occurrences (`skipped`: what conflictPolicy=skip left out)",
             "headers": {
                 "ETag": header("ETag"),
                 "Location": header("Location"),
@@ -95,7 +110,8 @@ def _idempotency_key(request: web.Request) -> str | None:
         409: {
             "schema": Problem,
             "description": "Overlaps an active booking (`conflictingId`), the resource is full"
-            " (`resource full`, `conflictingIds`) or retired",
+            " (`resource full`, `conflictingIds`) or retired; for a series, `conflicts` lists each"
+            " conflicting occurrence and the bookings it meets, and nothing is written",
         },
         413: {"schema": Problem, "description": "Body too large"},
         415: {"schema": Problem, "description": "Body is not JSON"},
@@ -109,8 +125,12 @@ async def create_booking(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     data = await body(request, _create)
     created = await request.app[BOOKINGS].create(user, data, idempotency_key=key)
-    view = created.booking
-    headers = {**etag(view["version"]), "Location": f"/api/booking/{view['id']}"}
+    if isinstance(created, SeriesWritten):
+        view = created.view
+        headers = {**etag(view["version"]), "Location": f"/api/series/{view['id']}"}
+    else:
+        view = created.booking
+        headers = {**etag(view["version"]), "Location": f"/api/booking/{view['id']}"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
     return json_response(view, status=201, headers=headers)
@@ -212,11 +232,11 @@ _MUTATION_ERRORS: dict[int, dict[str, Any]] = {
 @routes.patch("/api/booking/{id}")
 @docs(
     tags=["bookings"],
-    summary="Change some fields (same rules as create)",
+    summary="Change some fields (same rules as create); of an occurrence, or of its series with `scope`",
     security=[{"bearerAuth": []}],
-    parameters=[*ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH, _SCOPE_PARAM],
     responses={
-        200: {"schema": BookingOut, "description": "The updated booking", **WITH_ETAG},
+        200: {"schema": BOOKING_OR_SERIES, "description": "The updated booking (or series)", **WITH_ETAG},
         **_MUTATION_ERRORS,
     },
 )
@@ -230,8 +250,9 @@ async def _update(request: web.Request, schema: Schema) -> web.Response:
     user = await require_user(request)
     booking_id = path_uuid(request)
     if_match = parse_if_match(request.headers.get("If-Match"))
+    scope = query(request, _scope)["scope"]
     changes = await body(request, schema)
-    view = await request.app[BOOKINGS].update(user, booking_id, changes, if_match=if_match)
+    view = await request.app[BOOKINGS].update(user, booking_id, changes, if_match=if_match, scope=scope)
     return json_response(view, headers=etag(view["version"]))
 
 
@@ -240,9 +261,9 @@ async def _update(request: web.Request, schema: Schema) -> web.Response:
     tags=["bookings"],
     summary="Move a booking through scheduled → in-progress → completed, or cancel it",
     security=[{"bearerAuth": []}],
-    parameters=[*ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH, _SCOPE_PARAM],
     responses={
-        200: {"schema": BookingOut, "description": "The updated booking", **WITH_ETAG},
+        200: {"schema": BOOKING_OR_SERIES, "description": "The updated booking (or series)", **WITH_ETAG},
         **_MUTATION_ERRORS,
     },
 )
@@ -254,9 +275,9 @@ async def patch_status(request: web.Request) -> web.Response:
 @routes.delete("/api/booking/{id}")
 @docs(
     tags=["bookings"],
-    summary="Delete a booking (its reminder is cancelled; the audit log keeps it)",
+    summary="Delete a booking (its reminder is cancelled; the audit log keeps it), or with `scope` a series",
     security=[{"bearerAuth": []}],
-    parameters=[*ID_PARAM, _IF_MATCH],
+    parameters=[*ID_PARAM, _IF_MATCH, _SCOPE_PARAM],
     responses={
         204: {"description": "Deleted"},
         404: {"schema": Problem, "description": "Missing, or someone else's"},
@@ -268,8 +289,27 @@ async def delete_booking(request: web.Request) -> web.Response:
     user = await require_user(request)
     booking_id = path_uuid(request)
     if_match = parse_if_match(request.headers.get("If-Match"))
-    await request.app[BOOKINGS].delete(user, booking_id, if_match=if_match)
+    scope = query(request, _scope)["scope"]
+    await request.app[BOOKINGS].delete(user, booking_id, if_match=if_match, scope=scope)
     return web.Response(status=204)
+
+
+@routes.get("/api/series/{id}")
+@docs(
+    tags=["bookings"],
+    summary="A recurring series with its occurrences (ETag = its version, for scope=following|all)",
+    security=[{"bearerAuth": []}],
+    parameters=ID_PARAM,
+    responses={
+        200: {"schema": SeriesOut, "description": "The series", **WITH_ETAG},
+        404: {"schema": Problem, "description": "Missing, or someone else's"},
+        **AUTH_ERRORS,
+    },
+)
+async def get_series(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    view = await request.app[BOOKINGS].get_series(user, path_uuid(request))
+    return json_response(view, headers=etag(view["version"]))
 
 
 @routes.get("/api/booking/{id}/history")

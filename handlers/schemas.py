@@ -212,6 +212,36 @@ def _resource_ref() -> fields.UUID:
     )
 
 
+def _known_zone(value: str) -> bool:
+    from actors.resources import known_zones
+
+    if value not in known_zones():
+        raise ValidationError("must be an IANA time zone name, e.g. Europe/Berlin")
+    return True
+
+
+class RecurrenceRequest(Strict):
+    rrule = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=500),
+        metadata=_desc(
+            "RFC 5545 RRULE: FREQ=DAILY|WEEKLY|MONTHLY, INTERVAL, BYDAY, BYMONTHDAY, BYSETPOS, WKST and "
+            "one of COUNT or UNTIL; at most 366 occurrences, all within the booking window",
+            example="FREQ=WEEKLY;BYDAY=MO,WE;COUNT=10",
+        ),
+    )
+    time_zone = fields.String(
+        validate=_known_zone,
+        data_key="timeZone",
+        metadata=_desc("IANA zone the rule repeats in (default: your own timeZone)", example="Europe/Berlin"),
+    )
+    exdates = fields.List(
+        _aware("An occurrence's start to leave out"),
+        validate=validate.Length(max=366),
+        metadata=_desc("Occurrence starts to leave out (EXDATE), at most 366"),
+    )
+
+
 class CreateBookingRequest(Strict):
     title = fields.String(
         required=True, validate=validate.Length(min=1, max=255), metadata={"example": "Team sync"}
@@ -232,6 +262,19 @@ class CreateBookingRequest(Strict):
     attendees = _attendees()
     user_id = fields.UUID(
         data_key="userId", metadata=_desc("Admins only: book on behalf of this user (403 for others)")
+    )
+    recurrence = fields.Nested(
+        RecurrenceRequest,
+        metadata=_desc(
+            "Book a recurring series: startTime/endTime are its first occurrence (docs/RECURRENCE.md)"
+        ),
+    )
+    conflict_policy = fields.String(
+        validate=validate.OneOf(["reject", "skip"]),
+        data_key="conflictPolicy",
+        metadata=_desc(
+            "With recurrence: reject (default, all or nothing) or skip the conflicting occurrences"
+        ),
     )
 
 
@@ -293,6 +336,47 @@ class BookingOut(Schema):
         allow_none=True,
         data_key="occurrenceStart",
         metadata=_desc("The occurrence's start in its series' rule (its RECURRENCE-ID); stays when moved"),
+    )
+
+
+class OccurrenceConflict(Schema):
+    occurrence_start = fields.DateTime(required=True, data_key="occurrenceStart")
+    start_time = fields.DateTime(required=True, data_key="startTime")
+    end_time = fields.DateTime(required=True, data_key="endTime")
+    conflicting_ids = fields.List(
+        fields.UUID(), required=True, data_key="conflictingIds", metadata=_desc("The bookings in the way")
+    )
+
+
+class SeriesOut(Schema):
+    id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True, data_key="userId")
+    resource_id = fields.UUID(allow_none=True, required=True, data_key="resourceId")
+    rrule = fields.String(required=True, metadata=_desc("The rule in its normal form (UNTIL in UTC)"))
+    time_zone = fields.String(required=True, data_key="timeZone")
+    start_time = fields.DateTime(required=True, data_key="startTime", metadata=_desc("The first instance"))
+    end_time = fields.DateTime(required=True, data_key="endTime")
+    exdates = fields.List(fields.DateTime(), required=True)
+    title = fields.String(required=True)
+    description = fields.String(allow_none=True, required=True)
+    location = fields.String(allow_none=True, required=True)
+    notes = fields.String(allow_none=True, required=True)
+    reminder_minutes_before = fields.Integer(allow_none=True, required=True, data_key="reminderMinutesBefore")
+    version = fields.Integer(required=True, metadata=_desc("The series' ETag; moves with every occurrence"))
+    created_at = fields.DateTime(required=True, data_key="createdAt")
+    updated_at = fields.DateTime(required=True, data_key="updatedAt")
+    occurrences = fields.List(fields.Nested(BookingOut), required=True)
+    skipped = fields.List(
+        fields.Nested(OccurrenceConflict),
+        metadata=_desc("On create with conflictPolicy=skip: the occurrences not booked and why"),
+    )
+
+
+class ScopeQuery(Strict):
+    scope = fields.String(
+        load_default="this",
+        validate=validate.OneOf(["this", "following", "all"]),
+        metadata=_desc("For an occurrence of a series: this one (default), this and the following, or all"),
     )
 
 

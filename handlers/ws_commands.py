@@ -20,6 +20,7 @@ from marshmallow import validate as rules
 from actors.bookings import BookingService
 from actors.errors import Conflict, Forbidden
 from actors.resources import ResourceService
+from actors.series import SeriesWritten
 from actors.views import booking_view, iso
 from handlers.common import page_meta
 from handlers.schemas import BookingListQuery, CreateBookingRequest, Strict, UpdateBookingRequest
@@ -85,6 +86,7 @@ class ResourceRoomRequest(Strict):
 class BookingRef(Strict):
     id = fields.UUID(required=True)
     if_match = fields.Integer(strict=True, validate=rules.Range(min=0), data_key="ifMatch")
+    scope = fields.String(load_default="this", validate=rules.OneOf(["this", "following", "all"]))
 
 
 class CreateOptions(Strict):
@@ -160,7 +162,7 @@ async def create_booking(session: Session, data: dict[str, Any]) -> dict[str, An
     key = validate(_options, options).get("idempotency_key")
     fields_ = validate(_create, body)
     created = await session.bookings.create(session.user, fields_, idempotency_key=key)
-    return created.booking
+    return created.view if isinstance(created, SeriesWritten) else created.booking
 
 
 async def get_bookings(session: Session, data: dict[str, Any]) -> dict[str, Any]:
@@ -186,15 +188,17 @@ async def get_booking(session: Session, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def update_booking(session: Session, data: dict[str, Any]) -> dict[str, Any]:
-    ref_fields, body = _split(data, ("id", "ifMatch"))
+    ref_fields, body = _split(data, ("id", "ifMatch", "scope"))
     ref = validate(_ref, ref_fields)
     changes = validate(_update, body)
-    return await session.bookings.update(session.user, ref["id"], changes, if_match=ref.get("if_match"))
+    return await session.bookings.update(
+        session.user, ref["id"], changes, if_match=ref.get("if_match"), scope=ref["scope"]
+    )
 
 
 async def delete_booking(session: Session, data: dict[str, Any]) -> dict[str, Any]:
     ref = validate(_ref, data)
-    await session.bookings.delete(session.user, ref["id"], if_match=ref.get("if_match"))
+    await session.bookings.delete(session.user, ref["id"], if_match=ref.get("if_match"), scope=ref["scope"])
     return {"id": str(ref["id"])}
 
 

@@ -84,6 +84,15 @@ async def _booking(world: World) -> dict[str, Any]:
     return {"id": await world.new_booking()}
 
 
+async def _series(world: World) -> dict[str, Any]:
+    """A fresh two-occurrence daily series of the owner's."""
+    body = {**world.slot(), "recurrence": {"rrule": "FREQ=DAILY;COUNT=2", "timeZone": "UTC"}}
+    world.hours[0] += 48
+    resp = await world.client.post("/api/booking", json=body, headers=world.headers("owner"))
+    assert resp.status == 201, await resp.text()
+    return {"id": (await resp.json())["id"]}
+
+
 async def _owner(world: World) -> dict[str, Any]:
     return {"id": world.owner_id}
 
@@ -168,6 +177,7 @@ MATRIX = [
         unchanged_unless=(204,),
     ),
     Row("GET", "/api/booking/{id}/history", ADMIN_ONLY, _booking),
+    Row("GET", "/api/series/{id}", OWNED, _series),
     Row("POST", "/api/resources", {**ADMIN_ONLY, "admin": 201}, body=_resource_name),
     Row("GET", "/api/resources", _user_route()),
     Row("GET", "/api/resources", {**ADMIN_ONLY, "owner": 403}, query="includeRetired=true"),

@@ -1,0 +1,720 @@
+"""Recurring series: create, change and cancel many occurrences as one, inside the owner's actor.
+
+A series is a rule (actors/recurrence.py) and a template; each occurrence is a real booking row under
+every constraint a single booking meets, with `series_id` and `occurrence_start` (its RECURRENCE-ID).
+Creation is one transaction: conflicts are read first (exactly, under the resource's row lock, for a
+capacity-N resource; as a snapshot otherwise), then one statement writes every occurrence ON CONFLICT
+DO NOTHING. If that statement wrote fewer rows than asked, a concurrent writer won a slot after the read:
+the transaction rolls back and the whole decision is made again, so two overlapping series never both
+commit an overlapping occurrence, and `conflictPolicy: "skip"` never skips more than it must.
+
+Lock order (docs/ARCHITECTURE.md): resource rows by id, then booking rows, then the series row; a change
+to one occurrence (scope=this) takes them in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from actors.base import Event
+from actors.errors import Conflict, FieldError, NotFound, PreconditionFailed, ValidationFailed
+from actors.recurrence import MAX_EXDATES, Rule, expand, instances, parse_rrule
+from actors.reminders import Plan
+from actors.views import booking_view, iso
+from actors.webhook_rules import BOOKING_DELETED
+from storage import bookings as booking_store
+from storage import resources as resource_store
+from storage import series as store
+from storage import webhooks as webhook_store
+from storage.bookings import Booking
+from storage.db import Connection
+from storage.errors import sqlstate
+from storage.resources import Resource
+from storage.series import Occurrence, Series
+
+if TYPE_CHECKING:
+    from actors.bookings import Deps
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3
+SCOPES = ("this", "following", "all")
+POLICIES = ("reject", "skip")
+# What a change with scope=following|all may carry: the template's fields, the time of day and length.
+SERIES_EDITABLE = frozenset(
+    {"title", "description", "location", "notes", "reminder_minutes_before", "attendees", "status"}
+    | {"start_time", "end_time"}
+)
+TEMPLATE = ("title", "description", "location", "notes", "reminder_minutes_before")
+
+
+# --- messages ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSeries:
+    actor_id: uuid.UUID
+    owner_seq: int
+    fields: Mapping[str, Any]  # the booking fields of the first occurrence, with `recurrence`
+    default_zone: str  # the owner's own zone, when the recurrence names none
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSeries:
+    actor_id: uuid.UUID
+    booking_id: uuid.UUID  # the occurrence the change was asked on
+    changes: Mapping[str, Any]
+    scope: str  # following | all
+    if_match: int | None = None  # the series' version
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSeries:
+    actor_id: uuid.UUID
+    booking_id: uuid.UUID
+    scope: str  # following | all
+    if_match: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesWritten:
+    view: dict[str, Any]
+    replayed: bool = False
+
+
+@dataclass
+class _Outcome:
+    """What the owner's actor does after the commit."""
+
+    plans: list[Plan] = field(default_factory=list)
+    queued: list[uuid.UUID] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    busy: dict[uuid.UUID, tuple[datetime, datetime]] = field(default_factory=dict)
+
+    def took(self, b: Booking | None) -> None:
+        """Widen the resource.busy.changed span by a booking's busy range."""
+        if b is None or b.resource_id is None or b.busy_start is None or b.busy_end is None:
+            return
+        lo, hi = self.busy.get(b.resource_id, (b.busy_start, b.busy_end))
+        self.busy[b.resource_id] = (min(lo, b.busy_start), max(hi, b.busy_end))
+
+
+class _Raced(Exception):
+    """The occurrence statement wrote fewer rows than decided: decide again."""
+
+
+# --- views ------------------------------------------------------------------------------------------
+
+
+def series_view(s: Series, occurrences: Sequence[Booking]) -> dict[str, Any]:
+    return {
+        "id": str(s.id),
+        "userId": str(s.user_id),
+        "resourceId": str(s.resource_id) if s.resource_id else None,
+        "rrule": s.rrule,
+        "timeZone": s.time_zone,
+        "startTime": iso(s.dtstart),
+        "endTime": iso(s.dtstart + timedelta(seconds=s.duration_seconds)),
+        "exdates": s.exdates,
+        "title": s.title,
+        "description": s.description,
+        "location": s.location,
+        "notes": s.notes,
+        "reminderMinutesBefore": s.reminder_minutes_before,
+        "version": s.version,
+        "createdAt": iso(s.created_at),
+        "updatedAt": iso(s.updated_at),
+        "occurrences": [booking_view(b) for b in occurrences],
+    }
+
+
+def _field(name: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{name} {message}", [FieldError(name, message)])
+
+
+# --- pure rules ---------------------------------------------------------------------------------------
+
+
+def plan_occurrences(
+    rule: Rule,
+    zone: ZoneInfo,
+    *,
+    start: datetime,
+    end: datetime,
+    exdates: Sequence[datetime],
+    horizon: datetime,
+) -> list[tuple[datetime, datetime]]:
+    """The (start, end) of each occurrence to book: the rule's instances from `start`, less `exdates`.
+    400 when `start` is not the rule's first instance, an exdate is not an instance, nothing is left, or
+    the occurrences would overlap one another."""
+    found = expand(rule, zone, start, horizon=horizon)
+    if found[0] != start.astimezone(UTC):
+        local = found[0].astimezone(zone)
+        raise _field(
+            "startTime",
+            f"must be the rule's first occurrence (the rule's first from startTime is {local.isoformat()})",
+        )
+    if len(exdates) > MAX_EXDATES:
+        raise _field("recurrence.exdates", f"may list at most {MAX_EXDATES} dates")
+    known = set(found)
+    skip: set[datetime] = set()
+    for i, ex in enumerate(exdates):
+        instant = ex.astimezone(UTC)
+        if instant not in known:
+            raise _field(
+                f"recurrence.exdates[{i}]", "is not an occurrence of the rule (match its start time)"
+            )
+        skip.add(instant)
+    duration = end - start
+    kept = [s for s in found if s not in skip]
+    if not kept:
+        raise _field("recurrence.exdates", "exclude every occurrence: nothing would be booked")
+    for a, b in pairwise(found):
+        if b - a < duration:
+            raise _field("endTime", "the occurrences would overlap one another (longer than their spacing)")
+    return [(s, s + duration) for s in kept]
+
+
+def capacity_conflicts(
+    capacity: int,
+    existing: Sequence[tuple[uuid.UUID, datetime, datetime]],
+    wanted: Sequence[tuple[datetime, datetime]],
+) -> dict[int, list[uuid.UUID]]:
+    """For each wanted busy range that would overfill the resource (its existing active busy ranges plus
+    the earlier wanted ones that fit): the bookings that fill it at the first full instant. The maximum
+    overlap of half-open ranges over [s, e) is reached at s or at another range's start inside it."""
+    accepted: list[tuple[uuid.UUID | None, datetime, datetime]] = []
+    out: dict[int, list[uuid.UUID]] = {}
+    for i, (s, e) in enumerate(wanted):
+        others: list[tuple[uuid.UUID | None, datetime, datetime]] = [
+            (bid, bs, be) for bid, bs, be in existing if bs < e and be > s
+        ]
+        others += [(None, bs, be) for _, bs, be in accepted if bs < e and be > s]
+        points = sorted({s, *(bs for _, bs, _ in others if s < bs < e)})
+        full = next((p for p in points if sum(1 for _, bs, be in others if bs <= p < be) >= capacity), None)
+        if full is None:
+            accepted.append((None, s, e))
+        else:
+            out[i] = [bid for bid, bs, be in others if bid is not None and bs <= full < be]
+    return out
+
+
+def _busy(resource: Resource | None, s: datetime, e: datetime) -> tuple[datetime | None, datetime | None]:
+    if resource is None:
+        return None, None
+    return (
+        s - timedelta(minutes=resource.buffer_before_minutes),
+        e + timedelta(minutes=resource.buffer_after_minutes),
+    )
+
+
+# --- the writer, run inside the owner's actor -------------------------------------------------------------
+
+
+class SeriesWriter:
+    def __init__(self, owner_id: uuid.UUID, deps: Deps) -> None:
+        self.owner_id = owner_id
+        self.deps = deps
+
+    # --- create -------------------------------------------------------------------------------
+
+    async def create(self, msg: CreateSeries) -> SeriesWritten:
+        from actors.bookings import check_times
+
+        d = self.deps
+        fields = dict(msg.fields)
+        recurrence = fields.pop("recurrence")
+        policy = fields.pop("conflict_policy", None) or "reject"
+        fields.setdefault("reminder_minutes_before", d.rules.default_reminder_minutes)
+        zone_name = recurrence.get("time_zone") or msg.default_zone
+        zone = ZoneInfo(zone_name)
+        rule = parse_rrule(recurrence["rrule"], zone=zone)
+        now = d.clock()
+        check_times(d.rules, start=fields["start_time"], end=fields["end_time"], now=now, start_changed=True)
+        for attempt in range(RETRIES):
+            try:
+                return await self._create_once(msg, fields, rule, zone_name, policy, recurrence, now)
+            except _Raced:
+                log.info("a series lost a slot to a concurrent writer; deciding again")
+            except asyncpg.PostgresError as exc:
+                if sqlstate(exc) != "40P01" or attempt == RETRIES - 1:
+                    raise
+        raise Conflict("the series' slots are contended; retry")
+
+    async def _create_once(
+        self,
+        msg: CreateSeries,
+        fields: dict[str, Any],
+        rule: Rule,
+        zone_name: str,
+        policy: str,
+        recurrence: Mapping[str, Any],
+        now: datetime,
+    ) -> SeriesWritten:
+        from actors.bookings import request_hash
+        from actors.resources import _check_window, _retired, _unknown_resource, check_hours
+
+        d = self.deps
+        zone = ZoneInfo(zone_name)
+        resource_id: uuid.UUID | None = fields.pop("resource_id", None)
+        out = _Outcome()
+        async with d.db.begin() as conn:
+            if msg.idempotency_key is not None:
+                digest = request_hash({**msg.fields, "recurrence": repr(sorted(recurrence.items()))})
+                if not await booking_store.claim_idempotency_key(
+                    conn, user_id=self.owner_id, key=msg.idempotency_key, request_hash=digest
+                ):
+                    return await self._replay(conn, msg.idempotency_key, digest)
+            resource: Resource | None = None
+            horizon = now + d.rules.max_advance
+            if resource_id is not None:
+                # The row lock every capacity-N writer takes: the count below is exact under it.
+                resource = (await resource_store.lock_resources(conn, [resource_id])).get(resource_id)
+                if resource is None:
+                    raise _unknown_resource()
+                if not resource.active:
+                    raise _retired(resource)
+                _check_window(resource, fields["start_time"], now)
+                horizon = min(horizon, now + timedelta(days=resource.max_advance_days))
+            planned = plan_occurrences(
+                rule,
+                zone,
+                start=fields["start_time"],
+                end=fields["end_time"],
+                exdates=recurrence.get("exdates") or [],
+                horizon=horizon,
+            )
+            if resource is not None:
+                for s, e in planned:
+                    check_hours(resource, s, e)
+            conflicts = await self._conflicts(conn, resource, planned)
+            if conflicts and policy == "reject":
+                raise Conflict(
+                    f"{len(conflicts)} of {len(planned)} occurrences conflict; nothing was booked",
+                    conflicts=[_conflict_view(planned[i], ids) for i, ids in sorted(conflicts.items())],
+                )
+            keep = [p for i, p in enumerate(planned) if i not in conflicts]
+            if not keep:
+                raise Conflict(
+                    "every occurrence conflicts; nothing was booked",
+                    conflicts=[_conflict_view(planned[i], ids) for i, ids in sorted(conflicts.items())],
+                )
+            series = await store.insert_series(
+                conn,
+                {
+                    "user_id": self.owner_id,
+                    "resource_id": resource_id,
+                    "rrule": rule.text(),
+                    "time_zone": zone_name,
+                    "dtstart": fields["start_time"],
+                    "duration_seconds": int((fields["end_time"] - fields["start_time"]).total_seconds()),
+                    "exdates": [iso(x) for x in recurrence.get("exdates") or []],
+                    **{k: fields.get(k) for k in TEMPLATE},
+                },
+            )
+            occurrences = []
+            for s, e in keep:
+                booking_id = uuid.uuid4()
+                plan = (
+                    d.reminders.for_new(
+                        booking_id=booking_id, minutes=fields["reminder_minutes_before"], start=s
+                    )
+                    if d.reminders
+                    else None
+                )
+                if plan is not None:
+                    out.plans.append(plan)
+                bs, be = _busy(resource, s, e)
+                occurrences.append(Occurrence(booking_id, s, e, bs, be, plan.due_at if plan else None))
+            written, queued = await store.create_occurrences(
+                conn,
+                actor_id=msg.actor_id,
+                series_id=series.id,
+                occurrences=occurrences,
+                user_id=self.owner_id,
+                user_seq=msg.owner_seq,
+                resource_id=resource_id,
+                resource_seq=resource.seq if resource else None,
+                resource_exclusive=resource is not None and resource.capacity == 1,
+                template={
+                    **{k: fields.get(k) for k in ("title", "description", "location", "notes")},
+                    "reminder_minutes_before": fields["reminder_minutes_before"],
+                    "attendees": fields.get("attendees") or [],
+                },
+            )
+            if len(written) != len(occurrences):
+                raise _Raced  # rolls the transaction back: nothing of this attempt stays
+            view = series_view(series, written)
+            view["skipped"] = [_conflict_view(planned[i], ids) for i, ids in sorted(conflicts.items())]
+            if msg.idempotency_key is not None:
+                await booking_store.store_idempotent(
+                    conn, user_id=self.owner_id, key=msg.idempotency_key, status_code=201, response=view
+                )
+        out.queued = queued
+        for b in written:
+            out.events.append(("booking.created", booking_view(b)))
+            out.took(b)
+        out.events.append(("series.created", _summary(series, written, skipped=len(conflicts))))
+        await self.after(out, also=msg.actor_id)
+        return SeriesWritten(view)
+
+    async def _conflicts(
+        self, conn: Connection, resource: Resource | None, planned: list[tuple[datetime, datetime]]
+    ) -> dict[int, list[uuid.UUID]]:
+        starts, ends = [s for s, _ in planned], [e for _, e in planned]
+        found: dict[int, list[uuid.UUID]] = {
+            i: [bid]
+            for i, bid in (
+                await store.own_overlaps(conn, user_id=self.owner_id, starts=starts, ends=ends)
+            ).items()
+        }
+        if resource is not None:
+            busy = [_busy(resource, s, e) for s, e in planned]
+            wanted = [(bs, be) for bs, be in busy if bs is not None and be is not None]
+            existing = await store.resource_busy(
+                conn, resource_seq=resource.seq, starts=[w[0] for w in wanted], ends=[w[1] for w in wanted]
+            )
+            # Occurrences already refused by the owner's own bookings take no seat.
+            free = [i for i in range(len(planned)) if i not in found]
+            full = capacity_conflicts(resource.capacity, existing, [wanted[i] for i in free])
+            for j, ids in full.items():
+                found.setdefault(free[j], []).extend(ids)
+        return found
+
+    async def _replay(self, conn: Connection, key: str, digest: str) -> SeriesWritten:
+        from actors.errors import IdempotencyMismatch, Unavailable
+
+        stored = await booking_store.get_idempotent(conn, user_id=self.owner_id, key=key)
+        if stored is None:
+            raise Unavailable("idempotency key is being processed; retry")
+        if stored.request_hash != digest:
+            raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
+        return SeriesWritten(stored.response, replayed=True)
+
+    # --- change following / all ------------------------------------------------------------------
+
+    async def change(self, msg: ChangeSeries) -> dict[str, Any]:
+        unknown = set(msg.changes) - SERIES_EDITABLE
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            raise _field("scope", f"{msg.scope} cannot change {names}; change one occurrence with scope=this")
+        for attempt in range(RETRIES):
+            try:
+                return await self._change_once(msg)
+            except asyncpg.PostgresError as exc:
+                code = sqlstate(exc)
+                if code == "23P01":
+                    raise Conflict(
+                        "an occurrence would overlap another active booking (yours, or the resource's)"
+                    ) from None
+                if code != "40P01" or attempt == RETRIES - 1:
+                    raise
+        raise Conflict("the series is contended; retry")  # pragma: no cover
+
+    async def _locked(
+        self, conn: Connection, booking_id: uuid.UUID, if_match: int | None
+    ) -> tuple[Booking, Series, list[Booking], Resource | None]:
+        """The occurrence, its series and every occurrence, locked in the one order (resource rows,
+        booking rows, series row)."""
+        target = await booking_store.get_booking(conn, booking_id)
+        if target is None or target.user_id != self.owner_id:
+            raise NotFound("booking not found")
+        if target.series_id is None:
+            raise _field("scope", "applies to occurrences of a series; this booking is not one")
+        peek = await store.get_series(conn, target.series_id)
+        if peek is None:  # pragma: no cover  (the foreign key cascades)
+            raise NotFound("series not found")
+        resource = None
+        if peek.resource_id is not None:
+            resource = (await resource_store.lock_resources(conn, [peek.resource_id])).get(peek.resource_id)
+        rows = await store.occurrences(conn, peek.id, for_update=True)
+        series = await store.get_series(conn, peek.id, for_update=True)
+        target = next((b for b in rows if b.id == booking_id), None)
+        if series is None or target is None:
+            raise NotFound("booking not found")
+        if if_match is not None and if_match != series.version:
+            raise PreconditionFailed(f"series is at version {series.version}, not {if_match}")
+        return target, series, rows, resource
+
+    async def _change_once(self, msg: ChangeSeries) -> dict[str, Any]:
+        from actors.bookings import check_times, record_update
+        from actors.resources import _full, check_hours
+
+        d = self.deps
+        now = d.clock()
+        out = _Outcome()
+        previous: uuid.UUID | None = None
+        async with d.db.begin() as conn:
+            target, series, rows, resource = await self._locked(conn, msg.booking_id, msg.if_match)
+            assert target.occurrence_start is not None  # noqa: S101  (ck_bookings_series_shape)
+            pivot = target.occurrence_start
+            if msg.scope == "following" and pivot > series.dtstart:
+                previous = series.id
+                series, rows = await self._split(conn, series, rows, pivot)
+            zone = ZoneInfo(series.time_zone)
+            changes = dict(msg.changes)
+            editable = [b for b in rows if b.status == "scheduled" and b.start_time > now]
+            values_all = {k: v for k, v in changes.items() if k not in ("start_time", "end_time")}
+            series_values: dict[str, Any] = {k: v for k, v in values_all.items() if k in TEMPLATE}
+            new_time: tuple[datetime, timedelta] | None = None  # the new local time of day and length
+            if "start_time" in changes or "end_time" in changes:
+                started = [b for b in rows if b not in editable and b.status != "cancelled"]
+                if started:
+                    raise Conflict(
+                        f"{len(started)} occurrence(s) of this series already started or ended; change the "
+                        "time with scope=following on the next occurrence"
+                    )
+                new_start = changes.get("start_time", target.start_time)
+                new_end = changes.get("end_time", target.end_time)
+                if new_start.astimezone(zone).date() != target.start_time.astimezone(zone).date():
+                    raise _field(
+                        "startTime",
+                        "with scope=following|all the time of day may change, not the date (scope=this moves "
+                        "one occurrence to another day)",
+                    )
+                if new_end <= new_start:
+                    raise _field("endTime", "must be after startTime")
+                new_time = (new_start, new_end - new_start)
+                local = new_start.astimezone(zone)
+                dt_local = series.dtstart.astimezone(zone)
+                series_values["dtstart"] = dt_local.replace(
+                    hour=local.hour, minute=local.minute, second=local.second, fold=0
+                ).astimezone(UTC)
+                series_values["duration_seconds"] = int(new_time[1].total_seconds())
+                series_values["rrule"] = self._keep_until(series, series_values["dtstart"], zone)
+            ordered = editable
+            if new_time is not None and new_time[0] > target.start_time:
+                ordered = list(reversed(editable))  # later first: no occurrence steps on its neighbour
+            changed: list[Booking] = []
+            for b in ordered:
+                values = dict(values_all)
+                if new_time is not None:
+                    assert b.occurrence_start is not None  # noqa: S101
+                    local = new_time[0].astimezone(zone)
+                    day = b.occurrence_start.astimezone(zone)
+                    start = day.replace(
+                        hour=local.hour, minute=local.minute, second=local.second, fold=0
+                    ).astimezone(UTC)
+                    values.update(start_time=start, end_time=start + new_time[1], occurrence_start=start)
+                    check_times(d.rules, start=start, end=start + new_time[1], now=now, start_changed=True)
+                    if resource is not None:
+                        check_hours(resource, start, start + new_time[1])
+                        bs, be = _busy(resource, start, start + new_time[1])
+                        values.update(busy_start=bs, busy_end=be)
+                        assert bs is not None and be is not None  # noqa: S101
+                        in_way = await resource_store.resource_conflicts(
+                            conn,
+                            resource_seq=resource.seq,
+                            busy_start=bs,
+                            busy_end=be,
+                            capacity=resource.capacity,
+                            exclude=b.id,
+                        )
+                        if in_way:
+                            raise _full(resource, in_way)
+                values = {k: v for k, v in values.items() if getattr(b, k) != v}
+                if not values:
+                    continue
+                if values.get("status") not in (None, "in-progress", "completed", "cancelled"):
+                    raise _field("status", "not a status a scheduled occurrence can take")
+                after = await booking_store.update_booking(conn, b.id, values)
+                out.queued += await record_update(
+                    d, conn, actor_id=msg.actor_id, before=b, after=after, changes=values
+                )
+                if d.reminders:
+                    plan = await d.reminders.in_transaction(conn, after, booking_id=after.id)
+                    if plan is not None:
+                        out.plans.append(plan)
+                out.took(b)
+                out.took(after)
+                changed.append(after)
+            series = await store.update_series(conn, series.id, series_values)
+            rows = await store.occurrences(conn, series.id)
+        for b in sorted(changed, key=lambda x: x.start_time):
+            out.events.append(("booking.updated", booking_view(b)))
+        summary = _summary(series, changed, scope=msg.scope)
+        if previous is not None:
+            summary["previousSeriesId"] = str(previous)
+        out.events.append(("series.updated", summary))
+        await self.after(out, also=msg.actor_id)
+        return series_view(series, rows)
+
+    @staticmethod
+    def _keep_until(series: Series, dtstart: datetime, zone: ZoneInfo) -> str:
+        """The rule with UNTIL moved to cover its last date at the new time of day (a later time would
+        otherwise fall past UNTIL and lose the last occurrence)."""
+        rule = parse_rrule(series.rrule, zone=zone)
+        if rule.until is None:
+            return series.rrule
+        last = instances(series.rrule, series.time_zone, series.dtstart)[-1].astimezone(zone)
+        moved = last.replace(hour=dtstart.astimezone(zone).hour, minute=dtstart.astimezone(zone).minute)
+        return rule.ending(until=max(rule.until, moved.astimezone(UTC))).text()
+
+    async def _split(
+        self, conn: Connection, series: Series, rows: list[Booking], pivot: datetime
+    ) -> tuple[Series, list[Booking]]:
+        """THISANDFUTURE: the series ends before `pivot`; a new one, with the same rule and template,
+        starts at it and takes the occurrences from it on."""
+        zone = ZoneInfo(series.time_zone)
+        rule = parse_rrule(series.rrule, zone=zone)
+        found = instances(series.rrule, series.time_zone, series.dtstart)
+        rest = [x for x in found if x >= pivot]
+        head = rule.ending(until=pivot - timedelta(seconds=1))
+        tail = rule.ending(count=len(rest)) if rule.count is not None else rule
+        later = [b for b in rows if b.occurrence_start is not None and b.occurrence_start >= pivot]
+        new = await store.insert_series(
+            conn,
+            {
+                "user_id": series.user_id,
+                "resource_id": series.resource_id,
+                "rrule": tail.text(),
+                "time_zone": series.time_zone,
+                "dtstart": pivot,
+                "duration_seconds": series.duration_seconds,
+                "exdates": [x for x in series.exdates if x >= iso(pivot)],
+                **{k: getattr(series, k) for k in TEMPLATE},
+            },
+        )
+        await store.move_occurrences(conn, [b.id for b in later], new.id)
+        if len(later) == len(rows):
+            await store.delete_series(conn, series.id)
+        else:
+            await store.update_series(
+                conn,
+                series.id,
+                {"rrule": head.text(), "exdates": [x for x in series.exdates if x < iso(pivot)]},
+            )
+        return new, [replace_series(b, new.id) for b in later]
+
+    # --- delete following / all -------------------------------------------------------------------
+
+    async def delete(self, msg: DeleteSeries) -> None:
+        for attempt in range(RETRIES):
+            try:
+                await self._delete_once(msg)
+                return
+            except asyncpg.PostgresError as exc:
+                if sqlstate(exc) != "40P01" or attempt == RETRIES - 1:
+                    raise
+
+    async def _delete_once(self, msg: DeleteSeries) -> None:
+        d = self.deps
+        out = _Outcome()
+        async with d.db.begin() as conn:
+            target, series, rows, _ = await self._locked(conn, msg.booking_id, msg.if_match)
+            assert target.occurrence_start is not None  # noqa: S101
+            pivot = target.occurrence_start
+            whole = msg.scope == "all" or pivot <= series.dtstart
+            gone = rows if whole else [b for b in rows if b.occurrence_start and b.occurrence_start >= pivot]
+            for b in gone:
+                await booking_store.delete_booking(conn, b.id)
+                await booking_store.audit(
+                    conn,
+                    actor_id=msg.actor_id,
+                    action="delete",
+                    entity_id=b.id,
+                    before=b.snapshot(),
+                    after=None,
+                )
+                out.queued += await webhook_store.enqueue(
+                    conn,
+                    event_type=BOOKING_DELETED,
+                    user_id=b.user_id,
+                    booking_id=b.id,
+                    payload={"booking": b.snapshot()},
+                    handed_off=d.webhooks is not None,
+                )
+                if d.reminders:
+                    plan = await d.reminders.in_transaction(conn, None, booking_id=b.id)
+                    if plan is not None:
+                        out.plans.append(plan)
+                out.took(b)
+                out.events.append(("booking.deleted", {"id": str(b.id), "userId": str(b.user_id)}))
+            if whole:
+                await store.delete_series(conn, series.id)
+                out.events.append(
+                    (
+                        "series.deleted",
+                        {"id": str(series.id), "userId": str(series.user_id), "occurrences": len(gone)},
+                    )
+                )
+            else:
+                rule = parse_rrule(series.rrule, zone=ZoneInfo(series.time_zone))
+                series = await store.update_series(
+                    conn, series.id, {"rrule": rule.ending(until=pivot - timedelta(seconds=1)).text()}
+                )
+                out.events.append(("series.updated", _summary(series, gone, scope=msg.scope, deleted=True)))
+        await self.after(out, also=msg.actor_id)
+
+    # --- after the commit --------------------------------------------------------------------------
+
+    async def after(self, out: _Outcome, *, also: uuid.UUID | None) -> None:
+        """The Redis copies of the reminders, the webhook messages to the workers, then the events: every
+        occurrence's, the series' summary, and one resource.busy.changed per resource (in one round trip)."""
+        from actors.resources import BUSY_CHANGED
+
+        d = self.deps
+        if d.reminders is not None:
+            for plan in out.plans:
+                await d.reminders.after_commit(plan)
+        if d.webhooks is not None and out.queued:
+            try:
+                await d.webhooks.after_commit(out.queued)
+            except Exception:  # the scheduler enqueues them from the outbox; the change stands
+                log.exception("webhook messages not handed to the workers; the scheduler will")
+        targets = [self.owner_id] + ([also] if also is not None and also != self.owner_id else [])
+        events: list[Event] = [d.make_event(name, data) for name, data in out.events]
+        busy = tuple(
+            (rid, d.make_event(BUSY_CHANGED, {"resourceId": str(rid), "start": iso(lo), "end": iso(hi)}))
+            for rid, (lo, hi) in out.busy.items()
+        )
+        if d.resources is not None:
+            await d.resources.publish([(t, e) for t in targets for e in events], busy)
+            return
+        for t in targets:
+            for e in events:
+                await d.emitter.emit(t, e)
+
+
+def replace_series(b: Booking, series_id: uuid.UUID) -> Booking:
+    from dataclasses import replace
+
+    return replace(b, series_id=series_id)
+
+
+def _conflict_view(planned: tuple[datetime, datetime], ids: list[uuid.UUID]) -> dict[str, Any]:
+    return {
+        "occurrenceStart": iso(planned[0]),
+        "startTime": iso(planned[0]),
+        "endTime": iso(planned[1]),
+        "conflictingIds": [str(i) for i in ids],
+    }
+
+
+def _summary(series: Series, rows: Sequence[Booking], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": str(series.id),
+        "userId": str(series.user_id),
+        "version": series.version,
+        "occurrenceIds": [str(b.id) for b in rows],
+        **extra,
+    }
+
+
+async def touch_for(conn: Connection, booking: Booking) -> dict[str, Any] | None:
+    """In the transaction of a change to one occurrence (scope=this): the series' version moves; the
+    series.updated summary to emit after the commit."""
+    if booking.series_id is None:
+        return None
+    series = await store.touch(conn, booking.series_id)
+    return _summary(series, [booking], scope="this")
