@@ -370,3 +370,61 @@ async def test_bookings_swapping_resources_both_ways_at_once_never_deadlock(stac
     assert [s for s, _ in outcomes] == [200] * 100, [(s, b) for s, b in outcomes if s != 200][:3]
     assert all(body["resourceId"] == there for (_, body), (_, _, there) in zip(outcomes, made, strict=True))
     assert len(await active_ids(stack.database_url, a)) == len(await active_ids(stack.database_url, b)) == 50
+
+
+async def test_20_concurrent_overlapping_weekly_series_commit_exactly_one_per_slot(stack: Stack) -> None:
+    """Ten slots, two series for each (weekly ×8, and every other week ×4, which meets it on four
+    dates): whatever the order across the two processes, exactly one series of each pair commits, all of
+    its occurrences, and the loser writes nothing."""
+    resource = await stack.resource(capacity=1, bufferAfterMinutes=10)
+    start = base_time(3)
+    requests = []
+    for n in range(20):
+        slot = start + timedelta(hours=n // 2)
+        rule = "FREQ=WEEKLY;COUNT=8" if n % 2 == 0 else "FREQ=WEEKLY;INTERVAL=2;COUNT=4"
+        body = {
+            "title": f"series {n}",
+            "startTime": iso(slot),
+            "endTime": iso(slot + timedelta(minutes=50)),
+            "resourceId": resource,
+            "recurrence": {"rrule": rule, "timeZone": "UTC"},
+        }
+        requests.append(stack.send(n, "POST", "/api/booking", stack.users[n][1], body))
+    outcomes = await asyncio.gather(*requests)
+    assert_no_5xx(outcomes)
+    for pair in range(10):
+        statuses = sorted(outcomes[2 * pair + k][0] for k in (0, 1))
+        assert statuses == [201, 409], (pair, outcomes[2 * pair], outcomes[2 * pair + 1])
+    winners = {o["id"] for s, body in outcomes if s == 201 for o in body["occurrences"]}
+    for status, body in outcomes:
+        if status == 409:
+            assert body["conflicts"] and all(set(c["conflictingIds"]) <= winners for c in body["conflicts"])
+    assert await active_ids(stack.database_url, resource) == winners
+    assert await max_overlap(stack.database_url, resource) == 1
+
+
+async def test_20_concurrent_series_with_skip_fill_a_capacity_2_resource_exactly(stack: Stack) -> None:
+    resource = await stack.resource(capacity=2)
+    start = base_time(2)
+    body = {
+        "title": "class",
+        "startTime": iso(start),
+        "endTime": iso(start + timedelta(hours=1)),
+        "resourceId": resource,
+        "recurrence": {"rrule": "FREQ=DAILY;COUNT=6", "timeZone": "UTC"},
+        "conflictPolicy": "skip",
+    }
+    outcomes = await asyncio.gather(
+        *(stack.send(n, "POST", "/api/booking", stack.users[40 + n][1], body) for n in range(20))
+    )
+    assert_no_5xx(outcomes)
+    created = [b for s, b in outcomes if s == 201]
+    booked = [o for b in created for o in b["occurrences"]]
+    assert len(booked) == 2 * 6, [s for s, _ in outcomes]  # every day's two seats, no more
+    for s, b in outcomes:
+        if s == 201:
+            assert len(b["occurrences"]) + len(b["skipped"]) == 6
+        else:
+            assert s == 409 and len(b["conflicts"]) == 6, b
+    assert await active_ids(stack.database_url, resource) == {o["id"] for o in booked}
+    assert await max_overlap(stack.database_url, resource) == 2
