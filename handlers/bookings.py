@@ -280,6 +280,7 @@ async def patch_status(request: web.Request) -> web.Response:
     parameters=[*ID_PARAM, _IF_MATCH, _SCOPE_PARAM],
     responses={
         204: {"description": "Deleted"},
+        400: {"schema": Problem, "description": "Invalid `scope` (or a scope on a booking of no series)"},
         404: {"schema": Problem, "description": "Missing, or someone else's"},
         412: {"schema": Problem, "description": "If-Match is stale"},
         **AUTH_ERRORS,

@@ -373,7 +373,7 @@ async def test_bookings_swapping_resources_both_ways_at_once_never_deadlock(stac
 
 
 async def test_20_concurrent_overlapping_weekly_series_commit_exactly_one_per_slot(stack: Stack) -> None:
-    """Ten slots, two series for each (weekly ×8, and every other week ×4, which meets it on four
+    """Ten slots, two series for each (weekly 8 times, and every other week 4 times, which meets it on four
     dates): whatever the order across the two processes, exactly one series of each pair commits, all of
     its occurrences, and the loser writes nothing."""
     resource = await stack.resource(capacity=1, bufferAfterMinutes=10)
