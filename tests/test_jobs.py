@@ -350,7 +350,11 @@ async def any_redis(request: pytest.FixtureRequest, redis_url: str, tmp_path: An
     """The suite's Redis and the embedded one (6.2, no `lag` in XINFO GROUPS): both are supported."""
     from server.embedded import EmbeddedRedis
 
-    server = EmbeddedRedis.start(tmp_path / "redis") if request.param != "configured" else None
+    server = (
+        await asyncio.to_thread(EmbeddedRedis.start, tmp_path / "redis")
+        if request.param != "configured"
+        else None
+    )
     client = Redis.from_url(server.url if server else redis_url)
     try:
         if server:
@@ -359,7 +363,7 @@ async def any_redis(request: pytest.FixtureRequest, redis_url: str, tmp_path: An
     finally:
         await client.aclose()
         if server:
-            server.stop()
+            await asyncio.to_thread(server.stop)
 
 
 async def test_waiting_counts_what_no_consumer_was_handed_on_every_supported_redis(any_redis: Redis) -> None:
