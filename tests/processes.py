@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -28,7 +29,10 @@ from redis.exceptions import RedisError
 from tests.support import off_the_loop
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOKING = ROOT / ".venv" / "bin" / "booking"
+# The console script of the environment running this code: `make bench VENV=…` and `make test VENV=…`
+# run `$(VENV)/bin/python` (directly, or through the `pytest` script's shebang), so this is
+# `$(VENV)/bin/booking` whatever VENV is, not the checkout's .venv.
+BOOKING = Path(sys.executable).parent / "booking"
 
 _logs: dict[int, IO[bytes]] = {}
 

@@ -101,7 +101,8 @@ async def all_exited(pids: Iterable[int], *, within: float, what: str = "the pro
             async with asyncio.timeout(within):
                 await asyncio.gather(*exits.values())
         except TimeoutError:
-            left = [pid for pid, exited in exits.items() if not exited.done()]
+            # gather cancelled the futures still waiting: those are the processes still running.
+            left = [pid for pid, exited in exits.items() if exited.cancelled() or not exited.done()]
             raise AssertionError(f"timed out after {within}s waiting for {what}: {left} running") from None
     finally:
         for fd in fds:

@@ -25,12 +25,11 @@ import psutil
 import pytest
 
 from server.supervisor import parse_procfile
-from tests.processes import free_ports
+from tests.processes import BOOKING, free_ports
 from tests.support import all_exited, unique_email, wait_for
 from tests.test_embedded import postgres_processes, running
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOKING = ROOT / ".venv" / "bin" / "booking"
 
 pytestmark = [pytest.mark.e2e]
 
