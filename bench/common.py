@@ -20,11 +20,10 @@ import asyncpg
 import psutil
 
 from actors.security import TokenCodec
-from tests.processes import WebProcess, start_web, stop
+from tests.processes import BOOKING, WebProcess, start_web, stop
 from tests.support import create_database, drop_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOKING = Path(sys.executable).parent / "booking"
 ACCESS_SECRET = "bench-access-secret-" + "0123456789abcdef" * 2
 REFRESH_SECRET = "bench-refresh-secret-" + "0123456789abcdef" * 2
 UNLIMITED = str(10**9)

@@ -22,7 +22,7 @@ from handlers.schemas import HealthOut, Problem, Strict
 from handlers.validation import read_json
 from handlers.validation import validate as validate_body
 from server import jobstats, webhook_delivery
-from server.broker import group_name, schedule_id, stream_name
+from server.broker import group_name, schedule_index, stream_name
 from server.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
 from storage import bookings as booking_store
 from storage import reminders as reminder_store
@@ -105,14 +105,14 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
             return await reminder_store.count_pending(conn)
 
     # Every probe finishes before an error propagates: none outlives the request (or the app's engine).
-    # The SCAN behind `scheduled.redis` is many round trips: the whole answer is bounded by DB_TIMEOUT
-    # (a frozen or huge Redis gives 503, never a request that hangs).
+    # Each is a few commands on known keys (no SCAN: `scheduled.redis` is the SCARD of the schedule
+    # index); the whole answer is still bounded by DB_TIMEOUT (a frozen Redis gives 503, never a hang).
     async with asyncio.timeout(settings.db_timeout):
         results = await asyncio.gather(
             jobstats.read(redis, prefix=settings.redis_prefix),
             jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
             pending_rows(),
-            jobstats.count_keys(redis, f"{settings.redis_prefix}schedule:data:{schedule_id('*')}"),
+            jobstats.count_scheduled(redis, schedule_index(settings.redis_prefix)),
             webhook_delivery.figures(redis, request.app[DB], prefix=settings.redis_prefix),
             return_exceptions=True,
         )

@@ -9,6 +9,9 @@ Designed around the library facts in docs/REMINDERS.md (SPEC §9):
 - `pre_send` skips a schedule whose data key is gone or now names another due time (deleted or moved
   after the scheduler fetched it) and claims the send with SET NX EX (two schedulers send once).
   The task's database claim is still the real exactly-once guard.
+- Every schedule written or deleted also adds or removes its id in one set, `<prefix>schedule:reminders`,
+  in the same script as its data key, so `/jobs/metrics` counts the schedules Redis holds with SCARD
+  instead of a SCAN over the keyspace on every request.
 """
 
 from __future__ import annotations
@@ -39,16 +42,43 @@ LEAD = timedelta(seconds=1)
 CLAIM_TTL = 3600
 
 
-# KEYS: data key, minute list[, the old entry's minute list]; ARGV: schedule id, serialized schedule.
+# The data key and the index (the set of schedule ids) change together, in one script each way, so the
+# set's size is the number of schedules whatever fails or interleaves.
+# KEYS: data key, minute list, index[, the old entry's minute list]; ARGV: schedule id, serialized schedule.
 _PUT_SCHEDULE = """
-if KEYS[3] then redis.call('LREM', KEYS[3], 0, ARGV[1]) end
+if KEYS[4] then redis.call('LREM', KEYS[4], 0, ARGV[1]) end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+"""
+# KEYS: data key, index; ARGV: schedule id. The entry taken (nil if there was none).
+_TAKE_SCHEDULE = """
+local old = redis.call('GETDEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return old
+"""
+# KEYS: index, then one data key per id; ARGV: the ids. Makes the index agree with the data keys for
+# these ids (each id's check and change are one step, so a concurrent write cannot be undone).
+_INDEX_SCHEDULES = """
+local added = 0
+for i, id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    added = added + redis.call('SADD', KEYS[1], id)
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return added
 """
 
 
 def schedule_id(booking_id: uuid.UUID | str) -> str:
     return f"reminder:{booking_id}"
+
+
+def schedule_index(redis_prefix: str) -> str:
+    """The set of the ids of the reminder schedules Redis holds (kept with their data keys)."""
+    return f"{redis_prefix}schedule:reminders"
 
 
 def _connection_kwargs(settings: Settings) -> dict[str, Any]:
@@ -148,6 +178,9 @@ class ReminderSource(ListRedisScheduleSource):
         self._client = Redis(connection_pool=self._connection_pool)  # one client: no per-call set-up
         self._scan_past = True  # the first get_schedules looks for what fell due while none ran
         self._put = self._client.register_script(_PUT_SCHEDULE)
+        self._take = self._client.register_script(_TAKE_SCHEDULE)
+        self._index_ids = self._client.register_script(_INDEX_SCHEDULES)
+        self.index_key = schedule_index(settings.redis_prefix)
 
     def redis(self) -> Redis:
         return Redis(connection_pool=self._connection_pool)
@@ -180,19 +213,77 @@ class ReminderSource(ListRedisScheduleSource):
                 await self.delete_schedule(sid)  # an older entry must not fire as well
             await enqueue_reminder(self._broker, booking_id, due_at)
             return
-        data_key = self._get_data_key(sid)
-        keys = [data_key, self._get_time_key(task.time or due_at)]
+        keys = [self._get_data_key(sid), self._get_time_key(task.time or due_at), self.index_key]
         if not fresh:
-            old = await self._client.getdel(data_key)
-            if old is not None:
-                raw = old if isinstance(old, bytes) else old.encode()
-                previous = ScheduledTask.model_validate(self._serializer.loadb(raw))
-                if previous.time is not None:
-                    keys.append(self._get_time_key(previous.time))
+            previous = await self._take_schedule(sid)
+            if previous is not None and previous.time is not None:
+                keys.append(self._get_time_key(previous.time))
         await self._put(keys=keys, args=[sid, self._serializer.dumpb(task.model_dump(mode="json"))])
 
     async def unschedule(self, booking_id: uuid.UUID) -> None:
         await self.delete_schedule(schedule_id(booking_id))
+
+    async def _take_schedule(self, sid: str) -> ScheduledTask | None:
+        """Remove the schedule's data key and its id in the index (one script); the entry it held."""
+        old = await self._take(keys=[self._get_data_key(sid), self.index_key], args=[sid])
+        if old is None:
+            return None
+        return ScheduledTask.model_validate(
+            self._serializer.loadb(old if isinstance(old, bytes) else old.encode())
+        )
+
+    def _list_key(self, task: ScheduledTask) -> str | None:
+        if task.cron is not None:
+            return self._get_cron_key()
+        if task.time is not None:
+            return self._get_time_key(task.time)
+        return self._get_interval_key() if task.interval else None
+
+    async def add_schedule(self, schedule: ScheduledTask) -> None:
+        """The library's add (the reconciler re-adds a lost schedule with it), in one script that also
+        indexes the schedule."""
+        list_key = self._list_key(schedule)
+        if list_key is None:
+            raise ValueError(f"schedule {schedule.schedule_id} has no cron, time or interval")
+        await self._put(
+            keys=[self._get_data_key(schedule.schedule_id), list_key, self.index_key],
+            args=[schedule.schedule_id, self._serializer.dumpb(schedule.model_dump(mode="json"))],
+        )
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """The library's delete (also what `post_send` calls once a schedule was sent), with the index."""
+        previous = await self._take_schedule(schedule_id)
+        list_key = self._list_key(previous) if previous is not None else None
+        if list_key is not None:
+            await self._client.lrem(list_key, 0, schedule_id)
+
+    async def index_schedules(self, *, batch: int = 500) -> int:
+        """Make the index agree with the data keys: add what it lacks (schedules written before it
+        existed, by an older version) and drop ids whose data key is gone (deleted by hand). One SCAN
+        of the keyspace and one SSCAN of the set, run once when the scheduler starts, never on a
+        periodic or request path. The number of ids added."""
+        added = 0
+        data_prefix = self._get_data_key("")
+        ids: list[str] = []
+
+        async def flush() -> None:
+            nonlocal added
+            if ids:
+                keys = [self.index_key, *(self._get_data_key(i) for i in ids)]
+                added += int(await self._index_ids(keys=keys, args=ids))
+                ids.clear()
+
+        async for key in self._client.scan_iter(match=self._get_data_key(schedule_id("*")), count=1000):
+            ids.append(_text(key).removeprefix(data_prefix))
+            if len(ids) >= batch:
+                await flush()
+        await flush()
+        async for member in self._client.sscan_iter(self.index_key, count=1000):
+            ids.append(_text(member))
+            if len(ids) >= batch:
+                await flush()
+        await flush()
+        return added
 
     def _parse_time_key(self, key: str) -> datetime | None:
         """The minute a `<prefix>:time:<minute>` key holds. The library splits at the second colon, so
@@ -252,6 +343,10 @@ class ReminderSource(ListRedisScheduleSource):
         """Give up this scheduler's claim on a send that failed, so a retry is not refused."""
         async with self.redis() as redis:
             await redis.delete(f"{self._claim_prefix}{task.kwargs['booking_id']}:{task.kwargs['due_at']}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class ReminderScheduler(TaskiqScheduler):

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
 from taskiq.cli.scheduler.run import SchedulerLoop
 
@@ -104,6 +105,22 @@ async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float =
     return code
 
 
+INDEX_SECONDS = 30.0
+
+
+async def index_schedules(source: ReminderSource) -> None:
+    """Bring the schedule index (what /jobs/metrics counts) in line with the data keys, once at start-up.
+    Redis down or slow only costs the figure's accuracy until the next start: logged, never raised."""
+    try:
+        async with asyncio.timeout(INDEX_SECONDS):
+            added = await source.index_schedules()
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("reminder schedule index not checked (%s)", type(exc).__name__)
+        return
+    if added:
+        log.info("reminder schedule index: %d schedule(s) added", added)
+
+
 async def run_scheduler(
     settings: Settings, *, update_interval: float = 1.0, reconcile_interval: float = 2.0, grace: float = 5.0
 ) -> int:
@@ -122,6 +139,7 @@ async def run_scheduler(
     scheduler = make_scheduler(broker, source)
     await source.startup()
     await scheduler.startup()
+    await index_schedules(source)
     reconciler = Reconciler(db=db, source=source, broker=broker)
     redis = redisconf.connect(settings)
     republisher = Republisher(db=db, bus=EventBus(redis, prefix=settings.redis_prefix, registry=None))

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import psutil
 
-from tests.support import unique_email
+from tests.support import off_the_loop, unique_email
 
 PASSWORD = "correct horse battery"
 
@@ -61,7 +61,8 @@ class PrivatePostgres:
 
     `stop()` is a fast shutdown (what an operator's restart or a crash-recovery restart looks like to
     clients: connections terminated, port closed); `hang()` freezes every server process (SIGSTOP) so
-    connects and queries stall without an error; `resume()` undoes it."""
+    connects and queries stall without an error; `resume()` undoes it. `start()` and `stop()` wait for
+    pg_ctl and the port, so async code calls them through `asyncio.to_thread`."""
 
     def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir
@@ -87,6 +88,7 @@ class PrivatePostgres:
             )
 
     def start(self) -> None:
+        off_the_loop("PrivatePostgres.start")
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
         self._run(
             "pg_ctl", "start", "-w", "-t", "30", "-D", str(self.data), "-l", str(self.log), "-o", options
@@ -94,6 +96,7 @@ class PrivatePostgres:
         _wait_port(self.port, up=True, timeout=10, what="PostgreSQL")
 
     def stop(self) -> None:
+        off_the_loop("PrivatePostgres.stop")
         self._run("pg_ctl", "stop", "-m", "fast", "-w", "-t", "30", "-D", str(self.data))
         _wait_port(self.port, up=False, timeout=10, what="PostgreSQL")
 

@@ -2,6 +2,8 @@
 
 The machine's shared Redis must never be stopped or flushed; a test that needs an outage starts one of
 these (the `private_redis` fixture in conftest.py, skipped where no `redis-server` is installed).
+`start`, `stop` and `shutdown` wait for the server, so async code calls them through
+`asyncio.to_thread` (`hang` and `resume` only send a signal).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.support import off_the_loop
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -30,6 +34,7 @@ class PrivateRedis:
 
     def start(self) -> None:
         """Start (again) on the same port, empty (no persistence), and wait until it accepts connections."""
+        off_the_loop("PrivateRedis.start")
         self.popen = subprocess.Popen(
             [
                 str(REDIS_SERVER),
@@ -57,6 +62,7 @@ class PrivateRedis:
 
     def stop(self) -> None:
         """SIGKILL: the abrupt loss a crash or an OOM kill causes (no goodbye to clients)."""
+        off_the_loop("PrivateRedis.stop")
         if self.popen is not None and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGCONT)  # a hung server must die too
             self.popen.kill()
@@ -73,6 +79,7 @@ class PrivateRedis:
 
     def shutdown(self) -> None:
         """SHUTDOWN NOSAVE: an operator's stop (the server closes every client connection, saves nothing)."""
+        off_the_loop("PrivateRedis.shutdown")
         if self.popen is None or self.popen.poll() is not None:
             return
         client = SyncRedis.from_url(self.url, socket_timeout=2)

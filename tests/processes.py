@@ -1,7 +1,9 @@
 """Start, health-check and stop real `booking serve` processes for end-to-end tests.
 
 Each process logs to its own file (a pipe nobody reads would fill and block the server); `output(proc)`
-returns that log so a failing test can show why a process misbehaved.
+returns that log so a failing test can show why a process misbehaved. The helpers block (they wait for
+processes and poll with `time.sleep`), so async code calls them through `asyncio.to_thread`; called on a
+thread that runs an event loop they fail at once (`tests.support.off_the_loop`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -23,8 +26,13 @@ from typing import IO, NamedTuple
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
+from tests.support import off_the_loop
+
 ROOT = Path(__file__).resolve().parent.parent
-BOOKING = ROOT / ".venv" / "bin" / "booking"
+# The console script of the environment running this code: `make bench VENV=…` and `make test VENV=…`
+# run `$(VENV)/bin/python` (directly, or through the `pytest` script's shebang), so this is
+# `$(VENV)/bin/booking` whatever VENV is, not the checkout's .venv.
+BOOKING = Path(sys.executable).parent / "booking"
 
 _logs: dict[int, IO[bytes]] = {}
 
@@ -63,6 +71,7 @@ def output(process: subprocess.Popen[bytes], limit: int = 4000) -> str:
 
 def wait_healthy(url: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Poll `GET <url>/health` until 200; fail by `deadline` (a `time.monotonic()` value) or if it dies."""
+    off_the_loop("wait_healthy")
     last = "no answer"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -88,6 +97,7 @@ def start_web(
 
     On any failure the processes already started are stopped before the error propagates.
     """
+    off_the_loop("start_web")
     full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
     started: list[WebProcess] = []
     try:
@@ -117,6 +127,7 @@ def stop(procs: list[WebProcess], *, timeout: float = 15.0) -> list[Exit]:
 
     Raises if a process is still alive afterwards, so a leaked server fails the test instead of lingering.
     """
+    off_the_loop("stop")
     for web in procs:
         if web.process.poll() is None:
             web.process.send_signal(signal.SIGTERM)
@@ -155,6 +166,7 @@ def web_env(database_url: str, redis_url: str, prefix: str, **extra: str) -> dic
 
 def listeners(redis_url: str, channel: str) -> int:
     """How many processes' event-bus listeners are subscribed to `channel` (0 when Redis is down)."""
+    off_the_loop("listeners")
     client = SyncRedis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
     try:
         return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
@@ -166,6 +178,7 @@ def listeners(redis_url: str, channel: str) -> int:
 
 def wait_for_listeners(redis_url: str, channel: str, count: int, timeout: float = 15.0) -> None:
     """`count` processes' bus listeners subscribed, so no event published from now on can be missed."""
+    off_the_loop("wait_for_listeners")
     deadline = time.monotonic() + timeout
     while (subscribed := listeners(redis_url, channel)) < count:
         assert time.monotonic() < deadline, f"only {subscribed} of {count} listeners on {channel}"

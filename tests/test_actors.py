@@ -48,6 +48,16 @@ async def until(predicate: Callable[[], bool], *, seconds: float = DEADLINE, wha
         await asyncio.sleep(0.005)
 
 
+class CountedList(list[Any]):
+    """A list that counts how often its truth is asked (`not subscribers` calls `__len__`)."""
+
+    looked = 0
+
+    def __len__(self) -> int:
+        self.looked += 1
+        return super().__len__()
+
+
 def actor_of(registry: Registry[str], key: str) -> Actor[str]:
     assert key in registry, f"no actor for {key!r}"
     return registry.get(key)
@@ -236,9 +246,11 @@ async def test_an_actor_with_a_subscriber_does_not_idle_out(make_registry: MakeR
     registry = make_registry(lambda key: handler, idle_timeout=0.05)
     unsubscribe = registry.subscribe("alice", lambda event: None)
     actor = actor_of(registry, "alice")
+    # The actor looks at its subscribers each time an idle period ends (the decision to stop or not):
+    # count those looks, so the negative claim rests on idle decisions made, not on time slept.
+    actor.subscribers = looks = CountedList(actor.subscribers)
 
-    # A negative claim needs elapsed time: ten idle periods, any one of which would have stopped it.
-    await asyncio.sleep(0.5)
+    await until(lambda: looks.looked >= 10, what="ten idle periods, any one of which would have stopped it")
     assert "alice" in registry
     assert actor_of(registry, "alice") is actor
     assert actor.task is not None and not actor.task.done()

@@ -1,4 +1,8 @@
-"""Embedded PostgreSQL and Redis, and `booking up` on top of them (real servers, no mocks)."""
+"""Embedded PostgreSQL and Redis, and `booking up` on top of them (real servers, no mocks).
+
+Starting and stopping an embedded server blocks (it waits for the server), so the server tests are plain
+functions that run their few queries with `asyncio.run`; the `booking up` tests, which read a child's
+output as it comes, are async and keep every blocking look (files, `ps`) off the loop."""
 
 from __future__ import annotations
 
@@ -9,17 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import asyncpg
 import pytest
-import redis.asyncio as redis
+from redis import Redis
 
 from server.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, embedded_services
 from server.up import mask_url
+from tests.support import all_exited
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 20.0
@@ -49,11 +53,17 @@ def running(pid: int) -> bool:
     return any(row[0] == pid for row in processes())
 
 
-def wait_until(condition: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {condition}"
-        time.sleep(0.05)
+def fetchval(url: str, query: str) -> Any:
+    """One query on a connection of its own (asyncpg is async only; these tests are not)."""
+
+    async def run() -> Any:
+        connection = await asyncpg.connect(url)
+        try:
+            return await connection.fetchval(query)
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
 
 
 def start_and_abandon(server_class: str, data_dir: Path) -> None:
@@ -70,23 +80,15 @@ def start_and_abandon(server_class: str, data_dir: Path) -> None:
 
 
 @pytest.mark.embedded
-async def test_postgres_serves_queries_creates_databases_and_stops(tmp_path: Path) -> None:
+def test_postgres_serves_queries_creates_databases_and_stops(tmp_path: Path) -> None:
     data_dir = tmp_path / "pg"
     postgres = EmbeddedPostgres.start(data_dir)
     try:
-        connection = await asyncpg.connect(postgres.url)
-        try:
-            assert await connection.fetchval("SELECT 40 + 2") == 42
-        finally:
-            await connection.close()
+        assert fetchval(postgres.url, "SELECT 40 + 2") == 42
 
         url = postgres.create_database("booking_test")
         assert postgres.create_database("booking_test") == url  # a second call is a no-op
-        connection = await asyncpg.connect(url)
-        try:
-            assert await connection.fetchval("SELECT current_database()") == "booking_test"
-        finally:
-            await connection.close()
+        assert fetchval(url, "SELECT current_database()") == "booking_test"
         with pytest.raises(ValueError, match="database name"):
             postgres.create_database("x; DROP DATABASE postgres")
         assert postgres.pid in postgres_processes(data_dir)
@@ -112,7 +114,7 @@ def test_postgres_left_running_by_a_killed_run_is_adopted_and_stopped(tmp_path: 
 
 
 @pytest.mark.embedded
-async def test_postgres_in_a_path_too_long_for_a_unix_socket_uses_a_short_socket_dir(tmp_path: Path) -> None:
+def test_postgres_in_a_path_too_long_for_a_unix_socket_uses_a_short_socket_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / ("deep" * 25) / "pg"  # the socket path would pass sun_path's 108 bytes
     assert len(str(data_dir / ".s.PGSQL.5432")) > 108
 
@@ -120,11 +122,7 @@ async def test_postgres_in_a_path_too_long_for_a_unix_socket_uses_a_short_socket
         assert str(data_dir) not in postgres.url
         socket_dir = Path(unquote(postgres.url.partition("?host=")[2]))
         assert socket_dir.is_dir()
-        connection = await asyncpg.connect(postgres.url)
-        try:
-            assert await connection.fetchval("SELECT 1") == 1
-        finally:
-            await connection.close()
+        assert fetchval(postgres.url, "SELECT 1") == 1
 
     assert postgres_processes(data_dir) == []
     assert not socket_dir.exists()
@@ -139,17 +137,14 @@ def test_postgres_refuses_a_data_dir_with_whitespace(tmp_path: Path) -> None:
 
 
 @pytest.mark.embedded
-async def test_redis_answers_and_stops(tmp_path: Path) -> None:
+def test_redis_answers_and_stops(tmp_path: Path) -> None:
     server = EmbeddedRedis.start(tmp_path / "redis")
     try:
         assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", server.url)
-        client = redis.Redis.from_url(server.url)
-        try:
-            assert await client.ping()
-            await client.set("greeting", "hello")
-            assert await client.get("greeting") == b"hello"
-        finally:
-            await client.aclose()
+        with Redis.from_url(server.url) as client:
+            assert client.ping()
+            client.set("greeting", "hello")
+            assert client.get("greeting") == b"hello"
     finally:
         server.stop()
 
@@ -185,19 +180,12 @@ def test_redis_left_running_by_a_killed_run_is_stopped_on_the_next_start(tmp_pat
 
 
 @pytest.mark.embedded
-async def test_embedded_services_yield_working_urls_and_stop_both(tmp_path: Path) -> None:
+def test_embedded_services_yield_working_urls_and_stop_both(tmp_path: Path) -> None:
     with embedded_services(tmp_path, database="booking_services") as (database_url, redis_url):
-        connection = await asyncpg.connect(database_url)
-        try:
-            assert await connection.fetchval("SELECT current_database()") == "booking_services"
-        finally:
-            await connection.close()
-        client = redis.Redis.from_url(redis_url)
-        try:
-            assert await client.ping()
-            info = await client.info("server")
-        finally:
-            await client.aclose()
+        assert fetchval(database_url, "SELECT current_database()") == "booking_services"
+        with Redis.from_url(redis_url) as client:
+            assert client.ping()
+            info = client.info("server")
 
     assert postgres_processes(tmp_path / "postgres") == []
     assert not running(int(info["process_id"]))
@@ -227,7 +215,7 @@ class UpProcess:
 
     @classmethod
     async def start(cls, root: Path, procfile: str) -> UpProcess:
-        (root / "Procfile").write_text(procfile)
+        await asyncio.to_thread((root / "Procfile").write_text, procfile)
         code = (
             "import sys\nfrom pathlib import Path\nfrom server.up import up\n"
             "root = Path(sys.argv[1])\n"
@@ -287,9 +275,9 @@ async def test_up_runs_release_then_every_process_and_ctrl_c_stops_everything(tm
     )
     try:
         await up.wait_for_lines(r"worker\.1 +\| worker pid=", r"web\.1 +\| ready", r"web\.2 +\| ready")
-        redis_pid = int((tmp_path / ".data" / "redis" / "redis.pid").read_text())
-        assert running(redis_pid)
-        assert postgres_processes(tmp_path / ".data" / "postgres")
+        redis_pid = int(await asyncio.to_thread((tmp_path / ".data" / "redis" / "redis.pid").read_text))
+        assert await asyncio.to_thread(running, redis_pid)
+        assert await asyncio.to_thread(postgres_processes, tmp_path / ".data" / "postgres")
 
         up.process.send_signal(signal.SIGINT)
         code = await up.finish()
@@ -304,9 +292,9 @@ async def test_up_runs_release_then_every_process_and_ctrl_c_stops_everything(tm
     assert "Swagger UI  http://localhost:5000/api/" in output
     assert "/jobs/" not in output  # the test Procfile has no jobs process, so no dead URL is printed
     children = [int(pid) for pid in re.findall(r"pid=(\d+)", output)]
-    wait_until("the Procfile processes are gone", lambda: not any(running(pid) for pid in children))
-    wait_until("embedded Redis is gone", lambda: not running(redis_pid))
-    assert postgres_processes(tmp_path / ".data" / "postgres") == []
+    await all_exited(children, within=DEADLINE_SECONDS, what="the Procfile processes to exit")
+    await all_exited([redis_pid], within=DEADLINE_SECONDS, what="embedded Redis to exit")
+    assert await asyncio.to_thread(postgres_processes, tmp_path / ".data" / "postgres") == []
 
 
 @pytest.mark.embedded
@@ -318,5 +306,5 @@ async def test_up_stops_when_release_fails_and_starts_nothing_else(tmp_path: Pat
     assert code == 4, output
     assert "release failed with exit code 4; nothing else was started" in output
     assert "web started" not in output
-    assert postgres_processes(tmp_path / ".data" / "postgres") == []
-    assert not (tmp_path / ".data" / "redis" / "redis.pid").exists()
+    assert await asyncio.to_thread(postgres_processes, tmp_path / ".data" / "postgres") == []
+    assert not await asyncio.to_thread((tmp_path / ".data" / "redis" / "redis.pid").exists)

@@ -116,6 +116,6 @@ async def test_losing_redis_calls_the_reconnect_hook_after_subscribing_again(
         await one.signal("probe", "after")
         return bool(heard)
 
-    await wait_for(listening_again, timeout=10, interval=0.1, what="the bus hearing signals again")
+    await wait_for(listening_again, within=10, interval=0.1, what="the bus hearing signals again")
     assert two.connected.is_set()
     assert len(calls) == 1, "one lost connection is one reconnect"

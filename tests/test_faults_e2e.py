@@ -12,7 +12,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -97,7 +97,7 @@ async def test_postgres_stopped_answers_503_promptly_and_recovers_without_a_rest
     web_procs: list[list[WebProcess]],
 ) -> None:
     prefix = f"fault{uuid.uuid4().hex[:8]}:"
-    (web,) = start_web(1, web_env(postgres.url, redis_url, prefix))
+    (web,) = await asyncio.to_thread(start_web, 1, web_env(postgres.url, redis_url, prefix))
     web_procs.append([web])
     api = f"{web.base_url}/api"
     session = await register(http, web.base_url)
@@ -106,7 +106,7 @@ async def test_postgres_stopped_answers_503_promptly_and_recovers_without_a_rest
     socket = await http.ws_connect(ws_url(web, token))
     await ask(socket, "ping")
 
-    postgres.stop()
+    await asyncio.to_thread(postgres.stop)
     login = {"email": session["user"]["email"], "password": PASSWORD}
     answers = {
         "login": await call(http, "POST", f"{api}/auth/login", json=login),
@@ -132,13 +132,13 @@ async def test_postgres_stopped_answers_503_promptly_and_recovers_without_a_rest
     refused = await ask(socket, "create-booking", slot(), id="down")
     assert (refused["event"], refused["data"]["status"]) == ("error", 503)
 
-    postgres.start()
+    await asyncio.to_thread(postgres.start)
     started = time.monotonic()
 
     async def logs_in() -> bool:
         return (await call(http, "POST", f"{api}/auth/login", json=login)).status == 200
 
-    await wait_for(logs_in, timeout=15, interval=0.1, what="login to work again once PostgreSQL is back")
+    await wait_for(logs_in, within=15, interval=0.1, what="login to work again once PostgreSQL is back")
     print(f"PostgreSQL back: login works again after {time.monotonic() - started:.2f}s")  # noqa: T201
     assert (await call(http, "POST", f"{api}/booking", token=token, json=slot())).status == 201
     assert (await call(http, "GET", f"{web.base_url}/health")).status == 200
@@ -156,7 +156,7 @@ async def test_postgres_hanging_health_answers_within_a_second_and_names_it(
     """Every PostgreSQL process frozen (SIGSTOP): connects and queries stall without an error."""
     prefix = f"fault{uuid.uuid4().hex[:8]}:"
     # The pool's timeout is not what bounds /health (before the fix it answered after 0.4 s + this).
-    (web,) = start_web(1, web_env(postgres.url, redis_url, prefix, DB_TIMEOUT="3"))
+    (web,) = await asyncio.to_thread(start_web, 1, web_env(postgres.url, redis_url, prefix, DB_TIMEOUT="3"))
     web_procs.append([web])
     session = await register(http, web.base_url)
     postgres.hang()
@@ -176,7 +176,7 @@ async def test_postgres_hanging_health_answers_within_a_second_and_names_it(
     async def healthy() -> bool:
         return (await call(http, "GET", f"{web.base_url}/health")).status == 200
 
-    await wait_for(healthy, timeout=15, interval=0.1, what="/health 200 after PostgreSQL resumed")
+    await wait_for(healthy, within=15, interval=0.1, what="/health 200 after PostgreSQL resumed")
 
 
 # --- Redis -----------------------------------------------------------------------------------------------
@@ -191,18 +191,30 @@ async def _row_exists(database_url: str, booking_id: str) -> bool:
 
 
 async def _frame_for(
-    socket: aiohttp.ClientWebSocketResponse, event: str, booking_id: str, *, timeout: float = 5.0
+    socket: aiohttp.ClientWebSocketResponse, event: str, booking_id: str, *, within: float = 5.0
 ) -> bool:
-    """Read pushed frames until `event` for `booking_id` (others may come first); False at the deadline."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            frame = await next_frame(socket, timeout=left)
-        except TimeoutError:
-            return False
-        if frame.get("event") == event and frame.get("data", {}).get("id") == booking_id:
-            return True
-    return False
+    """Read pushed frames until `event` for `booking_id` (others may come first); False if it has not
+    come within `within` seconds."""
+    limit = asyncio.timeout(within)
+    try:
+        async with limit:
+            while True:
+                frame = await next_frame(socket, within=None)
+                if frame.get("event") == event and frame.get("data", {}).get("id") == booking_id:
+                    return True
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        return False
+
+
+def both_listening(redis_url: str, channel: str) -> Callable[[], Awaitable[bool]]:
+    """A wait_for predicate: two processes' bus listeners subscribed to `channel` (asked off the loop)."""
+
+    async def two() -> bool:
+        return await asyncio.to_thread(listeners, redis_url, channel) == 2
+
+    return two
 
 
 async def _pair_with_a_socket_on_b(
@@ -215,10 +227,10 @@ async def _pair_with_a_socket_on_b(
     """Two web processes on the private Redis, both listening; a user registered on A with a socket on
     B. Returns (a, b, events channel, session, socket on B)."""
     prefix = f"fault{uuid.uuid4().hex[:8]}:"
-    a, b = start_web(2, web_env(database_url, private_redis.url, prefix, **env))
+    a, b = await asyncio.to_thread(start_web, 2, web_env(database_url, private_redis.url, prefix, **env))
     web_procs.append([a, b])
     channel = f"{prefix}events"
-    await wait_for(lambda: _async(listeners(private_redis.url, channel) == 2), timeout=15, what="2 listeners")
+    await wait_for(both_listening(private_redis.url, channel), within=15, what="2 listeners")
     session = await register(http, a.base_url)
     on_b = await http.ws_connect(ws_url(b, session["accessToken"]))
     await ask(on_b, "ping")
@@ -237,7 +249,7 @@ async def test_redis_down_bookings_commit_promptly_and_events_cross_again_once_i
     )
     token = session["accessToken"]
 
-    private_redis.stop()
+    await asyncio.to_thread(private_redis.stop)
     for n in range(3):  # the first pays for finding Redis gone; the rest skip it
         created = await call(http, "POST", f"{a.base_url}/api/booking", token=token, json=slot())
         report(f"Redis stopped, create #{n + 1}", created)
@@ -270,11 +282,11 @@ async def test_redis_down_bookings_commit_promptly_and_events_cross_again_once_i
     assert local.status == 201, local
     assert await _frame_for(on_b, "booking.created", local.body["id"])
 
-    private_redis.start()  # empty, like a restarted Redis without persistence
+    await asyncio.to_thread(private_redis.start)  # empty, like a restarted Redis without persistence
     started = time.monotonic()
     await wait_for(
-        lambda: _async(listeners(private_redis.url, channel) == 2),
-        timeout=10,
+        both_listening(private_redis.url, channel),
+        within=10,
         what="both event-bus listeners to subscribe again",
     )
     print(f"Redis back: both listeners subscribed after {time.monotonic() - started:.2f}s")  # noqa: T201
@@ -326,9 +338,9 @@ async def test_redis_hanging_does_not_hang_requests(
     async def crosses() -> bool:
         created = await call(http, "POST", f"{a.base_url}/api/booking", token=token, json=slot())
         assert created.status == 201, created
-        return await _frame_for(on_b, "booking.created", created.body["id"], timeout=1.0)
+        return await _frame_for(on_b, "booking.created", created.body["id"], within=1.0)
 
-    await wait_for(crosses, timeout=20, interval=0.1, what="an event from A to reach B again")
+    await wait_for(crosses, within=20, interval=0.1, what="an event from A to reach B again")
     print(f"Redis thawed: events cross again after {time.monotonic() - resumed:.2f}s")  # noqa: T201
     await on_b.close()
 
@@ -347,7 +359,7 @@ async def test_sigterm_under_load_finishes_in_flight_requests_and_loses_nothing(
     SIGTERM lands mid-load. Every 201 is in PostgreSQL, nothing is stored that was not acknowledged,
     every 201 the server logged reached its client, the socket is closed 1001, the exit is 0."""
     prefix = f"fault{uuid.uuid4().hex[:8]}:"
-    procs = start_web(1, web_env(database_url, redis_url, prefix, LOG_LEVEL="INFO"))
+    procs = await asyncio.to_thread(start_web, 1, web_env(database_url, redis_url, prefix, LOG_LEVEL="INFO"))
     (web,) = procs
     try:
         users = [await register(http, web.base_url) for _ in range(16)]
@@ -385,16 +397,16 @@ async def test_sigterm_under_load_finishes_in_flight_requests_and_loses_nothing(
                         return
 
         clients = [asyncio.create_task(client(n, u)) for n, u in enumerate(users)]
-        await wait_for(lambda: _async(acked >= 60), timeout=30, what="60 creates acknowledged")
+        await wait_for(lambda: _async(acked >= 60), within=30, what="60 creates acknowledged")
         signalled = time.monotonic()
         web.process.terminate()
-        code = await close_code(socket, timeout=10)
+        code = await close_code(socket, within=10)
         await asyncio.wait_for(asyncio.gather(*clients), timeout=30)
         exit_code = await asyncio.to_thread(web.process.wait, 15)
         exited = time.monotonic() - signalled
         log = output(web.process, limit=10**8)
     finally:
-        exits = stop(procs)
+        exits = await asyncio.to_thread(stop, procs)
 
     conn = await asyncpg.connect(database_url)
     try:

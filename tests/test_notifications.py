@@ -3,6 +3,7 @@ socket receives, hostile bodies, and Redis down. (Across two real processes: tes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -134,7 +135,7 @@ async def test_redis_down_is_503_and_no_socket_gets_a_half_sent_broadcast(
     client = await make_client(redis_url=private_redis.url, db_timeout=0.5)
     admin, ws = await admin_with_a_socket(client)
 
-    private_redis.stop()
+    await asyncio.to_thread(private_redis.stop)
     resp = await client.post(URL, json={"message": "while Redis is down"}, headers=auth(admin))
     assert resp.status == 503, await resp.text()
     assert resp.content_type == "application/problem+json"

@@ -158,7 +158,7 @@ async def test_metrics_still_answer_when_redis_is_down(
     make_client: Callable[..., Awaitable[Client]], private_redis: PrivateRedis
 ) -> None:
     client = await make_client(redis_url=private_redis.url)
-    private_redis.stop()
+    await asyncio.to_thread(private_redis.stop)
     resp = await client.get("/metrics")
     assert resp.status == 200
     text = await resp.text()

@@ -87,7 +87,7 @@ async def test_while_a_probe_is_in_flight_other_calls_skip() -> None:
     async def probing() -> bool:
         return command.made == 2
 
-    await wait_for(probing, timeout=2, interval=0.001, what="the probe in flight")
+    await wait_for(probing, within=2, interval=0.001, what="the probe in flight")
     with pytest.raises(RedisDown):
         await gate.call(command, "x")
     assert command.made == 2  # the probe only
@@ -167,12 +167,12 @@ async def test_clients_survive_a_redis_restart_and_do_not_retry_a_timeout(tmp_pa
     """redisconf.retry_once(): the first command after a restart succeeds on a new connection (a dead
     pooled one failed it before), and a frozen Redis costs one timeout, not two."""
     server = PrivateRedis(tmp_path)
-    server.start()
+    await asyncio.to_thread(server.start)
     client = Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3, retry=retry_once())
     try:
         await asyncio.gather(*(client.ping() for _ in range(3)))  # three pooled connections
-        server.stop()
-        server.start()
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)
         for _ in range(3):
             assert await client.ping()
         server.hang()
@@ -181,7 +181,7 @@ async def test_clients_survive_a_redis_restart_and_do_not_retry_a_timeout(tmp_pa
             await client.ping()
         assert time.monotonic() - started < 0.55
     finally:
-        server.stop()
+        await asyncio.to_thread(server.stop)
         await client.aclose()
 
 

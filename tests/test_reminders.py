@@ -462,7 +462,7 @@ async def test_the_schedule_source_scans_for_past_schedules_once_not_on_every_ti
     the SCAN count is this source's alone."""
     from server.embedded import EmbeddedRedis
 
-    server = EmbeddedRedis.start(tmp_path / "redis")
+    server = await asyncio.to_thread(EmbeddedRedis.start, tmp_path / "redis")
     source = ReminderSource(replace(settings, redis_url=server.url))
     redis = Redis.from_url(server.url)
     try:
@@ -490,4 +490,4 @@ async def test_the_schedule_source_scans_for_past_schedules_once_not_on_every_ti
     finally:
         await redis.aclose()
         await source.close()
-        server.stop()
+        await asyncio.to_thread(server.stop)

@@ -5,6 +5,7 @@ runs a real `booking serve` too and reads the reminder where a user sees it: on 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from storage.db import Database
 from tests.conftest import Client, Registrar, auth
 from tests.private_redis import PrivateRedis
 from tests.processes import start_web, stop
-from tests.support import unique_email, wait_for
+from tests.support import off_the_loop, unique_email, wait_for
 from tests.test_reminders import deliver_unpublished
 from tests.ws_support import ask, events_until_pong, next_frame
 
@@ -53,7 +54,9 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 8.0) -> float:
-        """Signal and wait; SIGKILL after `timeout`. Returns how long it took to exit."""
+        """Signal and wait; SIGKILL after `timeout`. Returns how long it took to exit. It waits, so
+        async code calls it through `asyncio.to_thread`."""
+        off_the_loop("Proc.stop")
         started = time.monotonic()
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
@@ -93,7 +96,7 @@ async def ready(proc: Proc, marker: str) -> None:
         assert proc.popen.poll() is None, f"{proc.name} exited:\n{proc.text()}"
         return marker in proc.text()
 
-    await wait_for(seen, timeout=10, what=f"{proc.name} ready")
+    await wait_for(seen, within=10, what=f"{proc.name} ready")
 
 
 def start_worker(start: Callable[..., Proc], **env: str) -> Proc:
@@ -181,7 +184,7 @@ async def in_flight(redis_url: str, settings: Settings) -> None:
                 return False
             return bool(info["pending"])
 
-        await wait_for(pending, timeout=8, interval=0.02, what="the reminder in flight")
+        await wait_for(pending, within=8, interval=0.02, what="the reminder in flight")
     finally:
         await redis.aclose()
 
@@ -232,7 +235,7 @@ async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
     # SIGTERM: both stop well within their grace, and say so with exit code 0 (a supervisor reads a
     # non-zero code as a crash and may restart or page).
     for proc in (worker, scheduler):
-        took = proc.stop(signal.SIGTERM)
+        took = await asyncio.to_thread(proc.stop, signal.SIGTERM)
         assert took < 6.0, proc.text()
         assert proc.popen.returncode == 0, (proc.name, proc.popen.returncode, proc.text())
         assert "WARNING" not in proc.text(), proc.text()  # a clean stop says nothing alarming
@@ -328,7 +331,7 @@ async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_start
     # The schedule fires one second early and the task waits for the due time: the message is then
     # delivered to the worker and not yet acknowledged. Kill the worker right there.
     await in_flight(redis_url, settings)
-    worker.stop(signal.SIGKILL)
+    await asyncio.to_thread(worker.stop, signal.SIGKILL)
     assert await notifications(client.app[DB], user) == 0
     assert await reminders_seen(events, user, until=time.monotonic() + 1.5) == []
 
@@ -380,7 +383,7 @@ async def test_a_reminder_arrives_on_the_users_socket_on_a_real_web_process(
         "REDIS_KEY_PREFIX": settings.redis_prefix,
         "API_RATE_LIMIT_PER_USER": "100000",
     }
-    procs = start_web(1, env)
+    procs = await asyncio.to_thread(start_web, 1, env)
     try:
         web = procs[0]
         await ready(worker, "reminder worker ready")
@@ -406,7 +409,7 @@ async def test_a_reminder_arrives_on_the_users_socket_on_a_real_web_process(
                 booking = await resp.json()
             frames = [await next_frame(ws)]
             while frames[-1]["event"] != "booking.reminder":
-                frames.append(await next_frame(ws, timeout=10))
+                frames.append(await next_frame(ws, within=10))
             arrived = datetime.now(UTC)
             assert [f["event"] for f in frames] == ["booking.created", "booking.reminder"]
             reminder = frames[-1]["data"]
@@ -429,10 +432,10 @@ async def test_a_reminder_arrives_on_the_users_socket_on_a_real_web_process(
                 # see the reminder a moment before the scrape sees the count.
                 return bool(re.search(r"^reminders_sent_total [1-9]", await scraped(), flags=re.MULTILINE))
 
-            await wait_for(counted, timeout=5, what="reminders_sent_total counted on /metrics")
+            await wait_for(counted, within=5, what="reminders_sent_total counted on /metrics")
             assert "reminders_scheduled_total 1.0" in await scraped()  # this process's one booking
     finally:
-        exits = stop(procs)
+        exits = await asyncio.to_thread(stop, procs)
     assert exits[0].code == 0, exits[0].output
 
 
@@ -453,7 +456,7 @@ async def test_sigterm_mid_delivery_and_while_redis_is_down_exits_0_and_loses_no
     user = await register()
     booking = await book(client, user, seconds=4)
     await in_flight(redis_url, settings)
-    took = worker.stop(signal.SIGTERM)
+    took = await asyncio.to_thread(worker.stop, signal.SIGTERM)
     assert worker.popen.returncode == 0, (worker.popen.returncode, worker.text())
     assert took < 4.0, worker.text()  # --grace 3
     print(f"\nworker stopped mid-delivery in {took:.2f}s, exit code 0")  # noqa: T201
@@ -470,9 +473,9 @@ async def test_sigterm_mid_delivery_and_while_redis_is_down_exits_0_and_loses_no
     ]
     for proc in offline:
         await ready(proc, "ready")
-    private_redis.stop()
+    await asyncio.to_thread(private_redis.stop)
     for proc in offline:
-        took = proc.stop(signal.SIGTERM)
+        took = await asyncio.to_thread(proc.stop, signal.SIGTERM)
         assert proc.popen.returncode == 0, (proc.name, proc.popen.returncode, proc.text())
         assert took < 4.0, proc.text()
         print(f"{proc.name} stopped with Redis down in {took:.2f}s, exit code 0")  # noqa: T201
@@ -514,10 +517,10 @@ async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_remind
     session = await resp.json()
     db = client.app[DB]
 
-    redis_server.stop()
+    await asyncio.to_thread(redis_server.stop)
     # Through the API, as a client would: with Redis down the create still commits (201).
     down_id = (await book(client, session, seconds=5))["id"]
-    redis_server.start()  # back, and empty: nothing of the schedule survived
+    await asyncio.to_thread(redis_server.start)  # back, and empty: nothing of the schedule survived
     flushed = await book(client, session, seconds=6)
     redis = Redis.from_url(redis_server.url)
     try:

@@ -25,12 +25,11 @@ import psutil
 import pytest
 
 from server.supervisor import parse_procfile
-from tests.processes import free_ports
-from tests.support import unique_email, wait_for
+from tests.processes import BOOKING, free_ports
+from tests.support import all_exited, unique_email, wait_for
 from tests.test_embedded import postgres_processes, running
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOKING = ROOT / ".venv" / "bin" / "booking"
 
 pytestmark = [pytest.mark.e2e]
 
@@ -65,7 +64,7 @@ async def test_booking_up_runs_the_whole_procfile_and_ctrl_c_leaves_nothing(tmp_
                 except aiohttp.ClientError:
                     return False
 
-            await wait_for(healthy, timeout=90, interval=0.25, what="/health through booking up")
+            await wait_for(healthy, within=90, interval=0.25, what="/health through booking up")
             email = unique_email("up")
             body = {"email": email, "password": "password123", "name": "Up"}
             async with http.post(f"{base}/api/auth/register", json=body) as resp:
@@ -84,7 +83,7 @@ async def test_booking_up_runs_the_whole_procfile_and_ctrl_c_leaves_nothing(tmp_
                 except aiohttp.ClientError:
                     return False
 
-            await wait_for(jobs_answers, timeout=30, what="the job service")
+            await wait_for(jobs_answers, within=30, what="the job service")
         output = (tmp_path / "up.log").read_text()
         for name in ("web.1", "jobs.1", "worker.1", "scheduler.1"):
             assert f"{name} " in output, f"{name} never logged:\n{output}"
@@ -99,11 +98,8 @@ async def test_booking_up_runs_the_whole_procfile_and_ctrl_c_leaves_nothing(tmp_
         log.close()
 
     assert code == 0, (tmp_path / "up.log").read_text()
-    deadline = time.monotonic() + 10
-    while any(running(pid) for pid in seen) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert [pid for pid in seen if running(pid)] == []
-    assert postgres_processes(tmp_path / ".data" / "postgres") == []
+    await all_exited(seen, within=10, what="every process `booking up` started to exit")
+    assert await asyncio.to_thread(postgres_processes, tmp_path / ".data" / "postgres") == []
 
 
 def serve_processes(root: psutil.Process) -> set[int]:

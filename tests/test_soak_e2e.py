@@ -130,7 +130,9 @@ async def test_soak_mixed_load_and_reconnecting_sockets_on_two_processes(
 ) -> None:
     prefix = f"soak{uuid.uuid4().hex[:8]}:"
     ttl = str(min(86400, int(SOAK_SECONDS) + 600))  # tokens outlive the run, however long it is set
-    procs = start_web(2, web_env(database_url, redis_url, prefix, ACCESS_TOKEN_TTL=ttl))
+    procs = await asyncio.to_thread(
+        start_web, 2, web_env(database_url, redis_url, prefix, ACCESS_TOKEN_TTL=ttl)
+    )
     tally = Tally()
     samples: list[tuple[float, list[float]]] = []
     try:
@@ -145,7 +147,7 @@ async def test_soak_mixed_load_and_reconnecting_sockets_on_two_processes(
         )
         elapsed = time.monotonic() - began
     finally:
-        exits = stop(procs)
+        exits = await asyncio.to_thread(stop, procs)
 
     after_warm_up = [values for at, values in samples if at >= WARM_UP]
     first, last = after_warm_up[:3], after_warm_up[-3:]

@@ -6,6 +6,7 @@ processes."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -55,15 +56,13 @@ async def book(client: Client, user: dict[str, Any], hours: float = 50) -> dict[
     return data
 
 
-async def deliver_until(
-    deliverer: Deliverer, message_id: uuid.UUID, outcome: str, *, timeout: float = 10
-) -> None:
-    """Run attempts (as the dispatcher would enqueue them) until one ends with `outcome`."""
+async def deliver_until(deliverer: Deliverer, message_id: uuid.UUID, outcome: str) -> None:
+    """Run attempts (as the dispatcher would enqueue them) until one ends with `outcome` (10 s at most)."""
 
     async def attempt() -> bool:
         return await deliverer.deliver(message_id) == outcome
 
-    await wait_for(attempt, timeout=timeout, interval=0.02, what=f"a {outcome} attempt")
+    await wait_for(attempt, within=10, interval=0.02, what=f"a {outcome} attempt")
 
 
 # --- endpoints and the secret ---------------------------------------------------------------------------
@@ -543,7 +542,7 @@ async def test_an_endpoint_failing_for_five_days_is_disabled_and_its_owner_told(
             uuid.UUID(endpoint["id"]),
         )
     await wait_for(
-        lambda: _attempt(deliverer, uuid.UUID(sent["id"])), timeout=5, interval=0.02, what="the next attempt"
+        lambda: _attempt(deliverer, uuid.UUID(sent["id"])), within=5, interval=0.02, what="the next attempt"
     )
     shown = await (await client.get(f"/api/webhooks/{endpoint['id']}", headers=auth(owner))).json()
     assert shown["active"] is False and "5 days" in shown["disabledReason"]
@@ -758,7 +757,7 @@ async def test_the_readme_receiver_works_as_printed(
             with socket.socket() as sock:
                 return sock.connect_ex(("127.0.0.1", port)) == 0
 
-        await wait_for(listening, timeout=20, what="the README receiver listening")
+        await wait_for(listening, within=20, what="the README receiver listening")
         booking = await book(client, owner)
         [message] = await messages_of(client.app[DB], endpoint["id"])
         assert await deliverer.deliver(message.id) == "delivered"
@@ -821,7 +820,7 @@ async def test_a_hand_off_refused_by_redis_leaves_the_message_to_the_scheduler_a
     )
     owner = await resp.json()
     endpoint = await add_endpoint(down, owner, "http://127.0.0.1:9/down")
-    private_redis.stop()
+    await asyncio.to_thread(private_redis.stop)
     await book(down, owner)
     [message] = await messages_of(down.app[DB], endpoint["id"])
     assert message.enqueued_at is None and message.state == "pending"
@@ -911,7 +910,7 @@ async def test_deleting_an_endpoint_that_deadlocks_with_a_delivery_is_retried_ne
                     )
                 )
 
-        await wait_for(delete_waits, timeout=10, what="the delete waiting on the worker's lock")
+        await wait_for(delete_waits, within=10, what="the delete waiting on the worker's lock")
         # Were this one the victim instead, the delete would go through at once (and the log below
         # would say no retry happened).
         with contextlib.suppress(asyncpg.DeadlockDetectedError):
@@ -942,7 +941,7 @@ async def test_an_attempt_that_outlived_its_lease_cannot_settle_the_message(
             again = await store.claim(conn, message_id, lease=30, concurrency=4)
         return again if isinstance(again, store.Claim) else None
 
-    current = await wait_for(reclaimed, timeout=5, interval=0.02, what="the lease to run out")
+    current = await wait_for(reclaimed, within=5, interval=0.02, what="the lease to run out")
     assert (late.attempt, current.attempt) == (1, 2)
     async with db.connect() as conn:
         settled, _ = await store.record_delivered(

@@ -9,6 +9,7 @@ A receiver dedupes by `webhook-id` (the spec's contract): "exactly-once effect" 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import uuid
@@ -103,7 +104,7 @@ async def messages(db: Database, endpoint_id: str) -> list[store.Message]:
 
 
 async def all_delivered(
-    db: Database, endpoint_id: str, count: int, *, timeout: float = 30
+    db: Database, endpoint_id: str, count: int, *, within: float = 30
 ) -> list[store.Message]:
     """Wait until the endpoint has `count` messages, every one marked delivered in PostgreSQL (after
     which no attempt can start: a claim refuses a delivered message)."""
@@ -112,9 +113,7 @@ async def all_delivered(
         found = await messages(db, endpoint_id)
         return found if len(found) == count and all(m.state == "delivered" for m in found) else None
 
-    result: list[store.Message] = await wait_for(
-        done, timeout=timeout, interval=0.1, what=f"{count} delivered"
-    )
+    result: list[store.Message] = await wait_for(done, within=within, interval=0.1, what=f"{count} delivered")
     return result
 
 
@@ -193,7 +192,7 @@ async def test_500_three_times_then_200_is_one_success_with_the_attempt_log(
             for name, value in (("sent", "1.0"), ("failed", "3.0"), ("retried", "3.0"))
         )
 
-    await wait_for(counted, timeout=10, what="the deliveries counted on /metrics")
+    await wait_for(counted, within=10, what="the deliveries counted on /metrics")
 
 
 async def test_410_disables_the_endpoint(
@@ -209,7 +208,7 @@ async def test_410_disables_the_endpoint(
         shown = await (await client.get(f"/api/webhooks/{endpoint['id']}", headers=auth(owner))).json()
         return shown["active"] is False
 
-    await wait_for(disabled, timeout=15, what="the endpoint disabled")
+    await wait_for(disabled, within=15, what="the endpoint disabled")
     await book(client, owner, 60)  # a disabled endpoint subscribes to nothing
     notes = await (await client.get("/api/notifications", headers=auth(owner))).json()
     assert [n["kind"] for n in notes["data"]] == ["system.notification"]
@@ -232,7 +231,7 @@ async def test_a_hanging_receiver_does_not_delay_a_healthy_one(
     async def slots_taken() -> bool:
         return receiver.in_flight.get("hang", 0) >= 4
 
-    await wait_for(slots_taken, timeout=15, what="the hanging endpoint's slots taken")
+    await wait_for(slots_taken, within=15, what="the hanging endpoint's slots taken")
     for n in range(8):
         await book(client, fast_owner, 50 + 2 * n)
     await all_delivered(client.app[DB], fast["id"], 8)
@@ -255,11 +254,11 @@ async def test_a_worker_killed_mid_delivery_redelivers_the_same_message_once(
     async def in_flight() -> bool:
         return receiver.in_flight.get("kill", 0) == 1
 
-    await wait_for(in_flight, timeout=15, what="the delivery in flight")
-    worker.stop(signal.SIGKILL)
+    await wait_for(in_flight, within=15, what="the delivery in flight")
+    await asyncio.to_thread(worker.stop, signal.SIGKILL)
     replacement = processes("worker", ["worker", "--grace", "2"])
     await ready(replacement, "reminder worker ready")
-    [message] = await all_delivered(client.app[DB], endpoint["id"], 1, timeout=40)
+    [message] = await all_delivered(client.app[DB], endpoint["id"], 1, within=40)
     requests = receiver.at("kill")
     assert len(requests) == 2  # the killed attempt and the one after its lease ran out
     assert {r.webhook_id for r in requests} == {f"msg_{message.id.hex}"}

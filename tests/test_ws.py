@@ -454,7 +454,7 @@ async def test_a_client_that_never_reads_is_closed_1013_and_others_stay_healthy(
     assert (await ask(healthy_ws, "ping", id="still-here"))["event"] == "pong"
     assert (await client.get("/health")).status == 200
     # Once it does read, it finds the backlog and then the close frame.
-    assert await close_code(slow_ws, timeout=10) == 1013
+    assert await close_code(slow_ws, within=10) == 1013
 
     async def gauge_at_one() -> bool:
         text = await (await client.get("/metrics")).text()

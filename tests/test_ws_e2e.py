@@ -264,9 +264,8 @@ async def test_an_admin_broadcast_over_rest_reaches_every_socket_on_both_process
 async def test_sigterm_closes_open_sockets_with_1001(
     database_url: str, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    procs = start_web(
-        1, web_env(database_url, redis_url, f"e2e{uuid.uuid4().hex[:10]}:", WS_AUTH_TIMEOUT="1")
-    )
+    env = web_env(database_url, redis_url, f"e2e{uuid.uuid4().hex[:10]}:", WS_AUTH_TIMEOUT="1")
+    procs = await asyncio.to_thread(start_web, 1, env)
     try:
         web = procs[0]
         user = await register(http, web)
@@ -274,12 +273,12 @@ async def test_sigterm_closes_open_sockets_with_1001(
         await ask(ws, "ping")
         started = time.monotonic()
         web.process.terminate()
-        assert await close_code(ws, timeout=10) == 1001
+        assert await close_code(ws, within=10) == 1001
         assert time.monotonic() - started < 5
         # Let the graceful shutdown finish; a second signal from stop() would cut it short.
-        web.process.wait(timeout=15)
+        await asyncio.to_thread(web.process.wait, 15)
     finally:
-        exits = stop(procs)
+        exits = await asyncio.to_thread(stop, procs)
     assert exits[0].code == 0, exits[0].output
 
 
@@ -293,31 +292,38 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
     events."""
     prefix = f"e2e{uuid.uuid4().hex[:10]}:"
     channel = f"{prefix}events"
-    procs = start_web(2, web_env(database_url, private_redis.url, prefix, WS_AUTH_TIMEOUT="1"))
+    env = web_env(database_url, private_redis.url, prefix, WS_AUTH_TIMEOUT="1")
+    procs = await asyncio.to_thread(start_web, 2, env)
     try:
         a, b = procs
-        wait_for_listeners(private_redis.url, channel, 2)
+        await asyncio.to_thread(wait_for_listeners, private_redis.url, channel, 2)
         user = await register(http, a)
         ws = await http.ws_connect(b.base_url.replace("http://", "ws://") + "/ws/", headers=bearer(user))
         await ask(ws, "ping")
 
-        private_redis.stop() if how == "SIGKILL" else private_redis.shutdown()
+        await asyncio.to_thread(private_redis.stop if how == "SIGKILL" else private_redis.shutdown)
         down_at = time.monotonic()
-        await asyncio.sleep(1.0)  # an outage both listeners notice, not a blip inside one retry
-        private_redis.start()
+
+        async def both_noticed() -> bool:
+            logs = await asyncio.to_thread(lambda: [output(p.process, limit=10**6) for p in procs])
+            return all("event listener lost Redis" in log for log in logs)
+
+        # An outage both listeners noticed (each logged losing Redis), not a blip inside one retry.
+        await wait_for(both_noticed, within=10, what="both web processes to notice Redis gone")
+        await asyncio.to_thread(private_redis.start)
         up_at = time.monotonic()
 
         async def both_listening() -> bool:
             return await asyncio.to_thread(listeners, private_redis.url, channel) >= 2
 
-        await wait_for(both_listening, timeout=15, what="both web processes subscribed again")
+        await wait_for(both_listening, within=15, what="both web processes subscribed again")
         resubscribed = time.monotonic() - up_at
         async with http.post(f"{a.base_url}/api/booking", json=booking_data(), headers=bearer(user)) as resp:
             assert resp.status == 201, (await resp.text(), output(a.process))
             booking_id = (await resp.json())["id"]
         frames = []
         while not any(f["event"] == "booking.created" for f in frames):
-            frames.append(await next_frame(ws, timeout=5))
+            frames.append(await next_frame(ws, within=5))
         delivered = time.monotonic() - up_at
         assert frames[0] == {
             "event": "system.notification",
@@ -333,5 +339,5 @@ async def test_subscriptions_recover_after_redis_is_killed_and_restarted(
         )
         await ws.close()
     finally:
-        exits = stop(procs)
+        exits = await asyncio.to_thread(stop, procs)
     assert all(e.code == 0 for e in exits), [(e.base_url, e.code, e.output) for e in exits]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,9 +13,11 @@ TIMEOUT = 5.0
 Frame = dict[str, Any]
 
 
-async def next_frame(ws: ClientWebSocketResponse, *, timeout: float = TIMEOUT) -> Frame:
-    """The next JSON frame; fails (rather than hangs) when the socket closes or stays silent."""
-    msg = await ws.receive(timeout=timeout)
+async def next_frame(ws: ClientWebSocketResponse, *, within: float | None = TIMEOUT) -> Frame:
+    """The next JSON frame; fails (rather than hangs) when the socket closes or stays silent for `within`
+    seconds (TimeoutError). `within=None` leaves the limit to the caller's own `asyncio.timeout`."""
+    async with asyncio.timeout(within):
+        msg = await ws.receive()
     assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg.type!r} (close code {ws.close_code})"
     frame: Frame = json.loads(msg.data)
     return frame
@@ -26,15 +29,15 @@ async def ask(
     data: dict[str, Any] | None = None,
     *,
     id: str | int = "r1",
-    timeout: float = TIMEOUT,
 ) -> Frame:
-    """Send a command and return the frame that echoes its id, skipping pushed events in between."""
+    """Send a command and return the frame that echoes its id, skipping pushed events in between (each
+    frame within TIMEOUT seconds)."""
     frame: Frame = {"event": event, "id": id}
     if data is not None:
         frame["data"] = data
     await ws.send_json(frame)
     while True:
-        got = await next_frame(ws, timeout=timeout)
+        got = await next_frame(ws)
         if got.get("id") == id:
             return got
 
@@ -50,12 +53,14 @@ async def events_until_pong(ws: ClientWebSocketResponse, *, id: str = "sync") ->
         seen.append(frame)
 
 
-async def close_code(ws: ClientWebSocketResponse, *, timeout: float = TIMEOUT) -> int | None:
-    """Read until the server's close frame (discarding anything before it); the close code."""
-    while True:
-        msg = await ws.receive(timeout=timeout)
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            return ws.close_code
+async def close_code(ws: ClientWebSocketResponse, *, within: float = TIMEOUT) -> int | None:
+    """Read until the server's close frame (discarding anything before it), within `within` seconds in
+    all; the close code."""
+    async with asyncio.timeout(within):
+        while True:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return ws.close_code
 
 
 def booking_data(
