@@ -57,8 +57,22 @@ class UserOut(Schema):
     name = fields.String(required=True)
     role = fields.String(required=True, validate=validate.OneOf(["user", "admin"]))
     status = fields.String(required=True, validate=validate.OneOf(["active", "suspended"]))
+    time_zone = fields.String(
+        required=True,
+        data_key="timeZone",
+        metadata=_desc("IANA name; the default zone of availability labels (UTC until set)"),
+    )
     created_at = fields.DateTime(required=True, data_key="createdAt")
     updated_at = fields.DateTime(required=True, data_key="updatedAt")
+
+
+class MePatch(Strict):
+    name = fields.String(validate=validate.Length(min=1, max=100))
+    time_zone = fields.String(
+        data_key="timeZone",
+        validate=validate.Length(min=1, max=64),
+        metadata=_desc("IANA time zone name (zoneinfo), e.g. Europe/Berlin"),
+    )
 
 
 class SessionOut(Schema):
