@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate
 
+from actors.zones import ZONE_HINT, known_zones
 from handlers.validation import unstorable_text
 
 
@@ -227,10 +228,8 @@ def _resource_ref() -> fields.UUID:
 
 
 def _known_zone(value: str) -> bool:
-    from actors.resources import known_zones
-
     if value not in known_zones():
-        raise ValidationError("must be an IANA time zone name, e.g. Europe/Berlin")
+        raise ValidationError(ZONE_HINT)
     return True
 
 

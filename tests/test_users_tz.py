@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -193,3 +194,30 @@ async def test_a_change_on_one_web_process_is_seen_at_once_on_the_other(
         deadline = time.monotonic() + 3.0
         while (zone := await zone_on(http, b.base_url, token)) != "Pacific/Auckland":
             assert time.monotonic() < deadline, f"B still says {zone}"
+
+
+# --- series ------------------------------------------------------------------------------------------
+
+
+async def test_a_series_without_a_zone_repeats_in_the_zone_just_set(
+    client: Client, register: Registrar
+) -> None:
+    user = await register()
+    assert (await me(client, user))["timeZone"] == "UTC"  # the row is now in this process's cache
+    assert (await patch_me(client, user, {"timeZone": "America/New_York"}))[0] == 200
+    new_york = ZoneInfo("America/New_York")
+    day = next_weekday(1, weeks=2)
+    start = datetime.combine(day, dt_time(9, 0), new_york)
+    body = {
+        "title": "Weekly",
+        "startTime": z(start),
+        "endTime": z(start + timedelta(minutes=30)),
+        "recurrence": {"rrule": "FREQ=WEEKLY;COUNT=3"},
+    }
+    resp = await client.post("/api/booking", json=body, headers=auth(user))
+    assert resp.status == 201, await resp.text()
+    series = await resp.json()
+    assert series["timeZone"] == "America/New_York"
+    # 09:00 in New York each week (whatever its offset that week), not 09:00's UTC instant repeated.
+    locals_ = [datetime.fromisoformat(o["startTime"]).astimezone(new_york) for o in series["occurrences"]]
+    assert [(d.hour, d.minute) for d in locals_] == [(9, 0)] * 3
