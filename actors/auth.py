@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from actors.errors import Conflict, Forbidden, NotFound, Unauthorized
+from actors.errors import Conflict, FieldError, Forbidden, NotFound, Unauthorized, ValidationFailed
 from actors.security import TokenCodec, hash_password, verify_password
 from actors.usercache import UserCache
+from actors.zones import check_zone
 from storage import tokens, users
 from storage.db import Connection, Database
 from storage.errors import DuplicateEmail
@@ -39,7 +40,7 @@ class AuthService:
         self._db = db
         self.codec = codec
         self.cache = cache
-        self._announce = announce  # tells the other processes that a user's role or status changed
+        self._announce = announce  # tells the other processes that a user's row changed
 
     async def register(self, *, email: str, password: str, name: str) -> Session:
         password_hash = await hash_password(password)
@@ -105,7 +106,7 @@ class AuthService:
         return user
 
     async def _changed(self, user_id: uuid.UUID) -> None:
-        """A user's role or status changed (committed): forget it here and everywhere else."""
+        """A user's row changed (committed: role, status, name, zone): forget it here and everywhere else."""
         if self.cache is not None:
             self.cache.drop(user_id)
         if self._announce:
@@ -129,6 +130,20 @@ class AuthService:
             if status == "suspended":
                 await tokens.revoke_user_families(conn, user_id, reason="suspended")
         await self._changed(user_id)
+        return user
+
+    async def update_profile(self, actor: User, *, name: str | None, time_zone: str | None) -> User:
+        """The caller's own name and time zone; every web process uses the new values from the next
+        request on (the cached row is dropped everywhere, like a role change)."""
+        if name is None and time_zone is None:
+            raise ValidationFailed("nothing to change", [FieldError("body", "give name and/or timeZone")])
+        if time_zone is not None:
+            check_zone(time_zone)
+        async with self._db.begin() as conn:
+            user = await users.update_user(conn, actor.id, name=name, time_zone=time_zone)
+        if user is None:
+            raise Unauthorized("invalid token")  # deleted since its token was checked
+        await self._changed(actor.id)
         return user
 
     async def ensure_admin(self, *, email: str, password: str, name: str = "Administrator") -> User:

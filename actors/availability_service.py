@@ -27,8 +27,9 @@ from actors.availability import (
 )
 from actors.bookings import Deps
 from actors.errors import Conflict, FieldError, Forbidden, NotFound, PreconditionFailed, ValidationFailed
-from actors.resources import ResourceEmitter, known_zones, resource_hours
+from actors.resources import ResourceEmitter, resource_hours
 from actors.views import iso
+from actors.zones import check_zone, known_zones
 from storage import availability as store
 from storage import bookings as booking_store
 from storage import resources as resource_store
@@ -78,10 +79,16 @@ def _invalid(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{field} {message}", [FieldError(field, message)])
 
 
-def _zone(name: str, field: str = "timeZone") -> ZoneInfo:
-    if name not in known_zones():
-        raise _invalid(field, "must be an IANA time zone name, e.g. Europe/Paris")
-    return ZoneInfo(name)
+def label_zone(asked: str | None, caller: User, resource: Resource) -> ZoneInfo:
+    """The zone of a slot's localStart/localEnd: the `timeZone` the caller asked for; else the caller's
+    own zone (PATCH /api/auth/me); else, while that is still UTC (every account's until it is set, and
+    labels in UTC would only repeat `start`/`end`), the resource's. Only labels: the grid and the hours
+    stay in the resource's zone whatever the labels say (docs/AVAILABILITY.md)."""
+    if asked:
+        return check_zone(asked)
+    if caller.time_zone != "UTC" and caller.time_zone in known_zones():
+        return ZoneInfo(caller.time_zone)
+    return ZoneInfo(resource.time_zone)
 
 
 def _check_window(start: datetime, end: datetime) -> None:
@@ -171,7 +178,7 @@ class AvailabilityService:
     async def set_mine(
         self, actor: User, *, time_zone: str, weekly: list[dict[str, Any]] | None, if_match: int | None = None
     ) -> store.StoredAvailability:
-        zone = _zone(time_zone)
+        zone = check_zone(time_zone)
         try:
             hours_of(zone, weekly)
         except ValueError as exc:

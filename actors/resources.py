@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -40,6 +38,7 @@ from actors.errors import (
 )
 from actors.reminders import Plan
 from actors.views import booking_view, iso
+from actors.zones import check_zone
 from storage import bookings as booking_store
 from storage import resources as store
 from storage.bookings import Booking
@@ -65,11 +64,6 @@ class ResourceEmitter(Protocol):
     async def emit_all(
         self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
     ) -> None: ...
-
-
-@cache
-def known_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
 
 
 def resource_view(r: Resource) -> dict[str, Any]:
@@ -107,11 +101,8 @@ def busy_view(b: Busy, viewer: User) -> dict[str, Any]:
 
 def _check_zone(values: Mapping[str, Any]) -> None:
     zone = values.get("time_zone")
-    if zone is not None and zone not in known_zones():
-        raise ValidationFailed(
-            f"unknown time zone {zone!r}",
-            [FieldError("timeZone", "must be an IANA time zone name, e.g. Europe/Paris")],
-        )
+    if zone is not None:
+        check_zone(zone)
 
 
 # --- the admin service ------------------------------------------------------------------------------

@@ -9,7 +9,16 @@ from aiohttp_apigami import docs, request_schema
 
 from actors.auth import Session
 from handlers.common import client_ip, json_response, require_user, user_json
-from handlers.schemas import LoginRequest, Problem, RefreshRequest, RegisterRequest, SessionOut, UserOut
+from handlers.docparts import AUTH_ERRORS, BODY_ERRORS
+from handlers.schemas import (
+    LoginRequest,
+    MePatch,
+    Problem,
+    RefreshRequest,
+    RegisterRequest,
+    SessionOut,
+    UserOut,
+)
 from handlers.validation import body
 from server.keys import AUTH, LIMITER, SETTINGS
 
@@ -18,6 +27,7 @@ routes = web.RouteTableDef()
 _register = RegisterRequest()
 _login = LoginRequest()
 _refresh = RefreshRequest()
+_me_patch = MePatch()
 
 
 def _session_json(session: Session) -> dict[str, Any]:
@@ -143,3 +153,31 @@ async def logout(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     user = await require_user(request)
     return json_response(user_json(user))
+
+
+@routes.patch("/api/auth/me")
+@docs(
+    tags=["auth"],
+    summary="Change your own name and time zone",
+    description="`timeZone` is an IANA name (zoneinfo's list); it becomes the default zone of the "
+    "localStart/localEnd labels of /api/availability/slots and /next. Every web process uses it from "
+    "the next request on.",
+    security=[{"bearerAuth": []}],
+    responses={
+        200: {"schema": UserOut, "description": "The user, changed"},
+        400: {
+            "schema": Problem,
+            "description": "Unknown zone, wrong type, unknown field or nothing to change",
+        },
+        **BODY_ERRORS,
+        **AUTH_ERRORS,
+    },
+)
+@request_schema(MePatch)
+async def patch_me(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    data = await body(request, _me_patch)
+    changed = await request.app[AUTH].update_profile(
+        user, name=data.get("name"), time_zone=data.get("time_zone")
+    )
+    return json_response(user_json(changed))

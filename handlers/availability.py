@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
@@ -14,14 +13,14 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from actors.availability_service import (
     availability_view,
     hours_view,
+    label_zone,
     parse_ids,
     slot_rules_view,
     span_view,
 )
 from actors.bookings import parse_if_match
-from actors.errors import FieldError, ValidationFailed
-from actors.resources import known_zones
 from actors.views import iso
+from actors.zones import check_zone
 from handlers.common import json_response, require_admin, require_user
 from handlers.docparts import (
     AUTH_ERRORS,
@@ -184,7 +183,10 @@ class _SlotQueryBase(Strict):
         "Grid in minutes from local midnight (default: the duration, at most 1440)", low=1, high=1440
     )
     time_zone = fields.String(
-        data_key="timeZone", metadata=_desc("Zone for localStart/localEnd (default: the resource's)")
+        data_key="timeZone",
+        metadata=_desc(
+            "Zone for localStart/localEnd (default: your own timeZone, or the resource's while yours is UTC)"
+        ),
     )
 
 
@@ -362,16 +364,6 @@ def _grid(q: dict[str, Any]) -> tuple[timedelta, timedelta]:
     return duration, timedelta(minutes=q.get("step") or min(q["duration"], 1440))
 
 
-def _label_zone(q: dict[str, Any], default: str = "UTC") -> ZoneInfo:
-    """The caller's `timeZone` (checked before any work), else the resource's."""
-    name = q.get("time_zone") or default
-    if name not in known_zones():
-        raise ValidationFailed(
-            "unknown time zone", [FieldError("timeZone", "must be an IANA time zone name, e.g. Europe/Paris")]
-        )
-    return ZoneInfo(name)
-
-
 @routes.get("/api/availability/slots")
 @docs(
     tags=["availability"],
@@ -391,12 +383,13 @@ def _label_zone(q: dict[str, Any], default: str = "UTC") -> ZoneInfo:
 async def get_slots(request: web.Request) -> web.Response:
     user = await require_user(request)
     q = query(request, _slots_query)
-    _label_zone(q)
+    if q.get("time_zone"):
+        check_zone(q["time_zone"])  # before any work
     duration, step = _grid(q)
     resource, found = await request.app[AVAILABILITY].slots(
         user, q["resource_id"], start=q["from_"], end=q["to"], duration=duration, step=step
     )
-    zone = _label_zone(q, resource.time_zone)
+    zone = label_zone(q.get("time_zone"), user, resource)
     return json_response(
         {
             **slot_rules_view(resource, duration, step),
@@ -423,12 +416,13 @@ async def get_slots(request: web.Request) -> web.Response:
 async def get_next(request: web.Request) -> web.Response:
     user = await require_user(request)
     q = query(request, _next_query)
-    _label_zone(q)
+    if q.get("time_zone"):
+        check_zone(q["time_zone"])  # before any work
     duration, step = _grid(q)
     service = request.app[AVAILABILITY]
     after = q.get("after") or service.deps.clock()
     resource, found = await service.next(user, q["resource_id"], after=after, duration=duration, step=step)
-    zone = _label_zone(q, resource.time_zone)
+    zone = label_zone(q.get("time_zone"), user, resource)
     return json_response(
         {
             **slot_rules_view(resource, duration, step),

@@ -75,6 +75,7 @@ def user_json(user: User) -> dict[str, Any]:
         "name": user.name,
         "role": user.role,
         "status": user.status,
+        "timeZone": user.time_zone,
         "createdAt": iso(user.created_at),
         "updatedAt": iso(user.updated_at),
     }

@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate
 
+from actors.zones import ZONE_HINT, known_zones
 from handlers.validation import unstorable_text
 
 
@@ -57,8 +58,22 @@ class UserOut(Schema):
     name = fields.String(required=True)
     role = fields.String(required=True, validate=validate.OneOf(["user", "admin"]))
     status = fields.String(required=True, validate=validate.OneOf(["active", "suspended"]))
+    time_zone = fields.String(
+        required=True,
+        data_key="timeZone",
+        metadata=_desc("IANA name; the default zone of availability labels (UTC until set)"),
+    )
     created_at = fields.DateTime(required=True, data_key="createdAt")
     updated_at = fields.DateTime(required=True, data_key="updatedAt")
+
+
+class MePatch(Strict):
+    name = fields.String(validate=validate.Length(min=1, max=100))
+    time_zone = fields.String(
+        data_key="timeZone",
+        validate=validate.Length(min=1, max=64),
+        metadata=_desc("IANA time zone name (zoneinfo), e.g. Europe/Berlin"),
+    )
 
 
 class SessionOut(Schema):
@@ -213,10 +228,8 @@ def _resource_ref() -> fields.UUID:
 
 
 def _known_zone(value: str) -> bool:
-    from actors.resources import known_zones
-
     if value not in known_zones():
-        raise ValidationError("must be an IANA time zone name, e.g. Europe/Berlin")
+        raise ValidationError(ZONE_HINT)
     return True
 
 

@@ -85,7 +85,9 @@ def auth_service(
     return AuthService(db, codec, cache=cache, announce=announce)
 
 
-USER_CHANGED = "user-changed"  # event-bus signal: a user's role or status changed; data: the user id
+USER_CHANGED = (
+    "user-changed"  # event-bus signal: a user's row changed (role, status, name, zone); data: the user id
+)
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -105,8 +105,17 @@ async def update_user(
     role: str | None = None,
     status: str | None = None,
     password_hash: str | None = None,
+    name: str | None = None,
+    time_zone: str | None = None,
 ) -> User | None:
-    given = {"role": role, "status": status, "password_hash": password_hash}
+    """Set the fields given (None: unchanged); None when there is no such user."""
+    given = {
+        "role": role,
+        "status": status,
+        "password_hash": password_hash,
+        "name": name,
+        "time_zone": time_zone,
+    }
     changes = {k: v for k, v in given.items() if v is not None}
     row = await _update(frozenset(changes)).fetchrow(conn, id=user_id, **changes)
     return _user(row) if row else None

@@ -145,6 +145,7 @@ PERSONAL = {"anonymous": 401, "other": 404, "owner": 200, "admin": 404}  # notif
 
 MATRIX = [
     Row("GET", "/api/auth/me", _user_route()),
+    Row("PATCH", "/api/auth/me", _user_route(), body={"timeZone": "UTC"}),
     Row("GET", "/api/users", ADMIN_ONLY),
     Row("PATCH", "/api/users/{id}", ADMIN_ONLY, _owner, {"status": "active"}),
     Row("GET", "/api/booking", _user_route()),
