@@ -147,6 +147,8 @@ async def reminders_seen(
         if message is None:
             continue
         envelope = json.loads(message["data"])
+        if "batch" in envelope:  # several booking.* events of one change (never a reminder)
+            continue
         if envelope["event"]["event"] == "booking.reminder" and envelope["user"] == user["user"]["id"]:
             seen.append((envelope, datetime.now(UTC)))
             if expect is not None and len(seen) == expect:
@@ -535,3 +537,42 @@ async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_remind
     for envelope, arrived in seen:
         lateness(envelope, arrived)
     assert await notifications(db, session) == 2
+
+
+async def test_each_occurrence_of_a_series_has_its_own_reminder_sent_once(
+    client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub
+) -> None:
+    """A daily series whose first occurrence starts in a few seconds: that occurrence is reminded once,
+    on time; the next ones keep their own pending reminders at their own starts; deleting one occurrence
+    (scope=this) removes only its reminder."""
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    user = await register()
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
+    body = {
+        "title": "Daily",
+        "startTime": start.isoformat(),
+        "endTime": (start + timedelta(minutes=15)).isoformat(),
+        "reminderMinutesBefore": 0,
+        "recurrence": {"rrule": "FREQ=DAILY;COUNT=3", "timeZone": "Europe/Berlin"},
+    }
+    resp = await client.post("/api/booking", json=body, headers=auth(user))
+    assert resp.status == 201, await resp.text()
+    first, second, third = (await resp.json())["occurrences"]
+    assert (await client.delete(f"/api/booking/{second['id']}", headers=auth(user))).status == 204
+
+    seen = await reminders_seen(events, user, until=time.monotonic() + 12, expect=1)
+    assert [e["event"]["data"]["bookingId"] for e, _ in seen] == [first["id"]]
+    assert -0.05 < lateness(*seen[0]) < 3.0
+    async with client.app[DB].connect() as conn:
+        rows = await conn.fetch(
+            "SELECT booking_id, state, due_at FROM reminders WHERE booking_id = ANY($1::uuid[])",
+            [uuid.UUID(o["id"]) for o in (first, second, third)],
+        )
+    states = {str(r["booking_id"]): (r["state"], r["due_at"]) for r in rows}
+    assert set(states) == {first["id"], third["id"]}
+    assert states[first["id"]][0] == "sent"
+    third_start = datetime.fromisoformat(third["startTime"].replace("Z", "+00:00"))
+    assert states[third["id"]] == ("pending", third_start)
+    assert await notifications(client.app[DB], user) == 1

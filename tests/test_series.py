@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import Client, Registrar, auth
 from tests.test_resources import new_resource
+from tests.ws_support import ask, events_until_pong, next_frame
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -371,3 +372,36 @@ async def test_scope_on_a_plain_booking_and_bad_scopes(client: Client, register:
     assert resp.status == 400
     other = await register()
     assert (await client.get(f"/api/series/{uuid.uuid4()}", headers=auth(other))).status == 404
+
+
+async def test_a_series_over_the_socket_emits_each_occurrence_then_the_summary(
+    client: Client, register: Registrar
+) -> None:
+    user = await register()
+    ws = await client.ws_connect(f"/ws/?token={user['accessToken']}")
+    monday = spring_forward_monday()
+    await ws.send_json({"event": "create-booking", "data": series_body(monday), "id": "s"})
+    frames = [await next_frame(ws) for _ in range(6)]
+    names = [f["event"] for f in frames]
+    assert names == ["booking.created"] * 4 + ["series.created", "create-booking"]
+    reply = frames[-1]["data"]
+    assert [f["data"]["id"] for f in frames[:4]] == [o["id"] for o in reply["occurrences"]]
+    assert frames[4]["data"]["occurrenceIds"] == [o["id"] for o in reply["occurrences"]]
+    # One occurrence cancelled over the socket: its own event, then the series' new version.
+    target = reply["occurrences"][1]["id"]
+    await ws.send_json({"event": "update-booking", "data": {"id": target, "status": "cancelled"}, "id": "u"})
+    frames = [await next_frame(ws) for _ in range(3)]
+    assert [f["event"] for f in frames] == ["booking.updated", "series.updated", "update-booking"]
+    assert frames[1]["data"] == {
+        "id": reply["id"],
+        "userId": user["user"]["id"],
+        "version": reply["version"] + 1,
+        "occurrenceIds": [target],
+        "scope": "this",
+    }
+    bad = await ask(ws, "update-booking", {"id": target, "title": "x", "scope": "some"}, id="b")
+    assert bad["data"]["status"] == 400
+    await ws.send_json({"event": "delete-booking", "data": {"id": target, "scope": "all"}, "id": "d"})
+    frames = await events_until_pong(ws)
+    assert [f["event"] for f in frames] == ["booking.deleted"] * 4 + ["series.deleted", "delete-booking"]
+    await ws.close()
