@@ -474,6 +474,12 @@ class SeriesWriter:
                         f"{len(started)} occurrence(s) of this series already started or ended; change the "
                         "time with scope=following on the next occurrence"
                     )
+                elsewhere = [b for b in editable if b.resource_id != series.resource_id]
+                if elsewhere:
+                    raise Conflict(
+                        f"occurrence {elsewhere[0].id} was moved to another resource; change its time with "
+                        "scope=this"
+                    )
                 new_start = changes.get("start_time", target.start_time)
                 new_end = changes.get("end_time", target.end_time)
                 if new_start.astimezone(zone).date() != target.start_time.astimezone(zone).date():

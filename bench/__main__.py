@@ -26,10 +26,10 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import availability, create, listing, memory, reminders, resources, webhooks, ws
+from bench import availability, create, listing, memory, reminders, resources, series, webhooks, ws
 from bench.common import CpuMeter, Stack, ms, pct, register_users, say
 
-SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory", "resources", "availability")
+SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory", "resources", "availability", "series")
 FULL = {
     "duration": 10.0, "warmup": 2.0, "create_users": 512, "sockets": 1000, "ws_users": 250,
     "mutations": 500, "reminders": 2000, "spread": 20.0, "reminder_users": 200,
@@ -125,6 +125,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             "list",
             "resources",
             "availability",
+            "series",
         }:
             say("bench: starting two `booking serve` processes")
             await stack.start_web(2)
@@ -458,6 +459,25 @@ async def run_resources(stack: Stack, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+async def run_series(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    figure = f"series create p99 ({series.OCCURRENCES} weekly occurrences, one request)"
+    if stack.external:
+        return skipped([figure], "needs the tool's own database (users are seeded)")
+    samples = max(10, args.samples // 2)
+    users = await stack.seed_users(samples, "series")
+    series_t, single_t = await series.latency(stack.urls[0], users, references=max(3, samples // 10))
+    return [
+        Row(
+            figure,
+            f"{ms(pct(series_t, 0.99))} (p50 {ms(pct(series_t, 0.5))}, {len(series_t)} series)",
+            f"the same {series.OCCURRENCES} bookings one request at a time: p50 {ms(pct(single_t, 0.5))}"
+            f" ({pct(single_t, 0.5) / pct(series_t, 0.5):.1f}x the series)",
+            "-",
+            verdict(None),
+        )
+    ]
+
+
 SCENARIO_RUNNERS = {
     "create": run_create,
     "ws": run_ws,
@@ -467,6 +487,7 @@ SCENARIO_RUNNERS = {
     "memory": run_memory,
     "resources": run_resources,
     "availability": run_availability,
+    "series": run_series,
 }
 
 
