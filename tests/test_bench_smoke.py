@@ -30,9 +30,10 @@ ROWS = (
     "resource race",
     "availability slots p99",
     "availability next p99",
+    "series create p99",
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def test_bench_quick_prints_the_whole_summary_table(database_url: str, redis_url: str) -> None:
@@ -44,7 +45,7 @@ def test_bench_quick_prints_the_whole_summary_table(database_url: str, redis_url
         env=env,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=200,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
