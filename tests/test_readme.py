@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from server.jobs import create_jobs_app
+from server.keys import DB
 from server.settings import Settings
 from tests.conftest import Client, Registrar
 from tests.processes import BOOKING, ROOT
@@ -94,6 +95,7 @@ RUN = {
     "README.md § Try it #2": "test_the_readme_resource_session_works_as_printed",
     "README.md § Webhooks": "test_the_webhook_example_works_as_printed",
     "README.md § Availability": "test_the_availability_example_works_as_printed",
+    "README.md § Recurring series": "test_the_series_example_works_as_printed",
     "WEBSOCKET.md § Try it": "test_the_websocket_try_it_works_as_printed",
 }
 
@@ -302,3 +304,27 @@ async def test_the_availability_example_works_as_printed(
     assert found["timeZone"] == "Europe/Berlin" and found["durationMinutes"] == 60
     assert [r["busy"] is not None for r in busy["resources"]] == [True] and len(busy["users"]) == 1
     assert "Planning" not in lines[at + 3]
+
+
+async def test_the_series_example_works_as_printed(client: Client) -> None:
+    """README's Recurring series block after the Try it session (its $TOKEN and field()): ten Mondays at
+    09:00 Berlin, one skipped, the rest renamed."""
+    email = f"readme-{uuid.uuid4().hex[:10]}@example.com"
+    script = "\n".join([block("README.md § Try it"), block("README.md § Recurring series")]).replace(
+        "test@example.com", email
+    )
+    lines = (await run_bash(script, {5000: address(client)})).splitlines()
+    assert lines[-2] == "204"
+    assert lines[-1] == "Team stand-up 9 FREQ=WEEKLY;INTERVAL=1;BYDAY=MO;COUNT=10"
+    async with client.app[DB].connect() as conn:
+        starts = await conn.fetch(
+            "SELECT b.start_time FROM bookings b JOIN users u ON u.id = b.user_id "
+            "WHERE lower(u.email) = $1 AND b.series_id IS NOT NULL",
+            email,
+        )
+    berlin = ZoneInfo("Europe/Berlin")
+    assert len(starts) == 9
+    assert {
+        (r["start_time"].astimezone(berlin).isoweekday(), r["start_time"].astimezone(berlin).hour)
+        for r in starts
+    } == {(1, 9)}
