@@ -85,7 +85,9 @@ def parse_rrule(text: object, *, zone: ZoneInfo) -> Rule:
         raise _bad("must be an RRULE such as FREQ=WEEKLY;BYDAY=MO;COUNT=10")
     if len(text) > MAX_RULE_CHARS:
         raise _bad(f"may be at most {MAX_RULE_CHARS} characters")
-    body = text.strip().removeprefix("RRULE:")
+    body = text.strip()
+    if body[:6].upper() == "RRULE:":
+        body = body[6:]
     parts: dict[str, str] = {}
     for chunk in body.split(";"):
         key, sep, value = chunk.partition("=")
