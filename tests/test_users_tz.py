@@ -4,7 +4,7 @@ availability labels, and a second web process that sees the change at once altho
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from datetime import time as dt_time
 from typing import Any
@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Client, Registrar, auth
-from tests.processes import running_webs
+from tests.processes import WebProcess, running_webs
 from tests.support import unique_email
 from tests.test_availability import WEEKDAYS_9_TO_17, get, local, next_weekday, put_hours, z
 from tests.test_resources import new_resource
@@ -173,27 +173,33 @@ async def zone_on(http: aiohttp.ClientSession, base_url: str, token: str) -> str
         return zone
 
 
+@pytest.fixture
+def two_webs(database_url: str, redis_url: str) -> Iterator[list[WebProcess]]:
+    # A cache lifetime far beyond the test: the other process can only learn it from the bus signal.
+    with running_webs(2, database_url, redis_url, AUTH_CACHE_SECONDS="300") as procs:
+        yield procs
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 async def test_a_change_on_one_web_process_is_seen_at_once_on_the_other(
-    database_url: str, redis_url: str, http: aiohttp.ClientSession
+    two_webs: list[WebProcess], http: aiohttp.ClientSession
 ) -> None:
-    # A cache lifetime far beyond the test: the other process can only learn it from the bus signal.
-    with running_webs(2, database_url, redis_url, AUTH_CACHE_SECONDS="300") as (a, b):
-        body = {"email": unique_email("tz"), "password": PASSWORD, "name": "T"}
-        async with http.post(f"{a.base_url}/api/auth/register", json=body) as resp:
-            token = (await resp.json())["accessToken"]
-        assert await zone_on(http, b.base_url, token) == "UTC"  # B has cached the row
+    a, b = two_webs
+    body = {"email": unique_email("tz"), "password": PASSWORD, "name": "T"}
+    async with http.post(f"{a.base_url}/api/auth/register", json=body) as resp:
+        token = (await resp.json())["accessToken"]
+    assert await zone_on(http, b.base_url, token) == "UTC"  # B has cached the row
 
-        headers = {"Authorization": f"Bearer {token}"}
-        async with http.patch(
-            f"{a.base_url}/api/auth/me", json={"timeZone": "Pacific/Auckland"}, headers=headers
-        ) as resp:
-            assert resp.status == 200, await resp.text()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.patch(
+        f"{a.base_url}/api/auth/me", json={"timeZone": "Pacific/Auckland"}, headers=headers
+    ) as resp:
+        assert resp.status == 200, await resp.text()
 
-        deadline = time.monotonic() + 3.0
-        while (zone := await zone_on(http, b.base_url, token)) != "Pacific/Auckland":
-            assert time.monotonic() < deadline, f"B still says {zone}"
+    deadline = time.monotonic() + 3.0
+    while (zone := await zone_on(http, b.base_url, token)) != "Pacific/Auckland":
+        assert time.monotonic() < deadline, f"B still says {zone}"
 
 
 # --- series ------------------------------------------------------------------------------------------
