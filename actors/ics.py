@@ -1,0 +1,273 @@
+"""iCalendar (RFC 5545) text of the calendar feeds, built with the `icalendar` library (docs/CALENDAR.md).
+
+Pure functions of the rows storage/calendar_feeds.py reads: the same rows give the same bytes, which is
+what lets the feed's strong ETag be computed from the rows (`*_etag`) without rendering, so a client's
+`If-None-Match` is answered 304 before any iCalendar is built.
+
+A bookings feed: one VEVENT per booking (`UID:<booking id>@booking`, UTC times); a series is one master
+VEVENT (`UID:<series id>@booking`, `DTSTART;TZID=`, `RRULE`, `EXDATE` for every instance of the rule that
+has no row) plus an override (`RECURRENCE-ID`) for each occurrence row that differs from the template.
+A resource feed: one `Busy` VEVENT per active booking of the resource (buffers included); the title only
+where the viewer may see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from importlib.metadata import version
+from zoneinfo import ZoneInfo
+
+from dateutil.rrule import rrulestr
+from icalendar import Calendar, Event, Timezone
+from icalendar.prop import vDDDLists, vDDDTypes, vInt, vRecur, vText
+
+from storage.calendar_feeds import FeedBooking, FeedBusy, FeedSeries
+
+PRODID = "-//Booking service//Calendar feed//EN"
+REFRESH = "PT15M"  # the refresh a client is asked for (RFC 7986 REFRESH-INTERVAL, X-PUBLISHED-TTL)
+MAX_INSTANCES = 366  # the rule-expansion contract: a series has at most this many instances
+# Part of every ETag: a change to what the same rows render to (this module, the library) changes it.
+RENDERING = f"ics-1/icalendar-{version('icalendar')}"
+_CANCELLED = "cancelled"
+
+
+# --- rule expansion --------------------------------------------------------------------------------------
+# The series' contract (actors/recurrence.py: `instances(rrule, time_zone, dtstart)`): dateutil expansion
+# on the naive local wall time of dtstart in the zone, each instance made aware with
+# `replace(tzinfo=ZoneInfo(zone))` (fold=0: a time in a gap takes the offset before it, an ambiguous time
+# its first occurrence, as RFC 5545 says), as UTC instants, at most MAX_INSTANCES.
+
+_UNTIL = re.compile(r"(?:^|;)UNTIL=([0-9]{8}T[0-9]{6}Z)(?=;|$)")
+
+
+def instances(rrule: str, time_zone: str, dtstart: datetime) -> list[datetime]:
+    zone = ZoneInfo(time_zone)
+    local = dtstart.astimezone(zone).replace(tzinfo=None)
+    # dateutil refuses a UTC UNTIL beside a naive DTSTART; the UTC bound is applied to the instants.
+    found = _UNTIL.search(rrule)
+    until = datetime.strptime(found.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC) if found else None
+    rule = rrulestr(_UNTIL.sub("", rrule).strip(";"), dtstart=local)
+    out: list[datetime] = []
+    for naive in rule:
+        instant = naive.replace(tzinfo=zone).astimezone(UTC)
+        if until is not None and instant > until:
+            break
+        out.append(instant)
+        if len(out) >= MAX_INSTANCES:
+            break
+    return out
+
+
+# --- the calendar ----------------------------------------------------------------------------------------
+
+
+def _calendar(name: str) -> Calendar:
+    cal = Calendar()
+    cal["PRODID"] = vText(PRODID)
+    cal["VERSION"] = vText("2.0")
+    cal["CALSCALE"] = vText("GREGORIAN")
+    cal["NAME"] = vText(name)  # RFC 7986
+    cal["X-WR-CALNAME"] = vText(name)  # what most clients read instead
+    cal["REFRESH-INTERVAL"] = vDDDTypes(timedelta(minutes=15))
+    cal["REFRESH-INTERVAL"].params["VALUE"] = "DURATION"
+    cal["X-PUBLISHED-TTL"] = vText(REFRESH)
+    return cal
+
+
+@lru_cache(maxsize=64)
+def _vtimezone(zone: str, first_year: int, last_year: int) -> Timezone:
+    """VTIMEZONE from zoneinfo's own rules (icalendar computes the transitions), over whole years around
+    the times shown; cached: the library's generation is the costly part."""
+    vtimezone = Timezone.from_tzinfo(
+        ZoneInfo(zone), tzid=zone, first_date=date(first_year, 1, 1), last_date=date(last_year + 1, 1, 1)
+    )
+    # icalendar 7.3 adds "COMMENT:This timezone only works from ..." to the VTIMEZONE itself, where RFC
+    # 5545 allows no COMMENT (only inside STANDARD/DAYLIGHT); libical reports it. The range is ours anyway.
+    vtimezone.pop("COMMENT", None)
+    return vtimezone
+
+
+def _stamp(event: Event, created: datetime, updated: datetime, version: int) -> None:
+    event["DTSTAMP"] = vDDDTypes(updated.astimezone(UTC))
+    event["CREATED"] = vDDDTypes(created.astimezone(UTC))
+    event["LAST-MODIFIED"] = vDDDTypes(updated.astimezone(UTC))
+    event["SEQUENCE"] = vInt(max(0, version - 1))
+
+
+def _text(event: Event, name: str, value: str | None) -> None:
+    if value:
+        event[name] = vText(value)
+
+
+def _utc(value: datetime) -> vDDDTypes:
+    return vDDDTypes(value.astimezone(UTC))
+
+
+def _booking_event(b: FeedBooking) -> Event:
+    event = Event()
+    event["UID"] = vText(f"{b.id}@booking")
+    _stamp(event, b.created_at, b.updated_at, b.version)
+    event["DTSTART"] = _utc(b.start_time)
+    event["DTEND"] = _utc(b.end_time)
+    event["SUMMARY"] = vText(b.title)
+    _text(event, "DESCRIPTION", b.description)
+    _text(event, "LOCATION", b.location)
+    event["STATUS"] = vText("CANCELLED" if b.status == _CANCELLED else "CONFIRMED")
+    return event
+
+
+def differs_from_template(row: FeedBooking, series: FeedSeries) -> bool:
+    """Whether an occurrence row needs an override VEVENT: moved, retitled, described or located
+    otherwise than its series, or cancelled."""
+    assert row.occurrence_start is not None  # noqa: S101 (an occurrence row has one: ck_bookings_series_shape)
+    return (
+        row.status == _CANCELLED
+        or row.start_time != row.occurrence_start
+        or row.end_time != row.occurrence_start + timedelta(seconds=series.duration_seconds)
+        or row.title != series.title
+        or (row.description or None) != (series.description or None)
+        or (row.location or None) != (series.location or None)
+    )
+
+
+def _rule(series: FeedSeries, found: Sequence[datetime]) -> vRecur:
+    """The stored rule; bounded by UNTIL at its last instance when it has no bound of its own or has more
+    instances than the contract expands, so a client expands exactly the instances there can be rows for."""
+    rule: vRecur = vRecur.from_ical(series.rrule)
+    unbounded = "COUNT" not in rule and "UNTIL" not in rule
+    if found and (unbounded or len(found) >= MAX_INSTANCES):
+        rule.pop("COUNT", None)
+        rule["UNTIL"] = [found[-1].astimezone(UTC)]
+    return rule
+
+
+def _series_events(series: FeedSeries, rows: Sequence[FeedBooking], found: Sequence[datetime]) -> list[Event]:
+    zone = ZoneInfo(series.time_zone)
+    uid = vText(f"{series.id}@booking")
+    duration = timedelta(seconds=series.duration_seconds)
+    master = Event()
+    master["UID"] = uid
+    _stamp(master, series.created_at, series.updated_at, series.version)
+    start = series.dtstart.astimezone(zone)
+    master["DTSTART"] = vDDDTypes(start)
+    master["DTEND"] = vDDDTypes((series.dtstart + duration).astimezone(zone))  # the exact duration
+    master["RRULE"] = _rule(series, found)
+    have = {r.occurrence_start for r in rows}
+    missing = [i.astimezone(zone) for i in found if i not in have]
+    if missing:
+        master["EXDATE"] = vDDDLists(missing)
+    master["SUMMARY"] = vText(series.title)
+    _text(master, "DESCRIPTION", series.description)
+    _text(master, "LOCATION", series.location)
+    master["STATUS"] = vText("CONFIRMED")
+    events = [master]
+    for row in rows:
+        if not differs_from_template(row, series):
+            continue
+        assert row.occurrence_start is not None  # noqa: S101 (see differs_from_template)
+        override = Event()
+        override["UID"] = uid
+        override["RECURRENCE-ID"] = vDDDTypes(row.occurrence_start.astimezone(zone))
+        _stamp(override, row.created_at, row.updated_at, row.version)
+        override["DTSTART"] = vDDDTypes(row.start_time.astimezone(zone))
+        override["DTEND"] = vDDDTypes(row.end_time.astimezone(zone))
+        override["SUMMARY"] = vText(row.title)
+        _text(override, "DESCRIPTION", row.description)
+        _text(override, "LOCATION", row.location)
+        override["STATUS"] = vText("CANCELLED" if row.status == _CANCELLED else "CONFIRMED")
+        events.append(override)
+    return events
+
+
+def _add_timezones(cal: Calendar, used: dict[str, list[datetime]]) -> None:
+    for zone, times in sorted(used.items()):
+        years = [t.astimezone(ZoneInfo(zone)).year for t in times]
+        cal.add_component(_vtimezone(zone, min(years) - 1, max(years) + 1))
+
+
+def render_bookings(name: str, series: Sequence[FeedSeries], rows: Sequence[FeedBooking]) -> bytes:
+    """A bookings feed: the rows, each series as its master and overrides (VTIMEZONEs first)."""
+    cal = _calendar(name)
+    by_series: dict[uuid.UUID, list[FeedBooking]] = {s.id: [] for s in series}
+    events: list[Event] = []
+    for row in rows:
+        if row.series_id is None:
+            events.append(_booking_event(row))
+        elif row.series_id in by_series:
+            by_series[row.series_id].append(row)
+    used: dict[str, list[datetime]] = {}
+    for s in series:
+        occurrences = by_series[s.id]
+        found = instances(s.rrule, s.time_zone, s.dtstart)
+        if not found:  # no instance at all (never written so): its rows stand alone
+            events.extend(_booking_event(r) for r in occurrences)
+            continue
+        events.extend(_series_events(s, occurrences, found))
+        times = used.setdefault(s.time_zone, [])
+        times += [found[0], found[-1], *(r.start_time for r in occurrences)]
+    _add_timezones(cal, used)
+    for event in events:
+        cal.add_component(event)
+    body: bytes = cal.to_ical()
+    return body
+
+
+def render_resource(name: str, rows: Sequence[FeedBusy], *, viewer: uuid.UUID, titles: bool) -> bytes:
+    """A resource feed: `Busy` for each busy range; the booking's title only for the viewer's own (every
+    title with `titles`, an admin's feed). No description, location or attendees."""
+    cal = _calendar(name)
+    for b in rows:
+        event = Event()
+        event["UID"] = vText(f"{b.id}@booking")
+        _stamp(event, b.created_at, b.updated_at, b.version)
+        event["DTSTART"] = _utc(b.busy_start)
+        event["DTEND"] = _utc(b.busy_end)
+        event["SUMMARY"] = vText(b.title if titles or b.user_id == viewer else "Busy")
+        event["STATUS"] = vText("CONFIRMED")
+        event["TRANSP"] = vText("OPAQUE")
+        cal.add_component(event)
+    body: bytes = cal.to_ical()
+    return body
+
+
+# --- ETags -----------------------------------------------------------------------------------------------
+
+
+def _etag(parts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x1f")
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def bookings_etag(name: str, series: Sequence[FeedSeries], rows: Sequence[FeedBooking]) -> str:
+    """The strong ETag of `render_bookings(name, series, rows)`, from what it renders: each row's id and
+    version (every change of a booking or series moves its version), in the order rendered."""
+    return _etag(
+        [
+            RENDERING,
+            "bookings",
+            name,
+            *(f"s{s.id}:{s.version}" for s in series),
+            *(f"b{r.id}:{r.version}" for r in rows),
+        ]
+    )
+
+
+def resource_etag(name: str, rows: Sequence[FeedBusy], *, viewer: uuid.UUID, titles: bool) -> str:
+    return _etag(
+        [
+            RENDERING,
+            "resource",
+            name,
+            str(viewer),
+            "titles" if titles else "own",
+            *(f"b{r.id}:{r.version}" for r in rows),
+        ]
+    )
