@@ -258,8 +258,10 @@ async def bookings_feed_rows(
 ) -> tuple[list[FeedSeries], list[FeedBooking]]:
     """The owner's bookings ending after `since` and the whole of each series that has one: one query for
     the series, one for the bookings. Run them in one snapshot (a repeatable-read transaction)."""
-    series = [FeedSeries(**r) for r in await _FEED_SERIES.fetch(conn, user_id=user_id, since=since)]
-    rows = [FeedBooking(**r) for r in await _FEED_BOOKINGS.fetch(conn, user_id=user_id, since=since)]
+    # Positionally: the columns are selected in the dataclasses' field order, and `**record` costs five
+    # times as much (about 5 µs a row: 10 ms for 2,000).
+    series = [FeedSeries(*r) for r in await _FEED_SERIES.fetch(conn, user_id=user_id, since=since)]
+    rows = [FeedBooking(*r) for r in await _FEED_BOOKINGS.fetch(conn, user_id=user_id, since=since)]
     return series, rows
 
 
@@ -292,4 +294,4 @@ async def resource_feed_rows(
     if resource is None:
         return None
     rows = await _FEED_BUSY.fetch(conn, seq=resource["seq"], since=since)
-    return dict(resource), [FeedBusy(**r) for r in rows]
+    return dict(resource), [FeedBusy(*r) for r in rows]  # columns in field order, as above

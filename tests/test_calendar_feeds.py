@@ -21,6 +21,7 @@ import pytest
 import recurring_ical_events
 from icalendar import Calendar, Event
 
+from server.keys import CALENDAR_FEEDS
 from tests.conftest import Client, Registrar, auth
 from tests.support import unique_email
 from tests.test_bookings import create
@@ -670,3 +671,34 @@ async def test_libical_finds_no_error_in_either_kind_of_feed(
     lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "BEGIN:VEVENT", "UID:x", "DTSTART:never", "END:VEVENT"]
     broken = "\r\n".join([*lines, "END:VCALENDAR", ""]).encode()
     assert libical(broken) != "restrictions=1 errors=0"
+
+
+async def test_a_feed_is_what_icalendar_writes_for_it_whether_its_events_were_cached_or_not(
+    client: Client, register: Registrar, db_conn: Any
+) -> None:
+    """Serialized events are reused across renders (actors/ics.py); the text stays what the library writes
+    for the calendar it parses to, and a change shows at once."""
+    from actors import ics
+
+    user = await register()
+    booking = await create(client, user, title="Cached, or not")
+    series = await insert_series(db_conn, user)
+    for i, instant in enumerate(mondays(SERIES_START.replace(tzinfo=None), 8)):
+        if i != 2:
+            await insert_occurrence(db_conn, series, instant, **({"title": "Other"} if i == 4 else {}))
+    feed = await new_feed(client, user)
+    bodies = client.app[CALENDAR_FEEDS]._bodies  # the rendered feeds by ETag, skipped here
+    first = (await fetch(client, feed["path"]))[1]
+    assert Calendar.from_ical(first).to_ical() == first
+    bodies.clear()
+    assert (await fetch(client, feed["path"]))[1] == first  # from the cached events
+    bodies.clear()
+    ics._components.clear()
+    assert (await fetch(client, feed["path"]))[1] == first  # from nothing
+    await client.patch(f"/api/booking/{booking['id']}", json={"title": "Changed"}, headers=auth(user))
+    changed = (await fetch(client, feed["path"]))[1]
+    assert Calendar.from_ical(changed).to_ical() == changed
+    assert b"SUMMARY:Changed" in changed and b"Cached" not in changed
+    assert (
+        changed.count(b"BEGIN:VEVENT") == first.count(b"BEGIN:VEVENT") == 1 + 1 + 1
+    )  # single, master, Other
