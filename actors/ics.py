@@ -189,7 +189,7 @@ def _series_events(series: FeedSeries, rows: Sequence[FeedBooking], found: Seque
 # Serialized components, by what they are a function of (a booking's id and version, a series' id and
 # version with its rows', the variant a resource feed shows): a feed in which one booking changed is
 # serialized again for that booking only. The library's serialization is most of a render's cost (about
-# 0.1 ms per event); bounded, least recently used first out. Renders run in worker threads: locked.
+# 0.2 ms per event); bounded, least recently used first out. Renders run in worker threads: locked.
 CACHED_COMPONENTS = 20_000
 _components: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
 _components_lock = threading.Lock()
