@@ -702,3 +702,18 @@ async def test_a_feed_is_what_icalendar_writes_for_it_whether_its_events_were_ca
     assert (
         changed.count(b"BEGIN:VEVENT") == first.count(b"BEGIN:VEVENT") == 1 + 1 + 1
     )  # single, master, Other
+
+
+def test_the_local_fallback_peeks_without_counting() -> None:
+    """While Redis is down the misses are counted per process (LocalWindows): a peek reads the window's
+    count and leaves it, and an ended window reads as empty."""
+    from server.ratelimit import LocalWindows
+
+    now = [100.0]
+    windows = LocalWindows(clock=lambda: now[0])
+    assert windows.peek("k") == (0, 0)
+    windows.hit("k", 60)
+    windows.hit("k", 60)
+    assert windows.peek("k") == (2, 60_000) and windows.peek("k") == (2, 60_000)
+    now[0] += 61
+    assert windows.peek("k") == (0, 0)
