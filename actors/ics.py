@@ -14,7 +14,7 @@ where the viewer may see it.
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
 import threading
 import uuid
 from collections import OrderedDict
@@ -24,45 +24,20 @@ from functools import lru_cache, partial
 from importlib.metadata import version
 from zoneinfo import ZoneInfo
 
-from dateutil.rrule import rrulestr
 from icalendar import Calendar, Event, Timezone
 from icalendar.prop import vDDDLists, vDDDTypes, vInt, vRecur, vText
 
+from actors.errors import DomainError
+from actors.recurrence import MAX_OCCURRENCES, instances
 from storage.calendar_feeds import FeedBooking, FeedBusy, FeedSeries
+
+log = logging.getLogger(__name__)
 
 PRODID = "-//Booking service//Calendar feed//EN"
 REFRESH = "PT15M"  # the refresh a client is asked for (RFC 7986 REFRESH-INTERVAL, X-PUBLISHED-TTL)
-MAX_INSTANCES = 366  # the rule-expansion contract: a series has at most this many instances
 # Part of every ETag: a change to what the same rows render to (this module, the library) changes it.
 RENDERING = f"ics-1/icalendar-{version('icalendar')}"
 _CANCELLED = "cancelled"
-
-
-# --- rule expansion --------------------------------------------------------------------------------------
-# The series' contract (actors/recurrence.py: `instances(rrule, time_zone, dtstart)`): dateutil expansion
-# on the naive local wall time of dtstart in the zone, each instance made aware with
-# `replace(tzinfo=ZoneInfo(zone))` (fold=0: a time in a gap takes the offset before it, an ambiguous time
-# its first occurrence, as RFC 5545 says), as UTC instants, at most MAX_INSTANCES.
-
-_UNTIL = re.compile(r"(?:^|;)UNTIL=([0-9]{8}T[0-9]{6}Z)(?=;|$)")
-
-
-def instances(rrule: str, time_zone: str, dtstart: datetime) -> list[datetime]:
-    zone = ZoneInfo(time_zone)
-    local = dtstart.astimezone(zone).replace(tzinfo=None)
-    # dateutil refuses a UTC UNTIL beside a naive DTSTART; the UTC bound is applied to the instants.
-    found = _UNTIL.search(rrule)
-    until = datetime.strptime(found.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC) if found else None
-    rule = rrulestr(_UNTIL.sub("", rrule).strip(";"), dtstart=local)
-    out: list[datetime] = []
-    for naive in rule:
-        instant = naive.replace(tzinfo=zone).astimezone(UTC)
-        if until is not None and instant > until:
-            break
-        out.append(instant)
-        if len(out) >= MAX_INSTANCES:
-            break
-    return out
 
 
 # --- the calendar ----------------------------------------------------------------------------------------
@@ -142,7 +117,7 @@ def _rule(series: FeedSeries, found: Sequence[datetime]) -> vRecur:
     instances than the contract expands, so a client expands exactly the instances there can be rows for."""
     rule: vRecur = vRecur.from_ical(series.rrule)
     unbounded = "COUNT" not in rule and "UNTIL" not in rule
-    if found and (unbounded or len(found) >= MAX_INSTANCES):
+    if found and (unbounded or len(found) >= MAX_OCCURRENCES):
         rule.pop("COUNT", None)
         rule["UNTIL"] = [found[-1].astimezone(UTC)]
     return rule
@@ -248,7 +223,13 @@ def render_bookings(name: str, series: Sequence[FeedSeries], rows: Sequence[Feed
     used: dict[str, list[datetime]] = {}
     for s in series:
         occurrences = by_series[s.id]
-        found = instances(s.rrule, s.time_zone, s.dtstart)
+        try:
+            found = instances(s.rrule, s.time_zone, s.dtstart)
+        except DomainError:  # a rule the series code would not have stored; one series must not fail all
+            log.warning(
+                "series %s: stored rule %r does not parse; its occurrences shown alone", s.id, s.rrule
+            )
+            found = []
         if not found:  # no instance at all (never written so): its rows stand alone
             parts += [_serialized(("b", r.id, r.version), partial(_one_booking, r)) for r in occurrences]
             continue

@@ -527,13 +527,13 @@ async def test_a_series_expands_to_exactly_its_rows_across_the_dst_change(
     assert len({etag, after_series, after_row}) == 3
 
 
-async def test_an_unbounded_rule_is_bounded_at_its_last_instance(
+async def test_a_rule_past_366_instances_is_bounded_at_the_last_one(
     client: Client, register: Registrar, db_conn: Any
 ) -> None:
-    """A rule without COUNT or UNTIL expands to at most 366 instances (the rule contract); the feed's RRULE
-    gets an UNTIL at the last, so no client shows an instance there can be no row for."""
+    """A series has at most 366 instances (actors/recurrence.py expands no more); a rule whose UNTIL lies
+    beyond gets an UNTIL at the 366th in the feed, so no client shows an instance there can be no row for."""
     user = await register()
-    series = await insert_series(db_conn, user, rrule="FREQ=DAILY;INTERVAL=1")
+    series = await insert_series(db_conn, user, rrule="FREQ=DAILY;INTERVAL=1;UNTIL=20290101T000000Z")
     instants = [(SERIES_START + timedelta(days=i)).astimezone(UTC) for i in range(3)]
     for instant in instants:
         await insert_occurrence(db_conn, series, instant)
@@ -543,9 +543,23 @@ async def test_an_unbounded_rule_is_bounded_at_its_last_instance(
     last = (SERIES_START.replace(tzinfo=None) + timedelta(days=365)).replace(tzinfo=BERLIN)
     assert until == last.astimezone(UTC)
     expanded = recurring_ical_events.of(cal).between(
-        datetime(2027, 1, 1, tzinfo=UTC), datetime(2029, 1, 1, tzinfo=UTC)
+        datetime(2027, 1, 1, tzinfo=UTC), datetime(2029, 6, 1, tzinfo=UTC)
     )
     assert sorted(e["DTSTART"].dt.astimezone(UTC) for e in expanded) == instants
+
+
+async def test_a_stored_rule_that_does_not_parse_fails_no_feed(
+    client: Client, register: Registrar, db_conn: Any
+) -> None:
+    """The series code stores only rules it parses; should one not (a rule from outside its subset), its
+    occurrences are shown as single events and the rest of the feed is served."""
+    user = await register()
+    single = await create(client, user, hours=30)
+    series = await insert_series(db_conn, user, rrule="FREQ=YEARLY;COUNT=2")
+    row = await insert_occurrence(db_conn, series, SERIES_START.astimezone(UTC))
+    shown = events(await calendar(client, await new_feed(client, user)))
+    assert set(shown) == {f"{single['id']}@booking", f"{row['id']}@booking"}
+    assert "RRULE" not in shown[f"{row['id']}@booking"]
 
 
 async def test_a_series_whose_rows_all_ended_before_the_window_is_not_shown(
@@ -717,3 +731,66 @@ def test_the_local_fallback_peeks_without_counting() -> None:
     assert windows.peek("k") == (2, 60_000) and windows.peek("k") == (2, 60_000)
     now[0] += 61
     assert windows.peek("k") == (0, 0)
+
+
+async def test_series_made_and_edited_through_the_api_expand_to_exactly_their_rows(
+    client: Client, register: Registrar, db_conn: Any
+) -> None:
+    """The same check on series the series API writes: one skipped instance (a blocker), one occurrence
+    moved, one cancelled, one deleted, and a split with `scope=following` (two series then), across the
+    spring DST change."""
+    from tests.test_series import create_series, iso, local, series_body, spring_forward_monday
+
+    user = await register()
+    monday = spring_forward_monday()
+    blocker = local(monday + timedelta(weeks=1), 9)
+    resp = await client.post(
+        "/api/booking",
+        json={"title": "Blocker", "startTime": iso(blocker), "endTime": iso(blocker + timedelta(hours=1))},
+        headers=auth(user),
+    )
+    assert resp.status == 201, await resp.text()
+    series = await create_series(
+        client, user, series_body(monday, rrule="FREQ=WEEKLY;BYDAY=MO;COUNT=6", conflictPolicy="skip")
+    )
+    occ = series["occurrences"]
+    assert len(occ) == 5  # the second instance skipped
+    moved = local(monday + timedelta(weeks=2), 11)
+    edits = [
+        ("PATCH", f"/api/booking/{occ[1]['id']}",
+         {"startTime": iso(moved), "endTime": iso(moved + timedelta(hours=1))}),
+        ("PATCH", f"/api/booking/{occ[2]['id']}/status", {"status": "cancelled"}),
+        ("DELETE", f"/api/booking/{occ[3]['id']}", None),
+        ("PATCH", f"/api/booking/{occ[4]['id']}?scope=following", {"title": "Renamed"}),
+    ]  # fmt: skip
+    for method, path, payload in edits:
+        resp = await client.request(method, path, json=payload, headers=auth(user))
+        assert resp.status in (200, 204), (path, await resp.text())
+    feed = await new_feed(client, user)
+    status, text, _ = await fetch(client, feed["path"])
+    assert status == 200, text
+    cal = Calendar.from_ical(text)
+    expanded = recurring_ical_events.of(cal).between(
+        datetime.combine(monday, datetime.min.time(), UTC) - timedelta(days=1),
+        datetime.combine(monday, datetime.min.time(), UTC) + timedelta(days=60),
+    )
+    got = {
+        (str(e["STATUS"]), e["DTSTART"].dt.astimezone(UTC), e["DTEND"].dt.astimezone(UTC), str(e["SUMMARY"]))
+        for e in expanded
+    }
+    rows = await db_conn.fetch(
+        "SELECT status, start_time, end_time, title FROM bookings WHERE user_id = $1",
+        uuid.UUID(user["user"]["id"]),
+    )
+    want = {
+        (
+            "CANCELLED" if r["status"] == "cancelled" else "CONFIRMED",
+            r["start_time"],
+            r["end_time"],
+            r["title"],
+        )
+        for r in rows
+    }
+    assert got == want
+    assert len(want) == 5 and {w[0] for w in want} == {"CONFIRMED", "CANCELLED"}
+    assert len({str(e["UID"]) for e in cal.walk("VEVENT") if "RRULE" in e}) == 2  # the split
