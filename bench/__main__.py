@@ -1,4 +1,4 @@
-"""The benchmark tool: `python -m bench [--quick] [--only create,ws,reminders,webhooks,list,memory]
+"""The benchmark tool: `python -m bench [--quick] [--only create,ws,reminders,webhooks,list,memory,feeds]
 [--url ...]`.
 
 It creates a throwaway database on the PostgreSQL in BENCH_DATABASE_URL (else TEST_DATABASE_URL), uses a
@@ -26,16 +26,19 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import availability, create, listing, memory, reminders, resources, series, webhooks, ws
+from bench import availability, create, feeds, listing, memory, reminders, resources, series, webhooks, ws
 from bench.common import CpuMeter, Stack, ms, pct, register_users, say
 
-SCENARIOS = ("create", "ws", "reminders", "webhooks", "list", "memory", "resources", "availability", "series")
+SCENARIOS = (
+    "create", "ws", "reminders", "webhooks", "list", "memory", "resources", "availability", "series", "feeds",
+)  # fmt: skip
 FULL = {
     "duration": 10.0, "warmup": 2.0, "create_users": 512, "sockets": 1000, "ws_users": 250,
     "mutations": 500, "reminders": 2000, "spread": 20.0, "reminder_users": 200,
     "list_rows": 1_000_000, "list_per_user": 10_000, "samples": 200,
     "mem_sockets": 1000, "mem_actors": 1000, "capacity": 10_000,
     "hook_rate": 200.0, "hook_seconds": 10.0, "hook_burst": 2000, "hook_users": 200,
+    "feed_bookings": 2000,
 }  # fmt: skip
 QUICK = {
     "duration": 1.5, "warmup": 0.5, "create_users": 64, "sockets": 40, "ws_users": 10,
@@ -43,6 +46,7 @@ QUICK = {
     "list_rows": 4_000, "list_per_user": 1_000, "samples": 20,
     "mem_sockets": 30, "mem_actors": 5, "capacity": 60,
     "hook_rate": 20.0, "hook_seconds": 1.5, "hook_burst": 30, "hook_users": 5,
+    "feed_bookings": 150,
 }  # fmt: skip
 
 
@@ -96,6 +100,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--capacity", type=int, help="sockets to hold open on one web process")
     p.add_argument("--hook-rate", type=float, help="booking changes per second for the webhook latency")
     p.add_argument("--hook-burst", type=int, help="bookings created at once for the webhook rate")
+    p.add_argument("--feed-bookings", type=int, help="bookings of the user whose calendar feed is fetched")
     args = p.parse_args()
     size = QUICK if args.quick else FULL
     for key, value in size.items():
@@ -126,6 +131,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             "resources",
             "availability",
             "series",
+            "feeds",
         }:
             say("bench: starting two `booking serve` processes")
             await stack.start_web(2)
@@ -392,6 +398,29 @@ async def run_availability(stack: Stack, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+async def run_feeds(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    n = args.feed_bookings
+    figures = [
+        f"calendar feed p50/p99, {n:,} bookings, one changed",
+        "calendar feed p50/p99, unchanged",
+        "calendar feed first render p50/p99 (nothing cached)",
+        "calendar feed size",
+    ]
+    if stack.external:
+        return skipped(figures, "needs the tool's own database (bookings are bulk-loaded)")
+    [user] = await stack.seed_users(1, "feed")
+    await feeds.load(stack.database_url, user, n)
+    say(f"bench: {n:,} bookings, {feeds.SERIES} series of {feeds.SERIES_LENGTH} among them")
+    r = await feeds.latency(stack.urls[0], stack.database_url, user, bookings=n, samples=args.samples)
+    p = lambda t: f"{ms(pct(t, 0.5))} / {ms(pct(t, 0.99))}"  # noqa: E731
+    return [
+        Row(figures[0], p(r.fresh), f"GET /api/booking?limit=100: {p(r.listing)}", "-", "-"),
+        Row(figures[1], f"{p(r.cached)}; 304: {p(r.not_modified)}", "same ETag, body cached", "-", "-"),
+        Row(figures[2], p(r.cold), "in-process, icalendar building and serializing every event", "-", "-"),
+        Row(figures[3], f"{r.bytes:,} bytes", f"its two reads via asyncpg: {p(r.sql)}", "-", "-"),
+    ]
+
+
 async def run_resources(stack: Stack, args: argparse.Namespace) -> list[Row]:
     c = args.concurrency
     figures = [
@@ -488,6 +517,7 @@ SCENARIO_RUNNERS = {
     "resources": run_resources,
     "availability": run_availability,
     "series": run_series,
+    "feeds": run_feeds,
 }
 
 

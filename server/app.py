@@ -13,12 +13,24 @@ from actors.auth import AuthService
 from actors.availability_service import AvailabilityService
 from actors.base import Event, Registry
 from actors.bookings import BookingService, Deps, Rules, actor_factory
+from actors.calendar_feeds import CalendarFeedService
 from actors.reminders import NotificationService, Reminders
 from actors.resources import ResourceBookings, ResourceService, resource_actor_factory
 from actors.security import TokenCodec
 from actors.usercache import UserCache
 from actors.webhooks import WebhookService
-from handlers import auth, availability, bookings, health, notifications, resources, users, webhooks, ws
+from handlers import (
+    auth,
+    availability,
+    bookings,
+    calendar,
+    health,
+    notifications,
+    resources,
+    users,
+    webhooks,
+    ws,
+)
 from server import redisconf, webhook_delivery
 from server.broker import ReminderSource, make_broker
 from server.events import EventBus, make_event
@@ -27,6 +39,7 @@ from server.keys import (
     AVAILABILITY,
     BOOKINGS,
     BUS,
+    CALENDAR_FEEDS,
     DB,
     LIMITER,
     METRICS,
@@ -101,6 +114,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         settings, app[DB], cache=UserCache(ttl=settings.auth_cache_seconds), announce=announce
     )
     app[LIMITER] = RateLimiter(app[REDIS], prefix=settings.redis_prefix, gate=app[REDIS_GATE])
+    app[CALENDAR_FEEDS] = CalendarFeedService(app[DB])
     if settings.admin_email and settings.admin_password:
         admin = await app[AUTH].ensure_admin(email=settings.admin_email, password=settings.admin_password)
         log.info("admin account ensured for user %s", admin.id)
@@ -208,6 +222,7 @@ def setup_routes(app: web.Application) -> None:
     app.add_routes(availability.routes)
     app.add_routes(notifications.routes)
     app.add_routes(webhooks.routes)
+    app.add_routes(calendar.routes)
     app.add_routes(health.routes)
     ws.setup(app)  # /ws/, its socket set, and the on_shutdown hook that closes sockets with 1001
 

@@ -13,6 +13,7 @@ from actors.auth import AuthService
 from actors.availability_service import AvailabilityService
 from actors.base import Registry
 from actors.bookings import BookingService
+from actors.calendar_feeds import CalendarFeedService
 from actors.reminders import NotificationService
 from actors.resources import ResourceService
 from actors.webhooks import WebhookService
@@ -41,6 +42,7 @@ AVAILABILITY = web.AppKey("availability", AvailabilityService)  # hours, slots, 
 RESOURCE_REGISTRY = web.AppKey("resource_registry", Registry[uuid.UUID])  # one actor per booked resource
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 WEBHOOKS = web.AppKey("webhooks", WebhookService)
+CALENDAR_FEEDS = web.AppKey("calendar_feeds", CalendarFeedService)  # /api/calendar/feeds and /cal/
 # Every open socket, so shutdown can close them with 1001; weak, so a finished socket needs no removal.
 WEBSOCKETS = web.AppKey("websockets", WeakSet[web.WebSocketResponse])
 

@@ -80,11 +80,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics.requests.labels(request.method, route, str(response.status)).inc()
     if response.status != 101:  # a WebSocket's lifetime is not a request latency
         metrics.latency.labels(request.method, route).observe(elapsed)
-    # The path only: query strings may carry tokens (WebSocket `?token=`), and logs must not.
+    # The path only: query strings may carry tokens (WebSocket `?token=`), and logs must not. A route
+    # whose path is the credential (a calendar feed's `/cal/{token}.ics`) is logged as its pattern.
     access_log.info(
         "%s %s %d %.1fms",
         request.method,
-        request.path[:200],
+        route if "{token}" in route else request.path[:200],
         response.status,
         elapsed * 1000,
         extra={"request_id": request_id, "user_id": _caller(request)},

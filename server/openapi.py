@@ -88,6 +88,10 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = 
             ("BookingHistory", "/api/booking/{id}/history", "get"),
         )
     },
+    ("/api/calendar/feeds", "post", "201"): {
+        "RotateFeed": ("/api/calendar/feeds/{id}/rotate", "post", {"id": "$response.body#/id"}),
+        "RevokeFeed": ("/api/calendar/feeds/{id}", "delete", {"id": "$response.body#/id"}),
+    },
     ("/api/notifications", "get", "200"): {
         "MarkFirstRead": ("/api/notifications/{id}/read", "post", {"id": "$response.body#/data/0/id"}),
     },

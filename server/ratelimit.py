@@ -27,6 +27,12 @@ redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')
 return {redis.call('INCR', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """
 
+# The count so far, without counting: for limits that count only failures (a calendar feed's unknown
+# tokens), checked before the attempt and hit after a failed one.
+_PEEK = """
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
+"""
+
 WhenDown = Literal["open", "local"]
 
 
@@ -55,11 +61,18 @@ class LocalWindows:
         self._windows[key] = (ends, count + 1)
         return count + 1, math.ceil((ends - now) * 1000)
 
+    def peek(self, key: str) -> tuple[int, int]:
+        """(hits in the live window, milliseconds until it ends); (0, 0) with none."""
+        now = self._clock()
+        ends, count = self._windows.get(key, (0.0, 0))
+        return (count, math.ceil((ends - now) * 1000)) if ends > now else (0, 0)
+
 
 class RateLimiter:
     def __init__(self, redis: Redis, *, prefix: str, gate: RedisGate) -> None:
         self._prefix = prefix
         self._hit = redis.register_script(_HIT)
+        self._peek = redis.register_script(_PEEK)
         self._gate = gate
         self.local = LocalWindows()
 
@@ -73,5 +86,19 @@ class RateLimiter:
                 return
             count, ttl_ms = self.local.hit(name, window)
         if int(count) > limit:
+            retry_after = max(1, math.ceil(int(ttl_ms) / 1000)) if int(ttl_ms) > 0 else window
+            raise RateLimited(f"rate limit of {limit} per {window}s exceeded for {scope}", retry_after)
+
+    async def check(self, scope: str, key: str, *, limit: int, window: int, when_down: WhenDown) -> None:
+        """Raise RateLimited when `limit` hits are already counted in the window, without counting this
+        one: a limit on failures checks first and hits only when the attempt failed."""
+        name = f"{self._prefix}rl:{scope}:{key}"
+        try:
+            count, ttl_ms = await self._gate.call(lambda: self._peek(keys=[name], args=[]), "rate limit")
+        except RedisDown:
+            if when_down == "open":
+                return
+            count, ttl_ms = self.local.peek(name)
+        if int(count) >= limit:
             retry_after = max(1, math.ceil(int(ttl_ms) / 1000)) if int(ttl_ms) > 0 else window
             raise RateLimited(f"rate limit of {limit} per {window}s exceeded for {scope}", retry_after)

@@ -47,6 +47,9 @@ class Settings:
     auth_rate_window: int = 60
     api_rate_per_user: int = 600
     api_rate_window: int = 60
+    # Unknown or revoked calendar feed tokens per client IP before 429 (docs/CALENDAR.md).
+    feed_misses_per_ip: int = 30
+    feed_miss_window: int = 600
     auth_cache_seconds: float = 5.0
     db_pool_size: int = 10
     db_timeout: float = 5.0
@@ -220,6 +223,8 @@ def _build(env: Mapping[str, str]) -> Settings:
         auth_rate_window=_int(env, "AUTH_RATE_LIMIT_WINDOW", 60, low=1, high=86400),
         api_rate_per_user=_int(env, "API_RATE_LIMIT_PER_USER", 600, low=1),
         api_rate_window=_int(env, "API_RATE_LIMIT_WINDOW", 60, low=1, high=86400),
+        feed_misses_per_ip=_int(env, "CALENDAR_FEED_MISS_LIMIT_PER_IP", 30, low=1),
+        feed_miss_window=_int(env, "CALENDAR_FEED_MISS_WINDOW", 600, low=1, high=86400),
         auth_cache_seconds=_float(env, "AUTH_CACHE_SECONDS", 5.0, zero=True),
         db_pool_size=_int(env, "DB_POOL_SIZE", 10, low=1, high=500),
         db_timeout=_float(env, "DB_TIMEOUT", 5.0),

@@ -284,6 +284,32 @@ api_keys = sa.Table(
     sa.CheckConstraint("length(secret_hash) = 64", name="secret_hash_length"),
 )
 
+# Secret iCalendar subscription URLs (docs/CALENDAR.md): `/cal/<prefix>_<secret>.ics`. The prefix finds
+# the row and names the feed in listings; only a SHA-256 of the secret (256 random bits) is kept, as for
+# api_keys. Rotation replaces both on the same row; a revoked row stays, refusing, for the record.
+CALENDAR_FEED_KINDS = ("bookings", "resource")
+
+calendar_feeds = sa.Table(
+    "calendar_feeds",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=GEN_UUID),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # bookings: the owner's own; resource: a resource's busy time
+    sa.Column("resource_id", UUID(as_uuid=True), sa.ForeignKey("resources.id", ondelete="CASCADE")),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("prefix", sa.Text, nullable=False, unique=True),
+    sa.Column("secret_hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    sa.Column("rotated_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("kind IN ('bookings', 'resource')", name="kind"),
+    sa.CheckConstraint("(kind = 'resource') = (resource_id IS NOT NULL)", name="kind_resource"),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 100", name="name_length"),
+    sa.CheckConstraint("length(secret_hash) = 64", name="secret_hash_length"),
+    sa.Index("ix_calendar_feeds_user_id", "user_id"),
+)
+
 # --- outbound webhooks (docs/WEBHOOKS.md) -----------------------------------------------------------
 
 WEBHOOK_MESSAGE_STATES = ("pending", "delivered", "failed")

@@ -31,6 +31,10 @@ ROWS = (
     "availability slots p99",
     "availability next p99",
     "series create p99",
+    "calendar feed p50/p99, ",
+    "calendar feed p50/p99, unchanged",
+    "calendar feed first render",
+    "calendar feed size",
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -812,8 +812,13 @@ def test_nginx_routes_every_prefix_without_stripping_it(name: str) -> None:
         ("/ws/", "booking_web"),
         ("/jobs/", "booking_jobs"),
         ("= /health", "booking_web"),
+        ("/cal/", "booking_web"),
     ):
         assert f"proxy_pass http://{upstream};" in blocks[selector], f"{name}: {selector}"
+    # A calendar feed's path is its credential: its access lines use a format without the path.
+    assert "access_log /dev/stdout booking_feed;" in blocks["/cal/"]
+    feed_format = re.search(r"log_format booking_feed (.*?);", text, flags=re.DOTALL)
+    assert feed_format and not re.search(r"\$(uri|request_uri|request)\b", feed_format.group(1))
     # A URI part after the upstream (`proxy_pass http://x/;`) would strip the location's prefix.
     assert re.findall(r"proxy_pass\s+http://\w+(/[^;]*)?;", text) and not any(
         re.findall(r"proxy_pass\s+http://\w+(/[^;]*);", text)

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -383,6 +383,7 @@ class Nginx(NamedTuple):
     base: str  # where clients go: http:// for dev, https:// for prod
     plain: str  # the plain-HTTP listener
     internal: str  # prod's internal listener (/metrics); unused by dev
+    output: Callable[[], str] = str  # what nginx printed so far (its access log is stdout)
 
 
 @contextlib.asynccontextmanager
@@ -421,7 +422,7 @@ async def running_nginx(name: str, prefix: Path, upstream: str) -> AsyncIterator
                     return False
 
             await wait_for(listening, within=10, what="nginx to listen")
-        yield Nginx(base, f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{internal_port}")
+        yield Nginx(base, f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{internal_port}", proc.text)
     finally:
         await asyncio.to_thread(halt, [proc])  # the upstream runs on this loop while nginx stops
 
@@ -472,6 +473,27 @@ async def test_websocket_gets_the_same_proxy_headers_as_http(
         for seen in (via_http, via_ws):
             assert seen["headers"]["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
             assert seen["headers"]["X-Forwarded-For"].split(",")[-1].strip() == seen["headers"]["X-Real-IP"]
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+async def test_calendar_feeds_are_proxied_and_logged_without_their_path(
+    name: str, echo_upstream: str, tmp_path: Path
+) -> None:
+    """/cal/<token>.ics reaches the app with its path whole, and nginx's access line leaves the path (the
+    feed's credential) out, where every other location logs it."""
+    token = f"bkcal_{'a' * 12}_{uuid.uuid4().hex}{uuid.uuid4().hex[:11]}"
+    async with running_nginx(name, tmp_path, echo_upstream) as nginx, aiohttp.ClientSession() as http:
+        async with http.get(f"{nginx.base}/cal/{token}.ics", ssl=False) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["path"] == f"/cal/{token}.ics"
+        async with http.get(f"{nginx.base}/api/echo-{token[:20]}", ssl=False) as resp:
+            assert resp.status == 200
+
+        async def logged() -> bool:
+            return "/cal/*" in nginx.output() and f"/api/echo-{token[:20]}" in nginx.output()
+
+        await wait_for(logged, what="both access lines")
+        assert token not in nginx.output() and token[-43:] not in nginx.output()
 
 
 async def test_prod_metrics_are_refused_publicly_and_served_on_the_internal_listener(

@@ -96,6 +96,7 @@ RUN = {
     "README.md § Webhooks": "test_the_webhook_example_works_as_printed",
     "README.md § Availability": "test_the_availability_example_works_as_printed",
     "README.md § Recurring series": "test_the_series_example_works_as_printed",
+    "README.md § Calendar feeds": "test_the_calendar_feed_example_works_as_printed",
     "WEBSOCKET.md § Try it": "test_the_websocket_try_it_works_as_printed",
 }
 
@@ -328,3 +329,20 @@ async def test_the_series_example_works_as_printed(client: Client) -> None:
         (r["start_time"].astimezone(berlin).isoweekday(), r["start_time"].astimezone(berlin).hour)
         for r in starts
     } == {(1, 9)}
+
+
+async def test_the_calendar_feed_example_works_as_printed(client: Client) -> None:
+    """README's Calendar feeds block after the Try it session (its $TOKEN, field() and booking): a feed
+    URL, the calendar it serves, 304 on its ETag, the list, revoke, then 404."""
+    email = f"readme-{uuid.uuid4().hex[:10]}@example.com"
+    script = "\n".join([block("README.md § Try it"), block("README.md § Calendar feeds")])
+    output = await run_bash(script.replace("test@example.com", email), {5000: address(client)})
+    lines = output.splitlines()
+    at = lines.index("BEGIN:VCALENDAR")
+    calendar = lines[at : lines.index("304")]
+    assert "X-WR-CALNAME:Work" in calendar and "BEGIN:VEVENT" in calendar, calendar
+    assert "SUMMARY:Test Booking" in calendar, calendar  # the Try it session's booking
+    listed, revoked, gone = lines[lines.index("304") + 1 :]
+    [feed] = json.loads(listed)["data"]
+    assert feed["name"] == "Work" and "url" not in feed and "bkcal_" not in listed
+    assert (revoked, gone) == ("204", "404")

@@ -65,6 +65,14 @@ class World:
             )
         return str(note.id)
 
+    async def new_feed(self) -> dict[str, Any]:
+        resp = await self.client.post(
+            "/api/calendar/feeds", json={"kind": "bookings"}, headers=self.headers("owner")
+        )
+        assert resp.status == 201, await resp.text()
+        created: dict[str, Any] = await resp.json()
+        return created
+
     async def new_webhook(self) -> dict[str, Any]:
         body = {"url": "http://127.0.0.1:9/matrix", "events": ["*"]}
         resp = await self.client.post("/api/webhooks", json=body, headers=self.headers("owner"))
@@ -111,6 +119,15 @@ async def _notification(world: World) -> dict[str, Any]:
 
 async def _webhook(world: World) -> dict[str, Any]:
     return {"id": (await world.new_webhook())["id"]}
+
+
+async def _feed(world: World) -> dict[str, Any]:
+    return {"id": (await world.new_feed())["id"]}
+
+
+async def _feed_token(world: World) -> dict[str, Any]:
+    path = (await world.new_feed())["path"]
+    return {"token": path.removeprefix("/cal/").removesuffix(".ics")}
 
 
 async def _webhook_delivery(world: World) -> dict[str, Any]:
@@ -233,6 +250,18 @@ MATRIX = [
         _webhook_delivery,
     ),
     Row("POST", "/api/webhooks/{id}/test", {**OWNED, "owner": 202, "admin": 202}, _webhook),
+    # Calendar feeds: the owner's alone, an admin's role included (a feed URL is its owner's credential).
+    Row("GET", "/api/calendar/feeds", _user_route()),
+    Row(
+        "POST",
+        "/api/calendar/feeds",
+        {**_user_route(), "other": 201, "owner": 201, "admin": 201},
+        body={"kind": "bookings"},
+    ),
+    Row("POST", "/api/calendar/feeds/{id}/rotate", PERSONAL, _feed),
+    Row("DELETE", "/api/calendar/feeds/{id}", {**PERSONAL, "owner": 204}, _feed),
+    # The feed itself takes no access token: its URL's token is the credential, whoever sends it.
+    Row("GET", "/cal/{token}.ics", _all(200), _feed_token),
     # Public on purpose: the auth entry points, health, metrics (nginx keeps /metrics internal), the socket
     # handshake (authenticated inside, see the WebSocket matrix below).
     Row(
