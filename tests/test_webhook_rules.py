@@ -135,6 +135,8 @@ def test_the_body_renders_a_booking_snapshot_as_the_api_view() -> None:
         "updatedAt": "2031-01-02T09:00:00Z",
         "resourceId": None,
         "attendees": [],
+        "seriesId": None,
+        "occurrenceStart": None,
     }
     # A snapshot stored before resources existed (no resource or attendee keys) renders the same.
     old = {
