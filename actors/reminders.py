@@ -3,7 +3,7 @@
 Due at `start - reminderMinutesBefore`; already past but the booking not started → due now. Moving the
 start re-arms it (even after it was sent); `null` minutes, a final status, or a delete cancel it. After
 commit the schedule is replaced in Redis; if Redis is down the change still stands and the reconciler
-(server/tasks.py) schedules it from PostgreSQL later.
+(server/worker/tasks.py) schedules it from PostgreSQL later.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class ReminderSchedule(Protocol):
     """Where due reminders wait to fire: the taskiq Redis schedule source, behind the web process's
-    RedisGate in production (server/redisgate.py), which bounds each call in time."""
+    RedisGate in production (server/bus/redisgate.py), which bounds each call in time."""
 
     async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None: ...
 

@@ -542,7 +542,7 @@ def servers(args: argparse.Namespace) -> Iterator[str]:
     if args.url or (args.database_url and args.redis_url):
         yield "given servers"
         return
-    from server.embedded import EmbeddedPostgres, EmbeddedRedis
+    from server.local.embedded import EmbeddedPostgres, EmbeddedRedis
 
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     say(f"bench: no server URLs given; starting embedded servers under {root}")

@@ -20,7 +20,7 @@ from handlers.schemas import (
     UserOut,
 )
 from handlers.validation import body
-from server.keys import AUTH, LIMITER, SETTINGS
+from server.web.keys import AUTH, LIMITER, SETTINGS
 
 routes = web.RouteTableDef()
 

@@ -33,7 +33,7 @@ from handlers.docparts import (
 from handlers.schemas import Instant, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
-from server.keys import AVAILABILITY
+from server.web.keys import AVAILABILITY
 
 routes = web.RouteTableDef()
 

@@ -39,8 +39,8 @@ from handlers.schemas import (
 )
 from handlers.users import path_uuid
 from handlers.validation import body, query
-from server.keys import BOOKINGS
-from server.openapi import header
+from server.web.keys import BOOKINGS
+from server.web.openapi import header
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.Response]]

@@ -16,7 +16,7 @@ from handlers.docparts import AUTH_ERRORS, BODY_ERRORS, ID_PARAM
 from handlers.schemas import Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body
-from server.keys import CALENDAR_FEEDS, LIMITER, SETTINGS
+from server.web.keys import CALENDAR_FEEDS, LIMITER, SETTINGS
 from storage.calendar_feeds import CalendarFeed
 
 routes = web.RouteTableDef()

@@ -7,8 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from actors.errors import Forbidden, Unauthorized
-from handlers.json import dumps, iso
-from server.keys import AUTH, CURRENT_USER, LIMITER, SETTINGS
+from server.base.json import dumps, iso
+from server.web.keys import AUTH, CURRENT_USER, LIMITER, SETTINGS
 from storage.users import User
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.schemas import Problem
-from server.openapi import header
+from server.web.openapi import header
 
 AUTH_ERRORS: dict[int, dict[str, Any]] = {
     401: {"schema": Problem, "description": "Missing or invalid access token"},

@@ -13,10 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers.common import json_response
 from handlers.schemas import HealthOut
-from server import jobstats, webhook_delivery
-from server.keys import DB, METRICS, REDIS, SETTINGS
-from server.metrics import exposition, reminder_delivery_families
-from server.version import VERSION
+from server.base.version import VERSION
+from server.bus import jobstats
+from server.web.keys import DB, METRICS, REDIS, SETTINGS
+from server.web.metrics import exposition, reminder_delivery_families
+from server.worker import webhook_delivery
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from handlers.common import bearer_token, json_response
 from handlers.schemas import HealthOut, Problem, Strict
 from handlers.validation import read_json
 from handlers.validation import validate as validate_body
-from server import jobstats, webhook_delivery
-from server.broker import group_name, schedule_index, stream_name
-from server.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
+from server.bus import jobstats
+from server.web.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
+from server.worker import webhook_delivery
+from server.worker.broker import group_name, schedule_index, stream_name
 from storage import bookings as booking_store
 from storage import reminders as reminder_store
 from storage import tokens as token_store

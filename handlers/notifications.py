@@ -22,9 +22,9 @@ from handlers.docparts import (
 from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
-from server.events import make_event
-from server.keys import BUS, NOTIFICATIONS
-from server.redisgate import RedisDown
+from server.bus.events import make_event
+from server.bus.redisgate import RedisDown
+from server.web.keys import BUS, NOTIFICATIONS
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from handlers.schemas import (
 )
 from handlers.users import path_uuid
 from handlers.validation import body, query
-from server.keys import RESOURCES
-from server.openapi import header
+from server.web.keys import RESOURCES
+from server.web.openapi import header
 
 routes = web.RouteTableDef()
 

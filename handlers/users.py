@@ -14,7 +14,7 @@ from handlers.docparts import (
 )
 from handlers.schemas import PageQuery, Problem, UserOut, UserPage, UserPatch
 from handlers.validation import body, query
-from server.keys import AUTH
+from server.web.keys import AUTH
 
 routes = web.RouteTableDef()
 

@@ -18,7 +18,7 @@ from handlers.docparts import (
 from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
-from server.keys import WEBHOOKS
+from server.web.keys import WEBHOOKS
 
 routes = web.RouteTableDef()
 

@@ -25,7 +25,6 @@ from actors.bookings import BookingService
 from actors.errors import DomainError, Unauthorized, Unavailable
 from actors.resources import ResourceService
 from handlers.common import bearer_token, user_json
-from handlers.json import dumps
 from handlers.ws_commands import COMMANDS
 from handlers.ws_protocol import (
     CLOSE_GOING_AWAY,
@@ -41,7 +40,9 @@ from handlers.ws_protocol import (
     peek_id,
     reply,
 )
-from server.keys import (
+from server.base.json import dumps
+from server.base.settings import Settings
+from server.web.keys import (
     AUTH,
     BOOKINGS,
     LIMITER,
@@ -52,9 +53,8 @@ from server.keys import (
     SETTINGS,
     WEBSOCKETS,
 )
-from server.logs import user_id_var
-from server.middlewares import is_dependency_failure  # one rule for REST and WS
-from server.settings import Settings
+from server.web.logs import user_id_var
+from server.web.middlewares import is_dependency_failure  # one rule for REST and WS
 from storage.users import User
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from server.settings import Settings, to_sqlalchemy_url
+from server.base.settings import Settings, to_sqlalchemy_url
 from storage.tables import metadata
 
 config = context.config

@@ -31,10 +31,12 @@ from handlers import (
     webhooks,
     ws,
 )
-from server import redisconf, webhook_delivery
-from server.broker import ReminderSource, make_broker
-from server.events import EventBus, make_event
-from server.keys import (
+from server.base.settings import Settings
+from server.bus import redisconf
+from server.bus.events import EventBus, make_event
+from server.bus.ratelimit import RateLimiter
+from server.bus.redisgate import GatedSchedule, RedisGate
+from server.web.keys import (
     AUTH,
     AVAILABILITY,
     BOOKINGS,
@@ -52,12 +54,11 @@ from server.keys import (
     SETTINGS,
     WEBHOOKS,
 )
-from server.metrics import Metrics
-from server.middlewares import body_rules, cors, request_context
-from server.openapi import setup_openapi
-from server.ratelimit import RateLimiter
-from server.redisgate import GatedSchedule, RedisGate
-from server.settings import Settings
+from server.web.metrics import Metrics
+from server.web.middlewares import body_rules, cors, request_context
+from server.web.openapi import setup_openapi
+from server.worker import webhook_delivery
+from server.worker.broker import ReminderSource, make_broker
 from storage.db import Database
 from storage.users import User, get_user
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
-from server import webhook_cli
-from server.settings import Settings, SettingsError
+from server.base.settings import Settings, SettingsError
+from server.worker import webhook_cli
 
 if TYPE_CHECKING:
     from actors.api_keys import ApiKeyService
@@ -49,7 +49,7 @@ def _run_http(
 ) -> int:
     """`serve` and `jobs` run the same way: the port bound first (a taken one is a one-line error),
     no access log from aiohttp (ours omits query strings), a bounded graceful shutdown."""
-    from server import logs
+    from server.web import logs
 
     settings = _settings()
     logs.configure(level=settings.log_level, json_output=settings.log_json, process=process)
@@ -112,10 +112,10 @@ T = TypeVar("T")
 
 def _on_database(command: str, work: Callable[[Settings], T]) -> T:
     """Run `work` with the database `booking <command>` uses: DATABASE_URL, or with nothing configured
-    this checkout's embedded one (server/localdb.py). A failure is one line naming that database and
+    this checkout's embedded one (server/local/localdb.py). A failure is one line naming that database and
     what to do, never a traceback; a refused input (DomainError) exits with its reason."""
     from actors.errors import DomainError
-    from server.localdb import DatabaseUnavailable, cli_database, describe_failure
+    from server.local.localdb import DatabaseUnavailable, cli_database, describe_failure
 
     settings = _settings()
     try:
@@ -188,7 +188,7 @@ def _when(at: datetime | None) -> str:
 
 
 def cmd_create_api_key(args: argparse.Namespace) -> int:
-    from server.localdb import program
+    from server.local.localdb import program
 
     created = _with_api_keys(
         "create-api-key", lambda keys: keys.create(name=args.name, expires_in_days=args.expires_in_days)
@@ -246,8 +246,8 @@ def _days(raw: str) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from server import logs
-    from server.workers import run_worker
+    from server.web import logs
+    from server.worker.workers import run_worker
 
     settings = _settings()
     logs.configure(level=settings.log_level, json_output=settings.log_json, process="worker")
@@ -255,8 +255,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    from server import logs
-    from server.workers import run_scheduler
+    from server.web import logs
+    from server.worker.workers import run_scheduler
 
     settings = _settings()
     logs.configure(level=settings.log_level, json_output=settings.log_json, process="scheduler")
@@ -271,8 +271,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from server.runlock import checkout_root
-    from server.up import up
+    from server.local.runlock import checkout_root
+    from server.local.up import up
 
     return up(root=checkout_root(), procfile=Path(args.procfile), web_concurrency=args.web_concurrency)
 

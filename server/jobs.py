@@ -15,11 +15,11 @@ from aiohttp_apigami.constants import SWAGGER_DICT
 from actors.api_keys import ApiKeyService
 from handlers import jobs
 from server.app import auth_service, database_ctx, redis_ctx
-from server.keys import API_KEYS, AUTH, DB, METRICS, SETTINGS
-from server.metrics import Metrics
-from server.middlewares import request_context
-from server.openapi import setup_openapi
-from server.settings import Settings
+from server.base.settings import Settings
+from server.web.keys import API_KEYS, AUTH, DB, METRICS, SETTINGS
+from server.web.metrics import Metrics
+from server.web.middlewares import request_context
+from server.web.openapi import setup_openapi
 
 JOBS_OPENAPI_PATH = "/jobs/docs/openapi.json"
 

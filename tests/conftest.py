@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.settings import Settings
+from server.base.settings import Settings
 from storage import migrate
 from tests.private_redis import REDIS_SERVER, PrivateRedis
 from tests.support import create_database, drop_database, unique_email
@@ -32,7 +32,7 @@ def backing_services() -> Iterator[tuple[str, str]]:
     if db_url and redis_url:
         yield db_url, redis_url
         return
-    from server.embedded import EmbeddedPostgres, EmbeddedRedis
+    from server.local.embedded import EmbeddedPostgres, EmbeddedRedis
 
     root = Path(tempfile.mkdtemp(prefix="bk-"))
     pg = EmbeddedPostgres.start(root / "pg") if not db_url else None
@@ -131,7 +131,7 @@ def auth(session: dict[str, Any]) -> dict[str, str]:
 @pytest.fixture
 async def admin(client: Client, register: Registrar, settings: Settings) -> dict[str, Any]:
     """A registered user promoted to admin through the same path as `booking create-admin`."""
-    from server.keys import AUTH
+    from server.web.keys import AUTH
 
     email = unique_email("admin")
     await client.app[AUTH].ensure_admin(email=email, password="admin password 123")
@@ -143,7 +143,7 @@ async def admin(client: Client, register: Registrar, settings: Settings) -> dict
 
 @pytest.fixture
 async def db_conn(client: Client) -> AsyncIterator[Any]:
-    from server.keys import DB
+    from server.web.keys import DB
 
     async with client.app[DB].connect() as conn:
         yield conn

@@ -16,9 +16,9 @@ import pytest
 from openapi_spec_validator import validate
 
 from actors.api_keys import ApiKeyService, NewKey
+from server.base.settings import Settings
 from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
-from server.keys import API_KEYS, DB
-from server.settings import Settings
+from server.web.keys import API_KEYS, DB
 from tests.conftest import Client, auth
 from tests.processes import BOOKING, ROOT
 from tests.test_jobs import ENDPOINTS

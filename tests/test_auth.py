@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 import pytest
 
-from server.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
+from server.base.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
 from tests.conftest import Client, Registrar, auth
 from tests.support import unique_email
 
@@ -330,7 +330,7 @@ async def test_register_rate_limit_per_email(make_client: Any) -> None:
 
 
 async def test_password_hashes_are_argon2id(client: Client, register: Registrar) -> None:
-    from server.keys import DB
+    from server.web.keys import DB
 
     session = await register(password=PASSWORD)
     async with client.app[DB].connect() as conn:

@@ -517,7 +517,7 @@ async def test_full_spans_merged_in_postgresql_match_the_rules(
     import random
 
     from actors.availability import full_spans
-    from server.keys import DB
+    from server.web.keys import DB
     from storage import availability as store
 
     owner = await register()

@@ -21,7 +21,7 @@ import pytest
 import recurring_ical_events
 from icalendar import Calendar, Event
 
-from server.keys import CALENDAR_FEEDS
+from server.web.keys import CALENDAR_FEEDS
 from tests.conftest import Client, Registrar, auth
 from tests.support import unique_email
 from tests.test_bookings import create
@@ -287,7 +287,7 @@ async def test_too_many_404s_from_one_address_are_429_then_even_for_a_live_feed(
 async def test_no_feed_token_reaches_the_logs(client: Client, register: Registrar, caplog: Any) -> None:
     import logging
 
-    from server.logs import JsonFormatter
+    from server.web.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     user = await register()
@@ -721,7 +721,7 @@ async def test_a_feed_is_what_icalendar_writes_for_it_whether_its_events_were_ca
 def test_the_local_fallback_peeks_without_counting() -> None:
     """While Redis is down the misses are counted per process (LocalWindows): a peek reads the window's
     count and leaves it, and an ended window reads as empty."""
-    from server.ratelimit import LocalWindows
+    from server.bus.ratelimit import LocalWindows
 
     now = [100.0]
     windows = LocalWindows(clock=lambda: now[0])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.embedded import EmbeddedPostgres
+from server.local.embedded import EmbeddedPostgres
 from tests.processes import BOOKING, ROOT, free_ports
 from tests.test_embedded import postgres_processes, running
 

@@ -33,9 +33,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from server import up
 from server.cli import build_parser
-from server.supervisor import parse_procfile
+from server.local import up
+from server.local.supervisor import parse_procfile
 from tests import nginx_support
 from tests.processes import free_ports
 

@@ -22,9 +22,9 @@ def _section(text: str, title: str) -> str:
 
 
 def _variables() -> set[str]:
-    """Every variable server/settings.py reads, and the CLI's own (`booking up`, `create-admin`)."""
+    """Every variable server/base/settings.py reads, and the CLI's own (`booking up`, `create-admin`)."""
     names: set[str] = set()
-    for source in ("server/settings.py", "server/cli.py"):
+    for source in ("server/base/settings.py", "server/cli.py"):
         text = (ROOT / source).read_text(encoding="utf-8")
         names |= set(re.findall(r'env(?:iron)?(?:\.get\(|, )"([A-Z][A-Z0-9_]+)"', text))
         names |= set(re.findall(r'"([A-Z][A-Z0-9_]+)" in env\b', text))

@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 from redis import Redis
 
-from server.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, embedded_services
-from server.up import mask_url
+from server.local.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, embedded_services
+from server.local.up import mask_url
 from tests.support import all_exited
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,8 +69,8 @@ def fetchval(url: str, query: str) -> Any:
 def start_and_abandon(server_class: str, data_dir: Path) -> None:
     """Start a server from a fresh interpreter that exits with no clean-up, like a killed run."""
     code = (
-        "import os, sys\nfrom pathlib import Path\nimport server.embedded\n"
-        f"server.embedded.{server_class}.start(Path(sys.argv[1]))\n"
+        "import os, sys\nfrom pathlib import Path\nimport server.local.embedded\n"
+        f"server.local.embedded.{server_class}.start(Path(sys.argv[1]))\n"
         "os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(data_dir)], cwd=ROOT, check=True, timeout=60)
@@ -207,7 +207,7 @@ def test_mask_url_hides_only_the_password() -> None:
 
 
 class UpProcess:
-    """`server.up.up` in a child Python with no DATABASE_URL, REDIS_URL, PORT or JOB_PORT set."""
+    """`server.local.up.up` in a child Python with no DATABASE_URL, REDIS_URL, PORT or JOB_PORT set."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -217,7 +217,7 @@ class UpProcess:
     async def start(cls, root: Path, procfile: str) -> UpProcess:
         await asyncio.to_thread((root / "Procfile").write_text, procfile)
         code = (
-            "import sys\nfrom pathlib import Path\nfrom server.up import up\n"
+            "import sys\nfrom pathlib import Path\nfrom server.local.up import up\n"
             "root = Path(sys.argv[1])\n"
             "sys.exit(up(root=root, procfile=root / 'Procfile', web_concurrency=2))\n"
         )

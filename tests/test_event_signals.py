@@ -3,7 +3,7 @@
 Two buses on one prefix stand for two processes. The reconnect test kills only its own bus's pub/sub
 connection (found by client name), so other tests sharing the Redis are untouched. It runs twice: with
 a client that does not retry (the listener's own loop subscribes again) and with the processes' client
-options (server/redisconf.py), where redis-py reconnects and re-subscribes inside its retry, unseen.
+options (server/bus/redisconf.py), where redis-py reconnects and re-subscribes inside its retry, unseen.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from server.events import EventBus
-from server.redisconf import client_options
-from server.settings import Settings
+from server.base.settings import Settings
+from server.bus.events import EventBus
+from server.bus.redisconf import client_options
 from tests.support import wait_for
 
 

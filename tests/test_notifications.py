@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.events import make_event
-from server.keys import AUTH, BUS, REDIS_GATE
-from server.redisgate import RedisDown
+from server.bus.events import make_event
+from server.bus.redisgate import RedisDown
+from server.web.keys import AUTH, BUS, REDIS_GATE
 from tests.conftest import Client, Registrar, auth
 from tests.private_redis import PrivateRedis
 from tests.support import unique_email

@@ -12,9 +12,9 @@ from typing import Any
 
 from openapi_spec_validator import validate
 
-from server.jobstats import JobStats
-from server.keys import REDIS
-from server.settings import Settings
+from server.base.settings import Settings
+from server.bus.jobstats import JobStats
+from server.web.keys import REDIS
 from tests.conftest import Client, Registrar, auth
 from tests.private_redis import PrivateRedis
 from tests.ws_support import booking_data

@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from server.base.settings import Settings
 from server.jobs import create_jobs_app
-from server.keys import DB
-from server.settings import Settings
+from server.web.keys import DB
 from tests.conftest import Client, Registrar
 from tests.processes import BOOKING, ROOT
 

@@ -22,10 +22,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.errors import RateLimited
 from actors.reminders import Plan, Reminders
-from server.events import EventBus, make_event
-from server.ratelimit import LocalWindows, RateLimiter
-from server.redisconf import retry_once
-from server.redisgate import GatedSchedule, RedisDown, RedisGate
+from server.bus.events import EventBus, make_event
+from server.bus.ratelimit import LocalWindows, RateLimiter
+from server.bus.redisconf import retry_once
+from server.bus.redisgate import GatedSchedule, RedisDown, RedisGate
 from tests.private_redis import REDIS_SERVER, PrivateRedis
 from tests.support import wait_for
 

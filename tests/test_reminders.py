@@ -15,12 +15,12 @@ import pytest
 from redis.asyncio import Redis
 
 from actors.reminders import Plan, Reminders
-from server.broker import LEAD, ReminderSource, make_broker
-from server.events import EventBus
-from server.keys import DB
-from server.redisgate import GatedSchedule, RedisGate
-from server.settings import Settings
-from server.tasks import Outcome, Reconciler, Republisher, deliver
+from server.base.settings import Settings
+from server.bus.events import EventBus
+from server.bus.redisgate import GatedSchedule, RedisGate
+from server.web.keys import DB
+from server.worker.broker import LEAD, ReminderSource, make_broker
+from server.worker.tasks import Outcome, Reconciler, Republisher, deliver
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
@@ -460,7 +460,7 @@ async def test_the_schedule_source_scans_for_past_schedules_once_not_on_every_ti
     `schedule:time:*` key on each call, so a tick cost grew with the pending reminders; ours SCANs once
     (what fell due while no scheduler ran) and then reads two minute lists. On a Redis of its own, so
     the SCAN count is this source's alone."""
-    from server.embedded import EmbeddedRedis
+    from server.local.embedded import EmbeddedRedis
 
     server = await asyncio.to_thread(EmbeddedRedis.start, tmp_path / "redis")
     source = ReminderSource(replace(settings, redis_url=server.url))

@@ -24,8 +24,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from server.keys import DB
-from server.settings import Settings
+from server.base.settings import Settings
+from server.web.keys import DB
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth

@@ -554,7 +554,7 @@ async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_
     A's statement took, and B's count (a statement of its own inside resource_has_room, so a fresh
     snapshot) sees A's booking once A commits, so B is refused. Without the lock B would count before A
     commits and both would take the last seat."""
-    from server.keys import DB
+    from server.web.keys import DB
     from storage import resources as store
     from tests.support import wait_for
 
@@ -646,7 +646,7 @@ async def test_an_idempotent_resource_create_replays_the_first_answer(
 async def test_idle_resource_actors_stop_like_user_actors(
     make_client: Callable[..., Awaitable[Client]],
 ) -> None:
-    from server.keys import AUTH, RESOURCE_REGISTRY
+    from server.web.keys import AUTH, RESOURCE_REGISTRY
     from tests.support import unique_email, wait_for
 
     client = await make_client(actor_idle_seconds=0.2)

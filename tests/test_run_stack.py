@@ -24,7 +24,7 @@ import aiohttp
 import psutil
 import pytest
 
-from server.supervisor import parse_procfile
+from server.local.supervisor import parse_procfile
 from tests.processes import BOOKING, free_ports
 from tests.support import all_exited, unique_email, wait_for
 from tests.test_embedded import postgres_processes, running

@@ -1,4 +1,4 @@
-"""The checkout's run lock (server/runlock.py): one holder at a time, and a dead holder's lock is free."""
+"""The checkout's run lock (server/local/runlock.py): one holder at a time; a dead holder's lock is free."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.runlock import CheckoutBusy, RunLock, checkout_root, read_holder
+from server.local.runlock import CheckoutBusy, RunLock, checkout_root, read_holder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_until_it_lets_go(tmp
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom server.runlock import RunLock\n"
+        "import sys, time\nfrom pathlib import Path\nfrom server.local.runlock import RunLock\n"
         "RunLock.acquire(Path(sys.argv[1]), 'booking up')\nprint('held', flush=True)\ntime.sleep(300)\n"
     )
     holder = subprocess.Popen(

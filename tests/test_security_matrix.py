@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from server.base.settings import Settings
 from server.jobs import create_jobs_app
-from server.keys import API_KEYS, DB
-from server.settings import Settings
+from server.web.keys import API_KEYS, DB
 from storage import reminders as reminder_store
 from tests.conftest import Client, Registrar, auth
 from tests.ws_support import ask, booking_data, close_code
@@ -423,7 +423,7 @@ async def test_no_password_or_token_reaches_the_logs_even_when_refused(
 ) -> None:
     import logging
 
-    from server.logs import JsonFormatter
+    from server.web.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     password = "another s3cret password"
@@ -454,7 +454,7 @@ async def test_no_api_key_reaches_the_logs_used_or_refused(
 ) -> None:
     import logging
 
-    from server.logs import JsonFormatter
+    from server.web.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     jobs = await aiohttp_client(create_jobs_app(settings))
@@ -484,7 +484,7 @@ async def test_a_header_too_long_to_parse_is_logged_without_its_value(
     the value's start (a key or token). Checked through the production logging set-up (JSON, stderr)."""
     import logging
 
-    from server import logs
+    from server.web import logs
 
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
@@ -509,7 +509,7 @@ async def test_production_log_lines_are_json_with_request_and_user_ids(
     import json
     import logging
 
-    from server.logs import JsonFormatter, _ContextFilter
+    from server.web.logs import JsonFormatter, _ContextFilter
 
     caplog.set_level(logging.INFO, logger="booking.access")
     session = await register()

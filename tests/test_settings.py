@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.settings import DEV_JWT_SECRET, Settings, SettingsError
+from server.base.settings import DEV_JWT_SECRET, Settings, SettingsError
 
 GOOD_A = "a" * 48
 GOOD_B = "b" * 48

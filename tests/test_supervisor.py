@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from server.supervisor import ProcfileError, expand, parse_procfile, run
+from server.local.supervisor import ProcfileError, expand, parse_procfile, run
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 15.0
@@ -127,12 +127,12 @@ def tree_commands(ready_dir: Path) -> list[tuple[str, str]]:
 
 
 class SupervisorProcess:
-    """`server.supervisor.run` in a child Python, so signals reach it as they would from a terminal."""
+    """`server.local.supervisor.run` in a child Python, so signals reach it as they would from a terminal."""
 
     def __init__(self, processes: list[tuple[str, str]], grace_seconds: float) -> None:
         code = (
             "import json, os, sys\n"
-            "from server.supervisor import run\n"
+            "from server.local.supervisor import run\n"
             "processes = [tuple(p) for p in json.loads(sys.argv[1])]\n"
             "sys.exit(run(processes, dict(os.environ), grace_seconds=float(sys.argv[2])))\n"
         )
@@ -264,7 +264,7 @@ def test_names_are_coloured_only_on_a_terminal_without_no_color(
 ) -> None:
     main, terminal = pty.openpty()
     code = (
-        "import os\nfrom server.supervisor import run\n"
+        "import os\nfrom server.local.supervisor import run\n"
         "raise SystemExit(run([('web.1', 'echo hello')], dict(os.environ), grace_seconds=1))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | extra_env

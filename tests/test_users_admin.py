@@ -116,7 +116,7 @@ async def test_admin_promotes_a_user(client: Client, admin: dict[str, Any], regi
 async def test_concurrent_ensure_admin_for_one_new_email_makes_one_admin(client: Client) -> None:
     import asyncio
 
-    from server.keys import AUTH
+    from server.web.keys import AUTH
     from tests.support import unique_email
 
     email = unique_email("race-admin")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from server.keys import DB
-from server.settings import Settings
-from server.webhook_delivery import Deliverer, DeliveryConfig, client_session
+from server.base.settings import Settings
+from server.web.keys import DB
+from server.worker.webhook_delivery import Deliverer, DeliveryConfig, client_session
 from storage import webhooks as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
@@ -639,7 +639,7 @@ async def test_metrics_count_the_deliveries_on_both_services(
     from redis.asyncio import Redis
 
     from server.jobs import create_jobs_app
-    from server.webhook_delivery import WebhookStats
+    from server.worker.webhook_delivery import WebhookStats
 
     redis = Redis.from_url(settings.redis_url)
     counted = replace(deliverer, stats=WebhookStats(redis, prefix=settings.redis_prefix))
@@ -836,8 +836,8 @@ async def test_a_delivered_reminder_sends_one_booking_reminder_webhook(
 
     from redis.asyncio import Redis
 
-    from server.events import EventBus
-    from server.tasks import deliver
+    from server.bus.events import EventBus
+    from server.worker.tasks import deliver
     from storage import reminders as reminder_store
 
     owner = await register()
@@ -1009,7 +1009,7 @@ async def test_no_webhook_secret_reaches_the_logs(
 ) -> None:
     import logging
 
-    from server.logs import JsonFormatter
+    from server.web.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     owner = await register()

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from server.keys import DB
-from server.settings import Settings
+from server.base.settings import Settings
+from server.web.keys import DB
 from storage import webhooks as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth

@@ -9,10 +9,10 @@ import time
 import pytest
 from taskiq import TaskiqEvents, TaskiqState
 
-from server.broker import make_broker
-from server.settings import Settings
-from server.tasks import register
-from server.workers import finish, run_until_stopped
+from server.base.settings import Settings
+from server.worker.broker import make_broker
+from server.worker.tasks import register
+from server.worker.workers import finish, run_until_stopped
 
 
 async def test_a_failing_or_hanging_shutdown_step_is_logged_never_raised(

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import WSMsgType
 
 from handlers.ws import close_all
-from server.events import make_event
-from server.keys import BUS, REGISTRY, WEBSOCKETS
-from server.settings import Settings, SettingsError
+from server.base.settings import Settings, SettingsError
+from server.bus.events import make_event
+from server.web.keys import BUS, REGISTRY, WEBSOCKETS
 from tests.conftest import Client, Registrar, auth
 from tests.support import wait_for
 from tests.ws_support import ask, booking_data, close_code, events_until_pong, next_frame

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from server.events import RESYNC_MESSAGE, EventBus, make_event
+from server.bus.events import RESYNC_MESSAGE, EventBus, make_event
 from tests.private_redis import PrivateRedis
 from tests.processes import (
     BOOKING,

@@ -20,11 +20,12 @@ from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
 from taskiq.cli.scheduler.run import SchedulerLoop
 
-from server import redisconf, webhook_delivery
-from server.broker import ReminderSource, make_broker, make_scheduler
-from server.events import EventBus
-from server.settings import Settings
-from server.tasks import Reconciler, Republisher, every, register
+from server.base.settings import Settings
+from server.bus import redisconf
+from server.bus.events import EventBus
+from server.worker import webhook_delivery
+from server.worker.broker import ReminderSource, make_broker, make_scheduler
+from server.worker.tasks import Reconciler, Republisher, every, register
 from storage import reminders as store
 from storage.db import Database
 

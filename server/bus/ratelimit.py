@@ -20,7 +20,7 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from actors.errors import RateLimited
-from server.redisgate import RedisDown, RedisGate
+from server.bus.redisgate import RedisDown, RedisGate
 
 _HIT = """
 redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')

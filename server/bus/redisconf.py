@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from server.settings import Settings
+from server.base.settings import Settings
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 
 from actors.base import Event
 from actors.views import booking_view, iso
-from server import redisconf
-from server.broker import DELIVER_REMINDER, LEAD, ReminderSource, enqueue_reminder
-from server.events import EventBus, make_event
-from server.jobstats import JobStats
-from server.settings import Settings
+from server.base.settings import Settings
+from server.bus import redisconf
+from server.bus.events import EventBus, make_event
+from server.bus.jobstats import JobStats
+from server.worker.broker import DELIVER_REMINDER, LEAD, ReminderSource, enqueue_reminder
 from storage import reminders as store
 from storage import webhooks as webhook_store
 from storage.bookings import Booking, get_booking
@@ -179,7 +179,7 @@ async def every(interval: float, step: Callable[[], Awaitable[object]], what: st
 
 
 async def deliver_reminder(booking_id: str, due_at: str, state: TaskiqState = TaskiqDepends()) -> str:  # noqa: B008
-    """The task: one delivery, counted in Redis for the job service (server/jobstats.py)."""
+    """The task: one delivery, counted in Redis for the job service (server/bus/jobstats.py)."""
     stats: JobStats = state.stats
     key = uuid.UUID(booking_id)
     try:

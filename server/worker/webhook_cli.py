@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from server.settings import Settings, SettingsError
+from server.base.settings import Settings, SettingsError
 from storage import webhooks as store
 from storage.db import Database
 

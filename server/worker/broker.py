@@ -32,8 +32,8 @@ from taskiq.kicker import AsyncKicker
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import ListRedisScheduleSource, RedisStreamBroker
 
-from server.redisconf import client_options
-from server.settings import Settings
+from server.base.settings import Settings
+from server.bus.redisconf import client_options
 
 log = logging.getLogger(__name__)
 

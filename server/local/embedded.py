@@ -23,7 +23,7 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Self
 from urllib.parse import quote
 
-from server.supervisor import pid_running
+from server.local.supervisor import pid_running
 
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
@@ -373,7 +373,7 @@ def _stop_stale_redis(data_dir: Path) -> None:
     """Stop a Redis left running by a run that was killed before it could stop it.
 
     Only `booking up` starts Redis, and only while it holds the checkout's run lock
-    (server/runlock.py), so whatever it finds here belongs to no live run."""
+    (server/local/runlock.py), so whatever it finds here belongs to no live run."""
     pid_file = data_dir / "redis.pid"
     try:
         pid = int(pid_file.read_text().strip())

@@ -2,7 +2,7 @@
 
 Starts embedded PostgreSQL and Redis for whichever of DATABASE_URL / REDIS_URL is unset, runs the
 Procfile's `release` step once, then every other Procfile process until Ctrl-C. It holds the
-checkout's run lock (server/runlock.py) throughout: a second `booking up` in the same checkout refuses
+checkout's run lock (server/local/runlock.py) throughout: a second `booking up` in the same checkout refuses
 at once instead of adopting, and later stopping, the first one's servers.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
 
-from server.embedded import EmbeddedPostgres, EmbeddedRedis, port_is_free
-from server.runlock import CheckoutBusy, RunLock
-from server.supervisor import expand, parse_procfile, run, supervise
+from server.local.embedded import EmbeddedPostgres, EmbeddedRedis, port_is_free
+from server.local.runlock import CheckoutBusy, RunLock
+from server.local.supervisor import expand, parse_procfile, run, supervise
 
 EMBEDDED_REDIS_PORT = 6390
 DATABASE_NAME = "booking"
@@ -69,7 +69,7 @@ def _up(
     try:
         with _stop_signals_interrupt(), contextlib.ExitStack() as servers:
             if embedded_url := _provide_database(env, root, servers):
-                # A CLI command run meanwhile (`booking create-admin`) uses this server (server/localdb.py).
+                # A CLI command run meanwhile (`booking create-admin`) uses this server (local/localdb.py).
                 lock.publish(database_url=embedded_url)
             _provide_redis(env, root, servers)
             if release is not None:

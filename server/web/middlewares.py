@@ -15,16 +15,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.errors import DomainError, Unavailable
-from handlers.problems import from_domain, problem
-from server.keys import CURRENT_API_KEY, CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
-from server.logs import request_id_var
+from server.web.keys import CURRENT_API_KEY, CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
+from server.web.logs import request_id_var
+from server.web.problems import from_domain, problem
 from storage.errors import sqlstate
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("booking.access")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-# body_rules applies to these methods under this prefix; server/openapi.py documents 413/415 by the same rule.
+# body_rules applies to these methods under this prefix; server/web/openapi.py documents 413/415 by the
+# same rule.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 BODY_RULES_PREFIX = "/api/"
 _STATUS_SLUGS = {

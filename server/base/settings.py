@@ -55,7 +55,7 @@ class Settings:
     db_timeout: float = 5.0
     health_timeout: float = 0.4
     # Request-path Redis calls (rate limits, event publish, reminder schedule, admin broadcast):
-    # server/redisgate.py.
+    # server/bus/redisgate.py.
     redis_timeout: float = 0.5
     redis_skip_seconds: float = 1.0
     trust_proxy: bool = False

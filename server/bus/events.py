@@ -26,8 +26,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from actors.base import Event, Registry
-from handlers.json import dumps, iso
-from server.redisgate import RedisDown, RedisGate
+from server.base.json import dumps, iso
+from server.bus.redisgate import RedisDown, RedisGate
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class EventBus:
         resources: Registry[uuid.UUID] | None = None,
     ) -> None:
         """`gate`: a web process publishes on the request path, so within REDIS_TIMEOUT and not at all
-        while Redis is known to be down (server/redisgate.py). Workers publish without one."""
+        while Redis is known to be down (server/bus/redisgate.py). Workers publish without one."""
         self._redis = redis
         self._gate = gate
         self.channel = f"{prefix}events"

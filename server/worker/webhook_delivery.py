@@ -30,9 +30,9 @@ from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqMessage, TaskiqState
 
 from actors import webhook_rules as rules
-from server.events import EventBus, make_event
-from server.redisgate import RedisDown, RedisGate
-from server.settings import Settings
+from server.base.settings import Settings
+from server.bus.events import EventBus, make_event
+from server.bus.redisgate import RedisDown, RedisGate
 from storage import reminders as notification_store
 from storage import webhooks as store
 from storage.db import Database
@@ -489,7 +489,7 @@ async def deliver_webhook(message_id: str, state: TaskiqState = TaskiqDepends())
 
 
 def register(broker: AsyncBroker, settings: Settings) -> None:
-    """The task and its HTTP client; after server.tasks.register, whose start-up opens `state.db`."""
+    """The task and its HTTP client; after server.worker.tasks.register, whose start-up opens `state.db`."""
     broker.register_task(deliver_webhook, task_name=DELIVER_WEBHOOK)
     config = DeliveryConfig.of(settings)
 
@@ -516,7 +516,7 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
             log.warning("last webhook figures not flushed (%s)", type(exc).__name__)
         await state.webhook_session.close()
 
-    # Before server.tasks' shutdown, which closes the Redis client and the database pool.
+    # Before server.worker.tasks' shutdown, which closes the Redis client and the database pool.
     broker.event_handlers[TaskiqEvents.WORKER_SHUTDOWN].insert(0, shutdown)
 
 

@@ -5,7 +5,7 @@ one in the same checkout would take the first one's servers from under it. The l
 an open file: the kernel drops it when the holder exits, however it exits (SIGKILL and crashes
 included), so a dead run never leaves a stale lock behind. The file itself only says who holds the
 lock (pid and command) and, once the embedded PostgreSQL is up, its URL: a CLI command run meanwhile
-uses that server instead of starting or stopping one (see server/localdb.py).
+uses that server instead of starting or stopping one (see server/local/localdb.py).
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from actors.calendar_feeds import CalendarFeedService
 from actors.reminders import NotificationService
 from actors.resources import ResourceService
 from actors.webhooks import WebhookService
-from server.events import EventBus
-from server.metrics import Metrics
-from server.ratelimit import RateLimiter
-from server.redisgate import RedisGate
-from server.settings import Settings
+from server.base.settings import Settings
+from server.bus.events import EventBus
+from server.bus.ratelimit import RateLimiter
+from server.bus.redisgate import RedisGate
+from server.web.metrics import Metrics
 from storage.api_keys import ApiKey
 from storage.db import Database
 from storage.users import User

@@ -3,7 +3,7 @@ failures as one line.
 
 DATABASE_URL when it is set (in the environment or `.env`), or in production. Otherwise this
 checkout's embedded PostgreSQL, the one `make run` uses under `.data/postgres` (the checkout is the
-nearest directory, from the current one up, that holds a Procfile: server/runlock.py):
+nearest directory, from the current one up, that holds a Procfile: server/local/runlock.py):
 
 - while `booking up` runs there, the server it started, used as it is and never stopped;
 - else the command starts that server (or adopts one a killed run left behind) under the checkout's
@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from server.embedded import EmbeddedPostgres, EmbeddedServerError
-from server.runlock import CheckoutBusy, RunLock, checkout_root
-from server.settings import Settings, read_dotenv
-from server.up import DATABASE_NAME, mask_url
+from server.base.settings import Settings, read_dotenv
+from server.local.embedded import EmbeddedPostgres, EmbeddedServerError
+from server.local.runlock import CheckoutBusy, RunLock, checkout_root
+from server.local.up import DATABASE_NAME, mask_url
 
 
 class DatabaseUnavailable(Exception):

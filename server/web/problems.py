@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.errors import DomainError, RateLimited, ValidationFailed
-from handlers.json import dumps
+from server.base.json import dumps
 
 PROBLEM_TYPE_BASE = "urn:booking:problem:"
 CONTENT_TYPE = "application/problem+json"

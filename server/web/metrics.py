@@ -1,5 +1,5 @@
 """Prometheus metrics of one web process, in their own registry (tests build many apps), plus the
-reminder delivery figures every worker keeps in Redis (server/jobstats.py), read at scrape time."""
+reminder delivery figures every worker keeps in Redis (server/bus/jobstats.py), read at scrape time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from server.jobstats import Snapshot
+from server.bus.jobstats import Snapshot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -8,8 +8,8 @@ from aiohttp import web
 from aiohttp_apigami import setup_aiohttp_apispec
 from aiohttp_apigami.constants import SWAGGER_DICT
 
-from server.middlewares import BODY_METHODS, BODY_RULES_PREFIX
-from server.version import VERSION
+from server.base.version import VERSION
+from server.web.middlewares import BODY_METHODS, BODY_RULES_PREFIX
 
 OPENAPI_PATH = "/api/docs/openapi.json"
 PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
@@ -44,7 +44,7 @@ HEADERS: dict[str, dict[str, Any]] = {
 def header(name: str) -> dict[str, str]:
     """A reference to one of HEADERS, for a response's `headers` in a `@docs` decorator."""
     if name not in HEADERS:
-        raise KeyError(f"undocumented response header {name!r}: add it to server.openapi.HEADERS")
+        raise KeyError(f"undocumented response header {name!r}: add it to server.web.openapi.HEADERS")
     return {"$ref": f"#/components/headers/{name}"}
 
 

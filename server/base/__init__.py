@@ -1,0 +1,1 @@
+"""What every wing of server/ stands on: the settings, the version, the JSON encoding."""

@@ -1,0 +1,1 @@
+"""Local-run tooling: `booking up`, the Procfile supervisor, embedded PostgreSQL/Redis, the checkout lock."""
