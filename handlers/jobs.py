@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from actors.api_keys import looks_like_key
 from actors.errors import FieldError, Forbidden, Unauthorized, ValidationFailed
+from actors.maintenance import Maintenance
 from handlers import health
 from handlers.common import bearer_token, json_response
 from handlers.schemas import HealthOut, Problem, Strict
@@ -25,15 +26,8 @@ from server.bus import jobstats
 from server.web.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
 from server.worker import webhook_delivery
 from server.worker.broker import group_name, schedule_index, stream_name
-from storage import bookings as booking_store
-from storage import reminders as reminder_store
-from storage import tokens as token_store
-from storage import webhooks as webhook_store
 
 routes = web.RouteTableDef()
-
-IDEMPOTENCY_TTL = timedelta(hours=24)
-WEBHOOK_LOG_TTL = timedelta(days=30)  # delivered and given-up webhook messages, with their attempts
 
 API_KEY_HEADER = "X-API-Key"
 # Either scheme opens every operation (OpenAPI: alternatives are separate entries).
@@ -101,10 +95,6 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     redis = request.app[REDIS]
 
-    async def pending_rows() -> int:
-        async with request.app[DB].connect() as conn:
-            return await reminder_store.count_pending(conn)
-
     # Every probe finishes before an error propagates: none outlives the request (or the app's engine).
     # Each is a few commands on known keys (no SCAN: `scheduled.redis` is the SCARD of the schedule
     # index); the whole answer is still bounded by DB_TIMEOUT (a frozen Redis gives 503, never a hang).
@@ -112,7 +102,7 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
         results = await asyncio.gather(
             jobstats.read(redis, prefix=settings.redis_prefix),
             jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
-            pending_rows(),
+            Maintenance(request.app[DB]).pending_reminders(),
             jobstats.count_scheduled(redis, schedule_index(settings.redis_prefix)),
             webhook_delivery.figures(redis, request.app[DB], prefix=settings.redis_prefix),
             return_exceptions=True,
@@ -290,19 +280,15 @@ async def cleanup(request: web.Request) -> web.Response:
             raise web.HTTPUnsupportedMediaType(text="request body must be application/json")
         options = validate_body(CleanupRequest(), await read_json(request))
     now = datetime.now(UTC)
-    async with request.app[DB].begin() as conn:
-        keys = await booking_store.purge_idempotency(conn, older_than=now - IDEMPOTENCY_TTL)
-        notes = await reminder_store.purge_read_notifications(
-            conn, read_before=now - timedelta(days=options["notification_days"])
-        )
-        tokens, families = await token_store.purge_expired(conn, expired_before=now)
-        hooks = await webhook_store.purge_settled(conn, older_than=now - WEBHOOK_LOG_TTL)
+    purged = await Maintenance(request.app[DB]).cleanup(
+        now=now, notification_days=options["notification_days"]
+    )
     return json_response(
         {
-            "idempotencyKeys": keys,
-            "notifications": notes,
-            "refreshTokens": tokens,
-            "refreshFamilies": families,
-            "webhookMessages": hooks,
+            "idempotencyKeys": purged.idempotency_keys,
+            "notifications": purged.notifications,
+            "refreshTokens": purged.refresh_tokens,
+            "refreshFamilies": purged.refresh_families,
+            "webhookMessages": purged.webhook_messages,
         }
     )
