@@ -23,7 +23,7 @@ from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
 from server.events import make_event
-from server.keys import BUS, NOTIFICATIONS
+from server.keys import HUB, NOTIFICATIONS
 from server.redisgate import RedisDown
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ async def broadcast(request: web.Request) -> web.Response:
         payload["data"] = fields_["data"]
     event = make_event("system.notification", payload)
     try:
-        await request.app[BUS].announce(event)
+        await request.app[HUB].announce(event)
     except (RedisError, OSError, RedisDown) as exc:
         log.warning("broadcast not published (%s)", exc if isinstance(exc, RedisDown) else type(exc).__name__)
         raise Unavailable("Redis is unavailable: the notification was not sent; retry shortly") from None

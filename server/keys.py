@@ -14,14 +14,17 @@ from actors.availability_service import AvailabilityService
 from actors.base import Registry
 from actors.bookings import BookingService
 from actors.calendar_feeds import CalendarFeedService
+from actors.hub import Hub
 from actors.reminders import NotificationService
 from actors.resources import ResourceService
 from actors.webhooks import WebhookService
+from server.broker import ReminderSource
 from server.events import EventBus
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.redisgate import RedisGate
 from server.settings import Settings
+from server.webhook_delivery import HandOff
 from storage.api_keys import ApiKey
 from storage.db import Database
 from storage.users import User
@@ -35,7 +38,10 @@ API_KEYS = web.AppKey("api_keys", ApiKeyService)  # the job service only: /api/ 
 LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
-BUS = web.AppKey("bus", EventBus)
+BUS = web.AppKey("bus", EventBus)  # the hub's relay to the other processes
+HUB = web.AppKey("hub", Hub)  # this process's event hub: actors publish, sockets subscribe
+REMINDER_SOURCE = web.AppKey("reminder_source", ReminderSource)  # reminders due now, to the task queue
+HAND_OFF = web.AppKey("hand_off", HandOff)  # webhook deliveries, to the task queue
 BOOKINGS = web.AppKey("bookings", BookingService)
 RESOURCES = web.AppKey("resources", ResourceService)
 AVAILABILITY = web.AppKey("availability", AvailabilityService)  # hours, slots, next, free/busy

@@ -201,7 +201,7 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
             settings.database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
         )
         state.redis = redisconf.connect(settings)
-        state.bus = EventBus(state.redis, prefix=settings.redis_prefix, registry=None)
+        state.bus = EventBus(state.redis, prefix=settings.redis_prefix)
         state.stats = JobStats(state.redis, prefix=settings.redis_prefix)
 
     @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)

@@ -212,7 +212,7 @@ async def test_a_broadcast_reaches_sockets_on_every_process(pair: Pair, http: ai
     # Published the way a worker publishes: a bus with no local registry of its own.
     redis = Redis.from_url(pair.redis_url)
     try:
-        bus = EventBus(redis, prefix=pair.prefix, registry=None)
+        bus = EventBus(redis, prefix=pair.prefix)
         await bus.broadcast(make_event("system.notification", {"message": "hello everyone"}))
     finally:
         await redis.aclose()
