@@ -13,14 +13,21 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Hashable, Sequence
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from actors.base import Event
 from actors.errors import Unavailable
+from actors.views import iso
 
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[Event], None]
+
+
+def make_event(name: str, data: dict[str, Any]) -> Event:
+    """The one shape of a pushed event (docs/WEBSOCKET.md), for actors, workers and broadcasts alike."""
+    return {"event": name, "data": data, "timestamp": iso(datetime.now(UTC))}
 
 
 class Relay(Protocol):

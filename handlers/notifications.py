@@ -14,6 +14,7 @@ from marshmallow import validate as rules
 from redis.exceptions import RedisError
 
 from actors.errors import Unavailable
+from actors.hub import make_event
 from actors.reminders import notification_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (
@@ -22,7 +23,6 @@ from handlers.docparts import (
 from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
-from server.events import make_event
 from server.keys import HUB, NOTIFICATIONS
 from server.redisgate import RedisDown
 

@@ -34,7 +34,7 @@ from handlers import (
 )
 from server import redisconf, webhook_delivery
 from server.broker import ReminderSource, make_broker
-from server.events import EventBus, make_event
+from server.events import EventBus
 from server.keys import (
     AUTH,
     AVAILABILITY,
@@ -169,7 +169,6 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
             max_advance=timedelta(days=settings.max_advance_days),
             default_reminder_minutes=settings.default_reminder_minutes,
         ),
-        make_event=make_event,
         reminders=Reminders(
             GatedSchedule(app[REMINDER_SOURCE], app[REDIS_GATE]),
             on_scheduled=app[METRICS].reminders_scheduled.inc,

@@ -19,15 +19,14 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from actors.base import Event
-from actors.hub import Hub
-from handlers.json import dumps, iso
+from actors.hub import Hub, make_event
+from handlers.json import dumps
 from server.redisgate import RedisDown, RedisGate
 
 log = logging.getLogger(__name__)
@@ -37,10 +36,6 @@ RESYNC_MESSAGE = (
     "Live updates were interrupted and some events may have been missed; re-read what you display "
     "(get-bookings)."
 )
-
-
-def make_event(name: str, data: dict[str, Any]) -> Event:
-    return {"event": name, "data": data, "timestamp": iso(datetime.now(UTC))}
 
 
 class EventBus:

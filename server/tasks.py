@@ -16,10 +16,11 @@ from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 
 from actors.base import Event
+from actors.hub import make_event
 from actors.views import booking_view, iso
 from server import redisconf
 from server.broker import DELIVER_REMINDER, LEAD, ReminderSource, enqueue_reminder
-from server.events import EventBus, make_event
+from server.events import EventBus
 from server.jobstats import JobStats
 from server.settings import Settings
 from storage import reminders as store

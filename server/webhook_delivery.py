@@ -30,7 +30,8 @@ from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqMessage, TaskiqState
 
 from actors import webhook_rules as rules
-from server.events import EventBus, make_event
+from actors.hub import make_event
+from server.events import EventBus
 from server.redisgate import RedisDown, RedisGate
 from server.settings import Settings
 from storage import reminders as notification_store

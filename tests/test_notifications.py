@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.events import make_event
+from actors.hub import make_event
 from server.keys import AUTH, HUB, REDIS_GATE
 from server.redisgate import RedisDown
 from tests.conftest import Client, Registrar, auth

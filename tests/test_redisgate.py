@@ -21,8 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.errors import RateLimited
+from actors.hub import make_event
 from actors.reminders import Plan, Reminders
-from server.events import EventBus, make_event
+from server.events import EventBus
 from server.ratelimit import LocalWindows, RateLimiter
 from server.redisconf import retry_once
 from server.redisgate import GatedSchedule, RedisDown, RedisGate

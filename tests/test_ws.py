@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from actors.hub import make_event
 from handlers.ws import close_all
-from server.events import make_event
 from server.keys import BUS, HUB, REGISTRY, WEBSOCKETS
 from server.settings import Settings, SettingsError
 from tests.conftest import Client, Registrar, auth

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from server.events import RESYNC_MESSAGE, EventBus, make_event
+from actors.hub import make_event
+from server.events import RESYNC_MESSAGE, EventBus
 from tests.private_redis import PrivateRedis
 from tests.processes import (
     BOOKING,
