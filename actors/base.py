@@ -1,8 +1,9 @@
 """Actors: one named task and one bounded mailbox each, owned by a registry.
 
 `ask` returns the handler's result or raises its exception in the caller. A full mailbox answers at once
-(`Busy`), it never queues without bound. Idle actors with no subscribers stop by themselves; stopping
-drains what is already queued and fails anything that arrives later, so no caller ever hangs.
+(`Busy`), it never queues without bound. Idle actors stop by themselves (sockets subscribe to the
+process's event hub, actors/hub.py, not to an actor, so they keep none alive); stopping drains what
+is already queued and fails anything that arrives later, so no caller ever hangs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 Event = dict[str, Any]
-Subscriber = Callable[[Event], None]
 Handler = Callable[[Any], Awaitable[Any]]
 
 # Bound per message, so a request id never leaks from one user's message into another's log lines.
@@ -87,7 +87,6 @@ class Actor(Generic[K]):
     mailbox_size: int
     idle_timeout: float
     on_exit: Callable[[Actor[K]], None]
-    subscribers: list[Subscriber] = field(default_factory=list)
     kind: str = "user"
     task: asyncio.Task[None] | None = None
     _mailbox: Mailbox = field(default_factory=Mailbox)
@@ -121,22 +120,6 @@ class Actor(Generic[K]):
         self._mailbox.put(Envelope(message, reply, message_context.get()))
         return await reply
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        self.subscribers.append(subscriber)
-
-        def unsubscribe() -> None:
-            if subscriber in self.subscribers:
-                self.subscribers.remove(subscriber)
-
-        return unsubscribe
-
-    def fanout(self, event: Event) -> None:
-        for subscriber in tuple(self.subscribers):
-            try:
-                subscriber(event)
-            except Exception:
-                log.exception("subscriber of %s failed", self.name)
-
     def stop(self) -> None:
         """Stop after what is already queued (drain)."""
         if not self._stopping:
@@ -150,7 +133,7 @@ class Actor(Generic[K]):
                     item = await self._mailbox.get()
             except TimeoutError:
                 # Decided without awaiting, so no ask can slip in between the check and the stop.
-                if not self._mailbox and not self.subscribers:
+                if not self._mailbox:
                     self._stopping = True
                     return
                 continue
@@ -191,7 +174,7 @@ class Actor(Generic[K]):
 
 
 class Registry(Generic[K]):
-    """Owns every actor of a process: spawn on demand, route asks, fan events out, drain on shutdown."""
+    """Owns every actor of a kind in a process: spawn on demand, route asks, drain on shutdown."""
 
     def __init__(
         self,
@@ -207,8 +190,6 @@ class Registry(Generic[K]):
         self._mailbox_size = mailbox_size
         self._idle_timeout = idle_timeout
         self._actors: dict[K, Actor[K]] = {}
-        self._subscribers: dict[K, list[Subscriber]] = {}
-        self._everyone: list[Subscriber] = []
         self._closed = False
 
     def __len__(self) -> int:
@@ -226,17 +207,8 @@ class Registry(Generic[K]):
             raise Unavailable("the service is shutting down")
         actor = self._actors.get(key)
         if actor is None or not actor.accepting:
-            # The subscriber list belongs to the key, not to one actor: a replacement actor (after an
-            # idle stop raced a subscribe, or a crash) serves the same open sockets.
-            subscribers = self._subscribers.setdefault(key, [])
             actor = Actor(
-                key,
-                self._factory(key),
-                self._mailbox_size,
-                self._idle_timeout,
-                self._forget,
-                subscribers,
-                self._kind,
+                key, self._factory(key), self._mailbox_size, self._idle_timeout, self._forget, self._kind
             )
             self._actors[key] = actor
             actor.start()
@@ -250,43 +222,9 @@ class Registry(Generic[K]):
                 continue
         raise Unavailable("the service is shutting down")
 
-    def subscribe(self, key: K, subscriber: Subscriber) -> Callable[[], None]:
-        return self.get(key).subscribe(subscriber)
-
-    def deliver(self, key: K, event: Event) -> None:
-        """Hand an event to the local subscribers of `key`, if any (no actor is spawned for it)."""
-        actor = self._actors.get(key)
-        if actor is not None:
-            actor.fanout(event)
-
-    def subscribe_all(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Receive every broadcast, whatever keys (rooms) the subscriber follows, even none."""
-        self._everyone.append(subscriber)
-
-        def unsubscribe() -> None:
-            if subscriber in self._everyone:
-                self._everyone.remove(subscriber)
-
-        return unsubscribe
-
-    def broadcast(self, event: Event) -> None:
-        """Hand an event once to each `subscribe_all` subscriber (no actor is involved or spawned)."""
-        for subscriber in tuple(self._everyone):
-            try:
-                subscriber(event)
-            except Exception:
-                log.exception("broadcast subscriber failed")
-
     def _forget(self, actor: Actor[K]) -> None:
-        if self._actors.get(actor.key) is not actor:
-            return
-        del self._actors[actor.key]
-        if not actor.subscribers:
-            self._subscribers.pop(actor.key, None)
-        elif not self._closed:
-            # Only a crash or a cancellation ends an actor that still has subscribers (idle actors
-            # stop only without any): a fresh actor takes over the same list, so sockets keep working.
-            self.get(actor.key)
+        if self._actors.get(actor.key) is actor:
+            del self._actors[actor.key]  # the next ask spawns a fresh one
 
     async def close(self, grace: float = 10.0) -> None:
         """Refuse new work, drain every mailbox, then cancel whatever is still running."""

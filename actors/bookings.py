@@ -29,6 +29,7 @@ from actors.errors import (
     Unavailable,
     ValidationFailed,
 )
+from actors.hub import make_event
 from actors.reminders import Plan
 from actors.series import ChangeSeries, CreateSeries, DeleteSeries, SeriesWriter, SeriesWritten, touch_for
 from actors.views import booking_view
@@ -140,7 +141,7 @@ class Deps:
     rules: Rules = field(default_factory=Rules)
     reminders: ReminderHook | None = None
     webhooks: WebhookHook | None = None
-    make_event: Callable[[str, dict[str, Any]], Event] = lambda name, data: {"event": name, "data": data}
+    make_event: Callable[[str, dict[str, Any]], Event] = make_event
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     resources: ResourceBookingsPort | None = None
     users: Callable[[uuid.UUID], Awaitable[User | None]] | None = None

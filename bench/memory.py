@@ -3,7 +3,9 @@
 One dedicated `booking serve` process (so the other scenarios' traffic does not blur its RSS), read
 through /proc (VmRSS, Linux):
   1. `sockets` sockets of ONE user: the cost of a socket alone (the user's actor is shared);
-  2. `actors` users with one socket each: socket + that user's actor, so per actor = (2) - (1);
+  2. `actors` users with one socket each: socket + what an idle user costs beyond it, so per actor =
+     (2) - (1). Since the event hub (actors/hub.py) a socket keeps no actor alive: an idle user is a
+     hub room and cached rows, and this figure is what an idle user with an open socket costs;
   3. capacity: more sockets, spread over users, until `capacity` are open or one is refused; every
      socket answers a ping before it counts, and all are held open at once.
 RSS only grows when the allocator needs pages, so the figures are an upper bound on what Python holds.

@@ -14,6 +14,7 @@ from marshmallow import validate as rules
 from redis.exceptions import RedisError
 
 from actors.errors import Unavailable
+from actors.hub import make_event
 from actors.reminders import notification_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (
@@ -22,9 +23,8 @@ from handlers.docparts import (
 from handlers.schemas import PageMeta, PageQuery, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query
-from server.bus.events import make_event
 from server.bus.redisgate import RedisDown
-from server.web.keys import BUS, NOTIFICATIONS
+from server.web.keys import HUB, NOTIFICATIONS
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ async def broadcast(request: web.Request) -> web.Response:
         payload["data"] = fields_["data"]
     event = make_event("system.notification", payload)
     try:
-        await request.app[BUS].announce(event)
+        await request.app[HUB].announce(event)
     except (RedisError, OSError, RedisDown) as exc:
         log.warning("broadcast not published (%s)", exc if isinstance(exc, RedisDown) else type(exc).__name__)
         raise Unavailable("Redis is unavailable: the notification was not sent; retry shortly") from None

@@ -1,9 +1,10 @@
 """/ws/: the native WebSocket endpoint (SPEC §6).
 
 One socket is one `Connection`: it authenticates (handshake token or a first `authenticate` frame),
-subscribes to its user's actor (a *room*), then runs a reader and a writer in one TaskGroup. Everything
-the socket sends — replies and pushed events — goes through one bounded outbox drained by the writer, so
-frames never interleave and a client that stops reading is closed (1013) instead of buffered.
+subscribes to its user's room in the process's event hub (actors/hub.py; no actor is involved), then
+runs a reader and a writer in one TaskGroup. Everything the socket sends — replies and pushed events —
+goes through one bounded outbox drained by the writer, so frames never interleave and a client that
+stops reading is closed (1013) instead of buffered.
 """
 
 from __future__ import annotations
@@ -45,10 +46,9 @@ from server.base.settings import Settings
 from server.web.keys import (
     AUTH,
     BOOKINGS,
+    HUB,
     LIMITER,
     METRICS,
-    REGISTRY,
-    RESOURCE_REGISTRY,
     RESOURCES,
     SETTINGS,
     WEBSOCKETS,
@@ -102,7 +102,7 @@ class Connection:
 
     def join(self, user_id: uuid.UUID) -> None:
         if user_id not in self._rooms:
-            self._rooms[user_id] = self._app[REGISTRY].subscribe(user_id, self.deliver)
+            self._rooms[user_id] = self._app[HUB].subscribe_user(user_id, self.deliver)
 
     def leave(self, user_id: uuid.UUID) -> None:
         unsubscribe = self._rooms.pop(user_id, None)
@@ -119,9 +119,7 @@ class Connection:
 
     def join_resource(self, resource_id: uuid.UUID) -> None:
         if resource_id not in self._resource_rooms:
-            self._resource_rooms[resource_id] = self._app[RESOURCE_REGISTRY].subscribe(
-                resource_id, self.deliver
-            )
+            self._resource_rooms[resource_id] = self._app[HUB].subscribe_resource(resource_id, self.deliver)
 
     def leave_resource(self, resource_id: uuid.UUID) -> None:
         unsubscribe = self._resource_rooms.pop(resource_id, None)
@@ -188,8 +186,8 @@ class Connection:
         try:
             self.join(user.id)
             # Broadcasts reach every open socket, whatever rooms it joins or leaves later.
-            self._unsubscribe_broadcasts = self._app[REGISTRY].subscribe_all(self.deliver)
-        except Unavailable:  # the registry already refuses work: the process is shutting down
+            self._unsubscribe_broadcasts = self._app[HUB].subscribe_all(self.deliver)
+        except Unavailable:  # the hub already refuses subscribers: the process is shutting down
             self.stop(CLOSE_GOING_AWAY, "server shutting down")
             return
         if by_frame:

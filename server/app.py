@@ -11,9 +11,10 @@ from aiohttp import web
 
 from actors.auth import AuthService
 from actors.availability_service import AvailabilityService
-from actors.base import Event, Registry
+from actors.base import Registry
 from actors.bookings import BookingService, Deps, Rules, actor_factory
 from actors.calendar_feeds import CalendarFeedService
+from actors.hub import Hub
 from actors.reminders import NotificationService, Reminders
 from actors.resources import ResourceBookings, ResourceService, resource_actor_factory
 from actors.security import TokenCodec
@@ -33,7 +34,7 @@ from handlers import (
 )
 from server.base.settings import Settings
 from server.bus import redisconf
-from server.bus.events import EventBus, make_event
+from server.bus.events import EventBus
 from server.bus.ratelimit import RateLimiter
 from server.bus.redisgate import GatedSchedule, RedisGate
 from server.web.keys import (
@@ -43,6 +44,7 @@ from server.web.keys import (
     BUS,
     CALENDAR_FEEDS,
     DB,
+    HUB,
     LIMITER,
     METRICS,
     NOTIFICATIONS,
@@ -61,6 +63,10 @@ from server.worker import webhook_delivery
 from server.worker.broker import ReminderSource, make_broker
 from storage.db import Database
 from storage.users import User, get_user
+
+# The task queue's two ends in the web process (only this composition root wires them).
+REMINDER_SOURCE = web.AppKey("reminder_source", ReminderSource)  # reminders due now, to the task queue
+HAND_OFF = web.AppKey("hand_off", webhook_delivery.HandOff)  # webhook deliveries, to the task queue
 
 log = logging.getLogger(__name__)
 
@@ -122,25 +128,53 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Actor registry, the cross-process event bus and its listener; shutdown drains the mailboxes."""
+async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The cross-process event bus; user-changed signals and reconnects reach the auth cache."""
     settings = app[SETTINGS]
-    # Enqueues to the taskiq stream: webhook deliveries, and reminders already due (PostgreSQL holds the
-    # intent of both; the Redis copy of a reminder due later is the schedule).
-    task_broker = make_broker(settings)
-    reminder_source = ReminderSource(settings, broker=task_broker)
-    hand_off = webhook_delivery.HandOff(webhook_delivery.kicker(task_broker), app[REDIS_GATE], app[DB])
+    app[BUS] = bus = EventBus(app[REDIS], prefix=settings.redis_prefix, gate=app[REDIS_GATE])
+    cache = app[AUTH].cache
+    if cache is not None:
+        bus.on_signal(USER_CHANGED, lambda data: cache.drop(uuid.UUID(data)))
+        bus.on_reconnect(cache.clear)
+    yield
+    await bus.close()  # the listener; the hub (closed already) hears nothing more
+
+
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This process's event hub: actors publish to it, sockets subscribe to it, the bus relays both
+    ways (what the hub publishes goes out, what other processes publish comes in)."""
+    app[HUB] = hub = Hub(app[BUS])
+    app[BUS].start(hub)
+    yield
+    hub.close()
+
+
+async def task_queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The taskiq stream: webhook deliveries, and reminders already due (PostgreSQL holds the intent
+    of both; the Redis copy of a reminder due later is the schedule)."""
+    task_broker = make_broker(app[SETTINGS])
+    app[REMINDER_SOURCE] = reminder_source = ReminderSource(app[SETTINGS], broker=task_broker)
+    app[HAND_OFF] = webhook_delivery.HandOff(webhook_delivery.kicker(task_broker), app[REDIS_GATE], app[DB])
+    yield
+    await reminder_source.close()
+    await task_broker.connection_pool.disconnect()
+
+
+async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The actor registries and the services over them; shutdown drains the mailboxes."""
+    settings = app[SETTINGS]
+    hub, hand_off = app[HUB], app[HAND_OFF]
     deps = Deps(
         db=app[DB],
-        emitter=_LateEmitter(app),
+        emitter=hub,
         rules=Rules(
             max_duration=timedelta(days=settings.max_booking_days),
             max_advance=timedelta(days=settings.max_advance_days),
             default_reminder_minutes=settings.default_reminder_minutes,
         ),
-        make_event=make_event,
         reminders=Reminders(
-            GatedSchedule(reminder_source, app[REDIS_GATE]), on_scheduled=app[METRICS].reminders_scheduled.inc
+            GatedSchedule(app[REMINDER_SOURCE], app[REDIS_GATE]),
+            on_scheduled=app[METRICS].reminders_scheduled.inc,
         ),
         webhooks=hand_off,
     )
@@ -151,60 +185,26 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[REGISTRY] = registry
     # One actor per booked resource, behind the owners' actors (actors/resources.py: the lock order).
-    resource_emitter = _LateEmitter(app)
     resource_registry: Registry[uuid.UUID] = Registry(
-        resource_actor_factory(deps, resource_emitter),
+        resource_actor_factory(deps, hub),
         mailbox_size=settings.actor_mailbox_size,
         idle_timeout=settings.actor_idle_seconds,
         kind="resource",
     )
     app[RESOURCE_REGISTRY] = resource_registry
-    deps.resources = ResourceBookings(resource_registry, resource_emitter, lambda: deps)
+    deps.resources = ResourceBookings(resource_registry, hub, lambda: deps)
     deps.users = _user_lookup(app)
-    app[BUS] = EventBus(
-        app[REDIS],
-        prefix=settings.redis_prefix,
-        registry=registry,
-        gate=app[REDIS_GATE],
-        resources=resource_registry,
-    )
-    cache = app[AUTH].cache
-    if cache is not None:
-        app[BUS].on_signal(USER_CHANGED, lambda data: cache.drop(uuid.UUID(data)))
-        app[BUS].on_reconnect(cache.clear)
     app[BOOKINGS] = BookingService(deps, registry)
     app[RESOURCES] = ResourceService(deps)
-    app[AVAILABILITY] = AvailabilityService(deps, resource_emitter)
+    app[AVAILABILITY] = AvailabilityService(deps, hub)
     app[NOTIFICATIONS] = NotificationService(app[DB])
     app[WEBHOOKS] = WebhookService(app[DB], production=settings.production, kick=hand_off.after_commit)
     metrics = app[METRICS]
     metrics.actors.set_function(lambda: len(registry) + len(resource_registry))
     metrics.mailbox_depth.set_function(lambda: registry.mailbox_depth + resource_registry.mailbox_depth)
-    app[BUS].start()
     yield
     await registry.close()  # the user actors first: they may still be waiting on resource actors
     await resource_registry.close()
-    await app[BUS].close()
-    await reminder_source.close()
-    await task_broker.connection_pool.disconnect()
-
-
-class _LateEmitter:
-    """Resolves the bus at call time: the bus needs the registry, the registry's actors need an emitter."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-
-    async def emit(self, user_id: uuid.UUID, event: Event) -> None:
-        await self._app[BUS].emit(user_id, event)
-
-    async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None:
-        await self._app[BUS].emit_resource(resource_id, event)
-
-    async def emit_all(
-        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
-    ) -> None:
-        await self._app[BUS].emit_all(to_users, to_resources)
 
 
 def _user_lookup(app: web.Application) -> Callable[[uuid.UUID], Awaitable[User | None]]:
@@ -235,7 +235,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app.cleanup_ctx.extend([database_ctx, redis_ctx, services_ctx, actors_ctx])
+    # One context per resource, in dependency order; cleanup runs them backwards.
+    app.cleanup_ctx.extend(
+        [database_ctx, redis_ctx, services_ctx, bus_ctx, hub_ctx, task_queue_ctx, actors_ctx]
+    )
     setup_routes(app)
     setup_openapi(app)
     return app

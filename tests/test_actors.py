@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from actors.base import Actor, ActorStopped, Busy, Handler, Registry, message_context
 from actors.errors import Conflict, RateLimited, Unavailable
+from actors.hub import Hub
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -46,16 +48,6 @@ async def until(predicate: Callable[[], bool], *, seconds: float = DEADLINE, wha
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {seconds}s waiting for {what}")
         await asyncio.sleep(0.005)
-
-
-class CountedList(list[Any]):
-    """A list that counts how often its truth is asked (`not subscribers` calls `__len__`)."""
-
-    looked = 0
-
-    def __len__(self) -> int:
-        self.looked += 1
-        return super().__len__()
 
 
 def actor_of(registry: Registry[str], key: str) -> Actor[str]:
@@ -239,28 +231,29 @@ async def test_an_idle_actor_leaves_the_registry(make_registry: MakeRegistry) ->
     assert actor_of(registry, "alice") is not actor
 
 
-async def test_an_actor_with_a_subscriber_does_not_idle_out(make_registry: MakeRegistry) -> None:
+async def test_an_idle_actor_stops_while_its_key_has_hub_subscribers(make_registry: MakeRegistry) -> None:
+    """Subscribers live in the hub, not on the actor: they keep no idle actor alive, and the actor
+    spawned afterwards publishes to the same subscribers."""
+    hub = Hub()
+    seen: list[dict[str, Any]] = []
+    key = uuid.uuid4()
+
     async def handler(message: str) -> str:
+        await hub.emit(key, {"n": message})
         return message
 
-    registry = make_registry(lambda key: handler, idle_timeout=0.05)
-    unsubscribe = registry.subscribe("alice", lambda event: None)
-    actor = actor_of(registry, "alice")
-    # The actor looks at its subscribers each time an idle period ends (the decision to stop or not):
-    # count those looks, so the negative claim rests on idle decisions made, not on time slept.
-    actor.subscribers = looks = CountedList(actor.subscribers)
-
-    await until(lambda: looks.looked >= 10, what="ten idle periods, any one of which would have stopped it")
-    assert "alice" in registry
-    assert actor_of(registry, "alice") is actor
-    assert actor.task is not None and not actor.task.done()
-
-    unsubscribe()
-    await until(lambda: "alice" not in registry, what="the actor to stop once unsubscribed")
-    assert actor.task.done()
-
-
-# --- (f) bounded mailbox -----------------------------------------------------------------------------
+    registry: Registry[uuid.UUID] = Registry(lambda k: handler, idle_timeout=0.05)
+    try:
+        unsubscribe = hub.subscribe_user(key, seen.append)
+        assert await within(registry.ask(key, "one")) == "one"
+        first = registry.get(key)
+        await until(lambda: key not in registry, what="the idle actor to stop with a subscriber attached")
+        assert first.task is not None and first.task.done()
+        assert await within(registry.ask(key, "two")) == "two"
+        assert seen == [{"n": "one"}, {"n": "two"}]
+        unsubscribe()
+    finally:
+        await within(registry.close(grace=0.1))
 
 
 async def test_a_full_mailbox_answers_busy_at_once(make_registry: MakeRegistry) -> None:
@@ -326,8 +319,6 @@ async def test_close_drains_queued_messages_then_refuses_new_ones(make_registry:
     for key in ("alice", "carol"):
         with pytest.raises(Unavailable):
             await within(registry.ask(key, "late"))
-    with pytest.raises(Unavailable):
-        registry.subscribe("carol", lambda event: None)
 
     gate.set()
     await within(closing)
@@ -372,32 +363,28 @@ async def test_close_cancels_a_handler_that_never_finishes_after_the_grace(
     assert len(registry) == 0
 
 
-# --- (h) subscribers ---------------------------------------------------------------------------------
+# --- (h) hub subscribers (actors/hub.py) --------------------------------------------------------------
+
+ALICE, BOB, NOBODY = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
 
-async def test_subscribe_returns_an_unsubscribe(make_registry: MakeRegistry) -> None:
-    async def handler(message: str) -> str:
-        return message
-
-    registry = make_registry(lambda key: handler)
+async def test_subscribe_returns_an_unsubscribe() -> None:
+    hub = Hub()
     seen: list[dict[str, Any]] = []
-    unsubscribe = registry.subscribe("alice", seen.append)
+    unsubscribe = hub.subscribe_user(ALICE, seen.append)
 
-    registry.deliver("alice", {"n": 1})
+    await hub.emit(ALICE, {"n": 1})
     assert seen == [{"n": 1}]
 
     unsubscribe()
     unsubscribe()  # idempotent: a `finally` may run it after a failed attach
-    registry.deliver("alice", {"n": 2})
+    await hub.emit(ALICE, {"n": 2})
     assert seen == [{"n": 1}]
-    assert actor_of(registry, "alice").subscribers == []
+    assert hub.subscribers(ALICE) == 0 and len(hub) == 0  # the room left with its last subscriber
 
 
-async def test_a_failing_subscriber_does_not_break_the_others(make_registry: MakeRegistry) -> None:
-    async def handler(message: str) -> str:
-        return message
-
-    registry = make_registry(lambda key: handler)
+async def test_a_failing_subscriber_does_not_break_the_others() -> None:
+    hub = Hub()
     before: list[dict[str, Any]] = []
     after: list[dict[str, Any]] = []
     bob: list[dict[str, Any]] = []
@@ -405,47 +392,57 @@ async def test_a_failing_subscriber_does_not_break_the_others(make_registry: Mak
     def broken(event: dict[str, Any]) -> None:
         raise RuntimeError("socket gone")
 
-    registry.subscribe("alice", before.append)
-    registry.subscribe("alice", broken)
-    registry.subscribe("alice", after.append)
-    registry.subscribe("bob", bob.append)
+    hub.subscribe_user(ALICE, before.append)
+    hub.subscribe_user(ALICE, broken)
+    hub.subscribe_user(ALICE, after.append)
+    hub.subscribe_user(BOB, bob.append)
     for subscriber in (before.append, broken, after.append):
-        registry.subscribe_all(subscriber)
+        hub.subscribe_all(subscriber)
 
-    registry.deliver("alice", {"n": 1})
-    registry.broadcast({"n": 2})
+    await hub.emit(ALICE, {"n": 1})
+    await hub.broadcast({"n": 2})
 
     assert before == [{"n": 1}, {"n": 2}]
     assert after == [{"n": 1}, {"n": 2}]
-    # A broadcast goes to `subscribe_all` subscribers only, once each, not through the keys' lists.
+    # A broadcast goes to `subscribe_all` subscribers only, once each, not through the rooms.
     assert bob == []
-    # The actor is unharmed by its subscriber's failure.
-    assert await within(registry.ask("alice", "still here")) == "still here"
 
 
-async def test_deliver_to_a_key_without_an_actor_spawns_nothing(make_registry: MakeRegistry) -> None:
-    spawned: list[str] = []
-
-    def factory(key: str) -> Handler:
-        spawned.append(key)
-
-        async def handler(message: str) -> str:
-            return message
-
-        return handler
-
-    registry = make_registry(factory)
+async def test_user_and_resource_rooms_are_apart_and_a_key_without_subscribers_gets_nothing() -> None:
+    hub = Hub()
+    user: list[dict[str, Any]] = []
+    resource: list[dict[str, Any]] = []
     everyone: list[dict[str, Any]] = []
-    unsubscribe = registry.subscribe_all(everyone.append)
-    registry.deliver("nobody", {"n": 1})
-    registry.broadcast({"n": 2})
+    hub.subscribe_user(ALICE, user.append)
+    hub.subscribe_resource(ALICE, resource.append)  # the same id as a resource: another room
+    unsubscribe = hub.subscribe_all(everyone.append)
+    await hub.emit(NOBODY, {"n": 1})
+    await hub.emit_all([(ALICE, {"n": 2})], [(ALICE, {"n": 3})])
+    await hub.emit_resource(ALICE, {"n": 4})
+    await hub.broadcast({"n": 5})
     unsubscribe()
-    registry.broadcast({"n": 3})
+    await hub.broadcast({"n": 6})
 
-    assert everyone == [{"n": 2}]
-    assert "nobody" not in registry
-    assert len(registry) == 0
-    assert spawned == []
+    assert user == [{"n": 2}]
+    assert resource == [{"n": 3}, {"n": 4}]
+    assert everyone == [{"n": 5}]
+    assert len(hub) == 2
+
+
+async def test_a_closed_hub_refuses_subscribers_but_still_delivers() -> None:
+    hub = Hub()
+    seen: list[dict[str, Any]] = []
+    hub.subscribe_user(ALICE, seen.append)
+    hub.close()
+    for subscribe in (
+        lambda: hub.subscribe_user(BOB, seen.append),
+        lambda: hub.subscribe_resource(BOB, seen.append),
+        lambda: hub.subscribe_all(seen.append),
+    ):
+        with pytest.raises(Unavailable):
+            subscribe()
+    await hub.emit(ALICE, {"n": 1})
+    assert seen == [{"n": 1}]
 
 
 # --- (i) context isolation ---------------------------------------------------------------------------
@@ -482,21 +479,15 @@ async def test_the_actor_task_does_not_inherit_the_spawning_callers_context(
     assert third == ("three", None, None)
 
 
-async def test_subscribers_survive_a_crashed_actor(make_registry: MakeRegistry) -> None:
+async def test_a_crashed_actor_is_replaced_on_the_next_ask(make_registry: MakeRegistry) -> None:
     async def handler(message: str) -> str:
         return message
 
     registry = make_registry(lambda key: handler)
-    seen: list[dict[str, Any]] = []
-    unsubscribe = registry.subscribe("alice", seen.append)
+    assert await within(registry.ask("alice", "one")) == "one"
     first = actor_of(registry, "alice")
     assert first.task is not None
     first.task.cancel()
-    await until(
-        lambda: "alice" in registry and actor_of(registry, "alice") is not first, what="a replacement"
-    )
-    registry.deliver("alice", {"n": 1})
-    assert seen == [{"n": 1}]
-    unsubscribe()
-    registry.deliver("alice", {"n": 2})
-    assert seen == [{"n": 1}]
+    await until(lambda: "alice" not in registry, what="the cancelled actor to be forgotten")
+    assert await within(registry.ask("alice", "two")) == "two"
+    assert actor_of(registry, "alice") is not first

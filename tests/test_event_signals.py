@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from actors.hub import Hub
 from server.base.settings import Settings
 from server.bus.events import EventBus
 from server.bus.redisconf import client_options
@@ -29,8 +30,8 @@ async def buses(
     name = f"bus-{uuid.uuid4().hex[:12]}"
     options = client_options(Settings(redis_url=redis_url)) if request.param == "redisconf" else {}
     r1, r2 = Redis.from_url(redis_url, **options), Redis.from_url(redis_url, client_name=name, **options)
-    one = EventBus(r1, prefix=prefix, registry=None)
-    two = EventBus(r2, prefix=prefix, registry=None)
+    one = EventBus(r1, prefix=prefix)
+    two = EventBus(r2, prefix=prefix)
     yield one, two, name
     for bus in (one, two):
         await bus.close()
@@ -53,7 +54,7 @@ async def test_a_signal_reaches_the_other_process_but_not_its_sender(
     two.on_signal("user-changed", on_two)
     two.on_signal("other", lambda data: got["two"].append("wrong signal"))
     for bus in (one, two):
-        bus.start()
+        bus.start(Hub())
     await asyncio.wait_for(asyncio.gather(one.connected.wait(), two.connected.wait()), 10)
     user_id = str(uuid.uuid4())
     await one.signal("user-changed", user_id)
@@ -79,7 +80,7 @@ async def test_a_failing_signal_hook_does_not_end_the_listener(
 
     two.on_signal("first", broken)
     two.on_signal("later", on_later)
-    two.start()
+    two.start(Hub())
     await asyncio.wait_for(two.connected.wait(), 10)
     await one.signal("first", "boom")
     await one.signal("later", "still listening")
@@ -97,7 +98,7 @@ async def test_losing_redis_calls_the_reconnect_hook_after_subscribing_again(
     two.on_reconnect(reconnected.set)
     heard: list[str] = []
     two.on_signal("probe", heard.append)
-    two.start()
+    two.start(Hub())
     await asyncio.wait_for(two.connected.wait(), 10)
     assert not reconnected.is_set()  # the first subscription is not a reconnect
 

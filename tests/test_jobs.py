@@ -297,7 +297,7 @@ async def test_metrics_match_the_deliveries_made(
     state = TaskiqState()
     state.db, state.bus, state.stats = (
         db,
-        EventBus(redis, prefix=settings.redis_prefix, registry=None),
+        EventBus(redis, prefix=settings.redis_prefix),
         stats,
     )
     # An honest failure: the same task with a worker whose PostgreSQL is unreachable.

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.bus.events import make_event
+from actors.hub import make_event
 from server.bus.redisgate import RedisDown
-from server.web.keys import AUTH, BUS, REDIS_GATE
+from server.web.keys import AUTH, HUB, REDIS_GATE
 from tests.conftest import Client, Registrar, auth
 from tests.private_redis import PrivateRedis
 from tests.support import unique_email
@@ -142,7 +142,7 @@ async def test_redis_down_is_503_and_no_socket_gets_a_half_sent_broadcast(
     assert resp.headers["Retry-After"] == "1"
     # The publish itself refuses before any local delivery, so the caller's 503 is the whole truth.
     with pytest.raises(RedisDown):
-        await client.app[BUS].announce(make_event("system.notification", {"message": "direct"}))
+        await client.app[HUB].announce(make_event("system.notification", {"message": "direct"}))
     assert await events_until_pong(ws) == []
     await ws.close()
 

@@ -21,8 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.errors import RateLimited
+from actors.hub import make_event
 from actors.reminders import Plan, Reminders
-from server.bus.events import EventBus, make_event
+from server.bus.events import EventBus
 from server.bus.ratelimit import LocalWindows, RateLimiter
 from server.bus.redisconf import retry_once
 from server.bus.redisgate import GatedSchedule, RedisDown, RedisGate
@@ -191,17 +192,17 @@ async def test_emit_says_whether_a_listener_received_the_event(redis_url: str) -
     one refused by a dead Redis, must report False."""
     live = Redis.from_url(redis_url)
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
-    bus = EventBus(live, prefix=f"t{uuid.uuid4().hex[:8]}:", registry=None)
+    bus = EventBus(live, prefix=f"t{uuid.uuid4().hex[:8]}:")
     pubsub = live.pubsub(ignore_subscribe_messages=True)
     try:
         user, event = uuid.uuid4(), make_event("booking.deleted", {"id": "x"})
         assert not await bus.emit(user, event)  # Redis answered, but no web process listens
         await pubsub.subscribe(bus.channel)
         assert await bus.emit(user, event)
-        assert not await EventBus(dead, prefix="t:", registry=None).emit(user, event)
+        assert not await EventBus(dead, prefix="t:").emit(user, event)
         clock = Clock()
         gate = RedisGate(timeout=0.5, pause=60.0, clock=clock)
-        gated = EventBus(dead, prefix="t:", registry=None, gate=gate)
+        gated = EventBus(dead, prefix="t:", gate=gate)
         assert not await gated.emit(user, event)  # fails: the gate opens
         assert gate.down
         assert not await gated.emit(user, event)  # skipped while it is open

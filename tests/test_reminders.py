@@ -223,7 +223,7 @@ async def test_deliver_claims_once_sequentially_and_concurrently(
     client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
     user, row = await _due_now(client, register, db)
-    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    bus = EventBus(redis, prefix=settings.redis_prefix)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(bus.channel)
     try:
@@ -261,7 +261,7 @@ async def test_a_stale_due_time_or_cancelled_booking_sends_nothing(
     client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
     user, row = await _due_now(client, register, db)
-    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    bus = EventBus(redis, prefix=settings.redis_prefix)
     stale = await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at - timedelta(minutes=1))
     assert stale.status == "duplicate"
     resp = await client.patch(
@@ -318,7 +318,7 @@ async def test_schedule_fires_one_lead_early_and_pre_send_guards(
 async def test_notifications_list_newest_first_and_mark_read(
     client: Client, register: Registrar, db: Database, settings: Settings, redis: Redis
 ) -> None:
-    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    bus = EventBus(redis, prefix=settings.redis_prefix)
     user = await register()
     ids = []
     for minutes in (20, 100):
@@ -363,7 +363,7 @@ async def deliver_unpublished(db: Database, settings: Settings, row: store.Remin
     out (the state a worker leaves when it dies between the two)."""
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
     try:
-        bus = EventBus(dead, prefix=settings.redis_prefix, registry=None)
+        bus = EventBus(dead, prefix=settings.redis_prefix)
         return await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at)
     finally:
         await dead.aclose()
@@ -399,7 +399,7 @@ async def test_an_event_that_missed_redis_is_republished_once_by_the_outbox(
     assert outcome.status == "sent" and outcome.notification_id is not None
     assert await _unpublished(db, outcome.notification_id)
 
-    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    bus = EventBus(redis, prefix=settings.redis_prefix)
     too_soon = Republisher(db=db, bus=bus)  # gives the worker's own publish 5 s first
     await too_soon.once()
     assert await _unpublished(db, outcome.notification_id)
@@ -427,7 +427,7 @@ async def test_the_outbox_marks_a_deleted_bookings_reminder_without_sending_it(
     outcome = await deliver_unpublished(db, settings, row)
     assert outcome.notification_id is not None
     assert (await client.delete(f"/api/booking/{row.booking_id}", headers=auth(user))).status == 204
-    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    bus = EventBus(redis, prefix=settings.redis_prefix)
     republisher = Republisher(db=db, bus=bus, after=timedelta(0))
     assert await published_during(redis, settings, republisher.once, outcome.notification_id) == []
     assert not await _unpublished(db, outcome.notification_id)
@@ -442,11 +442,11 @@ async def test_the_outbox_keeps_an_event_nobody_heard_and_gives_up_on_an_old_one
     _, row = await _due_now(client, register, db)
     outcome = await deliver_unpublished(db, settings, row)
     assert outcome.notification_id is not None
-    unheard = EventBus(redis, prefix=f"nobody{uuid.uuid4().hex[:8]}:", registry=None)
+    unheard = EventBus(redis, prefix=f"nobody{uuid.uuid4().hex[:8]}:")
     await Republisher(db=db, bus=unheard, after=timedelta(0)).once()
     assert await _unpublished(db, outcome.notification_id)
 
-    bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+    bus = EventBus(redis, prefix=settings.redis_prefix)
     gives_up = Republisher(db=db, bus=bus, after=timedelta(0), give_up=timedelta(0))
     assert await published_during(redis, settings, gives_up.once, outcome.notification_id) == []
     assert not await _unpublished(db, outcome.notification_id)

@@ -856,7 +856,7 @@ async def test_a_delivered_reminder_sends_one_booking_reminder_webhook(
     assert row is not None
     redis = Redis.from_url(settings.redis_url)
     try:
-        bus = EventBus(redis, prefix=settings.redis_prefix, registry=None)
+        bus = EventBus(redis, prefix=settings.redis_prefix)
         outcomes = await asyncio.gather(
             *(deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at) for _ in range(3))
         )

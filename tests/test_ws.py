@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from actors.hub import make_event
 from handlers.ws import close_all
 from server.base.settings import Settings, SettingsError
-from server.bus.events import make_event
-from server.web.keys import BUS, REGISTRY, WEBSOCKETS
+from server.web.keys import BUS, HUB, REGISTRY, WEBSOCKETS
 from tests.conftest import Client, Registrar, auth
-from tests.support import wait_for
+from tests.support import unique_email, wait_for
 from tests.ws_support import ask, booking_data, close_code, events_until_pong, next_frame
 
 MakeClient = Callable[..., Awaitable[Client]]
@@ -168,6 +168,42 @@ async def test_own_events_arrive_without_joining_in_order(client: Client, regist
     await ws.close()
 
 
+async def test_an_idle_actor_stops_while_its_users_socket_stays_open_and_still_gets_events(
+    make_client: MakeClient,
+) -> None:
+    """Sockets subscribe to the hub, not to the actor: an open socket keeps no idle actor alive, and the
+    actor spawned for the next request publishes to the same room."""
+    client = await make_client(actor_idle_seconds=0.2)
+    registered = await client.post(
+        "/api/auth/register", json={"email": unique_email("idle"), "password": "x" * 12, "name": "I"}
+    )
+    user = await registered.json()
+    user_id = uuid.UUID(user["user"]["id"])
+    ws = await open_ws(client, user)
+    await ask(ws, "ping")  # authenticated and subscribed
+    first = await client.post("/api/booking", json=booking_data(hours=60), headers=auth(user))
+    assert first.status == 201
+    assert (await next_frame(ws))["event"] == "booking.created"
+    registry = client.app[REGISTRY]
+    assert user_id in registry
+
+    async def actor_stopped() -> bool:
+        return user_id not in registry
+
+    await wait_for(actor_stopped, what="the idle actor to stop while its user's socket is open")
+    assert not ws.closed and client.app[HUB].subscribers(user_id) == 1
+    second = await client.post("/api/booking", json=booking_data(hours=62), headers=auth(user))
+    assert second.status == 201
+    event = await next_frame(ws)
+    assert (event["event"], event["data"]["id"]) == ("booking.created", (await second.json())["id"])
+    await ws.close()
+
+    async def left_the_hub() -> bool:
+        return client.app[HUB].subscribers(user_id) == 0
+
+    await wait_for(left_the_hub, what="the closed socket to leave the hub")
+
+
 async def test_another_users_socket_gets_nothing(client: Client, register: Registrar) -> None:
     alice, bob = await register(), await register()
     bob_ws = await open_ws(client, bob)
@@ -226,7 +262,7 @@ async def test_a_broadcast_reaches_each_socket_once_whatever_its_rooms(
     roomless = await open_ws(client, user)
     left = await ask(roomless, "leave-user-room", {"userId": user["user"]["id"]})
     assert left["data"]["rooms"] == []
-    await client.app[BUS].broadcast(make_event("system.notification", {"message": "maintenance at 6"}))
+    await client.app[HUB].broadcast(make_event("system.notification", {"message": "maintenance at 6"}))
     for ws in (admin_ws, user_ws, roomless):
         frames = await events_until_pong(ws)
         assert [(f["event"], f["data"]) for f in frames] == [
@@ -438,7 +474,7 @@ async def test_a_client_that_never_reads_is_closed_1013_and_others_stay_healthy(
     await ask(slow_ws, "ping")
     await ask(healthy_ws, "ping")
     slow_id = uuid.UUID(sessions[0]["user"]["id"])
-    registry = client.app[REGISTRY]
+    hub = client.app[HUB]
     payload = {"blob": "x" * 128 * 1024}
 
     def server_closed_the_slow_socket() -> bool:
@@ -448,7 +484,7 @@ async def test_a_client_that_never_reads_is_closed_1013_and_others_stay_healthy(
     deadline = time.monotonic() + 20
     while not server_closed_the_slow_socket():
         assert time.monotonic() < deadline, "the server never gave up on a client that does not read"
-        registry.deliver(slow_id, make_event("system.notification", payload))
+        hub.to_user(slow_id, make_event("system.notification", payload))
         await asyncio.sleep(0.002)
     # The server is healthy and the other client is unaffected, while the slow one is still stuck.
     assert (await ask(healthy_ws, "ping", id="still-here"))["event"] == "pong"

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from server.bus.events import RESYNC_MESSAGE, EventBus, make_event
+from actors.hub import make_event
+from server.bus.events import RESYNC_MESSAGE, EventBus
 from tests.private_redis import PrivateRedis
 from tests.processes import (
     BOOKING,
@@ -212,7 +213,7 @@ async def test_a_broadcast_reaches_sockets_on_every_process(pair: Pair, http: ai
     # Published the way a worker publishes: a bus with no local registry of its own.
     redis = Redis.from_url(pair.redis_url)
     try:
-        bus = EventBus(redis, prefix=pair.prefix, registry=None)
+        bus = EventBus(redis, prefix=pair.prefix)
         await bus.broadcast(make_event("system.notification", {"message": "hello everyone"}))
     finally:
         await redis.aclose()

@@ -1,8 +1,8 @@
 """Cross-process event fan-out through Redis pub/sub.
 
-An event is handed to this process's subscribers at once (they hang off the user's actor), then
-published on one channel; every other web process (and workers, which only publish) receives it and
-hands it to its own subscribers of that user. A process ignores its own messages by origin id. Per-user
+The bus is the hub's relay (actors/hub.py): the hub hands an event to this process's sockets, the bus
+publishes it on one channel; every other web process (workers only publish, through a bus without a
+hub) receives it and hands it to its own hub. A process ignores its own messages by origin id. Per-user
 order holds because a user's events are emitted one at a time by that user's actor.
 
 When the listener loses Redis and subscribes again — in its own loop, or silently inside redis-py,
@@ -19,14 +19,14 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from actors.base import Event, Registry
-from server.base.json import dumps, iso
+from actors.base import Event
+from actors.hub import Hub, make_event
+from server.base.json import dumps
 from server.bus.redisgate import RedisDown, RedisGate
 
 log = logging.getLogger(__name__)
@@ -38,27 +38,20 @@ RESYNC_MESSAGE = (
 )
 
 
-def make_event(name: str, data: dict[str, Any]) -> Event:
-    return {"event": name, "data": data, "timestamp": iso(datetime.now(UTC))}
-
-
 class EventBus:
     def __init__(
         self,
         redis: Redis,
         *,
         prefix: str,
-        registry: Registry[uuid.UUID] | None,
         gate: RedisGate | None = None,
-        resources: Registry[uuid.UUID] | None = None,
     ) -> None:
         """`gate`: a web process publishes on the request path, so within REDIS_TIMEOUT and not at all
         while Redis is known to be down (server/bus/redisgate.py). Workers publish without one."""
         self._redis = redis
         self._gate = gate
         self.channel = f"{prefix}events"
-        self._registry = registry
-        self._resources = resources  # the resource actors: watchers of a resource hang off them
+        self._hub: Hub | None = None  # where other processes' events go; none in a worker (publish only)
         self.origin = uuid.uuid4().hex
         self.connected = asyncio.Event()
         self._stopping = False
@@ -86,7 +79,9 @@ class EventBus:
         except (RedisError, OSError) as exc:
             log.warning("signal %s not published (%s)", name, exc)
 
-    def start(self) -> None:
+    def start(self, hub: Hub) -> None:
+        """Listen, handing what other processes publish to `hub`."""
+        self._hub = hub
         self._task = asyncio.create_task(self.listen(), name="event-bus-listener")
 
     async def close(self) -> None:
@@ -101,18 +96,14 @@ class EventBus:
             log.warning("event listener did not stop within 3s")
 
     async def emit(self, user_id: uuid.UUID, event: Event) -> bool:
-        """Deliver to local subscribers now, then to every other process. Never raises for Redis;
+        """Publish to every other process (the hub has delivered locally). Never raises for Redis;
         returns whether a web process's listener received it (Redis answered and counted at least one
         subscriber): the reminder outbox retries when it did not, e.g. in the half second after a Redis
         restart before the listeners have subscribed again."""
-        if self._registry is not None:
-            self._registry.deliver(user_id, event)
         return await self._publish(str(user_id), event)
 
     async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None:
         """Like `emit`, to the watchers of a resource (WebSocket `join-resource-room`) in every process."""
-        if self._resources is not None:
-            self._resources.deliver(resource_id, event)
         try:
             await self._send(dumps({"origin": self.origin, "resource": str(resource_id), "event": event}))
         except RedisDown as exc:
@@ -125,17 +116,10 @@ class EventBus:
     async def emit_all(
         self, to_users: Sequence[tuple[uuid.UUID, Event]], to_resources: Sequence[tuple[uuid.UUID, Event]]
     ) -> None:
-        """`emit` and `emit_resource` for several events at once: local delivery, then ONE message for
-        every other process (a resource booking's booking.* and resource.busy.changed events)."""
-        batch: list[dict[str, Any]] = []
-        for user_id, event in to_users:
-            if self._registry is not None:
-                self._registry.deliver(user_id, event)
-            batch.append({"user": str(user_id), "event": event})
-        for resource_id, event in to_resources:
-            if self._resources is not None:
-                self._resources.deliver(resource_id, event)
-            batch.append({"resource": str(resource_id), "event": event})
+        """`emit` and `emit_resource` for several events at once: ONE message for every other process
+        (a resource booking's booking.* and resource.busy.changed events)."""
+        batch: list[dict[str, Any]] = [{"user": str(user_id), "event": event} for user_id, event in to_users]
+        batch += [{"resource": str(resource_id), "event": event} for resource_id, event in to_resources]
         try:
             await self._send(dumps({"origin": self.origin, "batch": batch}))
         except RedisDown as exc:
@@ -144,18 +128,14 @@ class EventBus:
             log.warning("event publish failed (%s); remote sockets miss %d", type(exc).__name__, len(batch))
 
     async def broadcast(self, event: Event) -> None:
-        if self._registry is not None:
-            self._registry.broadcast(event)
         await self._publish(BROADCAST, event)
 
     async def announce(self, event: Event) -> None:
-        """A broadcast that is all or nothing: published first, and a Redis failure raises before any
-        local socket got it, so the caller can answer 503 and a retry sends it once. Through the gate
+        """A broadcast that is all or nothing: a Redis failure raises (the hub delivers locally only
+        after this returns), so the caller can answer 503 and a retry sends it once. Through the gate
         like every request-path call: RedisDown within REDIS_TIMEOUT, or at once while Redis is known
         to be down (RedisError / OSError only for a bus without a gate)."""
         await self._send(self._envelope(BROADCAST, event))
-        if self._registry is not None:
-            self._registry.broadcast(event)
 
     def _envelope(self, target: str, event: Event) -> str:
         return dumps({"origin": self.origin, "user": target, "event": event})
@@ -200,17 +180,16 @@ class EventBus:
 
     def _deliver(self, part: dict[str, Any]) -> None:
         """One event of a message: to a resource's watchers, a user's sockets, or everyone."""
-        if "resource" in part:
-            if self._resources is not None:
-                self._resources.deliver(uuid.UUID(part["resource"]), part["event"])
+        if self._hub is None:
             return
-        if self._registry is None:
+        if "resource" in part:
+            self._hub.to_resource(uuid.UUID(part["resource"]), part["event"])
             return
         target, event = part["user"], part["event"]
         if target == BROADCAST:
-            self._registry.broadcast(event)
+            self._hub.to_everyone(event)
         else:
-            self._registry.deliver(uuid.UUID(target), event)
+            self._hub.to_user(uuid.UUID(target), event)
 
     async def listen(self) -> None:
         """Run until cancelled; re-subscribes with backoff whenever Redis goes away."""
@@ -281,7 +260,7 @@ class EventBus:
                 callback()
             except Exception:
                 log.exception("reconnect hook failed")
-        if self._registry is not None:
-            self._registry.broadcast(
+        if self._hub is not None:
+            self._hub.to_everyone(
                 make_event("system.notification", {"message": RESYNC_MESSAGE, "data": {"reason": "resync"}})
             )

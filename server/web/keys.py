@@ -14,6 +14,7 @@ from actors.availability_service import AvailabilityService
 from actors.base import Registry
 from actors.bookings import BookingService
 from actors.calendar_feeds import CalendarFeedService
+from actors.hub import Hub
 from actors.reminders import NotificationService
 from actors.resources import ResourceService
 from actors.webhooks import WebhookService
@@ -35,7 +36,8 @@ API_KEYS = web.AppKey("api_keys", ApiKeyService)  # the job service only: /api/ 
 LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", Registry[uuid.UUID])
-BUS = web.AppKey("bus", EventBus)
+BUS = web.AppKey("bus", EventBus)  # the hub's relay to the other processes
+HUB = web.AppKey("hub", Hub)  # this process's event hub: actors publish, sockets subscribe
 BOOKINGS = web.AppKey("bookings", BookingService)
 RESOURCES = web.AppKey("resources", ResourceService)
 AVAILABILITY = web.AppKey("availability", AvailabilityService)  # hours, slots, next, free/busy

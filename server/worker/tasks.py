@@ -16,10 +16,11 @@ from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 
 from actors.base import Event
+from actors.hub import make_event
 from actors.views import booking_view, iso
 from server.base.settings import Settings
 from server.bus import redisconf
-from server.bus.events import EventBus, make_event
+from server.bus.events import EventBus
 from server.bus.jobstats import JobStats
 from server.worker.broker import DELIVER_REMINDER, LEAD, ReminderSource, enqueue_reminder
 from storage import reminders as store
@@ -201,7 +202,7 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
             settings.database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
         )
         state.redis = redisconf.connect(settings)
-        state.bus = EventBus(state.redis, prefix=settings.redis_prefix, registry=None)
+        state.bus = EventBus(state.redis, prefix=settings.redis_prefix)
         state.stats = JobStats(state.redis, prefix=settings.redis_prefix)
 
     @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)

@@ -30,8 +30,9 @@ from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqMessage, TaskiqState
 
 from actors import webhook_rules as rules
+from actors.hub import make_event
 from server.base.settings import Settings
-from server.bus.events import EventBus, make_event
+from server.bus.events import EventBus
 from server.bus.redisgate import RedisDown, RedisGate
 from storage import reminders as notification_store
 from storage import webhooks as store

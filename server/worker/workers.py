@@ -143,7 +143,7 @@ async def run_scheduler(
     await index_schedules(source)
     reconciler = Reconciler(db=db, source=source, broker=broker)
     redis = redisconf.connect(settings)
-    republisher = Republisher(db=db, bus=EventBus(redis, prefix=settings.redis_prefix, registry=None))
+    republisher = Republisher(db=db, bus=EventBus(redis, prefix=settings.redis_prefix))
     dispatcher = webhook_delivery.Dispatcher(
         db=db, kick=webhook_delivery.kicker(broker), config=webhook_delivery.DeliveryConfig.of(settings)
     )
