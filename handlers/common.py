@@ -28,16 +28,19 @@ async def require_user(request: web.Request) -> User:
     if token is None:
         raise Unauthorized("missing bearer token")
     user = await request.app[AUTH].authenticate(token)
-    settings = request.app[SETTINGS]
-    await request.app[LIMITER].hit(
-        "api-user",
-        str(user.id),
-        limit=settings.api_rate_per_user,
-        window=settings.api_rate_window,
-        when_down="open",  # capacity protection; Redis down must not take the API down (docs/FAULTS.md)
-    )
+    await count_api_call(request.app, user)
     request[CURRENT_USER] = user
     return user
+
+
+async def count_api_call(app: web.Application, user: User) -> None:
+    """The per-user API limit, one definition for REST and WebSocket commands: counted in batches
+    (server/bus/ratelimit.py: bounded over-admission across processes), open when Redis is down (capacity
+    protection; an outage of Redis must not take the API down, docs/FAULTS.md)."""
+    settings = app[SETTINGS]
+    await app[LIMITER].hit_batched(
+        "api-user", str(user.id), limit=settings.api_rate_per_user, window=settings.api_rate_window
+    )
 
 
 async def require_admin(request: web.Request) -> User:

@@ -25,7 +25,7 @@ from actors.base import Event
 from actors.bookings import BookingService
 from actors.errors import DomainError, Unauthorized, Unavailable
 from actors.resources import ResourceService
-from handlers.common import bearer_token, user_json
+from handlers.common import bearer_token, count_api_call, user_json
 from handlers.ws_commands import COMMANDS
 from handlers.ws_protocol import (
     CLOSE_GOING_AWAY,
@@ -47,7 +47,6 @@ from server.web.keys import (
     AUTH,
     BOOKINGS,
     HUB,
-    LIMITER,
     METRICS,
     RESOURCES,
     SETTINGS,
@@ -293,16 +292,9 @@ class Connection:
             self.send(reply(command.reply_event, result, frame.id))
 
     async def _count_api_call(self) -> None:
-        """The per-user API limit REST applies (in Redis, across sockets and processes): more sockets
-        must not mean more database work."""
-        settings = self._settings
-        await self._app[LIMITER].hit(
-            "api-user",
-            str(self.user.id),
-            limit=settings.api_rate_per_user,
-            window=settings.api_rate_window,
-            when_down="open",  # as REST (handlers/common.py)
-        )
+        """The per-user API limit REST applies (across sockets and processes): more sockets must not
+        mean more database work."""
+        await count_api_call(self._app, self.user)
 
     async def _write(self) -> None:
         while not (self._stopping and self._outbox.empty()):  # a flushing stop ends when drained

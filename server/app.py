@@ -120,7 +120,13 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth_service(
         settings, app[DB], cache=UserCache(ttl=settings.auth_cache_seconds), announce=announce
     )
-    app[LIMITER] = RateLimiter(app[REDIS], prefix=settings.redis_prefix, gate=app[REDIS_GATE])
+    app[LIMITER] = RateLimiter(
+        app[REDIS],
+        prefix=settings.redis_prefix,
+        gate=app[REDIS_GATE],
+        batch=settings.api_rate_batch,
+        flush=settings.api_rate_flush,
+    )
     app[CALENDAR_FEEDS] = CalendarFeedService(app[DB])
     if settings.admin_email and settings.admin_password:
         admin = await app[AUTH].ensure_admin(email=settings.admin_email, password=settings.admin_password)

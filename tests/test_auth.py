@@ -13,6 +13,8 @@ from typing import Any
 import jwt
 import pytest
 
+from actors.errors import Unauthorized
+from actors.security import TokenCodec
 from server.base.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
 from tests.conftest import Client, Registrar, auth
 from tests.support import unique_email
@@ -359,3 +361,51 @@ async def test_a_forged_forwarded_for_does_not_escape_the_per_ip_login_limit(mak
         headers={"X-Forwarded-For": "10.9.8.0, 203.0.113.8"},
     )
     assert other.status == 401
+
+
+def test_a_cached_access_token_is_still_refused_once_expired() -> None:
+    """Verified claims are cached per token (actors/security.py), but `exp` is checked on every use."""
+    now = [time.time()]
+    codec = TokenCodec(
+        access_secret=DEV_JWT_SECRET,
+        refresh_secret=DEV_REFRESH_SECRET,
+        access_ttl=60,
+        refresh_ttl=600,
+        clock=lambda: now[0],
+    )
+    token, claims = codec.issue("access", uuid.uuid4())
+    assert codec.decode(token, "access") == claims
+    now[0] += 30
+    assert codec.decode(token, "access") == claims  # from the cache
+    now[0] = claims.exp + 6  # past exp and the 5 s leeway
+    with pytest.raises(Unauthorized, match="expired"):
+        codec.decode(token, "access")
+    assert token not in codec._verified  # dropped: a later use goes through PyJWT's own check again
+    with pytest.raises(Unauthorized):  # a cached access token is no refresh token
+        codec.decode(token, "refresh")
+
+
+def test_the_token_cache_is_bounded() -> None:
+    codec = TokenCodec(
+        access_secret=DEV_JWT_SECRET,
+        refresh_secret=DEV_REFRESH_SECRET,
+        access_ttl=60,
+        refresh_ttl=600,
+        cache_size=3,
+    )
+    tokens = [codec.issue("access", uuid.uuid4())[0] for _ in range(5)]
+    for token in tokens:
+        codec.decode(token, "access")
+    assert len(codec._verified) == 3 and tokens[0] not in codec._verified
+
+
+async def test_suspension_refuses_a_token_already_verified_and_cached(
+    client: Client, register: Registrar, admin: dict[str, Any]
+) -> None:
+    session = await register()
+    assert (await client.get("/api/auth/me", headers=auth(session))).status == 200  # claims cached
+    resp = await client.patch(
+        f"/api/users/{session['user']['id']}", json={"status": "suspended"}, headers=auth(admin)
+    )
+    assert resp.status == 200
+    assert (await client.get("/api/auth/me", headers=auth(session))).status == 401

@@ -47,6 +47,11 @@ class Settings:
     auth_rate_window: int = 60
     api_rate_per_user: int = 600
     api_rate_window: int = 60
+    # The per-user API limit is counted here and added in Redis every `api_rate_batch` hits or
+    # `api_rate_flush` seconds; each web process may admit up to `api_rate_batch` hits past the limit
+    # per window (server/bus/ratelimit.py). 1: every hit asks Redis, exact across processes.
+    api_rate_batch: int = 10
+    api_rate_flush: float = 5.0
     # Unknown or revoked calendar feed tokens per client IP before 429 (docs/CALENDAR.md).
     feed_misses_per_ip: int = 30
     feed_miss_window: int = 600
@@ -223,6 +228,8 @@ def _build(env: Mapping[str, str]) -> Settings:
         auth_rate_window=_int(env, "AUTH_RATE_LIMIT_WINDOW", 60, low=1, high=86400),
         api_rate_per_user=_int(env, "API_RATE_LIMIT_PER_USER", 600, low=1),
         api_rate_window=_int(env, "API_RATE_LIMIT_WINDOW", 60, low=1, high=86400),
+        api_rate_batch=_int(env, "API_RATE_LIMIT_BATCH", 10, low=1, high=10_000),
+        api_rate_flush=_float(env, "API_RATE_LIMIT_FLUSH_SECONDS", 5.0, zero=True),
         feed_misses_per_ip=_int(env, "CALENDAR_FEED_MISS_LIMIT_PER_IP", 30, low=1),
         feed_miss_window=_int(env, "CALENDAR_FEED_MISS_WINDOW", 600, low=1, high=86400),
         auth_cache_seconds=_float(env, "AUTH_CACHE_SECONDS", 5.0, zero=True),
