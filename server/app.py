@@ -32,7 +32,7 @@ from handlers import (
     ws,
 )
 from server import redisconf, webhook_delivery
-from server.broker import ReminderSource, make_broker
+from server.broker import DirectEnqueue, make_broker
 from server.events import EventBus, make_event
 from server.keys import (
     AUTH,
@@ -56,7 +56,7 @@ from server.metrics import Metrics
 from server.middlewares import body_rules, cors, request_context
 from server.openapi import setup_openapi
 from server.ratelimit import RateLimiter
-from server.redisgate import GatedSchedule, RedisGate
+from server.redisgate import GatedKick, RedisGate
 from server.settings import Settings
 from storage.db import Database
 from storage.users import User, get_user
@@ -124,10 +124,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
 async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     """Actor registry, the cross-process event bus and its listener; shutdown drains the mailboxes."""
     settings = app[SETTINGS]
-    # Enqueues to the taskiq stream: webhook deliveries, and reminders already due (PostgreSQL holds the
-    # intent of both; the Redis copy of a reminder due later is the schedule).
+    # Enqueues to the taskiq stream: webhook deliveries, and reminders already due (PostgreSQL holds
+    # both; a reminder due later is enqueued by the scheduler from its row).
     task_broker = make_broker(settings)
-    reminder_source = ReminderSource(settings, broker=task_broker)
     hand_off = webhook_delivery.HandOff(webhook_delivery.kicker(task_broker), app[REDIS_GATE], app[DB])
     deps = Deps(
         db=app[DB],
@@ -139,7 +138,8 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         make_event=make_event,
         reminders=Reminders(
-            GatedSchedule(reminder_source, app[REDIS_GATE]), on_scheduled=app[METRICS].reminders_scheduled.inc
+            GatedKick(DirectEnqueue(task_broker), app[REDIS_GATE]),
+            on_scheduled=app[METRICS].reminders_scheduled.inc,
         ),
         webhooks=hand_off,
     )
@@ -184,7 +184,6 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
     await registry.close()  # the user actors first: they may still be waiting on resource actors
     await resource_registry.close()
     await app[BUS].close()
-    await reminder_source.close()
     await task_broker.connection_pool.disconnect()
 
 
