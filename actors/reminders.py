@@ -1,9 +1,11 @@
-"""The reminder lifecycle: PostgreSQL holds the intent (in the booking's transaction), Redis a copy.
+"""The reminder lifecycle: PostgreSQL's `reminders` row (written in the booking's transaction) is the
+schedule; the scheduler (server/worker/tasks.py `ReminderScheduler`) enqueues each row when it falls due.
 
 Due at `start - reminderMinutesBefore`; already past but the booking not started → due now. Moving the
-start re-arms it (even after it was sent); `null` minutes, a final status, or a delete cancel it. After
-commit the schedule is replaced in Redis; if Redis is down the change still stands and the reconciler
-(server/worker/tasks.py) schedules it from PostgreSQL later.
+start re-arms it (even after it was sent); `null` minutes, a final status, or a delete cancel it. Nothing
+goes to Redis after the commit, except a reminder already due: the web process puts that one on the
+stream itself (one XADD) so it does not wait for the scheduler's next tick; if Redis is down the change
+still stands and the scheduler enqueues it once the row's lease has passed.
 """
 
 from __future__ import annotations
@@ -26,22 +28,22 @@ from storage.tables import ACTIVE_STATUSES
 log = logging.getLogger(__name__)
 
 
-class ReminderSchedule(Protocol):
-    """Where due reminders wait to fire: the taskiq Redis schedule source, behind the web process's
-    RedisGate in production (server/bus/redisgate.py), which bounds each call in time."""
+class ReminderKick(Protocol):
+    """The fast path for a reminder already due: the taskiq stream, behind the web process's RedisGate
+    in production (server/bus/redisgate.py), which bounds each call in time."""
 
-    async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None: ...
+    def is_due(self, due_at: datetime, now: datetime | None = None) -> bool: ...
 
-    async def unschedule(self, booking_id: uuid.UUID) -> None: ...
+    async def enqueue(self, booking_id: uuid.UUID, due_at: datetime) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What the Redis copy must become once the booking's transaction commits."""
+    """What happens once the booking's transaction commits."""
 
     booking_id: uuid.UUID
-    due_at: datetime | None  # None: unschedule
-    fresh: bool = False  # a new booking: Redis cannot hold an older schedule for it
+    due_at: datetime | None  # None: no reminder (cancelled or deleted; the row says so already)
+    fresh: bool = False  # a new booking
 
 
 def due_for(*, status: str, minutes: int | None, start: datetime, now: datetime) -> datetime | None:
@@ -58,16 +60,17 @@ def due_time(booking: Booking, now: datetime) -> datetime | None:
 
 
 class Reminders:
-    """The booking actor's `ReminderHook`: decides in the transaction, tells Redis after the commit."""
+    """The booking actor's `ReminderHook`: decides in the transaction; after the commit, enqueues only a
+    reminder that is already due."""
 
     def __init__(
         self,
-        schedule: ReminderSchedule,
+        kick: ReminderKick,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_scheduled: Callable[[], None] = lambda: None,
     ) -> None:
-        self._schedule = schedule
+        self._kick = kick
         self._clock = clock
         self._on_scheduled = on_scheduled
 
@@ -96,27 +99,23 @@ class Reminders:
             and current.start_time == booking.start_time
             and (current.due_at == due or (due == now and current.due_at <= now))
         ):
-            return None  # unchanged (an edit of other fields): keep the schedule
+            return None  # unchanged (an edit of other fields): the row stays as it is
         await store.arm(
             conn, booking_id=booking_id, user_id=booking.user_id, start_time=booking.start_time, due_at=due
         )
         return Plan(booking_id, due)
 
     async def after_commit(self, plan: Plan) -> None:
-        if plan.due_at is not None:
-            # Counted once committed: PostgreSQL holds the reminder now, whether Redis takes its copy
-            # below or the reconciler does later.
-            self._on_scheduled()
-        try:  # the schedule bounds its own Redis calls (the web app's is behind the RedisGate)
-            if plan.due_at is None:
-                await self._schedule.unschedule(plan.booking_id)
-            else:
-                await self._schedule.schedule(plan.booking_id, plan.due_at, fresh=plan.fresh)
+        if plan.due_at is None:
+            return  # cancelled or deleted in the transaction: the scheduler never takes it
+        # Counted once committed: the row is the schedule.
+        self._on_scheduled()
+        if not self._kick.is_due(plan.due_at):
+            return  # the scheduler enqueues it when it falls due: no Redis round trip here
+        try:  # the kick bounds its own Redis calls (the web app's is behind the RedisGate)
+            await self._kick.enqueue(plan.booking_id, plan.due_at)
         except Exception as exc:  # any Redis failure or timeout: the booking change stands
-            # PostgreSQL holds the intent; the reconciler schedules it once Redis answers again.
-            log.warning(
-                "reminder for %s not scheduled in Redis (%s); the reconciler will", plan.booking_id, exc
-            )
+            log.warning("due reminder for %s not enqueued (%s); the scheduler will", plan.booking_id, exc)
 
 
 # --- notifications ------------------------------------------------------------------------------------

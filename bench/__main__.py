@@ -26,11 +26,24 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import availability, create, feeds, listing, memory, reminders, resources, series, webhooks, ws
+from bench import (
+    availability,
+    create,
+    feeds,
+    listing,
+    memory,
+    reminders,
+    resources,
+    scheduler,
+    series,
+    webhooks,
+    ws,
+)  # fmt: skip
 from bench.common import CpuMeter, Stack, ms, pct, register_users, say
 
 SCENARIOS = (
     "create", "ws", "reminders", "webhooks", "list", "memory", "resources", "availability", "series", "feeds",
+    "scheduler",
 )  # fmt: skip
 FULL = {
     "duration": 10.0, "warmup": 2.0, "create_users": 512, "sockets": 1000, "ws_users": 250,
@@ -38,7 +51,7 @@ FULL = {
     "list_rows": 1_000_000, "list_per_user": 10_000, "samples": 200,
     "mem_sockets": 1000, "mem_actors": 1000, "capacity": 10_000,
     "hook_rate": 200.0, "hook_seconds": 10.0, "hook_burst": 2000, "hook_users": 200,
-    "feed_bookings": 2000,
+    "feed_bookings": 2000, "sched_sizes": "1000,10000,100000,1000000", "sched_seconds": 10.0,
 }  # fmt: skip
 QUICK = {
     "duration": 1.5, "warmup": 0.5, "create_users": 64, "sockets": 40, "ws_users": 10,
@@ -46,7 +59,7 @@ QUICK = {
     "list_rows": 4_000, "list_per_user": 1_000, "samples": 20,
     "mem_sockets": 30, "mem_actors": 5, "capacity": 60,
     "hook_rate": 20.0, "hook_seconds": 1.5, "hook_burst": 30, "hook_users": 5,
-    "feed_bookings": 150,
+    "feed_bookings": 150, "sched_sizes": "10,100", "sched_seconds": 1.5,
 }  # fmt: skip
 
 
@@ -101,6 +114,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--hook-rate", type=float, help="booking changes per second for the webhook latency")
     p.add_argument("--hook-burst", type=int, help="bookings created at once for the webhook rate")
     p.add_argument("--feed-bookings", type=int, help="bookings of the user whose calendar feed is fetched")
+    p.add_argument("--sched-sizes", help="pending reminders for the scheduler scenario (comma-separated)")
+    p.add_argument("--sched-seconds", type=float, help="seconds the scheduler is measured at each size")
     args = p.parse_args()
     size = QUICK if args.quick else FULL
     for key, value in size.items():
@@ -507,6 +522,25 @@ async def run_series(stack: Stack, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+async def run_scheduler(stack: Stack, args: argparse.Namespace) -> list[Row]:
+    sizes = [int(n) for n in str(args.sched_sizes).split(",") if n.strip()]
+    figure = f"scheduler CPU per second, {sizes[0]:,} -> {sizes[-1]:,} pending"
+    if stack.external:
+        return skipped([figure], "flat within 2x")
+    costs = await scheduler.scheduler_cost(stack, sizes, args.sched_seconds)
+    first, last = costs[0], costs[-1]
+    ratio = last.own_ms_per_s / first.own_ms_per_s if first.own_ms_per_s > 0 else math.nan
+    return [
+        Row(
+            figure,
+            " / ".join(f"{c.own_ms_per_s:.1f}" for c in costs) + " ms/s",
+            "PostgreSQL " + " / ".join(f"{c.postgres_ms_per_s:.1f}" for c in costs) + " ms/s",
+            "flat within 2x",
+            verdict(ratio <= 2.0 if not math.isnan(ratio) else None),
+        )
+    ]
+
+
 SCENARIO_RUNNERS = {
     "create": run_create,
     "ws": run_ws,
@@ -518,6 +552,7 @@ SCENARIO_RUNNERS = {
     "availability": run_availability,
     "series": run_series,
     "feeds": run_feeds,
+    "scheduler": run_scheduler,
 }
 
 

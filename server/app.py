@@ -36,7 +36,7 @@ from server.base.settings import Settings
 from server.bus import redisconf
 from server.bus.events import EventBus
 from server.bus.ratelimit import RateLimiter
-from server.bus.redisgate import GatedSchedule, RedisGate
+from server.bus.redisgate import GatedKick, RedisGate
 from server.web.keys import (
     AUTH,
     AVAILABILITY,
@@ -60,12 +60,12 @@ from server.web.metrics import Metrics
 from server.web.middlewares import body_rules, cors, request_context
 from server.web.openapi import setup_openapi
 from server.worker import webhook_delivery
-from server.worker.broker import ReminderSource, make_broker
+from server.worker.broker import DirectEnqueue, make_broker
 from storage.db import Database
 from storage.users import User, get_user
 
 # The task queue's two ends in the web process (only this composition root wires them).
-REMINDER_SOURCE = web.AppKey("reminder_source", ReminderSource)  # reminders due now, to the task queue
+REMINDER_KICK = web.AppKey("reminder_kick", DirectEnqueue)  # reminders already due, to the task queue
 HAND_OFF = web.AppKey("hand_off", webhook_delivery.HandOff)  # webhook deliveries, to the task queue
 
 log = logging.getLogger(__name__)
@@ -156,13 +156,12 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def task_queue_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The taskiq stream: webhook deliveries, and reminders already due (PostgreSQL holds the intent
-    of both; the Redis copy of a reminder due later is the schedule)."""
+    """The taskiq stream: webhook deliveries, and reminders already due (PostgreSQL holds both; a
+    reminder due later is enqueued by the scheduler from its row)."""
     task_broker = make_broker(app[SETTINGS])
-    app[REMINDER_SOURCE] = reminder_source = ReminderSource(app[SETTINGS], broker=task_broker)
+    app[REMINDER_KICK] = DirectEnqueue(task_broker)
     app[HAND_OFF] = webhook_delivery.HandOff(webhook_delivery.kicker(task_broker), app[REDIS_GATE], app[DB])
     yield
-    await reminder_source.close()
     await task_broker.connection_pool.disconnect()
 
 
@@ -179,7 +178,7 @@ async def actors_ctx(app: web.Application) -> AsyncIterator[None]:
             default_reminder_minutes=settings.default_reminder_minutes,
         ),
         reminders=Reminders(
-            GatedSchedule(app[REMINDER_SOURCE], app[REDIS_GATE]),
+            GatedKick(app[REMINDER_KICK], app[REDIS_GATE]),
             on_scheduled=app[METRICS].reminders_scheduled.inc,
         ),
         webhooks=hand_off,

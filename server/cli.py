@@ -265,6 +265,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
             settings,
             update_interval=args.update_interval,
             reconcile_interval=args.reconcile_interval,
+            lease=args.lease,
             grace=args.grace,
         )
     )
@@ -346,16 +347,26 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     scheduler = sub.add_parser(
-        "scheduler", help="the one taskiq scheduler: fires due reminders and reconciles Redis with PostgreSQL"
+        "scheduler",
+        help="enqueues due reminders from PostgreSQL, republishes missed events, dispatches webhooks",
     )
     scheduler.add_argument(
         "--update-interval",
         type=float,
         default=1.0,
-        help="seconds between re-reads of the schedule (default 1)",
+        help="seconds between reads of the pending reminders in PostgreSQL (default 1)",
     )
     scheduler.add_argument(
-        "--reconcile-interval", type=float, default=2.0, help="seconds between reconciler passes (default 2)"
+        "--reconcile-interval",
+        type=float,
+        default=2.0,
+        help="seconds between passes of the live-event outbox (default 2)",
+    )
+    scheduler.add_argument(
+        "--lease",
+        type=float,
+        default=5.0,
+        help="seconds after its enqueue a still-pending reminder is enqueued again (default 5)",
     )
     scheduler.add_argument(
         "--grace", type=float, default=5.0, help="seconds to finish on SIGTERM (default 5)"

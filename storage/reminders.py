@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -26,6 +26,7 @@ class Reminder:
     sent_at: datetime | None
     attempts: int
     updated_at: datetime
+    enqueued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ def _arm_statement() -> Any:
         set_={
             **{k: stmt.excluded[k] for k in (*armed, "state", "sent_at")},
             "updated_at": sa.func.now(),
+            "enqueued_at": None,  # re-armed: the scheduler takes it afresh
         },
     )
 
@@ -123,28 +125,88 @@ async def mark_booking_reminded(conn: Connection, booking_id: uuid.UUID) -> Book
     return _booking(row) if row else None
 
 
-_PENDING_BEFORE = Query(
-    sa.select(reminders.c.booking_id, reminders.c.due_at)
-    .where(reminders.c.state == "pending", reminders.c.due_at < P("until"))
-    .order_by(reminders.c.due_at)
-    .limit(P("limit"))
+# --- the schedule (server/worker/tasks.py ReminderScheduler) -------------------------------------
+
+# A row counts as enqueued at `enqueued_at`, or, when it was armed already due (its due time within
+# `lead` of its arm), at its arm: the web process put that one on the stream itself after the commit.
+_TAKE_DUE = Query(
+    sa.text(
+        """
+    WITH due AS (
+        SELECT booking_id FROM reminders
+        WHERE state = 'pending' AND due_at < :until
+          AND COALESCE(
+                enqueued_at,
+                CASE WHEN due_at <= updated_at + :lead THEN updated_at END,
+                '-infinity'
+              ) < :stale
+        ORDER BY due_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE reminders r SET enqueued_at = greatest(r.due_at - :lead, :now)
+    FROM due WHERE r.booking_id = due.booking_id
+    RETURNING r.booking_id, r.due_at
+    """
+    ).bindparams(
+        sa.bindparam("until", type_=sa.DateTime(timezone=True)),
+        sa.bindparam("stale", type_=sa.DateTime(timezone=True)),
+        sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+        sa.bindparam("lead", type_=sa.Interval()),
+        sa.bindparam("limit", type_=sa.Integer()),
+    )
 )
+_RELEASE = Query(
+    sa.update(reminders)
+    .where(
+        reminders.c.booking_id == P("booking_id"),
+        reminders.c.due_at == P("due_at"),
+        reminders.c.state == "pending",
+    )
+    .values(enqueued_at=sa.literal_column("'-infinity'::timestamptz"))
+)
+# Exact up to the cap, from the schedule's partial index; beyond it the index's size estimate.
 _COUNT_PENDING = Query(
-    sa.select(sa.func.count()).select_from(reminders).where(reminders.c.state == "pending")
+    sa.text(
+        """
+    SELECT (SELECT count(*) FROM (
+              SELECT 1 FROM reminders WHERE state = 'pending' LIMIT :cap
+            ) capped) AS exact,
+           (SELECT reltuples FROM pg_class WHERE relname = 'ix_reminders_schedule') AS estimate
+    """
+    ).bindparams(sa.bindparam("cap", type_=sa.Integer()))
 )
 
 
-async def pending_before(
-    conn: Connection, *, until: datetime, limit: int
+async def take_due(
+    conn: Connection,
+    *,
+    now: datetime,
+    until: datetime,
+    lead: timedelta,
+    lease: timedelta,
+    limit: int,
 ) -> list[tuple[uuid.UUID, datetime]]:
-    """Pending reminders due before `until`, earliest first (served by the partial index)."""
-    return [
-        (r["booking_id"], r["due_at"]) for r in await _PENDING_BEFORE.fetch(conn, until=until, limit=limit)
-    ]
+    """Take the pending reminders due before `until` that nobody enqueued within `lease` (never, or
+    their message was lost), earliest first, and mark them enqueued at `due_at - lead` (or now). The
+    rows are locked with SKIP LOCKED for the statement: two schedulers never take the same row."""
+    rows = await _TAKE_DUE.fetch(conn, now=now, until=until, lead=lead, stale=now - lease, limit=limit)
+    return sorted(((r["booking_id"], r["due_at"]) for r in rows), key=lambda r: r[1])
 
 
-async def count_pending(conn: Connection) -> int:
-    return int(await _COUNT_PENDING.fetchval(conn))
+async def release(conn: Connection, *, booking_id: uuid.UUID, due_at: datetime) -> None:
+    """Its enqueue failed: the next tick takes it again (its lease is made expired)."""
+    await _RELEASE.execute(conn, booking_id=booking_id, due_at=due_at)
+
+
+async def count_pending(conn: Connection, *, cap: int = 10_000) -> int:
+    """The pending reminders: exact up to `cap` (a bounded read of the partial index), the planner's
+    estimate of the index's size beyond (refreshed by autovacuum/ANALYZE): no O(n) count per call."""
+    row = await _COUNT_PENDING.fetchrow(conn, cap=cap)
+    if row is None:
+        return 0
+    exact = int(row["exact"])
+    return exact if exact < cap else max(exact, int(row["estimate"] or 0))
 
 
 # --- notifications -------------------------------------------------------------------------------------

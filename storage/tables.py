@@ -245,8 +245,17 @@ reminders = sa.Table(
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=NOW),
+    # When the scheduler put (or will put) its delivery on the stream; NULL: not taken yet. A row still
+    # pending a lease after this is taken again (server/worker/tasks.py ReminderScheduler).
+    sa.Column("enqueued_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint("state IN ('pending', 'sent', 'cancelled')", name="state"),
-    sa.Index("ix_reminders_due_at_pending", "due_at", postgresql_where=sa.text("state = 'pending'")),
+    # The schedule: the pending rows by due time (with what a tick filters on, for index-only reads).
+    sa.Index(
+        "ix_reminders_schedule",
+        "due_at",
+        postgresql_include=["booking_id", "enqueued_at", "updated_at"],
+        postgresql_where=sa.text("state = 'pending'"),
+    ),
 )
 
 notifications = sa.Table(

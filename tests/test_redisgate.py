@@ -26,7 +26,8 @@ from actors.reminders import Plan, Reminders
 from server.bus.events import EventBus
 from server.bus.ratelimit import LocalWindows, RateLimiter
 from server.bus.redisconf import retry_once
-from server.bus.redisgate import GatedSchedule, RedisDown, RedisGate
+from server.bus.redisgate import GatedKick, RedisDown, RedisGate
+from server.worker.broker import DirectEnqueue
 from tests.private_redis import REDIS_SERVER, PrivateRedis
 from tests.support import wait_for
 
@@ -212,32 +213,33 @@ async def test_emit_says_whether_a_listener_received_the_event(redis_url: str) -
         await dead.aclose()
 
 
-class RefusingSchedule:
-    """A reminder schedule source whose Redis refuses every call."""
+class RefusingKick:
+    """A reminder fast path whose Redis refuses every call."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None:
-        self.calls += 1
-        raise RedisConnectionError("refused")
+    def is_due(self, due_at: datetime, now: datetime | None = None) -> bool:
+        return DirectEnqueue.is_due(due_at, now)
 
-    async def unschedule(self, booking_id: uuid.UUID) -> None:
+    async def enqueue(self, booking_id: uuid.UUID, due_at: datetime) -> None:
         self.calls += 1
         raise RedisConnectionError("refused")
 
 
 async def test_an_outage_is_one_warning_not_one_per_booking(caplog: pytest.LogCaptureFixture) -> None:
-    """The gate warns when Redis fails; each booking committed meanwhile is logged at INFO only (it
-    was one WARNING per create and per delete, a flood under load while Redis was down)."""
-    source = RefusingSchedule()
-    reminders = Reminders(GatedSchedule(source, RedisGate(timeout=0.5, pause=60.0)))
-    due = datetime.now(UTC) + timedelta(hours=1)
+    """The gate warns when Redis fails; each already-due reminder committed meanwhile is logged at INFO
+    only (it was one WARNING per create and per delete, a flood under load while Redis was down). A
+    reminder due later, or a cancelled one, makes no Redis call at all."""
+    kick = RefusingKick()
+    reminders = Reminders(GatedKick(kick, RedisGate(timeout=0.5, pause=60.0)))
+    later = datetime.now(UTC) + timedelta(hours=1)
     with caplog.at_level(logging.INFO):
         for _ in range(5):
-            await reminders.after_commit(Plan(uuid.uuid4(), due, fresh=True))
+            await reminders.after_commit(Plan(uuid.uuid4(), datetime.now(UTC), fresh=True))
+            await reminders.after_commit(Plan(uuid.uuid4(), later, fresh=True))
             await reminders.after_commit(Plan(uuid.uuid4(), None))
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "Redis failed during reminder schedule" in warnings[0], warnings
-    assert source.calls == 1  # the rest were skipped by the open gate
-    assert sum("the reconciler will" in r.getMessage() for r in caplog.records) == 5
+    assert len(warnings) == 1 and "Redis failed during reminder enqueue" in warnings[0], warnings
+    assert kick.calls == 1  # the rest were skipped by the open gate
+    assert sum("the scheduler will" in r.getMessage() for r in caplog.records) == 5

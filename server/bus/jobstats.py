@@ -231,9 +231,3 @@ async def count_after(redis: Redis, stream: str, last_id: str | None, *, page: i
             return count
         last = entries[-1][0]
         start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
-
-
-async def count_scheduled(redis: Redis, index: str) -> int:
-    """The reminder schedules Redis holds: the size of the index every schedule write and delete keeps
-    (`server.worker.broker.schedule_index`): one O(1) command, not a SCAN of the keyspace."""
-    return int(await redis.scard(index))

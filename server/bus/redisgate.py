@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
-from actors.reminders import ReminderSchedule
+from actors.reminders import ReminderKick
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class RedisGate:
         if not self._failing:
             log.warning(
                 "Redis failed during %s (%s); request-path Redis calls are skipped for %.1fs at a time "
-                "until it answers (rate limits degrade, remote sockets miss events, the reconciler "
-                "re-schedules reminders)",
+                "until it answers (rate limits degrade, remote sockets miss events, the scheduler "
+                "enqueues due reminders)",
                 what,
                 type(exc).__name__,
                 self.pause,
@@ -86,25 +86,21 @@ class RedisGate:
         self._skip_until = self._clock() + self.pause
 
 
-class GatedSchedule:
-    """The reminder schedule source behind the gate: a booking's commit never waits on Redis for it;
-    PostgreSQL holds the intent and the reconciler schedules what was skipped. A skip is not raised:
-    the gate has already warned once for the outage, and a warning per booking would flood the log."""
+class GatedKick:
+    """The fast path of a reminder already due, behind the gate: a booking's commit never waits on Redis
+    for it; the row is the schedule and the scheduler enqueues what was skipped once its lease passed. A
+    skip is not raised: the gate has already warned once for the outage, and a warning per booking would
+    flood the log."""
 
-    def __init__(self, schedule: ReminderSchedule, gate: RedisGate) -> None:
-        self._schedule = schedule
+    def __init__(self, kick: ReminderKick, gate: RedisGate) -> None:
+        self._kick = kick
         self._gate = gate
 
-    async def schedule(self, booking_id: uuid.UUID, due_at: datetime, *, fresh: bool = False) -> None:
-        try:
-            await self._gate.call(
-                lambda: self._schedule.schedule(booking_id, due_at, fresh=fresh), "reminder schedule"
-            )
-        except RedisDown as exc:
-            log.info("reminder for %s not scheduled in Redis (%s); the reconciler will", booking_id, exc)
+    def is_due(self, due_at: datetime, now: datetime | None = None) -> bool:
+        return self._kick.is_due(due_at, now)
 
-    async def unschedule(self, booking_id: uuid.UUID) -> None:
+    async def enqueue(self, booking_id: uuid.UUID, due_at: datetime) -> None:
         try:
-            await self._gate.call(lambda: self._schedule.unschedule(booking_id), "reminder unschedule")
+            await self._gate.call(lambda: self._kick.enqueue(booking_id, due_at), "reminder enqueue")
         except RedisDown as exc:
-            log.info("reminder for %s not unscheduled in Redis (%s); the task re-checks", booking_id, exc)
+            log.info("due reminder for %s not enqueued (%s); the scheduler will", booking_id, exc)

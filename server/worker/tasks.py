@@ -1,4 +1,4 @@
-"""The reminder task, the worker's resources, and the reconciler that heals what Redis lost.
+"""The reminder task, the worker's resources, and the scheduler that enqueues due reminders from PostgreSQL.
 
 No `from __future__ import annotations` here: taskiq resolves the task's dependency annotations at
 run time.
@@ -6,7 +6,6 @@ run time.
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from server.base.settings import Settings
 from server.bus import redisconf
 from server.bus.events import EventBus
 from server.bus.jobstats import JobStats
-from server.worker.broker import DELIVER_REMINDER, LEAD, ReminderSource, enqueue_reminder
+from server.worker.broker import DELIVER_REMINDER, LEAD, enqueue_reminder
 from storage import reminders as store
 from storage import webhooks as webhook_store
 from storage.bookings import Booking, get_booking
@@ -216,62 +215,91 @@ def register(broker: AsyncBroker, settings: Settings) -> None:
         await state.redis.aclose()
 
 
-# --- the reconciler ------------------------------------------------------------------------------------
+# --- the scheduler -------------------------------------------------------------------------------------
 
 
 @dataclass
-class Reconciler:
-    """Makes Redis agree with PostgreSQL for pending reminders due within `horizon`.
+class ReminderScheduler:
+    """PostgreSQL's pending `reminders` rows are the schedule; this puts each on the taskiq stream when
+    it falls due.
 
-    - missing from Redis and not yet due → added back (Redis flushed, or down when the booking committed);
-    - missing and overdue by `grace` → enqueued directly (a killed worker, a lost message);
-    - present but overdue by `stale` → enqueued directly (a send that failed while Redis was down).
-    The task's database claim makes every extra enqueue harmless.
+    Every tick (`--update-interval`, 1 s) one statement takes the pending rows due before now +
+    `lookahead` that nobody enqueued within `lease` (`storage.reminders.take_due`: the partial index on
+    the pending rows' due time, FOR UPDATE SKIP LOCKED, `enqueued_at` set in the same statement), and
+    each is enqueued at its due time minus `LEAD` (the task waits out the rest), sleeping until then as
+    taskiq's own loop does. The tick reads only the rows due soon, so its cost does not grow with the
+    pending reminders further out.
+
+    - Two schedulers: SKIP LOCKED plus `enqueued_at` written by the taking statement make them take
+      disjoint rows, so each reminder is enqueued once; if both ever did (a lease passed meanwhile), the
+      worker's database claim drops the second.
+    - A lost message (Redis flushed or restarted, a worker killed before its ack with nobody reclaiming):
+      the row is still pending `lease` after its enqueue, so a tick takes it and enqueues it again.
+    - A failed enqueue (Redis down) makes the row's lease expired: the next tick tries again.
+    - A moved or deleted booking: its row was re-armed (`enqueued_at` reset) or removed; a message
+      already made carries the old due time, and `deliver`'s claim refuses it.
     """
 
     db: Database
-    source: ReminderSource
     broker: AsyncBroker
-    horizon: timedelta = timedelta(minutes=10)
-    grace: timedelta = timedelta(seconds=3)
-    stale: timedelta = timedelta(seconds=3)
-    rekick_after: float = 15.0
-    batch: int = 5000
+    interval: float = 1.0
+    lease: timedelta = timedelta(seconds=5)
+    batch: int = 1000
     clock: Clock = utcnow
-    _kicked: dict[uuid.UUID, float] = field(default_factory=dict)
+    _waiting: dict[tuple[uuid.UUID, datetime], "asyncio.Task[None]"] = field(default_factory=dict)
 
-    async def run(self, interval: float) -> None:
-        await every(interval, self.once, "reconciler")
+    @property
+    def lookahead(self) -> timedelta:
+        """How far ahead a tick takes rows: past the next tick, plus the lead it enqueues with."""
+        return LEAD + timedelta(seconds=2 * self.interval)
 
-    async def once(self) -> dict[str, int]:
+    async def run(self) -> None:
+        try:
+            await every(self.interval, self.once, "reminder scheduler")
+        finally:
+            await self.stop()
+
+    async def once(self) -> int:
+        """One tick: take what falls due soon and arm a timer for each. The number taken."""
         now = self.clock()
         async with self.db.connect() as conn:
-            rows = await store.pending_before(conn, until=now + self.horizon, limit=self.batch)
-        counts = {"pending": len(rows), "added": 0, "enqueued": 0}
-        if not rows:
-            return counts
-        async with self.source.redis() as redis:
-            pipe = redis.pipeline(transaction=False)
-            for booking_id, _ in rows:
-                pipe.exists(self.source.data_key(booking_id))
-            present = await pipe.execute()
-        mono = time.monotonic()
-        self._kicked = {k: v for k, v in self._kicked.items() if mono - v < self.rekick_after}
-        for (booking_id, due_at), exists in zip(rows, present, strict=True):
-            if not exists and due_at - LEAD > now:
-                await self.source.add_schedule(self.source.task_for(booking_id, due_at))
-                counts["added"] += 1
-            elif (not exists and due_at <= now - self.grace) or (exists and due_at <= now - self.stale):
-                if booking_id in self._kicked:
-                    continue
-                await self.enqueue(booking_id, due_at)
-                self._kicked[booking_id] = mono
-                counts["enqueued"] += 1
-        if counts["added"] or counts["enqueued"]:
-            log.info(
-                "reconciler: %(added)d re-scheduled, %(enqueued)d enqueued of %(pending)d pending", counts
+            rows = await store.take_due(
+                conn, now=now, until=now + self.lookahead, lead=LEAD, lease=self.lease, limit=self.batch
             )
-        return counts
+        for booking_id, due_at in rows:
+            key = (booking_id, due_at)
+            if key not in self._waiting:
+                task = asyncio.create_task(self._enqueue_at(booking_id, due_at))
+                self._waiting[key] = task
+                task.add_done_callback(lambda _t, k=key: self._waiting.pop(k, None))  # type: ignore[misc]
+        return len(rows)
 
-    async def enqueue(self, booking_id: uuid.UUID, due_at: datetime) -> None:
-        await enqueue_reminder(self.broker, booking_id, due_at)
+    async def _enqueue_at(self, booking_id: uuid.UUID, due_at: datetime) -> None:
+        wait = (due_at - LEAD - self.clock()).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            await enqueue_reminder(self.broker, booking_id, due_at)
+        except Exception as exc:
+            log.warning(
+                "reminder %s not enqueued (%s); the next tick retries", booking_id, type(exc).__name__
+            )
+            await self._release([(booking_id, due_at)])
+
+    async def _release(self, rows: list[tuple[uuid.UUID, datetime]]) -> None:
+        try:
+            async with self.db.connect() as conn:
+                for booking_id, due_at in rows:
+                    await store.release(conn, booking_id=booking_id, due_at=due_at)
+        except Exception as exc:  # its lease runs out instead
+            log.warning("reminder lease not released (%s)", type(exc).__name__)
+
+    async def stop(self) -> None:
+        """Cancel the timers not fired yet and give their rows back, so another scheduler (or this one's
+        restart) takes them at once rather than after the lease."""
+        waiting = [k for k, t in self._waiting.items() if not t.done()]
+        for task in self._waiting.values():
+            task.cancel()
+        self._waiting.clear()
+        if waiting:
+            await self._release(waiting)

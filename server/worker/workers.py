@@ -2,8 +2,8 @@
 
 The taskiq CLI's stream worker was seen ignoring SIGTERM for over 20 s; here a signal cancels the
 receiver (messages are acknowledged only after the task ran, so an interrupted one is redelivered or
-re-enqueued by the reconciler): the tasks get `grace` seconds to stop, the shutdown steps at most
-another `grace`, so the process exits within twice `grace` whatever happens.
+re-enqueued by the scheduler once its lease passed): the tasks get `grace` seconds to stop, the shutdown
+steps at most another `grace`, so the process exits within twice `grace` whatever happens.
 """
 
 from __future__ import annotations
@@ -11,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from taskiq.api import run_receiver_task
-from taskiq.cli.scheduler.run import SchedulerLoop
 
 from server.base.settings import Settings
 from server.bus import redisconf
 from server.bus.events import EventBus
+from server.worker import broker as broker_mod
 from server.worker import webhook_delivery
-from server.worker.broker import ReminderSource, make_broker, make_scheduler
-from server.worker.tasks import Reconciler, Republisher, every, register
-from storage import reminders as store
+from server.worker.broker import make_broker
+from server.worker.tasks import ReminderScheduler, Republisher, every, register
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ async def run_until_stopped(
 async def finish(steps: Sequence[Callable[[], Awaitable[object]]], *, grace: float, what: str) -> None:
     """Run the shutdown steps in order within `grace` seconds in all. A step that fails or overruns is
     logged, never raised: SIGTERM asked for a stop, and a non-zero exit would read as a crash to the
-    supervisor (acknowledged messages and the reconciler make an unfinished step safe)."""
+    supervisor (acknowledged messages and the scheduler's lease make an unfinished step safe)."""
     try:
         async with asyncio.timeout(grace):
             for step in steps:
@@ -106,59 +105,49 @@ async def run_worker(settings: Settings, *, max_tasks: int = 500, grace: float =
     return code
 
 
-INDEX_SECONDS = 30.0
+DROP_OLD_SECONDS = 30.0
 
 
-async def index_schedules(source: ReminderSource) -> None:
-    """Bring the schedule index (what /jobs/metrics counts) in line with the data keys, once at start-up.
-    Redis down or slow only costs the figure's accuracy until the next start: logged, never raised."""
+async def drop_old_schedule(redis: Redis, prefix: str) -> None:
+    """Delete the Redis schedule a previous version kept (`<prefix>schedule:*`), once at start-up.
+    Redis down or slow only leaves the dead keys until the next start: logged, never raised."""
     try:
-        async with asyncio.timeout(INDEX_SECONDS):
-            added = await source.index_schedules()
+        async with asyncio.timeout(DROP_OLD_SECONDS):
+            deleted = await broker_mod.drop_old_schedule(redis, prefix)
     except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("reminder schedule index not checked (%s)", type(exc).__name__)
+        log.warning("old Redis reminder schedule not checked (%s)", type(exc).__name__)
         return
-    if added:
-        log.info("reminder schedule index: %d schedule(s) added", added)
+    if deleted:
+        log.info("old Redis reminder schedule: %d key(s) deleted", deleted)
 
 
 async def run_scheduler(
-    settings: Settings, *, update_interval: float = 1.0, reconcile_interval: float = 2.0, grace: float = 5.0
+    settings: Settings,
+    *,
+    update_interval: float = 1.0,
+    reconcile_interval: float = 2.0,
+    lease: float = 5.0,
+    grace: float = 5.0,
 ) -> int:
     stop = _stop_event()
-    # The list source logs every 1 s update at INFO.
-    logging.getLogger("taskiq.redis_schedule_source").setLevel(logging.WARNING)
     db = await Database.open(settings.database_url, pool_size=4, timeout=settings.db_timeout)
-
-    async def is_pending(booking_id: uuid.UUID, due_at: datetime) -> bool:
-        async with db.connect() as conn:
-            reminder = await store.get_reminder(conn, booking_id)
-        return reminder is not None and reminder.state == "pending" and reminder.due_at == due_at
-
-    source = ReminderSource(settings, is_pending=is_pending)
     broker = make_broker(settings)
-    scheduler = make_scheduler(broker, source)
-    await source.startup()
-    await scheduler.startup()
-    await index_schedules(source)
-    reconciler = Reconciler(db=db, source=source, broker=broker)
+    await broker.startup()
     redis = redisconf.connect(settings)
+    await drop_old_schedule(redis, settings.redis_prefix)
+    scheduler = ReminderScheduler(
+        db=db, broker=broker, interval=update_interval, lease=timedelta(seconds=lease)
+    )
     republisher = Republisher(db=db, bus=EventBus(redis, prefix=settings.redis_prefix))
     dispatcher = webhook_delivery.Dispatcher(
         db=db, kick=webhook_delivery.kicker(broker), config=webhook_delivery.DeliveryConfig.of(settings)
     )
-    loop = SchedulerLoop(scheduler)
-    log.info("reminder scheduler ready (update every %.1fs)", update_interval)
+    log.info("reminder scheduler ready (tick every %.1fs, lease %.1fs)", update_interval, lease)
     try:
         code = await run_until_stopped(
             stop,
             [
-                loop.run(
-                    update_interval=timedelta(seconds=update_interval),
-                    loop_interval=timedelta(seconds=1),
-                    send_timeout=settings.db_timeout,
-                ),
-                reconciler.run(reconcile_interval),
+                scheduler.run(),
                 republisher.run(reconcile_interval),
                 every(settings.webhook_poll_seconds, dispatcher.once, "webhook dispatcher"),
             ],
@@ -167,9 +156,8 @@ async def run_scheduler(
         )
     finally:
         steps: list[Callable[[], Awaitable[object]]] = [
-            scheduler.shutdown,
-            source.shutdown,
-            source.close,
+            scheduler.stop,
+            broker.shutdown,
             redis.aclose,
             db.close,
         ]
