@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import asyncpg
-
 from actors.base import Event, Handler, Registry
 from actors.errors import (
     Conflict,
@@ -37,7 +35,7 @@ from storage import bookings as store
 from storage import webhooks as webhook_store
 from storage.bookings import Booking, ListFilter
 from storage.db import Connection, Database
-from storage.errors import sqlstate
+from storage.errors import Deadlock, Overlap
 from storage.users import User
 
 log = logging.getLogger(__name__)
@@ -202,16 +200,6 @@ def request_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_if_match(header: str | None) -> int | None:
-    """`"3"`, `W/"3"` or `3` → 3; `*` or absent → None (no precondition)."""
-    if header is None or header.strip() in {"", "*"}:
-        return None
-    value = header.strip().removeprefix("W/").strip('"')
-    if not (value.isascii() and value.isdigit()) or len(value) > 9:
-        raise PreconditionFailed("If-Match must be an ETag returned by this API")
-    return int(value)
-
-
 class _Reroute(Exception):
     """A personal-path update found a resource booking: it goes to the resource's actor instead."""
 
@@ -346,26 +334,26 @@ class BookingActor:
                 return await self._update_once(msg)
             except _Reroute as reroute:
                 return await self._update_on_resource(msg, reroute.resource_id)
-            except asyncpg.PostgresError as exc:
-                code = sqlstate(exc)
-                if code == "23P01":
-                    async with self.deps.db.connect() as conn:
-                        current = await store.get_booking(conn, msg.booking_id)
-                        start = msg.changes.get("start_time", current.start_time if current else None)
-                        end = msg.changes.get("end_time", current.end_time if current else None)
-                        other = None
-                        if current and start and end:
-                            other = await store.find_overlap(
-                                conn, user_seq=current.user_seq, start=start, end=end, exclude=current.id
-                            )
-                    raise _conflict(other) from None
-                if code == "40P01" and attempt < DEADLOCK_RETRIES - 1:
-                    log.info("deadlock on booking update; retrying")
-                    continue
-                if code == "40P01":
-                    raise Conflict("the booking is contended; retry") from None
-                raise
-        raise Conflict("the booking is contended; retry")  # pragma: no cover
+            except Overlap:
+                raise await self._overlap(msg) from None
+            except Deadlock:
+                if attempt == DEADLOCK_RETRIES - 1:
+                    break
+                log.info("deadlock on booking update; retrying")
+        raise Conflict("the booking is contended; retry")
+
+    async def _overlap(self, msg: UpdateBooking) -> Conflict:
+        """The exclusion constraint refused the update: name the booking in the way, if it is still there."""
+        async with self.deps.db.connect() as conn:
+            current = await store.get_booking(conn, msg.booking_id)
+            start = msg.changes.get("start_time", current.start_time if current else None)
+            end = msg.changes.get("end_time", current.end_time if current else None)
+            other = None
+            if current and start and end:
+                other = await store.find_overlap(
+                    conn, user_seq=current.user_seq, start=start, end=end, exclude=current.id
+                )
+        return _conflict(other)
 
     async def _update_once(self, msg: UpdateBooking) -> dict[str, Any]:
         d = self.deps

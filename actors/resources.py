@@ -24,8 +24,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
-import asyncpg
-
 from actors.availability import Hours, describe, hours_of
 from actors.base import Event, Handler, Registry
 from actors.errors import (
@@ -43,7 +41,7 @@ from storage import bookings as booking_store
 from storage import resources as store
 from storage.bookings import Booking
 from storage.db import Connection
-from storage.errors import sqlstate
+from storage.errors import Deadlock, DuplicateName, Overlap
 from storage.resources import Busy, Resource
 from storage.tables import RESOURCE_OVERLAP_CONSTRAINT
 from storage.users import User
@@ -118,7 +116,7 @@ class ResourceService:
         async with self.deps.db.begin() as conn:
             try:
                 resource = await store.create_resource(conn, dict(values))
-            except asyncpg.UniqueViolationError:
+            except DuplicateName:
                 raise _duplicate(values["name"]) from None
             await booking_store.audit(
                 conn,
@@ -151,7 +149,7 @@ class ResourceService:
                 return current
             try:
                 resource = await store.update_resource(conn, resource_id, values)
-            except asyncpg.UniqueViolationError:
+            except DuplicateName:
                 raise _duplicate(values.get("name", current.name)) from None
             await booking_store.audit(
                 conn,
@@ -322,13 +320,10 @@ class ResourceActor:
         for attempt in range(RETRIES):
             try:
                 return await self._book_once(msg)
-            except asyncpg.PostgresError as exc:
-                if sqlstate(exc) == "40P01" and attempt < RETRIES - 1:
-                    log.info("deadlock on a resource booking; retrying")
-                    continue
-                if sqlstate(exc) == "40P01":
+            except Deadlock:
+                if attempt == RETRIES - 1:
                     raise Conflict("the resource is contended; retry") from None
-                raise
+                log.info("deadlock on a resource booking; retrying")
         raise Conflict("the resource is contended; retry")  # pragma: no cover
 
     async def _book_once(self, msg: BookResource) -> Written:
@@ -514,16 +509,12 @@ class ResourceActor:
                 return await self._change_once(msg)
             except _Stale:
                 continue
-            except asyncpg.PostgresError as exc:
-                code = sqlstate(exc)
-                if code == "23P01":
-                    raise await self._exclusion_conflict(msg, exc) from None
-                if code == "40P01" and attempt < RETRIES - 1:
-                    log.info("deadlock on a resource booking update; retrying")
-                    continue
-                if code == "40P01":
+            except Overlap as exc:
+                raise await self._exclusion_conflict(msg, exc) from None
+            except Deadlock:
+                if attempt == RETRIES - 1:
                     raise Conflict("the booking is contended; retry") from None
-                raise
+                log.info("deadlock on a resource booking update; retrying")
         raise Conflict("the booking is contended; retry")
 
     async def _change_once(self, msg: ChangeResourceBooking) -> Written:
@@ -611,8 +602,8 @@ class ResourceActor:
             summary=summary,
         )
 
-    async def _exclusion_conflict(self, msg: ChangeResourceBooking, exc: BaseException) -> Conflict:
-        """A 23P01 on update: the owner's constraint or the capacity-1 resource's."""
+    async def _exclusion_conflict(self, msg: ChangeResourceBooking, exc: Overlap) -> Conflict:
+        """An overlap on update: the owner's constraint or the capacity-1 resource's."""
         u = msg.update
         async with self.deps.db.connect() as conn:
             current = await booking_store.get_booking(conn, u.booking_id)
@@ -620,7 +611,7 @@ class ResourceActor:
                 return Conflict("the booking overlaps another active booking")
             start = u.changes.get("start_time", current.start_time)
             end = u.changes.get("end_time", current.end_time)
-            if getattr(exc, "constraint_name", None) == RESOURCE_OVERLAP_CONSTRAINT:
+            if exc.constraint == RESOURCE_OVERLAP_CONSTRAINT:
                 target_id = u.changes.get("resource_id", current.resource_id)
                 target = await store.get_resource(conn, target_id) if target_id else None
                 if target is not None:

@@ -23,8 +23,6 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
-
 from actors.base import Event
 from actors.errors import Conflict, FieldError, NotFound, PreconditionFailed, ValidationFailed
 from actors.recurrence import MAX_EXDATES, Rule, expand, instances, parse_rrule
@@ -37,7 +35,7 @@ from storage import series as store
 from storage import webhooks as webhook_store
 from storage.bookings import Booking
 from storage.db import Connection
-from storage.errors import sqlstate
+from storage.errors import Deadlock, Overlap
 from storage.resources import Resource
 from storage.series import Occurrence, Series
 
@@ -246,9 +244,9 @@ class SeriesWriter:
                 return await self._create_once(msg, fields, rule, zone_name, policy, recurrence, now)
             except _Raced:
                 log.info("a series lost a slot to a concurrent writer; deciding again")
-            except asyncpg.PostgresError as exc:
-                if sqlstate(exc) != "40P01" or attempt == RETRIES - 1:
-                    raise
+            except Deadlock:
+                if attempt == RETRIES - 1:
+                    break
         raise Conflict("the series' slots are contended; retry")
 
     async def _create_once(
@@ -411,15 +409,14 @@ class SeriesWriter:
         for attempt in range(RETRIES):
             try:
                 return await self._change_once(msg)
-            except asyncpg.PostgresError as exc:
-                code = sqlstate(exc)
-                if code == "23P01":
-                    raise Conflict(
-                        "an occurrence would overlap another active booking (yours, or the resource's)"
-                    ) from None
-                if code != "40P01" or attempt == RETRIES - 1:
-                    raise
-        raise Conflict("the series is contended; retry")  # pragma: no cover
+            except Overlap:
+                raise Conflict(
+                    "an occurrence would overlap another active booking (yours, or the resource's)"
+                ) from None
+            except Deadlock:
+                if attempt == RETRIES - 1:
+                    break
+        raise Conflict("the series is contended; retry")
 
     async def _locked(
         self, conn: Connection, booking_id: uuid.UUID, if_match: int | None
@@ -609,9 +606,10 @@ class SeriesWriter:
             try:
                 await self._delete_once(msg)
                 return
-            except asyncpg.PostgresError as exc:
-                if sqlstate(exc) != "40P01" or attempt == RETRIES - 1:
-                    raise
+            except Deadlock:
+                if attempt == RETRIES - 1:
+                    break
+        raise Conflict("the series is contended; retry")
 
     async def _delete_once(self, msg: DeleteSeries) -> None:
         d = self.deps
