@@ -7,8 +7,6 @@ that order, one message at a time. Reads go straight to storage.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,12 +19,11 @@ from actors.errors import (
     Conflict,
     FieldError,
     Forbidden,
-    IdempotencyMismatch,
     NotFound,
     PreconditionFailed,
-    Unavailable,
     ValidationFailed,
 )
+from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
 from actors.series import ChangeSeries, CreateSeries, DeleteSeries, SeriesWriter, SeriesWritten, touch_for
 from actors.views import booking_view
@@ -154,20 +151,40 @@ async def record_update(
     changes: dict[str, Any],
 ) -> list[uuid.UUID]:
     """In the update's transaction: its audit row and its webhook messages (their ids, to hand off)."""
+    return await _record(d, conn, actor_id, "update", before, after, update_event(changes))
+
+
+async def record_delete(
+    d: Deps, conn: Connection, *, actor_id: uuid.UUID, booking: Booking
+) -> list[uuid.UUID]:
+    """In the delete's transaction: its audit row and its webhook message (their ids, to hand off)."""
+    return await _record(d, conn, actor_id, "delete", booking, None, BOOKING_DELETED)
+
+
+async def _record(
+    d: Deps,
+    conn: Connection,
+    actor_id: uuid.UUID,
+    action: str,
+    before: Booking,
+    after: Booking | None,
+    event_type: str,
+) -> list[uuid.UUID]:
     await store.audit(
         conn,
         actor_id=actor_id,
-        action="update",
-        entity_id=after.id,
+        action=action,
+        entity_id=before.id,
         before=before.snapshot(),
-        after=after.snapshot(),
+        after=after.snapshot() if after else None,
     )
+    last = after or before
     return await webhook_store.enqueue(
         conn,
-        event_type=update_event(changes),
-        user_id=after.user_id,
-        booking_id=after.id,
-        payload={"booking": after.snapshot()},
+        event_type=event_type,
+        user_id=last.user_id,
+        booking_id=last.id,
+        payload={"booking": last.snapshot()},
         handed_off=d.webhooks is not None,
     )
 
@@ -187,17 +204,6 @@ def check_times(rules: Rules, *, start: datetime, end: datetime, now: datetime, 
         errors.append(FieldError("endTime", f"booking may last at most {rules.max_duration.days} days"))
     if errors:
         raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
-
-
-def request_hash(fields: Mapping[str, Any]) -> str:
-    """The body's fingerprint for Idempotency-Key: the same instants in other offsets are the same body."""
-    canonical = json.dumps(
-        {k: (v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()},
-        separators=(",", ":"),
-        sort_keys=True,
-        default=str,  # a resourceId (UUID)
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class _Reroute(Exception):
@@ -253,10 +259,9 @@ class BookingActor:
         else:
             digest = request_hash(msg.fields)
             async with d.db.begin() as conn:
-                if not await store.claim_idempotency_key(
-                    conn, user_id=self.owner_id, key=msg.idempotency_key, request_hash=digest
-                ):
-                    return await self._replay(conn, msg.idempotency_key, digest)
+                first = await claim(conn, owner_id=self.owner_id, key=msg.idempotency_key, digest=digest)
+                if first is not None:
+                    return Created(first, replayed=True)
                 self._check_new(fields)
                 booking, plan, queued = await self._insert(conn, booking_id, fields, msg)
                 view = booking_view(booking)
@@ -317,14 +322,6 @@ class BookingActor:
             )
         booking, queued = created
         return booking, plan, queued
-
-    async def _replay(self, conn: Connection, key: str, digest: str) -> Created:
-        stored = await store.get_idempotent(conn, user_id=self.owner_id, key=key)
-        if stored is None:  # purged between our claim and our read
-            raise Unavailable("idempotency key is being processed; retry")
-        if stored.request_hash != digest:
-            raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-        return Created(stored.response, replayed=True)
 
     async def update(self, msg: UpdateBooking) -> dict[str, Any]:
         if msg.resource_id is not None and self.deps.resources is not None:
@@ -422,22 +419,7 @@ class BookingActor:
             if msg.if_match is not None and msg.if_match != current.version:
                 raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
             await store.delete_booking(conn, current.id)
-            await store.audit(
-                conn,
-                actor_id=msg.actor_id,
-                action="delete",
-                entity_id=current.id,
-                before=current.snapshot(),
-                after=None,
-            )
-            queued = await webhook_store.enqueue(
-                conn,
-                event_type=BOOKING_DELETED,
-                user_id=current.user_id,
-                booking_id=current.id,
-                payload={"booking": current.snapshot()},
-                handed_off=d.webhooks is not None,
-            )
+            queued = await record_delete(d, conn, actor_id=msg.actor_id, booking=current)
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, None, booking_id=current.id)
             summary = await touch_for(conn, current)

@@ -34,6 +34,7 @@ from actors.errors import (
     PreconditionFailed,
     ValidationFailed,
 )
+from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
 from actors.views import booking_view, iso
 from actors.zones import check_zone
@@ -327,7 +328,7 @@ class ResourceActor:
         raise Conflict("the resource is contended; retry")  # pragma: no cover
 
     async def _book_once(self, msg: BookResource) -> Written:
-        from actors.bookings import Created, check_times, request_hash
+        from actors.bookings import Created, check_times
 
         d = self.deps
         c = msg.create
@@ -365,11 +366,9 @@ class ResourceActor:
         async with d.db.begin() as conn:
             if c.idempotency_key is not None:
                 digest = request_hash(c.fields)
-                if not await booking_store.claim_idempotency_key(
-                    conn, user_id=msg.owner_id, key=c.idempotency_key, request_hash=digest
-                ):
-                    created = await _replay(conn, msg.owner_id, c.idempotency_key, digest)
-                    return Written(created.booking, None, created)
+                first = await claim(conn, owner_id=msg.owner_id, key=c.idempotency_key, digest=digest)
+                if first is not None:
+                    return Written(first, None, Created(first, replayed=True))
             # With an Idempotency-Key the key is claimed first, in a transaction: the resource's row
             # lock serializes its writers across processes; the count in the next statement sees every
             # booking the previous holder committed.
@@ -676,18 +675,6 @@ def busy_events(
         (rid, deps.make_event(BUSY_CHANGED, {"resourceId": str(rid), "start": iso(lo), "end": iso(hi)}))
         for rid, (lo, hi) in ranges.items()
     )
-
-
-async def _replay(conn: Connection, owner_id: uuid.UUID, key: str, digest: str) -> Created:
-    from actors.bookings import Created
-    from actors.errors import IdempotencyMismatch, Unavailable
-
-    stored = await booking_store.get_idempotent(conn, user_id=owner_id, key=key)
-    if stored is None:
-        raise Unavailable("idempotency key is being processed; retry")
-    if stored.request_hash != digest:
-        raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-    return Created(stored.response, replayed=True)
 
 
 # --- what the owner's actor calls ---------------------------------------------------------------------

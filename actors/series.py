@@ -25,14 +25,13 @@ from zoneinfo import ZoneInfo
 
 from actors.base import Event
 from actors.errors import Conflict, FieldError, NotFound, PreconditionFailed, ValidationFailed
+from actors.idempotency import claim, request_hash
 from actors.recurrence import MAX_EXDATES, Rule, expand, instances, parse_rrule
 from actors.reminders import Plan
 from actors.views import booking_view, iso
-from actors.webhook_rules import BOOKING_DELETED
 from storage import bookings as booking_store
 from storage import resources as resource_store
 from storage import series as store
-from storage import webhooks as webhook_store
 from storage.bookings import Booking
 from storage.db import Connection
 from storage.errors import Deadlock, Overlap
@@ -259,7 +258,6 @@ class SeriesWriter:
         recurrence: Mapping[str, Any],
         now: datetime,
     ) -> SeriesWritten:
-        from actors.bookings import request_hash
         from actors.resources import _check_window, _retired, _unknown_resource, check_hours
 
         d = self.deps
@@ -269,10 +267,9 @@ class SeriesWriter:
         async with d.db.begin() as conn:
             if msg.idempotency_key is not None:
                 digest = request_hash({**msg.fields, "recurrence": repr(sorted(recurrence.items()))})
-                if not await booking_store.claim_idempotency_key(
-                    conn, user_id=self.owner_id, key=msg.idempotency_key, request_hash=digest
-                ):
-                    return await self._replay(conn, msg.idempotency_key, digest)
+                first = await claim(conn, owner_id=self.owner_id, key=msg.idempotency_key, digest=digest)
+                if first is not None:
+                    return SeriesWritten(first, replayed=True)
             resource: Resource | None = None
             horizon = now + d.rules.max_advance
             if resource_id is not None:
@@ -388,16 +385,6 @@ class SeriesWriter:
             for j, ids in full.items():
                 found.setdefault(free[j], []).extend(ids)
         return found
-
-    async def _replay(self, conn: Connection, key: str, digest: str) -> SeriesWritten:
-        from actors.errors import IdempotencyMismatch, Unavailable
-
-        stored = await booking_store.get_idempotent(conn, user_id=self.owner_id, key=key)
-        if stored is None:
-            raise Unavailable("idempotency key is being processed; retry")
-        if stored.request_hash != digest:
-            raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-        return SeriesWritten(stored.response, replayed=True)
 
     # --- change following / all ------------------------------------------------------------------
 
@@ -612,6 +599,8 @@ class SeriesWriter:
         raise Conflict("the series is contended; retry")
 
     async def _delete_once(self, msg: DeleteSeries) -> None:
+        from actors.bookings import record_delete
+
         d = self.deps
         out = _Outcome()
         async with d.db.begin() as conn:
@@ -622,22 +611,7 @@ class SeriesWriter:
             gone = rows if whole else [b for b in rows if b.occurrence_start and b.occurrence_start >= pivot]
             for b in gone:
                 await booking_store.delete_booking(conn, b.id)
-                await booking_store.audit(
-                    conn,
-                    actor_id=msg.actor_id,
-                    action="delete",
-                    entity_id=b.id,
-                    before=b.snapshot(),
-                    after=None,
-                )
-                out.queued += await webhook_store.enqueue(
-                    conn,
-                    event_type=BOOKING_DELETED,
-                    user_id=b.user_id,
-                    booking_id=b.id,
-                    payload={"booking": b.snapshot()},
-                    handed_off=d.webhooks is not None,
-                )
+                out.queued += await record_delete(d, conn, actor_id=msg.actor_id, booking=b)
                 if d.reminders:
                     plan = await d.reminders.in_transaction(conn, None, booking_id=b.id)
                     if plan is not None:
