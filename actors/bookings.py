@@ -20,11 +20,11 @@ from actors.errors import (
     FieldError,
     Forbidden,
     NotFound,
-    PreconditionFailed,
     ValidationFailed,
 )
 from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
+from actors.rules import check_status_change, check_version
 from actors.series import ChangeSeries, CreateSeries, DeleteSeries, SeriesWriter, SeriesWritten, touch_for
 from actors.views import booking_view
 from actors.webhook_rules import BOOKING_DELETED, update_event
@@ -37,12 +37,6 @@ from storage.users import User
 
 log = logging.getLogger(__name__)
 
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "scheduled": frozenset({"in-progress", "completed", "cancelled"}),
-    "in-progress": frozenset({"completed", "cancelled"}),
-    "completed": frozenset(),
-    "cancelled": frozenset(),
-}
 EDITABLE = ("title", "description", "location", "notes", "start_time", "end_time", "reminder_minutes_before")
 DEADLOCK_RETRIES = 3
 
@@ -362,17 +356,13 @@ class BookingActor:
                 raise NotFound("booking not found")
             if current.resource_id is not None and self.deps.resources is not None:
                 raise _Reroute(current.resource_id)  # leaves the transaction: no lock held on the way
-            if msg.if_match is not None and msg.if_match != current.version:
-                raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
+            check_version("booking", current.version, msg.if_match)
             changes = {k: v for k, v in msg.changes.items() if getattr(current, k) != v}
             if not changes:
                 return booking_view(current)
             new_status = changes.get("status")
             edits = {k for k in changes if k in EDITABLE}
-            if current.status in ("completed", "cancelled"):
-                raise Conflict(f"a {current.status} booking cannot be changed")
-            if new_status is not None and new_status not in TRANSITIONS[current.status]:
-                raise Conflict(f"status cannot go from {current.status} to {new_status}")
+            check_status_change(current.status, new_status)
             if edits & {"start_time", "end_time"}:
                 check_times(
                     d.rules,
@@ -416,8 +406,7 @@ class BookingActor:
             current = await store.get_booking(conn, msg.booking_id, for_update=True)
             if current is None or current.user_id != self.owner_id:
                 raise NotFound("booking not found")
-            if msg.if_match is not None and msg.if_match != current.version:
-                raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
+            check_version("booking", current.version, msg.if_match)
             await store.delete_booking(conn, current.id)
             queued = await record_delete(d, conn, actor_id=msg.actor_id, booking=current)
             if d.reminders:

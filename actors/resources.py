@@ -31,11 +31,11 @@ from actors.errors import (
     FieldError,
     Forbidden,
     NotFound,
-    PreconditionFailed,
     ValidationFailed,
 )
 from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
+from actors.rules import check_status_change, check_version
 from actors.views import booking_view, iso
 from actors.zones import check_zone
 from storage import bookings as booking_store
@@ -143,8 +143,7 @@ class ResourceService:
             current = await store.get_resource(conn, resource_id, for_update=True)
             if current is None:
                 raise NotFound("resource not found")
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(f"resource is at version {current.version}, not {if_match}")
+            check_version("resource", current.version, if_match)
             values = {k: v for k, v in changes.items() if getattr(current, k) != v}
             if not values:
                 return current
@@ -517,7 +516,7 @@ class ResourceActor:
         raise Conflict("the booking is contended; retry")
 
     async def _change_once(self, msg: ChangeResourceBooking) -> Written:
-        from actors.bookings import EDITABLE, TRANSITIONS, check_times, record_update
+        from actors.bookings import EDITABLE, check_times, record_update
         from actors.series import touch_for
 
         d = self.deps
@@ -534,16 +533,12 @@ class ResourceActor:
                 raise NotFound("booking not found")
             if current.resource_id is not None and current.resource_id not in locked:
                 raise _Stale
-            if u.if_match is not None and u.if_match != current.version:
-                raise PreconditionFailed(f"booking is at version {current.version}, not {u.if_match}")
+            check_version("booking", current.version, u.if_match)
             changes = {k: v for k, v in u.changes.items() if getattr(current, k) != v}
             if not changes:
                 return Written(booking_view(current), None, changed=False)
             new_status = changes.get("status")
-            if current.status in ("completed", "cancelled"):
-                raise Conflict(f"a {current.status} booking cannot be changed")
-            if new_status is not None and new_status not in TRANSITIONS[current.status]:
-                raise Conflict(f"status cannot go from {current.status} to {new_status}")
+            check_status_change(current.status, new_status)
             start = changes.get("start_time", current.start_time)
             end = changes.get("end_time", current.end_time)
             now = d.clock()

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from actors.base import Event
-from actors.errors import Conflict, FieldError, NotFound, PreconditionFailed, ValidationFailed
+from actors.errors import Conflict, FieldError, NotFound, ValidationFailed
 from actors.idempotency import claim, request_hash
 from actors.recurrence import MAX_EXDATES, Rule, expand, instances, parse_rrule
 from actors.reminders import Plan
+from actors.rules import check_version
 from actors.views import booking_view, iso
 from storage import bookings as booking_store
 from storage import resources as resource_store
@@ -426,8 +427,7 @@ class SeriesWriter:
         target = next((b for b in rows if b.id == booking_id), None)
         if series is None or target is None:
             raise NotFound("booking not found")
-        if if_match is not None and if_match != series.version:
-            raise PreconditionFailed(f"series is at version {series.version}, not {if_match}")
+        check_version("series", series.version, if_match)
         return target, series, rows, resource
 
     async def _change_once(self, msg: ChangeSeries) -> dict[str, Any]:
