@@ -9,20 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from actors import errors as e
 from actors.base import Busy
-from actors.errors import (
-    Conflict,
-    DomainError,
-    FieldError,
-    Forbidden,
-    IdempotencyMismatch,
-    NotFound,
-    PreconditionFailed,
-    RateLimited,
-    Unauthorized,
-    Unavailable,
-    ValidationFailed,
-)
 from actors.idempotency import request_hash
 from actors.rules import TRANSITIONS, check_status_change, check_version
 from handlers.preconditions import IDEMPOTENCY_KEY, idempotency_key, parse_if_match
@@ -43,7 +31,7 @@ def test_if_match_gives_the_version_or_no_precondition(header: str | None, versi
 
 @pytest.mark.parametrize("header", ['"abc"', '"-1"', '"1.5"', '"1234567890"', '"\uff13"', 'W/""'])
 def test_if_match_refuses_what_this_api_never_sent(header: str) -> None:
-    with pytest.raises(PreconditionFailed, match="If-Match must be an ETag"):
+    with pytest.raises(e.PreconditionFailed, match="If-Match must be an ETag"):
         parse_if_match(header)
 
 
@@ -58,9 +46,9 @@ def test_an_idempotency_key_is_visible_ascii(key: str) -> None:
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "with space", "tab\t", "é"])
 def test_an_idempotency_key_outside_the_rule_is_a_field_error(key: str) -> None:
-    with pytest.raises(ValidationFailed) as refused:
+    with pytest.raises(e.ValidationFailed) as refused:
         idempotency_key(key)
-    assert refused.value.errors == [FieldError("Idempotency-Key", "1-255 visible ASCII characters")]
+    assert refused.value.errors == [e.FieldError("Idempotency-Key", "1-255 visible ASCII characters")]
     assert not IDEMPOTENCY_KEY.match(key)
 
 
@@ -90,13 +78,13 @@ def test_status_moves_only_along_the_transitions(current: str, allowed: frozense
         if new in allowed:
             check_status_change(current, new)
         else:
-            with pytest.raises(Conflict):
+            with pytest.raises(e.Conflict):
                 check_status_change(current, new)
 
 
 def test_a_final_booking_refuses_any_change() -> None:
     for final in ("completed", "cancelled"):
-        with pytest.raises(Conflict, match=f"a {final} booking cannot be changed"):
+        with pytest.raises(e.Conflict, match=f"a {final} booking cannot be changed"):
             check_status_change(final, None)
     check_status_change("scheduled", None)
     check_status_change("in-progress", None)
@@ -105,7 +93,7 @@ def test_a_final_booking_refuses_any_change() -> None:
 def test_the_expected_version_must_be_the_current_one() -> None:
     check_version("booking", 3, None)
     check_version("booking", 3, 3)
-    with pytest.raises(PreconditionFailed, match="booking is at version 3, not 2"):
+    with pytest.raises(e.PreconditionFailed, match="booking is at version 3, not 2"):
         check_version("booking", 3, 2)
 
 
@@ -115,21 +103,21 @@ def test_the_expected_version_must_be_the_current_one() -> None:
 @pytest.mark.parametrize(
     ("error", "status", "slug"),
     [
-        (DomainError("x"), 400, "bad-request"),
-        (ValidationFailed("x"), 400, "validation-error"),
-        (Unauthorized("x"), 401, "unauthorized"),
-        (Forbidden("x"), 403, "forbidden"),
-        (NotFound("x"), 404, "not-found"),
-        (Conflict("x"), 409, "conflict"),
-        (PreconditionFailed("x"), 412, "precondition-failed"),
-        (IdempotencyMismatch("x"), 422, "idempotency-key-reuse"),
-        (RateLimited("x", retry_after=2), 429, "rate-limited"),
+        (e.DomainError("x"), 400, "bad-request"),
+        (e.ValidationFailed("x"), 400, "validation-error"),
+        (e.Unauthorized("x"), 401, "unauthorized"),
+        (e.Forbidden("x"), 403, "forbidden"),
+        (e.NotFound("x"), 404, "not-found"),
+        (e.Conflict("x"), 409, "conflict"),
+        (e.PreconditionFailed("x"), 412, "precondition-failed"),
+        (e.IdempotencyMismatch("x"), 422, "idempotency-key-reuse"),
+        (e.RateLimited("x", retry_after=2), 429, "rate-limited"),
         (Busy(), 429, "rate-limited"),  # a subclass answers as its base
-        (Unavailable("x"), 503, "unavailable"),
+        (e.Unavailable("x"), 503, "unavailable"),
     ],
 )
 def test_rest_and_websocket_answer_an_error_with_the_same_status(
-    error: DomainError, status: int, slug: str
+    error: e.DomainError, status: int, slug: str
 ) -> None:
     assert (kind_of(error).status, kind_of(error).slug) == (status, slug)
     response = from_domain(error, "req-1")
@@ -140,31 +128,31 @@ def test_rest_and_websocket_answer_an_error_with_the_same_status(
 
 
 def test_field_errors_and_extras_travel_in_both_answers() -> None:
-    refused = ValidationFailed(
-        "startTime must be in the future", [FieldError("startTime", "must be in the future")]
+    refused = e.ValidationFailed(
+        "startTime must be in the future", [e.FieldError("startTime", "must be in the future")]
     )
     assert details(refused) == {"errors": [{"field": "startTime", "message": "must be in the future"}]}
     assert domain_error(refused, None)["data"]["errors"] == [
         {"field": "startTime", "message": "must be in the future"}
     ]
-    assert "errors" not in domain_error(ValidationFailed("bad"), None)["data"]  # none to list: left out
-    assert details(ValidationFailed("bad")) == {"errors": []}  # problem+json always lists them
-    overlap = Conflict("overlaps", conflictingId="b1")
+    assert "errors" not in domain_error(e.ValidationFailed("bad"), None)["data"]  # none to list: left out
+    assert details(e.ValidationFailed("bad")) == {"errors": []}  # problem+json always lists them
+    overlap = e.Conflict("overlaps", conflictingId="b1")
     assert domain_error(overlap, None)["data"]["conflictingId"] == "b1"
 
 
 def test_rest_headers_follow_the_kind() -> None:
-    assert from_domain(RateLimited("slow", retry_after=7), "r").headers["Retry-After"] == "7"
-    assert from_domain(Unavailable("down"), "r").headers["Retry-After"] == "1"
-    assert from_domain(Unauthorized("who"), "r").headers["WWW-Authenticate"] == "Bearer"
-    assert "Retry-After" not in from_domain(Conflict("no"), "r").headers
+    assert from_domain(e.RateLimited("slow", retry_after=7), "r").headers["Retry-After"] == "7"
+    assert from_domain(e.Unavailable("down"), "r").headers["Retry-After"] == "1"
+    assert from_domain(e.Unauthorized("who"), "r").headers["WWW-Authenticate"] == "Bearer"
+    assert "Retry-After" not in from_domain(e.Conflict("no"), "r").headers
 
 
 def test_a_dependency_down_is_unavailable_and_anything_else_a_500() -> None:
     mapped = as_domain_error(ConnectionRefusedError())
-    assert isinstance(mapped, Unavailable)
+    assert isinstance(mapped, e.Unavailable)
     assert mapped.detail == "a backing service is unavailable; retry shortly"
-    own = NotFound("gone")
+    own = e.NotFound("gone")
     assert as_domain_error(own) is own
     assert as_domain_error(ValueError("bug")) is None
 
