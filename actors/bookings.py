@@ -11,10 +11,22 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from actors.base import Event, Handler, Registry
+from actors.domain.messages import (
+    ChangeSeries,
+    CreateBooking,
+    Created,
+    CreateSeries,
+    DeleteBooking,
+    DeleteSeries,
+    SeriesWritten,
+    UpdateBooking,
+)
+from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
+from actors.domain.rules import Rules as Rules  # server/app.py builds Deps with it
 from actors.errors import (
     Conflict,
     FieldError,
@@ -24,8 +36,7 @@ from actors.errors import (
 )
 from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
-from actors.rules import check_status_change, check_version
-from actors.series import ChangeSeries, CreateSeries, DeleteSeries, SeriesWriter, SeriesWritten, touch_for
+from actors.series import SeriesWriter, touch_for
 from actors.views import booking_view
 from actors.webhook_rules import BOOKING_DELETED, update_event
 from storage import bookings as store
@@ -37,42 +48,7 @@ from storage.users import User
 
 log = logging.getLogger(__name__)
 
-EDITABLE = ("title", "description", "location", "notes", "start_time", "end_time", "reminder_minutes_before")
 DEADLOCK_RETRIES = 3
-
-
-# --- messages ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CreateBooking:
-    actor_id: uuid.UUID
-    owner_seq: int
-    fields: Mapping[str, Any]
-    idempotency_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateBooking:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID
-    changes: Mapping[str, Any]
-    if_match: int | None = None
-    # The resource whose actor writes this change (the booking's, or the one it moves to); None: personal.
-    resource_id: uuid.UUID | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteBooking:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID
-    if_match: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    booking: dict[str, Any]
-    replayed: bool = False
 
 
 # --- collaborators ----------------------------------------------------------------------------------
@@ -113,13 +89,6 @@ class ReminderHook(Protocol):
     ) -> Plan | None: ...
 
     async def after_commit(self, plan: Plan) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    max_duration: timedelta = timedelta(days=7)
-    max_advance: timedelta = timedelta(days=730)
-    default_reminder_minutes: int = 10
 
 
 @dataclass
@@ -181,23 +150,6 @@ async def _record(
         payload={"booking": last.snapshot()},
         handed_off=d.webhooks is not None,
     )
-
-
-# --- rules ------------------------------------------------------------------------------------------
-
-
-def check_times(rules: Rules, *, start: datetime, end: datetime, now: datetime, start_changed: bool) -> None:
-    errors: list[FieldError] = []
-    if start_changed and start <= now:
-        errors.append(FieldError("startTime", "must be in the future"))
-    if start_changed and start - now > rules.max_advance:
-        errors.append(FieldError("startTime", f"must be within {rules.max_advance.days} days from now"))
-    if end <= start:
-        errors.append(FieldError("endTime", "must be after startTime"))
-    elif end - start > rules.max_duration:
-        errors.append(FieldError("endTime", f"booking may last at most {rules.max_duration.days} days"))
-    if errors:
-        raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
 
 
 class _Reroute(Exception):
@@ -499,7 +451,7 @@ class BookingService:
         return result
 
     async def get_series(self, actor: User, series_id: uuid.UUID) -> dict[str, Any]:
-        from actors.series import series_view
+        from actors.domain.series import series_view
         from storage import series as series_store
 
         async with self.deps.db.connect() as conn:

@@ -26,6 +26,8 @@ from zoneinfo import ZoneInfo
 
 from actors.availability import Hours, describe, hours_of
 from actors.base import Event, Handler, Registry
+from actors.domain.messages import CreateBooking, Created, UpdateBooking
+from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
 from actors.errors import (
     Conflict,
     FieldError,
@@ -35,7 +37,6 @@ from actors.errors import (
 )
 from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
-from actors.rules import check_status_change, check_version
 from actors.views import booking_view, iso
 from actors.zones import check_zone
 from storage import bookings as booking_store
@@ -48,7 +49,7 @@ from storage.tables import RESOURCE_OVERLAP_CONSTRAINT
 from storage.users import User
 
 if TYPE_CHECKING:
-    from actors.bookings import CreateBooking, Created, Deps, UpdateBooking
+    from actors.bookings import Deps
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,6 @@ class ResourceActor:
         raise Conflict("the resource is contended; retry")  # pragma: no cover
 
     async def _book_once(self, msg: BookResource) -> Written:
-        from actors.bookings import Created, check_times
 
         d = self.deps
         c = msg.create
@@ -516,7 +516,7 @@ class ResourceActor:
         raise Conflict("the booking is contended; retry")
 
     async def _change_once(self, msg: ChangeResourceBooking) -> Written:
-        from actors.bookings import EDITABLE, check_times, record_update
+        from actors.bookings import record_update
         from actors.series import touch_for
 
         d = self.deps

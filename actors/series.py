@@ -19,16 +19,24 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from actors.base import Event
-from actors.errors import Conflict, FieldError, NotFound, ValidationFailed
+from actors.domain.messages import ChangeSeries, CreateSeries, DeleteSeries, SeriesWritten
+from actors.domain.rules import check_times, check_version
+from actors.domain.series import (
+    SERIES_EDITABLE,
+    TEMPLATE,
+    capacity_conflicts,
+    field_error,
+    plan_occurrences,
+    series_view,
+)
+from actors.errors import Conflict, NotFound
 from actors.idempotency import claim, request_hash
-from actors.recurrence import MAX_EXDATES, Rule, expand, instances, parse_rrule
+from actors.recurrence import Rule, instances, parse_rrule
 from actors.reminders import Plan
-from actors.rules import check_version
 from actors.views import booking_view, iso
 from storage import bookings as booking_store
 from storage import resources as resource_store
@@ -45,49 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRIES = 3
-SCOPES = ("this", "following", "all")
-POLICIES = ("reject", "skip")
-# What a change with scope=following|all may carry: the template's fields, the time of day and length.
-SERIES_EDITABLE = frozenset(
-    {"title", "description", "location", "notes", "reminder_minutes_before", "attendees", "status"}
-    | {"start_time", "end_time"}
-)
-TEMPLATE = ("title", "description", "location", "notes", "reminder_minutes_before")
-
-
-# --- messages ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CreateSeries:
-    actor_id: uuid.UUID
-    owner_seq: int
-    fields: Mapping[str, Any]  # the booking fields of the first occurrence, with `recurrence`
-    default_zone: str  # the owner's own zone, when the recurrence names none
-    idempotency_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeSeries:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID  # the occurrence the change was asked on
-    changes: Mapping[str, Any]
-    scope: str  # following | all
-    if_match: int | None = None  # the series' version
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteSeries:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID
-    scope: str  # following | all
-    if_match: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesWritten:
-    view: dict[str, Any]
-    replayed: bool = False
 
 
 @dataclass
@@ -111,102 +76,6 @@ class _Raced(Exception):
     """The occurrence statement wrote fewer rows than decided: decide again."""
 
 
-# --- views ------------------------------------------------------------------------------------------
-
-
-def series_view(s: Series, occurrences: Sequence[Booking]) -> dict[str, Any]:
-    return {
-        "id": str(s.id),
-        "userId": str(s.user_id),
-        "resourceId": str(s.resource_id) if s.resource_id else None,
-        "rrule": s.rrule,
-        "timeZone": s.time_zone,
-        "startTime": iso(s.dtstart),
-        "endTime": iso(s.dtstart + timedelta(seconds=s.duration_seconds)),
-        "exdates": s.exdates,
-        "title": s.title,
-        "description": s.description,
-        "location": s.location,
-        "notes": s.notes,
-        "reminderMinutesBefore": s.reminder_minutes_before,
-        "version": s.version,
-        "createdAt": iso(s.created_at),
-        "updatedAt": iso(s.updated_at),
-        "occurrences": [booking_view(b) for b in occurrences],
-    }
-
-
-def _field(name: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{name} {message}", [FieldError(name, message)])
-
-
-# --- pure rules ---------------------------------------------------------------------------------------
-
-
-def plan_occurrences(
-    rule: Rule,
-    zone: ZoneInfo,
-    *,
-    start: datetime,
-    end: datetime,
-    exdates: Sequence[datetime],
-    horizon: datetime,
-) -> list[tuple[datetime, datetime]]:
-    """The (start, end) of each occurrence to book: the rule's instances from `start`, less `exdates`.
-    400 when `start` is not the rule's first instance, an exdate is not an instance, nothing is left, or
-    the occurrences would overlap one another."""
-    found = expand(rule, zone, start, horizon=horizon)
-    if found[0] != start.astimezone(UTC):
-        local = found[0].astimezone(zone)
-        raise _field(
-            "startTime",
-            f"must be the rule's first occurrence (the rule's first from startTime is {local.isoformat()})",
-        )
-    if len(exdates) > MAX_EXDATES:
-        raise _field("recurrence.exdates", f"may list at most {MAX_EXDATES} dates")
-    known = set(found)
-    skip: set[datetime] = set()
-    for i, ex in enumerate(exdates):
-        instant = ex.astimezone(UTC)
-        if instant not in known:
-            raise _field(
-                f"recurrence.exdates[{i}]", "is not an occurrence of the rule (match its start time)"
-            )
-        skip.add(instant)
-    duration = end - start
-    kept = [s for s in found if s not in skip]
-    if not kept:
-        raise _field("recurrence.exdates", "exclude every occurrence: nothing would be booked")
-    for a, b in pairwise(found):
-        if b - a < duration:
-            raise _field("endTime", "the occurrences would overlap one another (longer than their spacing)")
-    return [(s, s + duration) for s in kept]
-
-
-def capacity_conflicts(
-    capacity: int,
-    existing: Sequence[tuple[uuid.UUID, datetime, datetime]],
-    wanted: Sequence[tuple[datetime, datetime]],
-) -> dict[int, list[uuid.UUID]]:
-    """For each wanted busy range that would overfill the resource (its existing active busy ranges plus
-    the earlier wanted ones that fit): the bookings that fill it at the first full instant. The maximum
-    overlap of half-open ranges over [s, e) is reached at s or at another range's start inside it."""
-    accepted: list[tuple[uuid.UUID | None, datetime, datetime]] = []
-    out: dict[int, list[uuid.UUID]] = {}
-    for i, (s, e) in enumerate(wanted):
-        others: list[tuple[uuid.UUID | None, datetime, datetime]] = [
-            (bid, bs, be) for bid, bs, be in existing if bs < e and be > s
-        ]
-        others += [(None, bs, be) for _, bs, be in accepted if bs < e and be > s]
-        points = sorted({s, *(bs for _, bs, _ in others if s < bs < e)})
-        full = next((p for p in points if sum(1 for _, bs, be in others if bs <= p < be) >= capacity), None)
-        if full is None:
-            accepted.append((None, s, e))
-        else:
-            out[i] = [bid for bid, bs, be in others if bid is not None and bs <= full < be]
-    return out
-
-
 def _busy(resource: Resource | None, s: datetime, e: datetime) -> tuple[datetime | None, datetime | None]:
     if resource is None:
         return None, None
@@ -227,8 +96,6 @@ class SeriesWriter:
     # --- create -------------------------------------------------------------------------------
 
     async def create(self, msg: CreateSeries) -> SeriesWritten:
-        from actors.bookings import check_times
-
         d = self.deps
         fields = dict(msg.fields)
         recurrence = fields.pop("recurrence")
@@ -393,7 +260,9 @@ class SeriesWriter:
         unknown = set(msg.changes) - SERIES_EDITABLE
         if unknown:
             names = ", ".join(sorted(unknown))
-            raise _field("scope", f"{msg.scope} cannot change {names}; change one occurrence with scope=this")
+            raise field_error(
+                "scope", f"{msg.scope} cannot change {names}; change one occurrence with scope=this"
+            )
         for attempt in range(RETRIES):
             try:
                 return await self._change_once(msg)
@@ -415,7 +284,7 @@ class SeriesWriter:
         if target is None or target.user_id != self.owner_id:
             raise NotFound("booking not found")
         if target.series_id is None:
-            raise _field("scope", "applies to occurrences of a series; this booking is not one")
+            raise field_error("scope", "applies to occurrences of a series; this booking is not one")
         peek = await store.get_series(conn, target.series_id)
         if peek is None:  # pragma: no cover  (the foreign key cascades)
             raise NotFound("series not found")
@@ -431,7 +300,7 @@ class SeriesWriter:
         return target, series, rows, resource
 
     async def _change_once(self, msg: ChangeSeries) -> dict[str, Any]:
-        from actors.bookings import check_times, record_update
+        from actors.bookings import record_update
         from actors.resources import _full, check_hours
 
         d = self.deps
@@ -467,13 +336,13 @@ class SeriesWriter:
                 new_start = changes.get("start_time", target.start_time)
                 new_end = changes.get("end_time", target.end_time)
                 if new_start.astimezone(zone).date() != target.start_time.astimezone(zone).date():
-                    raise _field(
+                    raise field_error(
                         "startTime",
                         "with scope=following|all the time of day may change, not the date (scope=this moves "
                         "one occurrence to another day)",
                     )
                 if new_end <= new_start:
-                    raise _field("endTime", "must be after startTime")
+                    raise field_error("endTime", "must be after startTime")
                 new_time = (new_start, new_end - new_start)
                 local = new_start.astimezone(zone)
                 dt_local = series.dtstart.astimezone(zone)
@@ -516,7 +385,7 @@ class SeriesWriter:
                 if not values:
                     continue
                 if values.get("status") not in (None, "in-progress", "completed", "cancelled"):
-                    raise _field("status", "not a status a scheduled occurrence can take")
+                    raise field_error("status", "not a status a scheduled occurrence can take")
                 after = await booking_store.update_booking(conn, b.id, values)
                 out.queued += await record_update(
                     d, conn, actor_id=msg.actor_id, before=b, after=after, changes=values

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 from marshmallow import Schema
 
-from actors.series import SeriesWritten
+from actors.domain.messages import SeriesWritten
 from actors.views import booking_view, snapshot_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (

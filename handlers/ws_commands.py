@@ -18,9 +18,9 @@ from marshmallow import fields
 from marshmallow import validate as rules
 
 from actors.bookings import BookingService
+from actors.domain.messages import SeriesWritten
 from actors.errors import Conflict, Forbidden
 from actors.resources import ResourceService
-from actors.series import SeriesWritten
 from actors.views import booking_view, iso
 from handlers.common import page_meta
 from handlers.preconditions import IDEMPOTENCY_KEY

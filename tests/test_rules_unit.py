@@ -11,8 +11,8 @@ import pytest
 
 from actors import errors as e
 from actors.base import Busy
+from actors.domain.rules import TRANSITIONS, Rules, check_status_change, check_times, check_version
 from actors.idempotency import request_hash
-from actors.rules import TRANSITIONS, check_status_change, check_version
 from handlers.preconditions import IDEMPOTENCY_KEY, idempotency_key, parse_if_match
 from handlers.problems import as_domain_error, details, from_domain, kind_of
 from handlers.ws_protocol import domain_error
@@ -175,3 +175,41 @@ def test_storage_names_an_overlap_and_a_deadlock_and_nothing_else() -> None:
     assert isinstance(translated(_FakePostgresError("40P01")), Deadlock)
     assert translated(_FakePostgresError("23505")) is None  # a unique violation: per table, in storage
     assert translated(_FakePostgresError("08006")) is None  # a dependency failure: the web edge's 503
+
+
+# --- a booking's times --------------------------------------------------------------------------------
+
+NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
+
+
+def test_times_in_the_future_within_the_limits_pass() -> None:
+    check_times(
+        Rules(), start=NOW + timedelta(hours=1), end=NOW + timedelta(hours=2), now=NOW, start_changed=True
+    )
+    # An unchanged start may be in the past (a booking under way being extended).
+    check_times(
+        Rules(), start=NOW - timedelta(hours=1), end=NOW + timedelta(hours=2), now=NOW, start_changed=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "field", "message"),
+    [
+        (NOW, NOW + timedelta(hours=1), "startTime", "must be in the future"),
+        (
+            NOW + timedelta(days=731),
+            NOW + timedelta(days=731, hours=1),
+            "startTime",
+            "must be within 730 days",
+        ),
+        (NOW + timedelta(hours=2), NOW + timedelta(hours=1), "endTime", "must be after startTime"),
+        (NOW + timedelta(hours=1), NOW + timedelta(days=8), "endTime", "at most 7 days"),
+    ],
+)
+def test_times_outside_the_rules_name_their_field(
+    start: datetime, end: datetime, field: str, message: str
+) -> None:
+    with pytest.raises(e.ValidationFailed) as refused:
+        check_times(Rules(), start=start, end=end, now=NOW, start_changed=True)
+    assert [f.field for f in refused.value.errors] == [field]
+    assert message in refused.value.errors[0].message
