@@ -20,13 +20,25 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
-from zoneinfo import ZoneInfo
 
-from actors.availability import Hours, describe, hours_of
 from actors.base import Event, Handler, Registry
-from actors.domain.messages import CreateBooking, Created, UpdateBooking
+from actors.domain.messages import BookResource, ChangeResourceBooking, CreateBooking, Created, UpdateBooking
+from actors.domain.resources import (
+    BUSY_CHANGED,
+    MAX_BUSY_WINDOW,
+    busy_of,
+    busy_range,
+    busy_view,
+    check_hours,
+    check_window,
+    duplicate,
+    full,
+    resource_view,
+    retired,
+    unknown_resource,
+)
 from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
 from actors.errors import (
     Conflict,
@@ -44,7 +56,7 @@ from storage import resources as store
 from storage.bookings import Booking
 from storage.db import Connection
 from storage.errors import Deadlock, DuplicateName, Overlap
-from storage.resources import Busy, Resource
+from storage.resources import Resource
 from storage.tables import RESOURCE_OVERLAP_CONSTRAINT
 from storage.users import User
 
@@ -54,8 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRIES = 3
-MAX_BUSY_WINDOW = timedelta(days=31)
-BUSY_CHANGED = "resource.busy.changed"
 
 
 class ResourceEmitter(Protocol):
@@ -64,39 +74,6 @@ class ResourceEmitter(Protocol):
     async def emit_all(
         self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
     ) -> None: ...
-
-
-def resource_view(r: Resource) -> dict[str, Any]:
-    return {
-        "id": str(r.id),
-        "name": r.name,
-        "description": r.description,
-        "kind": r.kind,
-        "timeZone": r.time_zone,
-        "capacity": r.capacity,
-        "bufferBeforeMinutes": r.buffer_before_minutes,
-        "bufferAfterMinutes": r.buffer_after_minutes,
-        "minNoticeMinutes": r.min_notice_minutes,
-        "maxAdvanceDays": r.max_advance_days,
-        "active": r.active,
-        "version": r.version,
-        "createdAt": iso(r.created_at),
-        "updatedAt": iso(r.updated_at),
-    }
-
-
-def busy_view(b: Busy, viewer: User) -> dict[str, Any]:
-    """A busy interval; who booked it and why only for its owner and admins."""
-    view: dict[str, Any] = {"start": iso(b.busy_start), "end": iso(b.busy_end)}
-    if viewer.is_admin or b.user_id == viewer.id:
-        view.update(
-            bookingId=str(b.booking_id),
-            userId=str(b.user_id),
-            title=b.title,
-            startTime=iso(b.start_time),
-            endTime=iso(b.end_time),
-        )
-    return view
 
 
 def _check_zone(values: Mapping[str, Any]) -> None:
@@ -119,7 +96,7 @@ class ResourceService:
             try:
                 resource = await store.create_resource(conn, dict(values))
             except DuplicateName:
-                raise _duplicate(values["name"]) from None
+                raise duplicate(values["name"]) from None
             await booking_store.audit(
                 conn,
                 actor_id=actor.id,
@@ -151,7 +128,7 @@ class ResourceService:
             try:
                 resource = await store.update_resource(conn, resource_id, values)
             except DuplicateName:
-                raise _duplicate(values.get("name", current.name)) from None
+                raise duplicate(values.get("name", current.name)) from None
             await booking_store.audit(
                 conn,
                 actor_id=actor.id,
@@ -206,23 +183,7 @@ def _require_admin(actor: User) -> None:
         raise Forbidden("admin role required")
 
 
-def _duplicate(name: str) -> Conflict:
-    return Conflict(f"an active resource is already named {name!r} (names are unique, any case)")
-
-
 # --- booking a resource: the resource's actor --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BookResource:
-    owner_id: uuid.UUID
-    create: CreateBooking
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeResourceBooking:
-    owner_id: uuid.UUID
-    update: UpdateBooking
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,58 +203,6 @@ class Written:
 
 class _Stale(Exception):
     """The booking's resource changed between the routing read and the lock: route again."""
-
-
-def _busy_range(resource: Resource, start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    return (
-        start - timedelta(minutes=resource.buffer_before_minutes),
-        end + timedelta(minutes=resource.buffer_after_minutes),
-    )
-
-
-def _check_window(resource: Resource, start: datetime, now: datetime) -> None:
-    """The resource's own booking window: minimum notice and maximum advance (400s on startTime)."""
-    errors: list[FieldError] = []
-    if start - now < timedelta(minutes=resource.min_notice_minutes):
-        errors.append(
-            FieldError(
-                "startTime", f"this resource needs at least {resource.min_notice_minutes} minutes' notice"
-            )
-        )
-    if start - now > timedelta(days=resource.max_advance_days):
-        errors.append(
-            FieldError(
-                "startTime", f"this resource takes bookings at most {resource.max_advance_days} days ahead"
-            )
-        )
-    if errors:
-        raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
-
-
-def resource_hours(resource: Resource) -> Hours:
-    return hours_of(ZoneInfo(resource.time_zone), resource.hours_weekly, resource.hours_overrides)
-
-
-def check_hours(resource: Resource, start: datetime, end: datetime) -> None:
-    """400 on startTime, naming the hours, when [start, end) is not inside one open stretch."""
-    hours = resource_hours(resource)
-    if hours.weekly is None and not hours.overrides:
-        return  # open around the clock: nothing to check
-    if not hours.contains(start, end):
-        local = start.astimezone(hours.zone)
-        text = describe(hours, local.date())
-        raise ValidationFailed(
-            f"startTime outside the resource's working hours ({text}, {resource.time_zone})",
-            [FieldError("startTime", f"outside the resource's working hours: {text} ({resource.time_zone})")],
-        )
-
-
-def _unknown_resource() -> ValidationFailed:
-    return ValidationFailed("no such resource", [FieldError("resourceId", "no resource has this id")])
-
-
-def _retired(resource: Resource) -> Conflict:
-    return Conflict(f"resource {resource.id} is retired and takes no new bookings")
 
 
 class ResourceActor:
@@ -343,7 +252,7 @@ class ResourceActor:
                     if known is None:
                         known = self._resource = await store.get_resource(conn, self.resource_id)
                         if known is None:
-                            raise _unknown_resource()
+                            raise unknown_resource()
                     try:
                         self._check_bookable(known, fields, now)
                     except (ValidationFailed, Conflict):
@@ -351,7 +260,7 @@ class ResourceActor:
                         # since (hours opened, reactivated), so refuse only on a fresh read.
                         fresh = await store.get_resource(conn, self.resource_id)
                         if fresh is None:
-                            raise _unknown_resource() from None
+                            raise unknown_resource() from None
                         self._resource = fresh
                         if fresh.version == known.version:
                             raise
@@ -373,7 +282,7 @@ class ResourceActor:
             # booking the previous holder committed.
             resource = (await store.lock_resources(conn, [self.resource_id])).get(self.resource_id)
             if resource is None:
-                raise _unknown_resource()
+                raise unknown_resource()
             self._resource = resource
             self._check_bookable(resource, fields, now)
             written = await self._insert(conn, resource, fields, msg)
@@ -387,8 +296,8 @@ class ResourceActor:
     @staticmethod
     def _check_bookable(resource: Resource, fields: Mapping[str, Any], now: datetime) -> None:
         if not resource.active:
-            raise _retired(resource)
-        _check_window(resource, fields["start_time"], now)
+            raise retired(resource)
+        check_window(resource, fields["start_time"], now)
         check_hours(resource, fields["start_time"], fields["end_time"])
 
     async def _insert(
@@ -410,7 +319,7 @@ class ResourceActor:
             if d.reminders
             else None
         )
-        busy_start, busy_end = _busy_range(resource, fields["start_time"], fields["end_time"])
+        busy_start, busy_end = busy_range(resource, fields["start_time"], fields["end_time"])
         values = {name: fields.get(name) for name in store.NEW_RESOURCE_BOOKING_FIELDS}
         values.update(
             id=booking_id,
@@ -553,13 +462,13 @@ class ResourceActor:
             elif moved:
                 target = locked.get(target_id)
                 if target is None:
-                    raise _unknown_resource()
+                    raise unknown_resource()
                 if not target.active:
-                    raise _retired(target)
+                    raise retired(target)
                 if "start_time" in changes or "resource_id" in changes:
-                    _check_window(target, start, now)
+                    check_window(target, start, now)
                 check_hours(target, start, end)
-                busy = _busy_range(target, start, end)
+                busy = busy_range(target, start, end)
                 values.update(
                     resource_seq=target.seq,
                     busy_start=busy[0],
@@ -577,7 +486,7 @@ class ResourceActor:
                         exclude=current.id,
                     )
                     if ids_in_way:
-                        raise _full(target, ids_in_way)
+                        raise full(target, ids_in_way)
             booking = await booking_store.update_booking(conn, current.id, values)
             queued = await record_update(
                 d, conn, actor_id=u.actor_id, before=current, after=booking, changes=changes
@@ -609,7 +518,7 @@ class ResourceActor:
                 target_id = u.changes.get("resource_id", current.resource_id)
                 target = await store.get_resource(conn, target_id) if target_id else None
                 if target is not None:
-                    busy = _busy_range(target, start, end)
+                    busy = busy_range(target, start, end)
                     other = await store.exclusive_conflict(
                         conn,
                         resource_seq=target.seq,
@@ -632,31 +541,12 @@ class ResourceActor:
         return Conflict(f"the booking overlaps active booking {mine}", conflictingId=str(mine))
 
 
-def _full(resource: Resource, ids: list[uuid.UUID]) -> Conflict:
-    if resource.capacity == 1:
-        return Conflict(
-            f"the resource is booked at that time by booking {ids[0]} (buffers included)",
-            conflictingId=str(ids[0]),
-            conflictingIds=[str(i) for i in ids],
-        )
-    return Conflict("resource full", conflictingIds=[str(i) for i in ids])
-
-
-def _busy_of(b: Booking | None) -> tuple[uuid.UUID, datetime, datetime] | None:
-    """The resource time an active resource booking holds, or None."""
-    if b is None or b.status not in ("scheduled", "in-progress") or b.resource_id is None:
-        return None
-    if b.busy_start is None or b.busy_end is None:  # pragma: no cover  (ck_bookings_resource_shape)
-        return None
-    return b.resource_id, b.busy_start, b.busy_end
-
-
 def busy_events(
     deps: Deps, before: Booking | None, after: Booking | None
 ) -> tuple[tuple[uuid.UUID, Event], ...]:
     """`resource.busy.changed` for each resource whose busy time a change moved, with no details (one
     event per resource, spanning the time freed and the time taken)."""
-    was, now = _busy_of(before), _busy_of(after)
+    was, now = busy_of(before), busy_of(after)
     if was == now:
         return ()
     ranges: dict[uuid.UUID, tuple[datetime, datetime]] = {}

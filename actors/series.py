@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from actors.base import Event
 from actors.domain.messages import ChangeSeries, CreateSeries, DeleteSeries, SeriesWritten
+from actors.domain.resources import BUSY_CHANGED, check_hours, check_window, full, retired, unknown_resource
 from actors.domain.rules import check_times, check_version
 from actors.domain.series import (
     SERIES_EDITABLE,
@@ -126,7 +127,6 @@ class SeriesWriter:
         recurrence: Mapping[str, Any],
         now: datetime,
     ) -> SeriesWritten:
-        from actors.resources import _check_window, _retired, _unknown_resource, check_hours
 
         d = self.deps
         zone = ZoneInfo(zone_name)
@@ -144,10 +144,10 @@ class SeriesWriter:
                 # The row lock every capacity-N writer takes: the count below is exact under it.
                 resource = (await resource_store.lock_resources(conn, [resource_id])).get(resource_id)
                 if resource is None:
-                    raise _unknown_resource()
+                    raise unknown_resource()
                 if not resource.active:
-                    raise _retired(resource)
-                _check_window(resource, fields["start_time"], now)
+                    raise retired(resource)
+                check_window(resource, fields["start_time"], now)
                 horizon = min(horizon, now + timedelta(days=resource.max_advance_days))
             planned = plan_occurrences(
                 rule,
@@ -301,7 +301,6 @@ class SeriesWriter:
 
     async def _change_once(self, msg: ChangeSeries) -> dict[str, Any]:
         from actors.bookings import record_update
-        from actors.resources import _full, check_hours
 
         d = self.deps
         now = d.clock()
@@ -380,7 +379,7 @@ class SeriesWriter:
                             exclude=b.id,
                         )
                         if in_way:
-                            raise _full(resource, in_way)
+                            raise full(resource, in_way)
                 values = {k: v for k, v in values.items() if getattr(b, k) != v}
                 if not values:
                     continue
@@ -508,7 +507,6 @@ class SeriesWriter:
     async def after(self, out: _Outcome, *, also: uuid.UUID | None) -> None:
         """The Redis copies of the reminders, the webhook messages to the workers, then the events: every
         occurrence's, the series' summary, and one resource.busy.changed per resource (in one round trip)."""
-        from actors.resources import BUSY_CHANGED
 
         d = self.deps
         if d.reminders is not None:

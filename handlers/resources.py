@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 
-from actors.resources import resource_view
+from actors.domain.resources import resource_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (
     ADMIN_ERRORS,

@@ -74,3 +74,18 @@ class DeleteSeries:
 class SeriesWritten:
     view: dict[str, Any]
     replayed: bool = False
+
+
+# --- a resource booking: the owner's message, to the resource's actor ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookResource:
+    owner_id: uuid.UUID
+    create: CreateBooking
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResourceBooking:
+    owner_id: uuid.UUID
+    update: UpdateBooking
