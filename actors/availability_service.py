@@ -26,8 +26,10 @@ from actors.availability import (
     slots,
 )
 from actors.bookings import Deps
-from actors.errors import Conflict, FieldError, Forbidden, NotFound, PreconditionFailed, ValidationFailed
-from actors.resources import ResourceEmitter, resource_hours
+from actors.domain.resources import resource_hours
+from actors.domain.rules import check_version
+from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from actors.resources import ResourceEmitter
 from actors.views import iso
 from actors.zones import check_zone, known_zones
 from storage import availability as store
@@ -138,8 +140,7 @@ class AvailabilityService:
             current = await resource_store.get_resource(conn, resource_id, for_update=True)
             if current is None:
                 raise NotFound("resource not found")
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(f"resource is at version {current.version}, not {if_match}")
+            check_version("resource", current.version, if_match)
             try:
                 hours = hours_of(ZoneInfo(current.time_zone), weekly, overrides)
             except ValueError as exc:
@@ -185,8 +186,7 @@ class AvailabilityService:
             raise _invalid("weekly", str(exc)) from None
         async with self.deps.db.begin() as conn:
             current = await store.get_availability(conn, actor.id, for_update=True)
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(f"availability is at version {current.version}, not {if_match}")
+            check_version("availability", current.version, if_match)
             return await store.put_availability(conn, actor.id, time_zone=time_zone, weekly=weekly)
 
     # --- slots ------------------------------------------------------------------------------------

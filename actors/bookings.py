@@ -7,84 +7,49 @@ that order, one message at a time. Reads go straight to storage.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import asyncpg
-
 from actors.base import Event, Handler, Registry
+from actors.domain.messages import (
+    ChangeSeries,
+    CreateBooking,
+    Created,
+    CreateSeries,
+    DeleteBooking,
+    DeleteSeries,
+    SeriesWritten,
+    UpdateBooking,
+)
+from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
+from actors.domain.rules import Rules as Rules  # server/app.py builds Deps with it
 from actors.errors import (
     Conflict,
     FieldError,
     Forbidden,
-    IdempotencyMismatch,
     NotFound,
-    PreconditionFailed,
-    Unavailable,
     ValidationFailed,
 )
 from actors.hub import make_event
+from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
-from actors.series import ChangeSeries, CreateSeries, DeleteSeries, SeriesWriter, SeriesWritten, touch_for
+from actors.series import SeriesWriter, touch_for
 from actors.views import booking_view
 from actors.webhook_rules import BOOKING_DELETED, update_event
 from storage import bookings as store
 from storage import webhooks as webhook_store
 from storage.bookings import Booking, ListFilter
 from storage.db import Connection, Database
-from storage.errors import sqlstate
+from storage.errors import Deadlock, Overlap
 from storage.users import User
 
 log = logging.getLogger(__name__)
 
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "scheduled": frozenset({"in-progress", "completed", "cancelled"}),
-    "in-progress": frozenset({"completed", "cancelled"}),
-    "completed": frozenset(),
-    "cancelled": frozenset(),
-}
-EDITABLE = ("title", "description", "location", "notes", "start_time", "end_time", "reminder_minutes_before")
 DEADLOCK_RETRIES = 3
-
-
-# --- messages ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CreateBooking:
-    actor_id: uuid.UUID
-    owner_seq: int
-    fields: Mapping[str, Any]
-    idempotency_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateBooking:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID
-    changes: Mapping[str, Any]
-    if_match: int | None = None
-    # The resource whose actor writes this change (the booking's, or the one it moves to); None: personal.
-    resource_id: uuid.UUID | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteBooking:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID
-    if_match: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    booking: dict[str, Any]
-    replayed: bool = False
 
 
 # --- collaborators ----------------------------------------------------------------------------------
@@ -127,13 +92,6 @@ class ReminderHook(Protocol):
     async def after_commit(self, plan: Plan) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Rules:
-    max_duration: timedelta = timedelta(days=7)
-    max_advance: timedelta = timedelta(days=730)
-    default_reminder_minutes: int = 10
-
-
 @dataclass
 class Deps:
     db: Database
@@ -157,60 +115,42 @@ async def record_update(
     changes: dict[str, Any],
 ) -> list[uuid.UUID]:
     """In the update's transaction: its audit row and its webhook messages (their ids, to hand off)."""
+    return await _record(d, conn, actor_id, "update", before, after, update_event(changes))
+
+
+async def record_delete(
+    d: Deps, conn: Connection, *, actor_id: uuid.UUID, booking: Booking
+) -> list[uuid.UUID]:
+    """In the delete's transaction: its audit row and its webhook message (their ids, to hand off)."""
+    return await _record(d, conn, actor_id, "delete", booking, None, BOOKING_DELETED)
+
+
+async def _record(
+    d: Deps,
+    conn: Connection,
+    actor_id: uuid.UUID,
+    action: str,
+    before: Booking,
+    after: Booking | None,
+    event_type: str,
+) -> list[uuid.UUID]:
     await store.audit(
         conn,
         actor_id=actor_id,
-        action="update",
-        entity_id=after.id,
+        action=action,
+        entity_id=before.id,
         before=before.snapshot(),
-        after=after.snapshot(),
+        after=after.snapshot() if after else None,
     )
+    last = after or before
     return await webhook_store.enqueue(
         conn,
-        event_type=update_event(changes),
-        user_id=after.user_id,
-        booking_id=after.id,
-        payload={"booking": after.snapshot()},
+        event_type=event_type,
+        user_id=last.user_id,
+        booking_id=last.id,
+        payload={"booking": last.snapshot()},
         handed_off=d.webhooks is not None,
     )
-
-
-# --- rules ------------------------------------------------------------------------------------------
-
-
-def check_times(rules: Rules, *, start: datetime, end: datetime, now: datetime, start_changed: bool) -> None:
-    errors: list[FieldError] = []
-    if start_changed and start <= now:
-        errors.append(FieldError("startTime", "must be in the future"))
-    if start_changed and start - now > rules.max_advance:
-        errors.append(FieldError("startTime", f"must be within {rules.max_advance.days} days from now"))
-    if end <= start:
-        errors.append(FieldError("endTime", "must be after startTime"))
-    elif end - start > rules.max_duration:
-        errors.append(FieldError("endTime", f"booking may last at most {rules.max_duration.days} days"))
-    if errors:
-        raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
-
-
-def request_hash(fields: Mapping[str, Any]) -> str:
-    """The body's fingerprint for Idempotency-Key: the same instants in other offsets are the same body."""
-    canonical = json.dumps(
-        {k: (v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()},
-        separators=(",", ":"),
-        sort_keys=True,
-        default=str,  # a resourceId (UUID)
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def parse_if_match(header: str | None) -> int | None:
-    """`"3"`, `W/"3"` or `3` → 3; `*` or absent → None (no precondition)."""
-    if header is None or header.strip() in {"", "*"}:
-        return None
-    value = header.strip().removeprefix("W/").strip('"')
-    if not (value.isascii() and value.isdigit()) or len(value) > 9:
-        raise PreconditionFailed("If-Match must be an ETag returned by this API")
-    return int(value)
 
 
 class _Reroute(Exception):
@@ -266,10 +206,9 @@ class BookingActor:
         else:
             digest = request_hash(msg.fields)
             async with d.db.begin() as conn:
-                if not await store.claim_idempotency_key(
-                    conn, user_id=self.owner_id, key=msg.idempotency_key, request_hash=digest
-                ):
-                    return await self._replay(conn, msg.idempotency_key, digest)
+                first = await claim(conn, owner_id=self.owner_id, key=msg.idempotency_key, digest=digest)
+                if first is not None:
+                    return Created(first, replayed=True)
                 self._check_new(fields)
                 booking, plan, queued = await self._insert(conn, booking_id, fields, msg)
                 view = booking_view(booking)
@@ -331,14 +270,6 @@ class BookingActor:
         booking, queued = created
         return booking, plan, queued
 
-    async def _replay(self, conn: Connection, key: str, digest: str) -> Created:
-        stored = await store.get_idempotent(conn, user_id=self.owner_id, key=key)
-        if stored is None:  # purged between our claim and our read
-            raise Unavailable("idempotency key is being processed; retry")
-        if stored.request_hash != digest:
-            raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-        return Created(stored.response, replayed=True)
-
     async def update(self, msg: UpdateBooking) -> dict[str, Any]:
         if msg.resource_id is not None and self.deps.resources is not None:
             return await self._update_on_resource(msg, msg.resource_id)
@@ -347,26 +278,26 @@ class BookingActor:
                 return await self._update_once(msg)
             except _Reroute as reroute:
                 return await self._update_on_resource(msg, reroute.resource_id)
-            except asyncpg.PostgresError as exc:
-                code = sqlstate(exc)
-                if code == "23P01":
-                    async with self.deps.db.connect() as conn:
-                        current = await store.get_booking(conn, msg.booking_id)
-                        start = msg.changes.get("start_time", current.start_time if current else None)
-                        end = msg.changes.get("end_time", current.end_time if current else None)
-                        other = None
-                        if current and start and end:
-                            other = await store.find_overlap(
-                                conn, user_seq=current.user_seq, start=start, end=end, exclude=current.id
-                            )
-                    raise _conflict(other) from None
-                if code == "40P01" and attempt < DEADLOCK_RETRIES - 1:
-                    log.info("deadlock on booking update; retrying")
-                    continue
-                if code == "40P01":
-                    raise Conflict("the booking is contended; retry") from None
-                raise
-        raise Conflict("the booking is contended; retry")  # pragma: no cover
+            except Overlap:
+                raise await self._overlap(msg) from None
+            except Deadlock:
+                if attempt == DEADLOCK_RETRIES - 1:
+                    break
+                log.info("deadlock on booking update; retrying")
+        raise Conflict("the booking is contended; retry")
+
+    async def _overlap(self, msg: UpdateBooking) -> Conflict:
+        """The exclusion constraint refused the update: name the booking in the way, if it is still there."""
+        async with self.deps.db.connect() as conn:
+            current = await store.get_booking(conn, msg.booking_id)
+            start = msg.changes.get("start_time", current.start_time if current else None)
+            end = msg.changes.get("end_time", current.end_time if current else None)
+            other = None
+            if current and start and end:
+                other = await store.find_overlap(
+                    conn, user_seq=current.user_seq, start=start, end=end, exclude=current.id
+                )
+        return _conflict(other)
 
     async def _update_once(self, msg: UpdateBooking) -> dict[str, Any]:
         d = self.deps
@@ -378,17 +309,13 @@ class BookingActor:
                 raise NotFound("booking not found")
             if current.resource_id is not None and self.deps.resources is not None:
                 raise _Reroute(current.resource_id)  # leaves the transaction: no lock held on the way
-            if msg.if_match is not None and msg.if_match != current.version:
-                raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
+            check_version("booking", current.version, msg.if_match)
             changes = {k: v for k, v in msg.changes.items() if getattr(current, k) != v}
             if not changes:
                 return booking_view(current)
             new_status = changes.get("status")
             edits = {k for k in changes if k in EDITABLE}
-            if current.status in ("completed", "cancelled"):
-                raise Conflict(f"a {current.status} booking cannot be changed")
-            if new_status is not None and new_status not in TRANSITIONS[current.status]:
-                raise Conflict(f"status cannot go from {current.status} to {new_status}")
+            check_status_change(current.status, new_status)
             if edits & {"start_time", "end_time"}:
                 check_times(
                     d.rules,
@@ -432,25 +359,9 @@ class BookingActor:
             current = await store.get_booking(conn, msg.booking_id, for_update=True)
             if current is None or current.user_id != self.owner_id:
                 raise NotFound("booking not found")
-            if msg.if_match is not None and msg.if_match != current.version:
-                raise PreconditionFailed(f"booking is at version {current.version}, not {msg.if_match}")
+            check_version("booking", current.version, msg.if_match)
             await store.delete_booking(conn, current.id)
-            await store.audit(
-                conn,
-                actor_id=msg.actor_id,
-                action="delete",
-                entity_id=current.id,
-                before=current.snapshot(),
-                after=None,
-            )
-            queued = await webhook_store.enqueue(
-                conn,
-                event_type=BOOKING_DELETED,
-                user_id=current.user_id,
-                booking_id=current.id,
-                payload={"booking": current.snapshot()},
-                handed_off=d.webhooks is not None,
-            )
+            queued = await record_delete(d, conn, actor_id=msg.actor_id, booking=current)
             if d.reminders:
                 plan = await d.reminders.in_transaction(conn, None, booking_id=current.id)
             summary = await touch_for(conn, current)
@@ -541,7 +452,7 @@ class BookingService:
         return result
 
     async def get_series(self, actor: User, series_id: uuid.UUID) -> dict[str, Any]:
-        from actors.series import series_view
+        from actors.domain.series import series_view
         from storage import series as series_store
 
         async with self.deps.db.connect() as conn:

@@ -1,4 +1,5 @@
-"""Domain errors. Handlers map them to problem+json (REST) or `error` frames (WebSocket)."""
+"""Domain errors: what went wrong, in the domain's words. They carry no HTTP status; the web edge maps
+each kind to its answer in one place (server/web/problems.py) for REST and WebSocket alike."""
 
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ class FieldError:
 
 
 class DomainError(Exception):
-    status = 400
-    slug = "bad-request"
-    title = "Bad request"
+    """A refused input in general (`extra`: fields the answer carries besides the detail)."""
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -24,62 +23,40 @@ class DomainError(Exception):
 
 
 class ValidationFailed(DomainError):
-    status = 400
-    slug = "validation-error"
-    title = "Invalid input"
-
     def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
         self.errors = errors or []
 
 
 class Unauthorized(DomainError):
-    status = 401
-    slug = "unauthorized"
-    title = "Unauthorized"
+    """No or bad credentials."""
 
 
 class Forbidden(DomainError):
-    status = 403
-    slug = "forbidden"
-    title = "Forbidden"
+    """Credentials that do not allow this."""
 
 
 class NotFound(DomainError):
-    status = 404
-    slug = "not-found"
-    title = "Not found"
+    pass
 
 
 class Conflict(DomainError):
-    status = 409
-    slug = "conflict"
-    title = "Conflict"
+    """The current state refuses the change (an overlap, a transition, contention)."""
 
 
 class PreconditionFailed(DomainError):
-    status = 412
-    slug = "precondition-failed"
-    title = "Precondition failed"
+    """The caller's expected version is not the current one."""
 
 
 class IdempotencyMismatch(DomainError):
-    status = 422
-    slug = "idempotency-key-reuse"
-    title = "Idempotency key reused with another request"
+    """An idempotency key reused with another request."""
 
 
 class RateLimited(DomainError):
-    status = 429
-    slug = "rate-limited"
-    title = "Too many requests"
-
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail, retryAfter=retry_after)
         self.retry_after = retry_after
 
 
 class Unavailable(DomainError):
-    status = 503
-    slug = "unavailable"
-    title = "Service unavailable"
+    """A backing service cannot answer now; retry."""

@@ -20,22 +20,34 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
-from zoneinfo import ZoneInfo
 
-import asyncpg
-
-from actors.availability import Hours, describe, hours_of
 from actors.base import Event, Handler, Registry
+from actors.domain.messages import BookResource, ChangeResourceBooking, CreateBooking, Created, UpdateBooking
+from actors.domain.resources import (
+    BUSY_CHANGED,
+    MAX_BUSY_WINDOW,
+    busy_of,
+    busy_range,
+    busy_view,
+    check_hours,
+    check_window,
+    duplicate,
+    full,
+    resource_view,
+    retired,
+    unknown_resource,
+)
+from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
 from actors.errors import (
     Conflict,
     FieldError,
     Forbidden,
     NotFound,
-    PreconditionFailed,
     ValidationFailed,
 )
+from actors.idempotency import claim, request_hash
 from actors.reminders import Plan
 from actors.views import booking_view, iso
 from actors.zones import check_zone
@@ -43,19 +55,17 @@ from storage import bookings as booking_store
 from storage import resources as store
 from storage.bookings import Booking
 from storage.db import Connection
-from storage.errors import sqlstate
-from storage.resources import Busy, Resource
+from storage.errors import Deadlock, DuplicateName, Overlap
+from storage.resources import Resource
 from storage.tables import RESOURCE_OVERLAP_CONSTRAINT
 from storage.users import User
 
 if TYPE_CHECKING:
-    from actors.bookings import CreateBooking, Created, Deps, UpdateBooking
+    from actors.bookings import Deps
 
 log = logging.getLogger(__name__)
 
 RETRIES = 3
-MAX_BUSY_WINDOW = timedelta(days=31)
-BUSY_CHANGED = "resource.busy.changed"
 
 
 class ResourceEmitter(Protocol):
@@ -64,39 +74,6 @@ class ResourceEmitter(Protocol):
     async def emit_all(
         self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
     ) -> None: ...
-
-
-def resource_view(r: Resource) -> dict[str, Any]:
-    return {
-        "id": str(r.id),
-        "name": r.name,
-        "description": r.description,
-        "kind": r.kind,
-        "timeZone": r.time_zone,
-        "capacity": r.capacity,
-        "bufferBeforeMinutes": r.buffer_before_minutes,
-        "bufferAfterMinutes": r.buffer_after_minutes,
-        "minNoticeMinutes": r.min_notice_minutes,
-        "maxAdvanceDays": r.max_advance_days,
-        "active": r.active,
-        "version": r.version,
-        "createdAt": iso(r.created_at),
-        "updatedAt": iso(r.updated_at),
-    }
-
-
-def busy_view(b: Busy, viewer: User) -> dict[str, Any]:
-    """A busy interval; who booked it and why only for its owner and admins."""
-    view: dict[str, Any] = {"start": iso(b.busy_start), "end": iso(b.busy_end)}
-    if viewer.is_admin or b.user_id == viewer.id:
-        view.update(
-            bookingId=str(b.booking_id),
-            userId=str(b.user_id),
-            title=b.title,
-            startTime=iso(b.start_time),
-            endTime=iso(b.end_time),
-        )
-    return view
 
 
 def _check_zone(values: Mapping[str, Any]) -> None:
@@ -118,8 +95,8 @@ class ResourceService:
         async with self.deps.db.begin() as conn:
             try:
                 resource = await store.create_resource(conn, dict(values))
-            except asyncpg.UniqueViolationError:
-                raise _duplicate(values["name"]) from None
+            except DuplicateName:
+                raise duplicate(values["name"]) from None
             await booking_store.audit(
                 conn,
                 actor_id=actor.id,
@@ -144,15 +121,14 @@ class ResourceService:
             current = await store.get_resource(conn, resource_id, for_update=True)
             if current is None:
                 raise NotFound("resource not found")
-            if if_match is not None and if_match != current.version:
-                raise PreconditionFailed(f"resource is at version {current.version}, not {if_match}")
+            check_version("resource", current.version, if_match)
             values = {k: v for k, v in changes.items() if getattr(current, k) != v}
             if not values:
                 return current
             try:
                 resource = await store.update_resource(conn, resource_id, values)
-            except asyncpg.UniqueViolationError:
-                raise _duplicate(values.get("name", current.name)) from None
+            except DuplicateName:
+                raise duplicate(values.get("name", current.name)) from None
             await booking_store.audit(
                 conn,
                 actor_id=actor.id,
@@ -207,23 +183,7 @@ def _require_admin(actor: User) -> None:
         raise Forbidden("admin role required")
 
 
-def _duplicate(name: str) -> Conflict:
-    return Conflict(f"an active resource is already named {name!r} (names are unique, any case)")
-
-
 # --- booking a resource: the resource's actor --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BookResource:
-    owner_id: uuid.UUID
-    create: CreateBooking
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeResourceBooking:
-    owner_id: uuid.UUID
-    update: UpdateBooking
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,58 +203,6 @@ class Written:
 
 class _Stale(Exception):
     """The booking's resource changed between the routing read and the lock: route again."""
-
-
-def _busy_range(resource: Resource, start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    return (
-        start - timedelta(minutes=resource.buffer_before_minutes),
-        end + timedelta(minutes=resource.buffer_after_minutes),
-    )
-
-
-def _check_window(resource: Resource, start: datetime, now: datetime) -> None:
-    """The resource's own booking window: minimum notice and maximum advance (400s on startTime)."""
-    errors: list[FieldError] = []
-    if start - now < timedelta(minutes=resource.min_notice_minutes):
-        errors.append(
-            FieldError(
-                "startTime", f"this resource needs at least {resource.min_notice_minutes} minutes' notice"
-            )
-        )
-    if start - now > timedelta(days=resource.max_advance_days):
-        errors.append(
-            FieldError(
-                "startTime", f"this resource takes bookings at most {resource.max_advance_days} days ahead"
-            )
-        )
-    if errors:
-        raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
-
-
-def resource_hours(resource: Resource) -> Hours:
-    return hours_of(ZoneInfo(resource.time_zone), resource.hours_weekly, resource.hours_overrides)
-
-
-def check_hours(resource: Resource, start: datetime, end: datetime) -> None:
-    """400 on startTime, naming the hours, when [start, end) is not inside one open stretch."""
-    hours = resource_hours(resource)
-    if hours.weekly is None and not hours.overrides:
-        return  # open around the clock: nothing to check
-    if not hours.contains(start, end):
-        local = start.astimezone(hours.zone)
-        text = describe(hours, local.date())
-        raise ValidationFailed(
-            f"startTime outside the resource's working hours ({text}, {resource.time_zone})",
-            [FieldError("startTime", f"outside the resource's working hours: {text} ({resource.time_zone})")],
-        )
-
-
-def _unknown_resource() -> ValidationFailed:
-    return ValidationFailed("no such resource", [FieldError("resourceId", "no resource has this id")])
-
-
-def _retired(resource: Resource) -> Conflict:
-    return Conflict(f"resource {resource.id} is retired and takes no new bookings")
 
 
 class ResourceActor:
@@ -322,17 +230,13 @@ class ResourceActor:
         for attempt in range(RETRIES):
             try:
                 return await self._book_once(msg)
-            except asyncpg.PostgresError as exc:
-                if sqlstate(exc) == "40P01" and attempt < RETRIES - 1:
-                    log.info("deadlock on a resource booking; retrying")
-                    continue
-                if sqlstate(exc) == "40P01":
+            except Deadlock:
+                if attempt == RETRIES - 1:
                     raise Conflict("the resource is contended; retry") from None
-                raise
+                log.info("deadlock on a resource booking; retrying")
         raise Conflict("the resource is contended; retry")  # pragma: no cover
 
     async def _book_once(self, msg: BookResource) -> Written:
-        from actors.bookings import Created, check_times, request_hash
 
         d = self.deps
         c = msg.create
@@ -348,7 +252,7 @@ class ResourceActor:
                     if known is None:
                         known = self._resource = await store.get_resource(conn, self.resource_id)
                         if known is None:
-                            raise _unknown_resource()
+                            raise unknown_resource()
                     try:
                         self._check_bookable(known, fields, now)
                     except (ValidationFailed, Conflict):
@@ -356,7 +260,7 @@ class ResourceActor:
                         # since (hours opened, reactivated), so refuse only on a fresh read.
                         fresh = await store.get_resource(conn, self.resource_id)
                         if fresh is None:
-                            raise _unknown_resource() from None
+                            raise unknown_resource() from None
                         self._resource = fresh
                         if fresh.version == known.version:
                             raise
@@ -370,17 +274,15 @@ class ResourceActor:
         async with d.db.begin() as conn:
             if c.idempotency_key is not None:
                 digest = request_hash(c.fields)
-                if not await booking_store.claim_idempotency_key(
-                    conn, user_id=msg.owner_id, key=c.idempotency_key, request_hash=digest
-                ):
-                    created = await _replay(conn, msg.owner_id, c.idempotency_key, digest)
-                    return Written(created.booking, None, created)
+                first = await claim(conn, owner_id=msg.owner_id, key=c.idempotency_key, digest=digest)
+                if first is not None:
+                    return Written(first, None, Created(first, replayed=True))
             # With an Idempotency-Key the key is claimed first, in a transaction: the resource's row
             # lock serializes its writers across processes; the count in the next statement sees every
             # booking the previous holder committed.
             resource = (await store.lock_resources(conn, [self.resource_id])).get(self.resource_id)
             if resource is None:
-                raise _unknown_resource()
+                raise unknown_resource()
             self._resource = resource
             self._check_bookable(resource, fields, now)
             written = await self._insert(conn, resource, fields, msg)
@@ -394,8 +296,8 @@ class ResourceActor:
     @staticmethod
     def _check_bookable(resource: Resource, fields: Mapping[str, Any], now: datetime) -> None:
         if not resource.active:
-            raise _retired(resource)
-        _check_window(resource, fields["start_time"], now)
+            raise retired(resource)
+        check_window(resource, fields["start_time"], now)
         check_hours(resource, fields["start_time"], fields["end_time"])
 
     async def _insert(
@@ -417,7 +319,7 @@ class ResourceActor:
             if d.reminders
             else None
         )
-        busy_start, busy_end = _busy_range(resource, fields["start_time"], fields["end_time"])
+        busy_start, busy_end = busy_range(resource, fields["start_time"], fields["end_time"])
         values = {name: fields.get(name) for name in store.NEW_RESOURCE_BOOKING_FIELDS}
         values.update(
             id=booking_id,
@@ -514,20 +416,16 @@ class ResourceActor:
                 return await self._change_once(msg)
             except _Stale:
                 continue
-            except asyncpg.PostgresError as exc:
-                code = sqlstate(exc)
-                if code == "23P01":
-                    raise await self._exclusion_conflict(msg, exc) from None
-                if code == "40P01" and attempt < RETRIES - 1:
-                    log.info("deadlock on a resource booking update; retrying")
-                    continue
-                if code == "40P01":
+            except Overlap as exc:
+                raise await self._exclusion_conflict(msg, exc) from None
+            except Deadlock:
+                if attempt == RETRIES - 1:
                     raise Conflict("the booking is contended; retry") from None
-                raise
+                log.info("deadlock on a resource booking update; retrying")
         raise Conflict("the booking is contended; retry")
 
     async def _change_once(self, msg: ChangeResourceBooking) -> Written:
-        from actors.bookings import EDITABLE, TRANSITIONS, check_times, record_update
+        from actors.bookings import record_update
         from actors.series import touch_for
 
         d = self.deps
@@ -544,16 +442,12 @@ class ResourceActor:
                 raise NotFound("booking not found")
             if current.resource_id is not None and current.resource_id not in locked:
                 raise _Stale
-            if u.if_match is not None and u.if_match != current.version:
-                raise PreconditionFailed(f"booking is at version {current.version}, not {u.if_match}")
+            check_version("booking", current.version, u.if_match)
             changes = {k: v for k, v in u.changes.items() if getattr(current, k) != v}
             if not changes:
                 return Written(booking_view(current), None, changed=False)
             new_status = changes.get("status")
-            if current.status in ("completed", "cancelled"):
-                raise Conflict(f"a {current.status} booking cannot be changed")
-            if new_status is not None and new_status not in TRANSITIONS[current.status]:
-                raise Conflict(f"status cannot go from {current.status} to {new_status}")
+            check_status_change(current.status, new_status)
             start = changes.get("start_time", current.start_time)
             end = changes.get("end_time", current.end_time)
             now = d.clock()
@@ -568,13 +462,13 @@ class ResourceActor:
             elif moved:
                 target = locked.get(target_id)
                 if target is None:
-                    raise _unknown_resource()
+                    raise unknown_resource()
                 if not target.active:
-                    raise _retired(target)
+                    raise retired(target)
                 if "start_time" in changes or "resource_id" in changes:
-                    _check_window(target, start, now)
+                    check_window(target, start, now)
                 check_hours(target, start, end)
-                busy = _busy_range(target, start, end)
+                busy = busy_range(target, start, end)
                 values.update(
                     resource_seq=target.seq,
                     busy_start=busy[0],
@@ -592,7 +486,7 @@ class ResourceActor:
                         exclude=current.id,
                     )
                     if ids_in_way:
-                        raise _full(target, ids_in_way)
+                        raise full(target, ids_in_way)
             booking = await booking_store.update_booking(conn, current.id, values)
             queued = await record_update(
                 d, conn, actor_id=u.actor_id, before=current, after=booking, changes=changes
@@ -611,8 +505,8 @@ class ResourceActor:
             summary=summary,
         )
 
-    async def _exclusion_conflict(self, msg: ChangeResourceBooking, exc: BaseException) -> Conflict:
-        """A 23P01 on update: the owner's constraint or the capacity-1 resource's."""
+    async def _exclusion_conflict(self, msg: ChangeResourceBooking, exc: Overlap) -> Conflict:
+        """An overlap on update: the owner's constraint or the capacity-1 resource's."""
         u = msg.update
         async with self.deps.db.connect() as conn:
             current = await booking_store.get_booking(conn, u.booking_id)
@@ -620,11 +514,11 @@ class ResourceActor:
                 return Conflict("the booking overlaps another active booking")
             start = u.changes.get("start_time", current.start_time)
             end = u.changes.get("end_time", current.end_time)
-            if getattr(exc, "constraint_name", None) == RESOURCE_OVERLAP_CONSTRAINT:
+            if exc.constraint == RESOURCE_OVERLAP_CONSTRAINT:
                 target_id = u.changes.get("resource_id", current.resource_id)
                 target = await store.get_resource(conn, target_id) if target_id else None
                 if target is not None:
-                    busy = _busy_range(target, start, end)
+                    busy = busy_range(target, start, end)
                     other = await store.exclusive_conflict(
                         conn,
                         resource_seq=target.seq,
@@ -647,31 +541,12 @@ class ResourceActor:
         return Conflict(f"the booking overlaps active booking {mine}", conflictingId=str(mine))
 
 
-def _full(resource: Resource, ids: list[uuid.UUID]) -> Conflict:
-    if resource.capacity == 1:
-        return Conflict(
-            f"the resource is booked at that time by booking {ids[0]} (buffers included)",
-            conflictingId=str(ids[0]),
-            conflictingIds=[str(i) for i in ids],
-        )
-    return Conflict("resource full", conflictingIds=[str(i) for i in ids])
-
-
-def _busy_of(b: Booking | None) -> tuple[uuid.UUID, datetime, datetime] | None:
-    """The resource time an active resource booking holds, or None."""
-    if b is None or b.status not in ("scheduled", "in-progress") or b.resource_id is None:
-        return None
-    if b.busy_start is None or b.busy_end is None:  # pragma: no cover  (ck_bookings_resource_shape)
-        return None
-    return b.resource_id, b.busy_start, b.busy_end
-
-
 def busy_events(
     deps: Deps, before: Booking | None, after: Booking | None
 ) -> tuple[tuple[uuid.UUID, Event], ...]:
     """`resource.busy.changed` for each resource whose busy time a change moved, with no details (one
     event per resource, spanning the time freed and the time taken)."""
-    was, now = _busy_of(before), _busy_of(after)
+    was, now = busy_of(before), busy_of(after)
     if was == now:
         return ()
     ranges: dict[uuid.UUID, tuple[datetime, datetime]] = {}
@@ -685,18 +560,6 @@ def busy_events(
         (rid, deps.make_event(BUSY_CHANGED, {"resourceId": str(rid), "start": iso(lo), "end": iso(hi)}))
         for rid, (lo, hi) in ranges.items()
     )
-
-
-async def _replay(conn: Connection, owner_id: uuid.UUID, key: str, digest: str) -> Created:
-    from actors.bookings import Created
-    from actors.errors import IdempotencyMismatch, Unavailable
-
-    stored = await booking_store.get_idempotent(conn, user_id=owner_id, key=key)
-    if stored is None:
-        raise Unavailable("idempotency key is being processed; retry")
-    if stored.request_hash != digest:
-        raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-    return Created(stored.response, replayed=True)
 
 
 # --- what the owner's actor calls ---------------------------------------------------------------------

@@ -19,25 +19,32 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
-
 from actors.base import Event
-from actors.errors import Conflict, FieldError, NotFound, PreconditionFailed, ValidationFailed
-from actors.recurrence import MAX_EXDATES, Rule, expand, instances, parse_rrule
+from actors.domain.messages import ChangeSeries, CreateSeries, DeleteSeries, SeriesWritten
+from actors.domain.resources import BUSY_CHANGED, check_hours, check_window, full, retired, unknown_resource
+from actors.domain.rules import check_times, check_version
+from actors.domain.series import (
+    SERIES_EDITABLE,
+    TEMPLATE,
+    capacity_conflicts,
+    field_error,
+    plan_occurrences,
+    series_view,
+)
+from actors.errors import Conflict, NotFound
+from actors.idempotency import claim, request_hash
+from actors.recurrence import Rule, instances, parse_rrule
 from actors.reminders import Plan
 from actors.views import booking_view, iso
-from actors.webhook_rules import BOOKING_DELETED
 from storage import bookings as booking_store
 from storage import resources as resource_store
 from storage import series as store
-from storage import webhooks as webhook_store
 from storage.bookings import Booking
 from storage.db import Connection
-from storage.errors import sqlstate
+from storage.errors import Deadlock, Overlap
 from storage.resources import Resource
 from storage.series import Occurrence, Series
 
@@ -47,49 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRIES = 3
-SCOPES = ("this", "following", "all")
-POLICIES = ("reject", "skip")
-# What a change with scope=following|all may carry: the template's fields, the time of day and length.
-SERIES_EDITABLE = frozenset(
-    {"title", "description", "location", "notes", "reminder_minutes_before", "attendees", "status"}
-    | {"start_time", "end_time"}
-)
-TEMPLATE = ("title", "description", "location", "notes", "reminder_minutes_before")
-
-
-# --- messages ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CreateSeries:
-    actor_id: uuid.UUID
-    owner_seq: int
-    fields: Mapping[str, Any]  # the booking fields of the first occurrence, with `recurrence`
-    default_zone: str  # the owner's own zone, when the recurrence names none
-    idempotency_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeSeries:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID  # the occurrence the change was asked on
-    changes: Mapping[str, Any]
-    scope: str  # following | all
-    if_match: int | None = None  # the series' version
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteSeries:
-    actor_id: uuid.UUID
-    booking_id: uuid.UUID
-    scope: str  # following | all
-    if_match: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesWritten:
-    view: dict[str, Any]
-    replayed: bool = False
 
 
 @dataclass
@@ -113,102 +77,6 @@ class _Raced(Exception):
     """The occurrence statement wrote fewer rows than decided: decide again."""
 
 
-# --- views ------------------------------------------------------------------------------------------
-
-
-def series_view(s: Series, occurrences: Sequence[Booking]) -> dict[str, Any]:
-    return {
-        "id": str(s.id),
-        "userId": str(s.user_id),
-        "resourceId": str(s.resource_id) if s.resource_id else None,
-        "rrule": s.rrule,
-        "timeZone": s.time_zone,
-        "startTime": iso(s.dtstart),
-        "endTime": iso(s.dtstart + timedelta(seconds=s.duration_seconds)),
-        "exdates": s.exdates,
-        "title": s.title,
-        "description": s.description,
-        "location": s.location,
-        "notes": s.notes,
-        "reminderMinutesBefore": s.reminder_minutes_before,
-        "version": s.version,
-        "createdAt": iso(s.created_at),
-        "updatedAt": iso(s.updated_at),
-        "occurrences": [booking_view(b) for b in occurrences],
-    }
-
-
-def _field(name: str, message: str) -> ValidationFailed:
-    return ValidationFailed(f"{name} {message}", [FieldError(name, message)])
-
-
-# --- pure rules ---------------------------------------------------------------------------------------
-
-
-def plan_occurrences(
-    rule: Rule,
-    zone: ZoneInfo,
-    *,
-    start: datetime,
-    end: datetime,
-    exdates: Sequence[datetime],
-    horizon: datetime,
-) -> list[tuple[datetime, datetime]]:
-    """The (start, end) of each occurrence to book: the rule's instances from `start`, less `exdates`.
-    400 when `start` is not the rule's first instance, an exdate is not an instance, nothing is left, or
-    the occurrences would overlap one another."""
-    found = expand(rule, zone, start, horizon=horizon)
-    if found[0] != start.astimezone(UTC):
-        local = found[0].astimezone(zone)
-        raise _field(
-            "startTime",
-            f"must be the rule's first occurrence (the rule's first from startTime is {local.isoformat()})",
-        )
-    if len(exdates) > MAX_EXDATES:
-        raise _field("recurrence.exdates", f"may list at most {MAX_EXDATES} dates")
-    known = set(found)
-    skip: set[datetime] = set()
-    for i, ex in enumerate(exdates):
-        instant = ex.astimezone(UTC)
-        if instant not in known:
-            raise _field(
-                f"recurrence.exdates[{i}]", "is not an occurrence of the rule (match its start time)"
-            )
-        skip.add(instant)
-    duration = end - start
-    kept = [s for s in found if s not in skip]
-    if not kept:
-        raise _field("recurrence.exdates", "exclude every occurrence: nothing would be booked")
-    for a, b in pairwise(found):
-        if b - a < duration:
-            raise _field("endTime", "the occurrences would overlap one another (longer than their spacing)")
-    return [(s, s + duration) for s in kept]
-
-
-def capacity_conflicts(
-    capacity: int,
-    existing: Sequence[tuple[uuid.UUID, datetime, datetime]],
-    wanted: Sequence[tuple[datetime, datetime]],
-) -> dict[int, list[uuid.UUID]]:
-    """For each wanted busy range that would overfill the resource (its existing active busy ranges plus
-    the earlier wanted ones that fit): the bookings that fill it at the first full instant. The maximum
-    overlap of half-open ranges over [s, e) is reached at s or at another range's start inside it."""
-    accepted: list[tuple[uuid.UUID | None, datetime, datetime]] = []
-    out: dict[int, list[uuid.UUID]] = {}
-    for i, (s, e) in enumerate(wanted):
-        others: list[tuple[uuid.UUID | None, datetime, datetime]] = [
-            (bid, bs, be) for bid, bs, be in existing if bs < e and be > s
-        ]
-        others += [(None, bs, be) for _, bs, be in accepted if bs < e and be > s]
-        points = sorted({s, *(bs for _, bs, _ in others if s < bs < e)})
-        full = next((p for p in points if sum(1 for _, bs, be in others if bs <= p < be) >= capacity), None)
-        if full is None:
-            accepted.append((None, s, e))
-        else:
-            out[i] = [bid for bid, bs, be in others if bid is not None and bs <= full < be]
-    return out
-
-
 def _busy(resource: Resource | None, s: datetime, e: datetime) -> tuple[datetime | None, datetime | None]:
     if resource is None:
         return None, None
@@ -229,8 +97,6 @@ class SeriesWriter:
     # --- create -------------------------------------------------------------------------------
 
     async def create(self, msg: CreateSeries) -> SeriesWritten:
-        from actors.bookings import check_times
-
         d = self.deps
         fields = dict(msg.fields)
         recurrence = fields.pop("recurrence")
@@ -246,9 +112,9 @@ class SeriesWriter:
                 return await self._create_once(msg, fields, rule, zone_name, policy, recurrence, now)
             except _Raced:
                 log.info("a series lost a slot to a concurrent writer; deciding again")
-            except asyncpg.PostgresError as exc:
-                if sqlstate(exc) != "40P01" or attempt == RETRIES - 1:
-                    raise
+            except Deadlock:
+                if attempt == RETRIES - 1:
+                    break
         raise Conflict("the series' slots are contended; retry")
 
     async def _create_once(
@@ -261,8 +127,6 @@ class SeriesWriter:
         recurrence: Mapping[str, Any],
         now: datetime,
     ) -> SeriesWritten:
-        from actors.bookings import request_hash
-        from actors.resources import _check_window, _retired, _unknown_resource, check_hours
 
         d = self.deps
         zone = ZoneInfo(zone_name)
@@ -271,20 +135,19 @@ class SeriesWriter:
         async with d.db.begin() as conn:
             if msg.idempotency_key is not None:
                 digest = request_hash({**msg.fields, "recurrence": repr(sorted(recurrence.items()))})
-                if not await booking_store.claim_idempotency_key(
-                    conn, user_id=self.owner_id, key=msg.idempotency_key, request_hash=digest
-                ):
-                    return await self._replay(conn, msg.idempotency_key, digest)
+                first = await claim(conn, owner_id=self.owner_id, key=msg.idempotency_key, digest=digest)
+                if first is not None:
+                    return SeriesWritten(first, replayed=True)
             resource: Resource | None = None
             horizon = now + d.rules.max_advance
             if resource_id is not None:
                 # The row lock every capacity-N writer takes: the count below is exact under it.
                 resource = (await resource_store.lock_resources(conn, [resource_id])).get(resource_id)
                 if resource is None:
-                    raise _unknown_resource()
+                    raise unknown_resource()
                 if not resource.active:
-                    raise _retired(resource)
-                _check_window(resource, fields["start_time"], now)
+                    raise retired(resource)
+                check_window(resource, fields["start_time"], now)
                 horizon = min(horizon, now + timedelta(days=resource.max_advance_days))
             planned = plan_occurrences(
                 rule,
@@ -391,35 +254,26 @@ class SeriesWriter:
                 found.setdefault(free[j], []).extend(ids)
         return found
 
-    async def _replay(self, conn: Connection, key: str, digest: str) -> SeriesWritten:
-        from actors.errors import IdempotencyMismatch, Unavailable
-
-        stored = await booking_store.get_idempotent(conn, user_id=self.owner_id, key=key)
-        if stored is None:
-            raise Unavailable("idempotency key is being processed; retry")
-        if stored.request_hash != digest:
-            raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
-        return SeriesWritten(stored.response, replayed=True)
-
     # --- change following / all ------------------------------------------------------------------
 
     async def change(self, msg: ChangeSeries) -> dict[str, Any]:
         unknown = set(msg.changes) - SERIES_EDITABLE
         if unknown:
             names = ", ".join(sorted(unknown))
-            raise _field("scope", f"{msg.scope} cannot change {names}; change one occurrence with scope=this")
+            raise field_error(
+                "scope", f"{msg.scope} cannot change {names}; change one occurrence with scope=this"
+            )
         for attempt in range(RETRIES):
             try:
                 return await self._change_once(msg)
-            except asyncpg.PostgresError as exc:
-                code = sqlstate(exc)
-                if code == "23P01":
-                    raise Conflict(
-                        "an occurrence would overlap another active booking (yours, or the resource's)"
-                    ) from None
-                if code != "40P01" or attempt == RETRIES - 1:
-                    raise
-        raise Conflict("the series is contended; retry")  # pragma: no cover
+            except Overlap:
+                raise Conflict(
+                    "an occurrence would overlap another active booking (yours, or the resource's)"
+                ) from None
+            except Deadlock:
+                if attempt == RETRIES - 1:
+                    break
+        raise Conflict("the series is contended; retry")
 
     async def _locked(
         self, conn: Connection, booking_id: uuid.UUID, if_match: int | None
@@ -430,7 +284,7 @@ class SeriesWriter:
         if target is None or target.user_id != self.owner_id:
             raise NotFound("booking not found")
         if target.series_id is None:
-            raise _field("scope", "applies to occurrences of a series; this booking is not one")
+            raise field_error("scope", "applies to occurrences of a series; this booking is not one")
         peek = await store.get_series(conn, target.series_id)
         if peek is None:  # pragma: no cover  (the foreign key cascades)
             raise NotFound("series not found")
@@ -442,13 +296,11 @@ class SeriesWriter:
         target = next((b for b in rows if b.id == booking_id), None)
         if series is None or target is None:
             raise NotFound("booking not found")
-        if if_match is not None and if_match != series.version:
-            raise PreconditionFailed(f"series is at version {series.version}, not {if_match}")
+        check_version("series", series.version, if_match)
         return target, series, rows, resource
 
     async def _change_once(self, msg: ChangeSeries) -> dict[str, Any]:
-        from actors.bookings import check_times, record_update
-        from actors.resources import _full, check_hours
+        from actors.bookings import record_update
 
         d = self.deps
         now = d.clock()
@@ -483,13 +335,13 @@ class SeriesWriter:
                 new_start = changes.get("start_time", target.start_time)
                 new_end = changes.get("end_time", target.end_time)
                 if new_start.astimezone(zone).date() != target.start_time.astimezone(zone).date():
-                    raise _field(
+                    raise field_error(
                         "startTime",
                         "with scope=following|all the time of day may change, not the date (scope=this moves "
                         "one occurrence to another day)",
                     )
                 if new_end <= new_start:
-                    raise _field("endTime", "must be after startTime")
+                    raise field_error("endTime", "must be after startTime")
                 new_time = (new_start, new_end - new_start)
                 local = new_start.astimezone(zone)
                 dt_local = series.dtstart.astimezone(zone)
@@ -527,12 +379,12 @@ class SeriesWriter:
                             exclude=b.id,
                         )
                         if in_way:
-                            raise _full(resource, in_way)
+                            raise full(resource, in_way)
                 values = {k: v for k, v in values.items() if getattr(b, k) != v}
                 if not values:
                     continue
                 if values.get("status") not in (None, "in-progress", "completed", "cancelled"):
-                    raise _field("status", "not a status a scheduled occurrence can take")
+                    raise field_error("status", "not a status a scheduled occurrence can take")
                 after = await booking_store.update_booking(conn, b.id, values)
                 out.queued += await record_update(
                     d, conn, actor_id=msg.actor_id, before=b, after=after, changes=values
@@ -609,11 +461,14 @@ class SeriesWriter:
             try:
                 await self._delete_once(msg)
                 return
-            except asyncpg.PostgresError as exc:
-                if sqlstate(exc) != "40P01" or attempt == RETRIES - 1:
-                    raise
+            except Deadlock:
+                if attempt == RETRIES - 1:
+                    break
+        raise Conflict("the series is contended; retry")
 
     async def _delete_once(self, msg: DeleteSeries) -> None:
+        from actors.bookings import record_delete
+
         d = self.deps
         out = _Outcome()
         async with d.db.begin() as conn:
@@ -624,22 +479,7 @@ class SeriesWriter:
             gone = rows if whole else [b for b in rows if b.occurrence_start and b.occurrence_start >= pivot]
             for b in gone:
                 await booking_store.delete_booking(conn, b.id)
-                await booking_store.audit(
-                    conn,
-                    actor_id=msg.actor_id,
-                    action="delete",
-                    entity_id=b.id,
-                    before=b.snapshot(),
-                    after=None,
-                )
-                out.queued += await webhook_store.enqueue(
-                    conn,
-                    event_type=BOOKING_DELETED,
-                    user_id=b.user_id,
-                    booking_id=b.id,
-                    payload={"booking": b.snapshot()},
-                    handed_off=d.webhooks is not None,
-                )
+                out.queued += await record_delete(d, conn, actor_id=msg.actor_id, booking=b)
                 if d.reminders:
                     plan = await d.reminders.in_transaction(conn, None, booking_id=b.id)
                     if plan is not None:
@@ -667,7 +507,6 @@ class SeriesWriter:
     async def after(self, out: _Outcome, *, also: uuid.UUID | None) -> None:
         """The Redis copies of the reminders, the webhook messages to the workers, then the events: every
         occurrence's, the series' summary, and one resource.busy.changed per resource (in one round trip)."""
-        from actors.resources import BUSY_CHANGED
 
         d = self.deps
         if d.reminders is not None:

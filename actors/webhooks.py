@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from actors import webhook_rules as rules
 from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from actors.views import iso
 from storage import webhooks as store
 from storage.db import Database
+from storage.errors import Deadlock
 from storage.users import User
 from storage.webhooks import Attempt, Endpoint, Message
 
@@ -173,7 +172,7 @@ class WebhookService:
                 async with self._db.connect() as conn:
                     await store.delete_endpoint(conn, endpoint_id)
                 return
-            except asyncpg.DeadlockDetectedError:
+            except Deadlock:
                 if attempt == DELETE_RETRIES - 1:
                     raise Conflict("the endpoint is being delivered to; retry") from None
                 log.info("deadlock deleting webhook endpoint %s; retrying", endpoint_id)

@@ -18,7 +18,6 @@ from actors.availability_service import (
     slot_rules_view,
     span_view,
 )
-from actors.bookings import parse_if_match
 from actors.views import iso
 from actors.zones import check_zone
 from handlers.common import json_response, require_admin, require_user
@@ -30,6 +29,7 @@ from handlers.docparts import (
     etag,
     if_match,
 )
+from handlers.preconditions import parse_if_match
 from handlers.schemas import Instant, Problem, Strict
 from handlers.users import path_uuid
 from handlers.validation import body, query

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,9 +9,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 from marshmallow import Schema
 
-from actors.bookings import parse_if_match
-from actors.errors import FieldError, ValidationFailed
-from actors.series import SeriesWritten
+from actors.domain.messages import SeriesWritten
 from actors.views import booking_view, snapshot_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (
@@ -22,6 +19,7 @@ from handlers.docparts import (
     etag,
     if_match,
 )
+from handlers.preconditions import idempotency_key, parse_if_match
 from handlers.schemas import (
     AuditPage,
     BookingLimitQuery,
@@ -63,21 +61,7 @@ _SCOPE_PARAM = {
     " whole series (If-Match: the series' version; the reply is the series)",
 }
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-
 _IF_MATCH = if_match("the booking")
-
-
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not _IDEMPOTENCY_KEY.match(key):
-        raise ValidationFailed(
-            "Idempotency-Key must be 1-255 visible ASCII characters",
-            [FieldError("Idempotency-Key", "1-255 visible ASCII characters")],
-        )
-    return key
 
 
 @routes.post("/api/booking")
@@ -122,7 +106,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 @request_schema(CreateBookingRequest)
 async def create_booking(request: web.Request) -> web.Response:
     user = await require_user(request)
-    key = _idempotency_key(request)
+    key = idempotency_key(request.headers.get("Idempotency-Key"))
     data = await body(request, _create)
     created = await request.app[BOOKINGS].create(user, data, idempotency_key=key)
     if isinstance(created, SeriesWritten):

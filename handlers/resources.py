@@ -5,8 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 
-from actors.bookings import parse_if_match
-from actors.resources import resource_view
+from actors.domain.resources import resource_view
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (
     ADMIN_ERRORS,
@@ -16,6 +15,7 @@ from handlers.docparts import (
     etag,
     if_match,
 )
+from handlers.preconditions import parse_if_match
 from handlers.schemas import (
     BusyList,
     BusyQuery,

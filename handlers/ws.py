@@ -23,7 +23,7 @@ from aiohttp_apigami import docs
 
 from actors.base import Event
 from actors.bookings import BookingService
-from actors.errors import DomainError, Unauthorized, Unavailable
+from actors.errors import Unauthorized, Unavailable
 from actors.resources import ResourceService
 from handlers.common import bearer_token, count_api_call, user_json
 from handlers.ws_commands import COMMANDS
@@ -53,7 +53,7 @@ from server.web.keys import (
     WEBSOCKETS,
 )
 from server.web.logs import user_id_var
-from server.web.middlewares import is_dependency_failure  # one rule for REST and WS
+from server.web.problems import as_domain_error, is_dependency_failure
 from storage.users import User
 
 log = logging.getLogger(__name__)
@@ -279,15 +279,15 @@ class Connection:
             if command.metered:
                 await self._count_api_call()
             result = await command.run(self, frame.data)
-        except DomainError as exc:
-            self.send(domain_error(exc, frame.id))
-        except Exception as exc:  # like REST: a dependency down is 503, anything else a logged 500
-            if is_dependency_failure(exc):
-                log.warning("dependency unavailable during %s: %s", frame.event, type(exc).__name__)
-                self.send(error(503, "a backing service is unavailable; retry shortly", frame.id))
-            else:
+        except Exception as exc:  # like REST (server/web/problems.py): a dependency down is 503, else a 500
+            domain = as_domain_error(exc)
+            if domain is None:
                 log.exception("websocket command %s failed", frame.event)
                 self.send(error(500, "unexpected error", frame.id))
+            else:
+                if domain is not exc:
+                    log.warning("dependency unavailable during %s: %s", frame.event, type(exc).__name__)
+                self.send(domain_error(domain, frame.id))
         else:
             self.send(reply(command.reply_event, result, frame.id))
 

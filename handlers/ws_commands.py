@@ -18,11 +18,12 @@ from marshmallow import fields
 from marshmallow import validate as rules
 
 from actors.bookings import BookingService
+from actors.domain.messages import SeriesWritten
 from actors.errors import Conflict, Forbidden
 from actors.resources import ResourceService
-from actors.series import SeriesWritten
 from actors.views import booking_view, iso
 from handlers.common import page_meta
+from handlers.preconditions import IDEMPOTENCY_KEY
 from handlers.schemas import BookingListQuery, CreateBookingRequest, Strict, UpdateBookingRequest
 from handlers.validation import validate
 from storage.users import User
@@ -91,7 +92,7 @@ class BookingRef(Strict):
 
 class CreateOptions(Strict):
     # The Idempotency-Key header's rule, so a retried frame replays like a retried POST.
-    idempotency_key = fields.String(validate=rules.Regexp(r"^[\x21-\x7e]{1,255}$"), data_key="idempotencyKey")
+    idempotency_key = fields.String(validate=rules.Regexp(IDEMPOTENCY_KEY), data_key="idempotencyKey")
 
 
 _room = RoomRequest()

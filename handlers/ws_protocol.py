@@ -13,6 +13,7 @@ from typing import Any
 
 from actors.errors import DomainError, FieldError, ValidationFailed
 from handlers.validation import parse_json, unstorable
+from server.web.problems import details, kind_of
 
 # Close codes. 4401 mirrors HTTP 401 in the 4000-4999 range RFC 6455 leaves to applications.
 CLOSE_GOING_AWAY = 1001
@@ -95,11 +96,12 @@ def error(status: int, message: str, frame_id: FrameId | None, **extra: Any) -> 
 
 
 def domain_error(exc: DomainError, frame_id: FrameId | None) -> dict[str, Any]:
-    """The same status and detail REST would answer with, plus its field errors and extras."""
-    extra = dict(exc.extra)
-    if isinstance(exc, ValidationFailed) and exc.errors:
-        extra["errors"] = [{"field": e.field, "message": e.message} for e in exc.errors]
-    return error(exc.status, exc.detail, frame_id, **extra)
+    """The same status and detail REST would answer with (server/web/problems.py), plus its extras and
+    its field errors when there are any."""
+    extra = details(exc)
+    if not extra.get("errors", True):
+        del extra["errors"]
+    return error(kind_of(exc).status, exc.detail, frame_id, **extra)
 
 
 class TokenBucket:

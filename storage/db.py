@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeAlias, cast
+from typing import Any, NoReturn, TypeAlias, cast
 
 import asyncpg
 import sqlalchemy as sa
@@ -23,6 +23,8 @@ from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
+
+from storage.errors import translated
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,13 @@ def asyncpg_url(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+def _raise_translated(exc: asyncpg.PostgresError) -> NoReturn:
+    mapped = translated(exc)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
+
+
 class Database:
     """The process's pool. `connect()` lends a connection; `begin()` one inside a transaction."""
 
@@ -183,13 +192,21 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
-        async with self.pool.acquire(timeout=self.timeout) as conn:
-            yield conn
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                yield conn
+        except asyncpg.PostgresError as exc:
+            _raise_translated(exc)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[Connection]:
-        async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
-            yield conn
+        """A transaction; an overlap or a deadlock (in a statement or at the commit) comes out as
+        storage.errors.Overlap / Deadlock, after the rollback."""
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
+                yield conn
+        except asyncpg.PostgresError as exc:
+            _raise_translated(exc)
 
     async def close(self) -> None:
         try:

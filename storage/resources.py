@@ -24,10 +24,12 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 
 from storage.bookings import Booking
 from storage.db import Connection, P, Paged, Query, Record, page_of, paged, versioned_update
+from storage.errors import DuplicateName
 from storage.tables import resources
 from storage.webhooks import outbox_sql
 
@@ -77,8 +79,11 @@ def _insert(names: frozenset[str]) -> Query:
 
 
 async def create_resource(conn: Connection, values: dict[str, Any]) -> Resource:
-    """Raises asyncpg.UniqueViolationError when an active resource has the name (any case)."""
-    row = await _insert(frozenset(values)).fetchrow(conn, **values)
+    """Raises DuplicateName when an active resource has the name (any case)."""
+    try:
+        row = await _insert(frozenset(values)).fetchrow(conn, **values)
+    except asyncpg.UniqueViolationError as exc:
+        raise DuplicateName(values["name"]) from exc
     assert row is not None  # noqa: S101  (INSERT ... RETURNING always returns the row)
     return _resource(row)
 
@@ -109,7 +114,11 @@ async def lock_resources(conn: Connection, ids: list[uuid.UUID]) -> dict[uuid.UU
 
 
 async def update_resource(conn: Connection, resource_id: uuid.UUID, values: dict[str, Any]) -> Resource:
-    row = await versioned_update(resources, frozenset(values)).fetchrow(conn, id=resource_id, **values)
+    """Raises DuplicateName when the new name (or bringing it back) would make two active ones."""
+    try:
+        row = await versioned_update(resources, frozenset(values)).fetchrow(conn, id=resource_id, **values)
+    except asyncpg.UniqueViolationError as exc:
+        raise DuplicateName(str(values.get("name", ""))) from exc
     if row is None:
         raise LookupError(f"resource {resource_id} vanished under its row lock")
     return _resource(row)

@@ -42,7 +42,7 @@ def test_data_and_id_are_optional() -> None:
 def test_malformed_frames_are_400_and_keep_a_readable_id(text: str, field: str, frame_id: object) -> None:
     with pytest.raises(BadFrame) as caught:
         parse_frame(text)
-    assert caught.value.status == 400
+    assert domain_error(caught.value, None)["data"]["status"] == 400
     assert caught.value.errors[0].field == field
     assert caught.value.frame_id == frame_id
     assert peek_id(text) == frame_id

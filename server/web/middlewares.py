@@ -8,17 +8,12 @@ import re
 import time
 import uuid
 
-import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.errors import DomainError, Unavailable
 from server.web.keys import CURRENT_API_KEY, CURRENT_USER, METRICS, REQUEST_ID, SETTINGS
 from server.web.logs import request_id_var
-from server.web.problems import from_domain, problem
-from storage.errors import sqlstate
+from server.web.problems import as_domain_error, from_domain, problem
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("booking.access")
@@ -39,27 +34,6 @@ _STATUS_SLUGS = {
     429: "rate-limited",
     503: "unavailable",
 }
-
-
-def is_dependency_failure(exc: BaseException) -> bool:
-    """PostgreSQL or Redis unreachable, timing out, shutting down or full: 503, not 500."""
-    if isinstance(
-        exc,
-        (
-            asyncpg.ConnectionDoesNotExistError,
-            ConnectionError,
-            TimeoutError,  # pool acquire and command timeouts
-            RedisConnectionError,
-            RedisTimeoutError,
-            OSError,
-        ),
-    ):
-        return True
-    if isinstance(exc, asyncpg.InterfaceError):  # the pool or connection closed under us; not misuse
-        return "closed" in str(exc) or "closing" in str(exc)
-    # 08: connection exception, 53: insufficient resources (too many connections),
-    # 57: operator intervention (shutdown, cannot connect now).
-    return (sqlstate(exc) or "")[:2] in {"08", "53", "57"}
 
 
 @web.middleware
@@ -108,8 +82,6 @@ def _caller(request: web.Request) -> str | None:
 async def _guarded(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
     try:
         return await handler(request)
-    except DomainError as exc:
-        return from_domain(exc, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -120,9 +92,11 @@ async def _guarded(request: web.Request, handler: Handler, request_id: str) -> w
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        if is_dependency_failure(exc):
-            log.warning("dependency unavailable: %s", type(exc).__name__)
-            return from_domain(Unavailable("a backing service is unavailable; retry shortly"), request_id)
+        error = as_domain_error(exc)
+        if error is not None:
+            if error is not exc:
+                log.warning("dependency unavailable: %s", type(exc).__name__)
+            return from_domain(error, request_id)
         log.exception("unhandled error")
         return problem(500, "internal", "Internal server error", "unexpected error", request_id)
 
