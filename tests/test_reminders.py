@@ -365,8 +365,7 @@ async def test_a_tick_takes_only_what_falls_due_within_its_lookahead_and_enqueue
         await wait_for_queued(source, str(near.booking_id), [near.due_at.isoformat()], within=4.0)
         enqueued_late = (datetime.now(UTC) - (near.due_at - LEAD)).total_seconds()
         assert 0 <= enqueued_late < 0.5, enqueued_late
-        await scheduler.once()  # taken already, within its lease: not enqueued again
-        await asyncio.sleep(0.1)
+        assert await scheduler.once() == 0  # taken already, within its lease: no timer armed again
         assert await source.queued_due(str(near.booking_id)) == [near.due_at.isoformat()]
     finally:
         await scheduler.stop()
@@ -383,11 +382,10 @@ async def test_a_row_still_pending_after_its_lease_is_enqueued_again_and_two_sch
     first = ReminderScheduler(db=db, broker=broker, lease=lease, clock=lambda: now)
     second = ReminderScheduler(db=db, broker=broker, lease=lease, clock=lambda: now)
     try:
-        await asyncio.gather(first.once(), second.once())
+        assert sum(await asyncio.gather(first.once(), second.once())) == 1  # one of the two takes it
         await wait_for_queued(source, str(row.booking_id), [row.due_at.isoformat()])
         await source.redis.delete(source.stream)  # the message lost (a flush, a restart)
-        await second.once()  # within the lease: nothing yet
-        await asyncio.sleep(0.1)
+        assert await second.once() == 0  # within the lease: nothing taken, no timer armed
         assert await source.queued_due(str(row.booking_id)) == []
         after = ReminderScheduler(
             db=db, broker=broker, lease=lease, clock=lambda: now + lease + timedelta(seconds=1)
@@ -400,8 +398,7 @@ async def test_a_row_still_pending_after_its_lease_is_enqueued_again_and_two_sch
         assert (await deliver(db, bus, booking_id=row.booking_id, due_at=row.due_at)).status == "sent"
         much_later = ReminderScheduler(db=db, broker=broker, lease=lease, clock=lambda: now + lease * 10)
         await source.redis.delete(source.stream)
-        await much_later.once()
-        await asyncio.sleep(0.1)
+        assert await much_later.once() == 0
         assert await source.queued_due(str(row.booking_id)) == []
     finally:
         await first.stop()

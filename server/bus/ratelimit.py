@@ -34,19 +34,26 @@ redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')
 return {redis.call('INCR', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """
 
-# The count so far, without counting: for limits that count only failures (a calendar feed's unknown
-# tokens), checked before the attempt and hit after a failed one.
 # A batch of hits: `ARGV[2]` at once (the batched per-user API limit).
 _ADD = """
 redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')
 return {redis.call('INCRBY', KEYS[1], ARGV[2]), redis.call('PTTL', KEYS[1])}
 """
 
+# The count so far, without counting: for limits that count only failures (a calendar feed's unknown
+# tokens), checked before the attempt and hit after a failed one.
 _PEEK = """
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
 """
 
 WhenDown = Literal["open", "local"]
+
+
+def _refused(scope: str, limit: int, window: int, ttl_ms: int) -> RateLimited:
+    """The refusal, with the whole seconds until the window ends (the window itself when Redis gave
+    no expiry)."""
+    retry_after = max(1, math.ceil(ttl_ms / 1000)) if ttl_ms > 0 else window
+    return RateLimited(f"rate limit of {limit} per {window}s exceeded for {scope}", retry_after)
 
 
 class LocalWindows:
@@ -159,8 +166,7 @@ class RateLimiter:
         name = f"{self._prefix}rl:{scope}:{key}"
         state, refused_ms = self.batched.admit(name, window, limit)
         if refused_ms is not None:
-            retry_after = max(1, math.ceil(refused_ms / 1000)) if refused_ms > 0 else window
-            raise RateLimited(f"rate limit of {limit} per {window}s exceeded for {scope}", retry_after)
+            raise _refused(scope, limit, window, refused_ms)
         if not self.batched.due(state):
             return
         sent = state.pending
@@ -176,8 +182,7 @@ class RateLimiter:
             state.flushing = False
         self.batched.answered(state, sent, int(count), int(ttl_ms))
         if int(count) > limit:  # other processes' hits filled the window meanwhile
-            retry_after = max(1, math.ceil(int(ttl_ms) / 1000)) if int(ttl_ms) > 0 else window
-            raise RateLimited(f"rate limit of {limit} per {window}s exceeded for {scope}", retry_after)
+            raise _refused(scope, limit, window, int(ttl_ms))
 
     async def hit(self, scope: str, key: str, *, limit: int, window: int, when_down: WhenDown) -> None:
         """Count one hit; raise RateLimited (with the seconds until the window ends) past `limit`."""
@@ -189,8 +194,7 @@ class RateLimiter:
                 return
             count, ttl_ms = self.local.hit(name, window)
         if int(count) > limit:
-            retry_after = max(1, math.ceil(int(ttl_ms) / 1000)) if int(ttl_ms) > 0 else window
-            raise RateLimited(f"rate limit of {limit} per {window}s exceeded for {scope}", retry_after)
+            raise _refused(scope, limit, window, int(ttl_ms))
 
     async def check(self, scope: str, key: str, *, limit: int, window: int, when_down: WhenDown) -> None:
         """Raise RateLimited when `limit` hits are already counted in the window, without counting this
@@ -203,5 +207,4 @@ class RateLimiter:
                 return
             count, ttl_ms = self.local.peek(name)
         if int(count) >= limit:
-            retry_after = max(1, math.ceil(int(ttl_ms) / 1000)) if int(ttl_ms) > 0 else window
-            raise RateLimited(f"rate limit of {limit} per {window}s exceeded for {scope}", retry_after)
+            raise _refused(scope, limit, window, int(ttl_ms))
