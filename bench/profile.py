@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.profile [--seconds 8] [--out /tmp/web.prof]
 
 Same throwaway database / Redis prefix / env as `python -m bench`; prints the top functions by
-cumulative and by own time. cProfile slows the process down (~2x), so read it for shares, not rates.
+cumulative and by own time, in CPU seconds of the measured window only (bench/cpuprof.py), so start-up
+and a busy machine do not show in it. cProfile slows the process down (~2x), so read it for shares, not
+rates.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import time
 
 from bench import create
-from bench.common import BOOKING, ROOT, Stack, say
+from bench.common import ROOT, Stack, say
 from tests.processes import free_ports, wait_healthy
 
 
@@ -30,7 +32,7 @@ async def main(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(  # noqa: S603, ASYNC220 (our own interpreter; returns at once)
-            [sys.executable, "-m", "cProfile", "-o", args.out, str(BOOKING), "serve", "--port", str(port)],
+            [sys.executable, "-m", "bench.cpuprof", args.out, "serve", "--port", str(port)],
             cwd=ROOT,
             env={**os.environ, **stack.env(), "HOST": "127.0.0.1"},
             stdin=subprocess.DEVNULL,
@@ -40,7 +42,10 @@ async def main(args: argparse.Namespace) -> None:
         try:
             await asyncio.to_thread(wait_healthy, url, time.monotonic() + 60, proc)
             users = await stack.seed_users(256, "prof")
+            # Profile the measured window only, not the warm-up (bench/cpuprof.py).
+            asyncio.get_running_loop().call_later(1.0, proc.send_signal, signal.SIGUSR1)
             rate = await create.http_rate([url], users, concurrency=32, duration=args.seconds, warmup=1.0)
+            proc.send_signal(signal.SIGUSR2)
             p99 = rate.p99 * 1000
             say(f"under cProfile: {rate.per_second:,.0f}/s, p99 {p99:.1f} ms, {rate.errors} errors")
         finally:

@@ -1,4 +1,5 @@
-"""EventBus signals between processes, and the reconnect hook, on a real Redis.
+"""EventBus signals and events between processes, coalesced publishing, and the reconnect hook, on a
+real Redis.
 
 Two buses on one prefix stand for two processes. The reconnect test kills only its own bus's pub/sub
 connection (found by client name), so other tests sharing the Redis are untouched. It runs twice: with
@@ -9,15 +10,17 @@ options (server/bus/redisconf.py), where redis-py reconnects and re-subscribes i
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from actors.hub import Hub
+from actors.base import Event
+from actors.hub import Hub, make_event
 from server.base.settings import Settings
-from server.bus.events import EventBus
+from server.bus.events import MAX_BATCH, EventBus
 from server.bus.redisconf import client_options
 from tests.support import wait_for
 
@@ -120,3 +123,64 @@ async def test_losing_redis_calls_the_reconnect_hook_after_subscribing_again(
     await wait_for(listening_again, within=10, interval=0.1, what="the bus hearing signals again")
     assert two.connected.is_set()
     assert len(calls) == 1, "one lost connection is one reconnect"
+
+
+async def test_events_emitted_while_a_publish_is_in_flight_go_out_together_in_order(
+    buses: tuple[EventBus, EventBus, str], redis_url: str
+) -> None:
+    """The first emit publishes at once; the ones emitted while it is on the wire share the next
+    PUBLISH (at most MAX_BATCH a message). The other process gets every event, in emit order, and
+    every emitter is told it was received; the sender's own hub gets none of them back."""
+    one, two, _ = buses
+    got: list[Event] = []
+    echoed: list[Event] = []
+    users = [uuid.uuid4() for _ in range(5)]
+    receiver, sender = Hub(), Hub()
+    for user in users:
+        receiver.subscribe_user(user, got.append)
+        sender.subscribe_user(user, echoed.append)
+    one.start(sender)
+    two.start(receiver)
+    raw = Redis.from_url(redis_url)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(one.channel)
+    try:
+        await asyncio.wait_for(asyncio.gather(one.connected.wait(), two.connected.wait()), 10)
+        count = MAX_BATCH + 40
+        events = [make_event("booking.created", {"n": n}) for n in range(count)]
+        received = await asyncio.gather(*(one.emit(users[n % 5], events[n]) for n in range(count)))
+        assert all(received)
+
+        async def all_arrived() -> bool:
+            return len(got) == count
+
+        await wait_for(all_arrived, within=10, what="every event in the other process")
+        assert [e["data"]["n"] for e in got] == list(range(count))
+        sizes: list[int] = []  # events per message on the channel
+        async with asyncio.timeout(10):
+            while sum(sizes) < count:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    sizes.append(len(json.loads(message["data"]).get("batch", [None])))
+        assert sizes == [1, MAX_BATCH, count - 1 - MAX_BATCH]  # the first alone, then in turn
+        assert echoed == []
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await raw.aclose()
+
+
+async def test_a_failed_coalesced_publish_reports_to_every_emitter_that_shared_it(redis_url: str) -> None:
+    """Redis refuses: the first emitter and each one that waited for the next PUBLISH get False (the
+    reminder outbox retries on it), none hangs, and the bus publishes again once Redis answers."""
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    bus = EventBus(dead, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        event = make_event("booking.deleted", {"id": "x"})
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(bus.emit(uuid.uuid4(), event) for _ in range(20))), 10
+        )
+        assert outcomes == [False] * 20
+        assert await asyncio.wait_for(bus.emit(uuid.uuid4(), event), 5) is False  # not stuck
+    finally:
+        await bus.close()
+        await dead.aclose()

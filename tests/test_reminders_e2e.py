@@ -146,13 +146,16 @@ async def reminders_seen(
         message = await pubsub.get_message(timeout=min(0.2, max(0.01, until - time.monotonic())))
         if message is None:
             continue
-        envelope = json.loads(message["data"])
-        if "batch" in envelope:  # several booking.* events of one change (never a reminder)
-            continue
-        if envelope["event"]["event"] == "booking.reminder" and envelope["user"] == user["user"]["id"]:
-            seen.append((envelope, datetime.now(UTC)))
-            if expect is not None and len(seen) == expect:
-                until = min(until, time.monotonic() + settle)
+        message = json.loads(message["data"])
+        # One event, or several in one message (coalesced by the publishing process).
+        for envelope in message.get("batch", [message]):
+            if (
+                envelope.get("user") == user["user"]["id"]
+                and envelope["event"]["event"] == "booking.reminder"
+            ):
+                seen.append((envelope, datetime.now(UTC)))
+                if expect is not None and len(seen) == expect:
+                    until = min(until, time.monotonic() + settle)
     return seen
 
 

@@ -9,6 +9,13 @@ When the listener loses Redis and subscribes again — in its own loop, or silen
 which reconnects a pub/sub connection and re-subscribes on its own — whatever was published in between
 is gone. The reconnect hooks run, and every local socket is told (`RESYNC`) so that clients re-read
 instead of trusting a stream with a hole in it.
+
+Publishing coalesces: while one PUBLISH is on the wire, the events emitted meanwhile wait and go out
+together in the next one (one `batch` message), each emitter still told how many processes received
+it. A quiet process publishes each event at once, alone (the same message as ever); a busy one sends a
+PUBLISH per round trip instead of per event, and every listener parses one message instead of many
+(docs/BENCHMARKS.md). Order is kept: parts leave in the order they were emitted. A listener drops its
+own messages by their first bytes, before parsing them.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from server.bus.redisgate import RedisDown, RedisGate
 log = logging.getLogger(__name__)
 
 BROADCAST = "*"
+MAX_BATCH = 256  # parts per PUBLISH: bounds one message (and one listener's parse) under a burst
 RESYNC_MESSAGE = (
     "Live updates were interrupted and some events may have been missed; re-read what you display "
     "(get-bookings)."
@@ -60,6 +68,12 @@ class EventBus:
         self._on_reconnect: list[Callable[[], None]] = []
         self._subscribed_before = False
         self._subscriptions = 0  # subscribes so far, ours and redis-py's own
+        # Coalescing (module docstring): parts waiting for the PUBLISH in flight to return.
+        self._publishing = False
+        self._waiting: list[tuple[list[str], asyncio.Future[int]]] = []
+        self._drain: asyncio.Task[None] | None = None
+        own = f'{{"origin":"{self.origin}",'
+        self._own = (own, own.encode())
 
     def on_signal(self, name: str, callback: Callable[[str], None]) -> None:
         """Call `callback(data)` when another process sends signal `name` (see `signal`)."""
@@ -73,7 +87,7 @@ class EventBus:
     async def signal(self, name: str, data: str) -> None:
         """A process-to-process notice (not for sockets), e.g. "user-changed" with the user's id."""
         try:
-            await self._send(dumps({"origin": self.origin, "signal": name, "data": data}))
+            await self._publish_message(self._message([], signal=(name, data)))
         except RedisDown as exc:  # the gate has already said Redis is down, once
             log.info("signal %s not published (%s)", name, exc)
         except (RedisError, OSError) as exc:
@@ -88,6 +102,8 @@ class EventBus:
         """Stop the listener. The flag ends the loop within a poll interval even if a cancellation is
         swallowed inside redis-py (seen when cancelling during connect)."""
         self._stopping = True
+        if self._drain is not None:  # what was emitted before the close still goes out
+            await asyncio.wait({self._drain}, timeout=3.0)
         if self._task is None:
             return
         self._task.cancel()
@@ -105,7 +121,7 @@ class EventBus:
     async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None:
         """Like `emit`, to the watchers of a resource (WebSocket `join-resource-room`) in every process."""
         try:
-            await self._send(dumps({"origin": self.origin, "resource": str(resource_id), "event": event}))
+            await self._send([_part("resource", str(resource_id), event)])
         except RedisDown as exc:
             log.info("event not published (%s); remote watchers miss %s", exc, event["event"])
         except (RedisError, OSError) as exc:
@@ -118,10 +134,10 @@ class EventBus:
     ) -> None:
         """`emit` and `emit_resource` for several events at once: ONE message for every other process
         (a resource booking's booking.* and resource.busy.changed events)."""
-        batch: list[dict[str, Any]] = [{"user": str(user_id), "event": event} for user_id, event in to_users]
-        batch += [{"resource": str(resource_id), "event": event} for resource_id, event in to_resources]
+        batch = [_part("user", str(user_id), event) for user_id, event in to_users]
+        batch += [_part("resource", str(resource_id), event) for resource_id, event in to_resources]
         try:
-            await self._send(dumps({"origin": self.origin, "batch": batch}))
+            await self._send(batch)
         except RedisDown as exc:
             log.info("events not published (%s); remote sockets miss %d", exc, len(batch))
         except (RedisError, OSError) as exc:
@@ -135,15 +151,11 @@ class EventBus:
         after this returns), so the caller can answer 503 and a retry sends it once. Through the gate
         like every request-path call: RedisDown within REDIS_TIMEOUT, or at once while Redis is known
         to be down (RedisError / OSError only for a bus without a gate)."""
-        await self._send(self._envelope(BROADCAST, event))
-
-    def _envelope(self, target: str, event: Event) -> str:
-        return dumps({"origin": self.origin, "user": target, "event": event})
+        await self._send([_part("user", BROADCAST, event)])
 
     async def _publish(self, target: str, event: Event) -> bool:
-        payload = self._envelope(target, event)
         try:
-            receivers = await self._send(payload)
+            receivers = await self._send([_part("user", target, event)])
         except RedisDown as exc:  # the gate has already said Redis is down, once
             log.info("event not published (%s); remote sockets miss %s", exc, event["event"])
             return False
@@ -155,13 +167,64 @@ class EventBus:
             return False
         return receivers > 0
 
-    async def _send(self, payload: str) -> int:
+    async def _send(self, parts: list[str]) -> int:
+        """Publish `parts` (module docstring: at once when nothing is in flight, else with the next
+        PUBLISH); the number of subscribers that received them. Raises what the PUBLISH raised."""
+        if self._publishing:
+            waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._waiting.append((parts, waiter))
+            return await waiter
+        self._publishing = True
+        try:
+            return await self._publish_message(self._message(parts))
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The PUBLISH in flight returned: what waited for it goes next, in a task of its own (the
+        emitter that was on the wire is not kept waiting for the others)."""
+        if self._waiting:
+            self._drain = asyncio.create_task(self._send_waiting(), name="event-bus-publish")
+        else:
+            self._publishing = False
+
+    async def _send_waiting(self) -> None:
+        taken: list[tuple[list[str], asyncio.Future[int]]] = []
+        try:
+            while self._waiting:
+                taken, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                parts = [part for chunk, _ in taken for part in chunk]
+                try:
+                    receivers = await self._publish_message(self._message(parts))
+                except Exception as exc:  # each emitter logs or raises it, as for its own PUBLISH
+                    _settle(taken, exc)
+                else:
+                    _settle(taken, receivers)
+                taken = []
+        finally:  # cancelled (shutdown): what was not published is told so
+            _settle(taken + self._waiting, ConnectionError("event bus closed"))
+            self._waiting = []
+            self._publishing = False
+            self._drain = None
+
+    def _message(self, parts: list[str], *, signal: tuple[str, str] | None = None) -> str:
+        """One message of this origin: a signal, one event (the original form) or a batch. Built from
+        parts already encoded, so an event is encoded once, and so it starts with `self._own`."""
+        if signal is not None:
+            return f'{self._own[0]}"signal":{dumps(signal[0])},"data":{dumps(signal[1])}}}'
+        if len(parts) == 1:
+            return f"{self._own[0]}{parts[0][1:]}"
+        return f'{self._own[0]}"batch":[{",".join(parts)}]}}'
+
+    async def _publish_message(self, payload: str) -> int:
         """PUBLISH; the number of subscribers that received it."""
         if self._gate is None:
             return int(await self._redis.publish(self.channel, payload))
         return int(await self._gate.call(lambda: self._redis.publish(self.channel, payload), "event publish"))
 
     def _dispatch(self, raw: bytes | str) -> None:
+        if raw.startswith(self._own[isinstance(raw, bytes)]):  # type: ignore[arg-type]
+            return  # our own: dropped before parsing
         try:
             message = json.loads(raw)
             if message["origin"] == self.origin:
@@ -264,3 +327,18 @@ class EventBus:
             self._hub.to_everyone(
                 make_event("system.notification", {"message": RESYNC_MESSAGE, "data": {"reason": "resync"}})
             )
+
+
+def _part(kind: str, target: str, event: Event) -> str:
+    """One event of a message, encoded: `{"user": …, "event": …}` or `{"resource": …, "event": …}`."""
+    return f'{{"{kind}":{dumps(target)},"event":{dumps(event)}}}'
+
+
+def _settle(waiting: list[tuple[list[str], asyncio.Future[int]]], outcome: int | Exception) -> None:
+    for _, waiter in waiting:
+        if waiter.done():  # its emitter was cancelled meanwhile
+            continue
+        if isinstance(outcome, Exception):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
