@@ -259,8 +259,9 @@ class ReminderScheduler:
         finally:
             await self.stop()
 
-    async def once(self) -> int:
-        """One tick: take what falls due soon and arm a timer for each. The number taken."""
+    async def once(self) -> list[tuple[uuid.UUID, datetime]]:
+        """One tick: take what falls due soon and arm a timer for each. What it took (booking id, due
+        time)."""
         now = self.clock()
         async with self.db.connect() as conn:
             rows = await store.take_due(
@@ -272,7 +273,7 @@ class ReminderScheduler:
                 task = asyncio.create_task(self._enqueue_at(booking_id, due_at))
                 self._waiting[key] = task
                 task.add_done_callback(lambda _t, k=key: self._waiting.pop(k, None))  # type: ignore[misc]
-        return len(rows)
+        return rows
 
     async def _enqueue_at(self, booking_id: uuid.UUID, due_at: datetime) -> None:
         wait = (due_at - LEAD - self.clock()).total_seconds()
