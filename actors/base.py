@@ -21,7 +21,6 @@ from actors.errors import RateLimited, Unavailable
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
-Event = dict[str, Any]
 Handler = Callable[[Any], Awaitable[Any]]
 
 # Bound per message, so a request id never leaks from one user's message into another's log lines.

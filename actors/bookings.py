@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from actors.base import Event, Handler, Registry
+from actors.base import Handler, Registry
+from actors.domain.events import Event
 from actors.domain.messages import (
     ChangeSeries,
     CreateBooking,

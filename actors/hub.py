@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from actors.base import Event
+from actors.domain.events import Event
 from actors.errors import Unavailable
 from actors.views import iso
 
@@ -27,7 +27,7 @@ Subscriber = Callable[[Event], None]
 
 def make_event(name: str, data: dict[str, Any]) -> Event:
     """The one shape of a pushed event (docs/WEBSOCKET.md), for actors, workers and broadcasts alike."""
-    return {"event": name, "data": data, "timestamp": iso(datetime.now(UTC))}
+    return Event(name, data, iso(datetime.now(UTC)))
 
 
 class Relay(Protocol):

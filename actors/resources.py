@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from actors.base import Event, Handler, Registry
+from actors.base import Handler, Registry
+from actors.domain.events import Event
 from actors.domain.messages import BookResource, ChangeResourceBooking, CreateBooking, Created, UpdateBooking
 from actors.domain.resources import (
     BUSY_CHANGED,

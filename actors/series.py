@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from actors.base import Event
+from actors.domain.events import Event
 from actors.domain.messages import ChangeSeries, CreateSeries, DeleteSeries, SeriesWritten
 from actors.domain.resources import BUSY_CHANGED, check_hours, check_window, full, retired, unknown_resource
 from actors.domain.rules import check_times, check_version

@@ -169,4 +169,4 @@ async def broadcast(request: web.Request) -> web.Response:
         log.warning("broadcast not published (%s)", exc if isinstance(exc, RedisDown) else type(exc).__name__)
         raise Unavailable("Redis is unavailable: the notification was not sent; retry shortly") from None
     log.info("admin %s broadcast a system.notification to every socket", admin.id)
-    return json_response(event, status=202)
+    return json_response(event.wire(), status=202)

@@ -21,8 +21,8 @@ from weakref import WeakSet
 from aiohttp import WSMsgType, web
 from aiohttp_apigami import docs
 
-from actors.base import Event
 from actors.bookings import BookingService
+from actors.domain.events import Event
 from actors.errors import Unauthorized, Unavailable
 from actors.resources import ResourceService
 from handlers.common import bearer_token, count_api_call, user_json
@@ -75,7 +75,8 @@ class Connection:
         self._rooms: dict[uuid.UUID, Callable[[], None]] = {}
         self._resource_rooms: dict[uuid.UUID, Callable[[], None]] = {}
         self._unsubscribe_broadcasts: Callable[[], None] | None = None
-        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.ws_outbox_size)
+        # Frames to send: replies (dicts) and events, already encoded once for every socket (Event).
+        self._outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue(settings.ws_outbox_size)
         self._bucket = TokenBucket(settings.ws_rate_per_second, settings.ws_rate_burst)
         self._strikes = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,9 +140,9 @@ class Connection:
 
     def deliver(self, event: Event) -> None:
         """Subscriber callback, called synchronously by a fan-out: never blocks, never grows."""
-        self.send(event)
+        self.send(event.encoded(dumps))
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: dict[str, Any] | str) -> None:
         if self._stopping:
             return
         try:
@@ -300,7 +301,7 @@ class Connection:
         while not (self._stopping and self._outbox.empty()):  # a flushing stop ends when drained
             frame = await self._outbox.get()
             try:
-                await self._ws.send_str(dumps(frame))
+                await self._ws.send_str(frame if isinstance(frame, str) else dumps(frame))
             except ConnectionError:  # the peer is gone; the reader sees it too
                 self.stop()
                 return

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from actors.base import Event
+from actors.domain.events import Event
 from actors.hub import Hub, make_event
 from server.base.settings import Settings
 from server.bus.events import MAX_BATCH, EventBus
@@ -155,7 +155,7 @@ async def test_events_emitted_while_a_publish_is_in_flight_go_out_together_in_or
             return len(got) == count
 
         await wait_for(all_arrived, within=10, what="every event in the other process")
-        assert [e["data"]["n"] for e in got] == list(range(count))
+        assert [e.data["n"] for e in got] == list(range(count))
         sizes: list[int] = []  # events per message on the channel
         async with asyncio.timeout(10):
             while sum(sizes) < count:

@@ -31,7 +31,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from actors.base import Event
+from actors.domain.events import Event
 from actors.hub import Hub, make_event
 from server.base.json import dumps
 from server.bus.redisgate import RedisDown, RedisGate
@@ -123,11 +123,9 @@ class EventBus:
         try:
             await self._send([_part("resource", str(resource_id), event)])
         except RedisDown as exc:
-            log.info("event not published (%s); remote watchers miss %s", exc, event["event"])
+            log.info("event not published (%s); remote watchers miss %s", exc, event.name)
         except (RedisError, OSError) as exc:
-            log.warning(
-                "event publish failed (%s); remote watchers miss %s", type(exc).__name__, event["event"]
-            )
+            log.warning("event publish failed (%s); remote watchers miss %s", type(exc).__name__, event.name)
 
     async def emit_all(
         self, to_users: Sequence[tuple[uuid.UUID, Event]], to_resources: Sequence[tuple[uuid.UUID, Event]]
@@ -157,13 +155,11 @@ class EventBus:
         try:
             receivers = await self._send([_part("user", target, event)])
         except RedisDown as exc:  # the gate has already said Redis is down, once
-            log.info("event not published (%s); remote sockets miss %s", exc, event["event"])
+            log.info("event not published (%s); remote sockets miss %s", exc, event.name)
             return False
         except (RedisError, OSError) as exc:
             # The change is committed and local sockets have it; remote sockets miss this one event.
-            log.warning(
-                "event publish failed (%s); remote sockets miss %s", type(exc).__name__, event["event"]
-            )
+            log.warning("event publish failed (%s); remote sockets miss %s", type(exc).__name__, event.name)
             return False
         return receivers > 0
 
@@ -246,9 +242,9 @@ class EventBus:
         if self._hub is None:
             return
         if "resource" in part:
-            self._hub.to_resource(uuid.UUID(part["resource"]), part["event"])
+            self._hub.to_resource(uuid.UUID(part["resource"]), Event.from_wire(part["event"]))
             return
-        target, event = part["user"], part["event"]
+        target, event = part["user"], Event.from_wire(part["event"])
         if target == BROADCAST:
             self._hub.to_everyone(event)
         else:
@@ -331,7 +327,7 @@ class EventBus:
 
 def _part(kind: str, target: str, event: Event) -> str:
     """One event of a message, encoded: `{"user": …, "event": …}` or `{"resource": …, "event": …}`."""
-    return f'{{"{kind}":{dumps(target)},"event":{dumps(event)}}}'
+    return f'{{"{kind}":{dumps(target)},"event":{event.encoded(dumps)}}}'
 
 
 def _settle(waiting: list[tuple[list[str], asyncio.Future[int]]], outcome: int | Exception) -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 
-from actors.base import Event
+from actors.domain.events import Event
 from actors.hub import make_event
 from actors.views import booking_view, iso
 from server.base.settings import Settings
