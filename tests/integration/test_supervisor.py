@@ -17,7 +17,7 @@ import pytest
 
 from server.local.supervisor import ProcfileError, expand, parse_procfile, run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_SECONDS = 15.0
 
 # --- parse_procfile / expand ---------------------------------------------------------------------

@@ -20,8 +20,8 @@ from server.base.settings import Settings
 from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
 from server.web.keys import API_KEYS, DB
 from tests.conftest import Client, auth
+from tests.integration.test_jobs import ENDPOINTS
 from tests.processes import BOOKING, ROOT
-from tests.test_jobs import ENDPOINTS
 
 KEY_FORMAT = re.compile(r"bk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 

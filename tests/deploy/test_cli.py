@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from server.local.embedded import EmbeddedPostgres
+from tests.e2e.test_embedded import postgres_processes, running
 from tests.processes import BOOKING, ROOT, free_ports
-from tests.test_embedded import postgres_processes, running
 
 SUBCOMMANDS = (
     "serve",

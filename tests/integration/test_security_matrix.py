@@ -275,8 +275,9 @@ MATRIX = [
     Row("GET", "/health", _all(200)),
     Row("GET", "/metrics", _all(200)),
 ]
-# Covered elsewhere, with the reason: register needs a fresh email per call (tests/test_auth.py), and the
-# socket's own matrix is below; HEAD mirrors GET (aiohttp answers it from the GET handler).
+# Covered elsewhere, with the reason: register needs a fresh email per call
+# (tests/integration/test_auth.py), and the socket's own matrix is below; HEAD mirrors GET (aiohttp
+# answers it from the GET handler).
 NOT_IN_TABLE = {("POST", "/api/auth/register"), ("GET", "/ws/")}
 
 

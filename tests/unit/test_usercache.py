@@ -1,4 +1,4 @@
-"""UserCache: pure logic with a fake clock (the cross-process behaviour is in tests/test_auth_e2e.py)."""
+"""UserCache: pure logic with a fake clock (the cross-process behaviour is in tests/e2e/test_auth_e2e.py)."""
 
 from __future__ import annotations
 

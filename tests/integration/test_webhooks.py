@@ -1,7 +1,7 @@
 """Webhooks through the real app and a real PostgreSQL: endpoints and their secret, hostile input, the SSRF
 guard in production, the outbox written with the booking change (and not on a rollback), and delivery —
 run in-process here, the worker's own code — to a real receiver on 127.0.0.1, verified with the
-standardwebhooks library. tests/test_webhooks_e2e.py runs the same through real worker and scheduler
+standardwebhooks library. tests/e2e/test_webhooks_e2e.py runs the same through real worker and scheduler
 processes."""
 
 from __future__ import annotations

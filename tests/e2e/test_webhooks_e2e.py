@@ -25,9 +25,9 @@ from server.web.keys import DB
 from storage import webhooks as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
+from tests.e2e.test_reminders_e2e import Proc, ready
 from tests.private_redis import PrivateRedis
 from tests.support import wait_for
-from tests.test_reminders_e2e import Proc, ready
 from tests.webhook_support import Receiver, add_endpoint, running_receiver
 from tests.ws_support import booking_data
 

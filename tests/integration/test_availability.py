@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.conftest import Client, Registrar, auth
-from tests.test_resources import new_resource
+from tests.integration.test_resources import new_resource
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WEEKDAYS_9_TO_17 = [{"weekday": d, "start": "09:00", "end": "17:00"} for d in range(1, 6)]

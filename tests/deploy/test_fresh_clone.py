@@ -32,7 +32,7 @@ import pytest
 from tests.processes import free_ports
 from tests.support import unique_email
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENABLE = "BOOKING_TEST_FRESH_CLONE"
 # Creating the venv and installing the lock can take minutes on a machine without cached wheels.
 INSTALL_AND_START_SECONDS = 600

@@ -31,8 +31,8 @@ from server.worker.tasks import deliver_reminder
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
+from tests.integration.test_reminders import create
 from tests.private_redis import REDIS_SERVER, PrivateRedis
-from tests.test_reminders import create
 
 ENDPOINTS = [
     ("GET", "/jobs/health"),

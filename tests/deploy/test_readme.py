@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -68,22 +69,26 @@ def block(key: str) -> str:
 # Reviewed: the blocks no test runs, and why. Each stays true because of the test named in the reason.
 SKIPPED = {
     "README.md § Two commands": "`make run` starts the stack and `make test` is this suite "
-    "(tests/test_fresh_clone.py runs `make run` in a clone)",
+    "(tests/deploy/test_fresh_clone.py runs `make run` in a clone)",
     "README.md § Run it yourself": "long-running servers and an interactive prompt, one a line "
-    "(tests/test_cli.py, tests/test_run_stack.py run them)",
-    "BENCHMARKS.md § Benchmarks": "minutes of load (tests/test_bench_smoke.py runs the tool at --quick)",
+    "(tests/deploy/test_cli.py, tests/deploy/test_run_stack.py run them)",
+    "BENCHMARKS.md § Benchmarks": "minutes of load "
+    "(tests/deploy/test_bench_smoke.py runs the tool at --quick)",
     "BENCHMARKS.md § The run": "the full benchmark, 209 s",
     "DEPLOY.md § Development (the default)": "needs a Docker engine "
-    "(tests/test_deploy.py checks the compose file with Compose's own loader)",
+    "(tests/deploy/test_deploy.py checks the compose file with Compose's own loader)",
     "DEPLOY.md § Production (`docker compose --profile prod`)": "needs a Docker engine and production "
-    "secrets (tests/test_deploy.py resolves the profiles with Compose's own loader)",
+    "secrets (tests/deploy/test_deploy.py resolves the profiles with Compose's own loader)",
     "FAULTS.md § Faults: PostgreSQL or Redis going away, SIGTERM, a soak": "`make test` is this suite",
     "FAULTS.md § Soak": "the soak runs for minutes (`make test-slow`)",
-    "WEBSOCKET.md § Memory per idle connection": "the memory benchmark, minutes (tests/test_bench_smoke.py)",
-    "WEBHOOKS.md § Quick start": "calls with the reader's $WEBHOOK_ID, each run by tests/test_webhooks.py "
+    "WEBSOCKET.md § Memory per idle connection": "the memory benchmark, minutes "
+    "(tests/deploy/test_bench_smoke.py)",
+    "WEBHOOKS.md § Quick start": "calls with the reader's $WEBHOOK_ID, each run by "
+    "tests/integration/test_webhooks.py "
     "(test_redelivery_and_test_events_reach_the_receiver, test_the_delivery_log_pages_newest_first)",
     "WEBHOOKS.md § Operations": "the CLI against a running stack "
-    "(tests/test_webhooks.py::test_the_cli_lists_endpoints_and_replays_what_was_given_up runs it)",
+    "(tests/integration/test_webhooks.py::test_the_cli_lists_endpoints_and_replays_what_was_given_up "
+    "runs it)",
 }
 
 # The blocks the tests below run, each named by the test that runs it.
@@ -108,7 +113,7 @@ def test_every_bash_block_is_run_or_skipped_for_a_reason() -> None:
         "bash blocks neither run by a test nor skipped with a reason"
     )
     assert set(RUN) | set(SKIPPED) <= found, "RUN/SKIPPED name blocks the docs no longer have"
-    tests = set(re.findall(r"^async def (test_\w+)\(", (ROOT / "tests" / "test_readme.py").read_text(), re.M))
+    tests = set(re.findall(r"^async def (test_\w+)\(", Path(__file__).read_text(), re.M))
     assert set(RUN.values()) <= tests
 
 

@@ -25,7 +25,7 @@ from server.local.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServe
 from server.local.up import mask_url
 from tests.support import all_exited
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_SECONDS = 20.0
 
 

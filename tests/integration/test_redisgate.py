@@ -2,7 +2,7 @@
 
 Unit tests with a fake clock, one against an address that refuses connections, one with a private
 redis-server. The end-to-end
-proof with real processes and a real stopped or frozen redis-server is tests/test_faults_e2e.py."""
+proof with real processes and a real stopped or frozen redis-server is tests/e2e/test_faults_e2e.py."""
 
 from __future__ import annotations
 

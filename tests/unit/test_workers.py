@@ -1,5 +1,5 @@
 """The worker's and scheduler's shutdown (no I/O; the processes are tested in
-tests/test_reminders_e2e.py, SIGTERM with exit code 0)."""
+tests/e2e/test_reminders_e2e.py, SIGTERM with exit code 0)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 
 from server.local.runlock import CheckoutBusy, RunLock, checkout_root, read_holder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid_until_it_lets_go(tmp_path: Path) -> None:

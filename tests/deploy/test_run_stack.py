@@ -25,11 +25,11 @@ import psutil
 import pytest
 
 from server.local.supervisor import parse_procfile
+from tests.e2e.test_embedded import postgres_processes, running
 from tests.processes import BOOKING, free_ports
 from tests.support import all_exited, unique_email, wait_for
-from tests.test_embedded import postgres_processes, running
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.e2e]
 
@@ -251,7 +251,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     # Outside pytest's base temp, which a new pytest session resets to 0700, locking out the user
-    # pgserver runs postgres as when we are root (tests/test_cli.py's checkout fixture).
+    # pgserver runs postgres as when we are root (tests/deploy/test_cli.py's checkout fixture).
     with tempfile.TemporaryDirectory(prefix="booking-checkout-") as name:
         yield from _stack(Path(name))
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.conftest import Client, Registrar, auth
-from tests.test_resources import new_resource
+from tests.integration.test_resources import new_resource
 from tests.ws_support import ask, events_until_pong, next_frame
 
 BERLIN = ZoneInfo("Europe/Berlin")

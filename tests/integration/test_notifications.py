@@ -1,5 +1,5 @@
 """POST /api/notifications/broadcast in-process, on real PostgreSQL and Redis: who may call it, what a
-socket receives, hostile bodies, and Redis down. (Across two real processes: tests/test_ws_e2e.py.)"""
+socket receives, hostile bodies, and Redis down. (Across two real processes: tests/e2e/test_ws_e2e.py.)"""
 
 from __future__ import annotations
 

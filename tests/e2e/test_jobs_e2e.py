@@ -15,9 +15,7 @@ from redis.asyncio.client import PubSub
 
 from server.web.keys import DB
 from tests.conftest import Client, Registrar, auth
-from tests.processes import free_ports
-from tests.support import wait_for
-from tests.test_reminders_e2e import (  # noqa: F401  (fixtures)
+from tests.e2e.test_reminders_e2e import (  # noqa: F401  (fixtures)
     Proc,
     book,
     events,
@@ -27,6 +25,8 @@ from tests.test_reminders_e2e import (  # noqa: F401  (fixtures)
     start_scheduler,
     start_worker,
 )
+from tests.processes import free_ports
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 

@@ -23,9 +23,9 @@ from icalendar import Calendar, Event
 
 from server.web.keys import CALENDAR_FEEDS
 from tests.conftest import Client, Registrar, auth
+from tests.integration.test_bookings import create
+from tests.integration.test_resources import body, book, new_resource
 from tests.support import unique_email
-from tests.test_bookings import create
-from tests.test_resources import body, book, new_resource
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -739,7 +739,7 @@ async def test_series_made_and_edited_through_the_api_expand_to_exactly_their_ro
     """The same check on series the series API writes: one skipped instance (a blocker), one occurrence
     moved, one cancelled, one deleted, and a split with `scope=following` (two series then), across the
     spring DST change."""
-    from tests.test_series import create_series, iso, local, series_body, spring_forward_monday
+    from tests.integration.test_series import create_series, iso, local, series_body, spring_forward_monday
 
     user = await register()
     monday = spring_forward_monday()

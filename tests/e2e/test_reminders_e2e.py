@@ -29,10 +29,10 @@ from server.web.keys import DB
 from storage import reminders as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
+from tests.integration.test_reminders import deliver_unpublished
 from tests.private_redis import PrivateRedis
 from tests.processes import start_web, stop
 from tests.support import off_the_loop, unique_email, wait_for
-from tests.test_reminders import deliver_unpublished
 from tests.ws_support import ask, events_until_pong, next_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]

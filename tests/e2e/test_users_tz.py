@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from tests.conftest import Client, Registrar, auth
+from tests.integration.test_availability import WEEKDAYS_9_TO_17, get, local, next_weekday, put_hours, z
+from tests.integration.test_resources import new_resource
 from tests.processes import WebProcess, running_webs
 from tests.support import unique_email
-from tests.test_availability import WEEKDAYS_9_TO_17, get, local, next_weekday, put_hours, z
-from tests.test_resources import new_resource
 
 PASSWORD = "correct horse battery"
 
