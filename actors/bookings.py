@@ -41,7 +41,7 @@ from actors.series import SeriesWriter, touch_for
 from actors.views import booking_view
 from actors.webhook_rules import BOOKING_DELETED, update_event
 from storage import bookings as store
-from storage import webhooks as webhook_store
+from storage import webhook_outbox as webhook_store
 from storage.bookings import Booking, ListFilter
 from storage.db import Connection, Database
 from storage.errors import Deadlock, Overlap

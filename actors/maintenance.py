@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from storage import bookings as booking_store
 from storage import reminders as reminder_store
 from storage import tokens as token_store
-from storage import webhooks as webhook_store
+from storage import webhook_log as webhook_store
 from storage.db import Database
 
 IDEMPOTENCY_TTL = timedelta(hours=24)

@@ -20,7 +20,7 @@ from storage.tables import (
     idempotency_keys,
     reminders,
 )
-from storage.webhooks import outbox_cte
+from storage.webhook_outbox import outbox_cte
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from storage.bookings import Booking
 from storage.db import Connection, P, Paged, Query, Record, page_of, paged, versioned_update
 from storage.errors import DuplicateName
 from storage.tables import resources
-from storage.webhooks import outbox_sql
+from storage.webhook_outbox import outbox_sql
 
 
 @dataclass(frozen=True, slots=True)

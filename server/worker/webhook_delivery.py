@@ -35,7 +35,9 @@ from server.base.settings import Settings
 from server.bus.events import EventBus
 from server.bus.redisgate import RedisDown, RedisGate
 from storage import reminders as notification_store
-from storage import webhooks as store
+from storage import webhook_claims as claim_store
+from storage import webhook_endpoints as endpoint_store
+from storage import webhook_outbox as outbox_store
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -293,9 +295,9 @@ class Deliverer:
 
     async def deliver(self, message_id: uuid.UUID) -> str:
         """Claim the message, POST it once, record the attempt and settle it; the outcome, or why no
-        attempt was made (see storage.webhooks.claim). Safe to run any number of times."""
+        attempt was made (see storage.webhook_claims.claim). Safe to run any number of times."""
         async with self.db.begin() as conn:
-            claim = await store.claim(
+            claim = await claim_store.claim(
                 conn, message_id, lease=self.config.lease, concurrency=self.config.concurrency
             )
         if isinstance(claim, str):
@@ -327,15 +329,15 @@ class Deliverer:
         return answer.outcome
 
     async def _settle(
-        self, claim: store.Claim, answer: Answer
-    ) -> tuple[store.Endpoint | None, list[uuid.UUID] | None]:
+        self, claim: claim_store.Claim, answer: Answer
+    ) -> tuple[endpoint_store.Endpoint | None, list[uuid.UUID] | None]:
         """Record the attempt; the endpoint when this attempt disabled it, and (after a success) the
         endpoint's next message to hand on."""
-        disabled: store.Endpoint | None = None
+        disabled: endpoint_store.Endpoint | None = None
         state, delay = "pending", 0.0
         if answer.outcome == "delivered":
             async with self.db.connect() as conn:  # one statement: no transaction block needed
-                settled, next_id = await store.record_delivered(
+                settled, next_id = await claim_store.record_delivered(
                     conn,
                     claim,
                     response_code=answer.status or 200,
@@ -348,20 +350,20 @@ class Deliverer:
         async with self.db.begin() as conn:
             if answer.outcome == "gone":
                 state = "failed"
-                disabled = await store.disable(
+                disabled = await endpoint_store.disable(
                     conn, claim.endpoint.id, reason="the endpoint answered 410 Gone"
                 )
             else:
                 next_delay = rules.retry_delay(claim.attempt, base=self.config.retry_base)
                 state, delay = ("failed", 0.0) if next_delay is None else ("pending", next_delay)
-                failing_for = await store.endpoint_failed(conn, claim.endpoint.id)
+                failing_for = await endpoint_store.endpoint_failed(conn, claim.endpoint.id)
                 if failing_for >= rules.DISABLE_AFTER.total_seconds():
-                    disabled = await store.disable(
+                    disabled = await endpoint_store.disable(
                         conn,
                         claim.endpoint.id,
                         reason=f"failing for {rules.DISABLE_AFTER.days} days without a success",
                     )
-            settled = await store.record(
+            settled = await claim_store.record(
                 conn,
                 claim,
                 outcome=answer.outcome,
@@ -389,14 +391,14 @@ class Deliverer:
         return disabled, None
 
     @staticmethod
-    def _lease_lost(claim: store.Claim) -> None:
+    def _lease_lost(claim: claim_store.Claim) -> None:
         log.warning(
             "webhook %s attempt %d finished after its lease; a newer attempt owns it",
             claim.message.id,
             claim.attempt,
         )
 
-    async def _tell_owner(self, endpoint: store.Endpoint) -> None:
+    async def _tell_owner(self, endpoint: endpoint_store.Endpoint) -> None:
         if self.bus is None:
             return
         event = make_event(
@@ -411,7 +413,7 @@ class Deliverer:
     async def _hand_on(self, endpoint_id: uuid.UUID) -> None:
         try:
             async with self.db.connect() as conn:
-                following = await store.next_for_endpoint(conn, endpoint_id, limit=1)
+                following = await outbox_store.next_for_endpoint(conn, endpoint_id, limit=1)
         except Exception as exc:  # the dispatcher finds it
             log.warning("next webhook message not found (%s)", type(exc).__name__)
             return
@@ -447,7 +449,7 @@ class HandOff:
             log.info("webhook messages not handed to the workers (%s); the scheduler will", exc)
             try:
                 async with self._db.connect() as conn:
-                    await store.not_handed_off(conn, message_ids)
+                    await outbox_store.not_handed_off(conn, message_ids)
             except Exception as db_exc:  # the dispatcher still takes them, one lease later
                 log.warning("webhook messages not marked for the scheduler (%s)", type(db_exc).__name__)
 
@@ -536,7 +538,7 @@ class Dispatcher:
 
     async def once(self) -> int:
         async with self.db.begin() as conn:
-            due = await store.take_due(
+            due = await outbox_store.take_due(
                 conn,
                 grace=self.grace,
                 requeue=self.config.lease,
@@ -558,7 +560,7 @@ async def figures(redis: Redis, db: Database, *, prefix: str) -> dict[str, Any]:
     (pending messages in PostgreSQL): the same on every process."""
     stats = await WebhookStats(redis, prefix=prefix).read()
     async with db.connect() as conn:
-        stats["queueDepth"] = await store.count_pending(conn)
+        stats["queueDepth"] = await outbox_store.count_pending(conn)
     return stats
 
 
