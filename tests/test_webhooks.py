@@ -17,7 +17,8 @@ import pytest
 
 from server.base.settings import Settings
 from server.web.keys import DB
-from server.worker.webhook_delivery import Deliverer, DeliveryConfig, client_session
+from server.worker.webhook_delivery import Deliverer, DeliveryConfig
+from server.worker.webhook_http import client_session
 from storage import webhook_claims as store
 from storage import webhook_endpoints as endpoint_store
 from storage import webhook_log as log_store
@@ -642,7 +643,7 @@ async def test_metrics_count_the_deliveries_on_both_services(
     from redis.asyncio import Redis
 
     from server.jobs import create_jobs_app
-    from server.worker.webhook_delivery import WebhookStats
+    from server.worker.webhook_stats import WebhookStats
 
     redis = Redis.from_url(settings.redis_url)
     counted = replace(deliverer, stats=WebhookStats(redis, prefix=settings.redis_prefix))
