@@ -25,10 +25,10 @@ from actors.availability import (
     next_slot,
     slots,
 )
-from actors.bookings import Deps
 from actors.domain.resources import resource_hours
 from actors.domain.rules import check_version
 from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from actors.ports import Deps
 from actors.resources import ResourceEmitter
 from actors.views import iso
 from actors.zones import check_zone, known_zones

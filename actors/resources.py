@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from actors.base import Event, Handler, Registry
 from actors.domain.messages import BookResource, ChangeResourceBooking, CreateBooking, Created, UpdateBooking
@@ -48,6 +48,7 @@ from actors.errors import (
     ValidationFailed,
 )
 from actors.idempotency import claim, request_hash
+from actors.ports import Deps
 from actors.reminders import Plan
 from actors.views import booking_view, iso
 from actors.zones import check_zone
@@ -59,9 +60,6 @@ from storage.errors import Deadlock, DuplicateName, Overlap
 from storage.resources import Resource
 from storage.tables import RESOURCE_OVERLAP_CONSTRAINT
 from storage.users import User
-
-if TYPE_CHECKING:
-    from actors.bookings import Deps
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from actors.base import Event
@@ -36,6 +36,7 @@ from actors.domain.series import (
 )
 from actors.errors import Conflict, NotFound
 from actors.idempotency import claim, request_hash
+from actors.ports import Deps
 from actors.recurrence import Rule, instances, parse_rrule
 from actors.reminders import Plan
 from actors.views import booking_view, iso
@@ -47,9 +48,6 @@ from storage.db import Connection
 from storage.errors import Deadlock, Overlap
 from storage.resources import Resource
 from storage.series import Occurrence, Series
-
-if TYPE_CHECKING:
-    from actors.bookings import Deps
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from aiohttp_apigami import docs
 
 from actors.base import Event
-from actors.bookings import BookingService
+from actors.booking_service import BookingService
 from actors.errors import Unauthorized, Unavailable
 from actors.resources import ResourceService
 from handlers.common import bearer_token, count_api_call, user_json

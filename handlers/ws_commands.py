@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from marshmallow import fields
 from marshmallow import validate as rules
 
-from actors.bookings import BookingService
+from actors.booking_service import BookingService
 from actors.domain.messages import SeriesWritten
 from actors.errors import Conflict, Forbidden
 from actors.resources import ResourceService
