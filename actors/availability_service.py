@@ -28,8 +28,7 @@ from actors.availability import (
 from actors.domain.resources import resource_hours
 from actors.domain.rules import check_version
 from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
-from actors.ports import Deps
-from actors.resources import ResourceEmitter
+from actors.ports import Deps, ResourceEmitter
 from actors.views import iso
 from actors.zones import check_zone, known_zones
 from storage import availability as store

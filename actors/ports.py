@@ -27,6 +27,14 @@ class Emitter(Protocol):
     async def emit(self, user_id: uuid.UUID, event: Event) -> None: ...
 
 
+class ResourceEmitter(Protocol):
+    async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None: ...
+
+    async def emit_all(
+        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
+    ) -> None: ...
+
+
 class WebhookHook(Protocol):
     """Hands the webhook messages a commit wrote to the workers at once (the scheduler would find them
     in the outbox a moment later anyway)."""

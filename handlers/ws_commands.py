@@ -20,7 +20,7 @@ from marshmallow import validate as rules
 from actors.booking_service import BookingService
 from actors.domain.messages import SeriesWritten
 from actors.errors import Conflict, Forbidden
-from actors.resources import ResourceService
+from actors.resource_service import ResourceService
 from actors.views import booking_view, iso
 from handlers.common import page_meta
 from handlers.preconditions import IDEMPOTENCY_KEY

@@ -18,7 +18,8 @@ from actors.calendar_feeds import CalendarFeedService
 from actors.hub import Hub
 from actors.ports import Deps, Rules
 from actors.reminders import NotificationService, Reminders
-from actors.resources import ResourceBookings, ResourceService, resource_actor_factory
+from actors.resource_service import ResourceService
+from actors.resources import ResourceBookings, resource_actor_factory
 from actors.security import TokenCodec
 from actors.usercache import UserCache
 from actors.webhooks import WebhookService
