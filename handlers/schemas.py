@@ -1,6 +1,6 @@
 """Marshmallow schemas every area shares: the strict base of request schemas, pages, problems, health,
-instants. Each area's own are in auth_schemas.py, booking_schemas.py and resource_schemas.py; they
-validate requests (REST and WebSocket) and make the OpenAPI document."""
+instants. Each area's own are in auth_schemas.py, booking_schemas.py, resource_schemas.py and
+availability_schemas.py; they validate requests (REST and WebSocket) and make the OpenAPI document."""
 
 from __future__ import annotations
 
