@@ -28,6 +28,7 @@ from actors.errors import (
     ValidationFailed,
 )
 from actors.ports import Deps
+from storage import audit as audit_store
 from storage import bookings as store
 from storage.bookings import Booking, ListFilter
 from storage.users import User
@@ -160,7 +161,7 @@ class BookingService:
         if not actor.is_admin:
             raise Forbidden("admin role required")
         async with self.deps.db.connect() as conn:
-            entries, total = await store.audit_entries(
+            entries, total = await audit_store.audit_entries(
                 conn, entity_id=booking_id, offset=(page - 1) * limit, limit=limit
             )
         if total == 0:  # every booking's creation is audited, deleted ones included: this id never was one

@@ -32,7 +32,9 @@ from actors.reminders import Plan
 from actors.series import SeriesWriter, touch_for
 from actors.views import booking_view
 from actors.webhook_rules import BOOKING_DELETED, update_event
+from storage import audit as audit_store
 from storage import bookings as store
+from storage import idempotency as idempotency_store
 from storage import webhook_outbox as webhook_store
 from storage.bookings import Booking
 from storage.db import Connection
@@ -72,7 +74,7 @@ async def _record(
     after: Booking | None,
     event_type: str,
 ) -> list[uuid.UUID]:
-    await store.audit(
+    await audit_store.audit(
         conn,
         actor_id=actor_id,
         action=action,
@@ -150,7 +152,7 @@ class BookingActor:
                 self._check_new(fields)
                 booking, plan, queued = await self._insert(conn, booking_id, fields, msg)
                 view = booking_view(booking)
-                await store.store_idempotent(
+                await idempotency_store.store_idempotent(
                     conn, user_id=self.owner_id, key=msg.idempotency_key, status_code=201, response=view
                 )
         await self._after(plan, "booking.created", view, queued, also=msg.actor_id)

@@ -14,7 +14,7 @@ from actors.domain.rules import check_version
 from actors.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from actors.ports import Deps
 from actors.zones import check_zone
-from storage import bookings as booking_store
+from storage import audit as audit_store
 from storage import resources as store
 from storage.errors import DuplicateName
 from storage.resources import Resource
@@ -39,7 +39,7 @@ class ResourceService:
                 resource = await store.create_resource(conn, dict(values))
             except DuplicateName:
                 raise duplicate(values["name"]) from None
-            await booking_store.audit(
+            await audit_store.audit(
                 conn,
                 actor_id=actor.id,
                 action="create",
@@ -71,7 +71,7 @@ class ResourceService:
                 resource = await store.update_resource(conn, resource_id, values)
             except DuplicateName:
                 raise duplicate(values.get("name", current.name)) from None
-            await booking_store.audit(
+            await audit_store.audit(
                 conn,
                 actor_id=actor.id,
                 action="update",

@@ -43,6 +43,7 @@ from actors.ports import Deps, ResourceEmitter
 from actors.reminders import Plan
 from actors.views import booking_view, iso
 from storage import bookings as booking_store
+from storage import idempotency as idempotency_store
 from storage import resources as store
 from storage.bookings import Booking
 from storage.db import Connection
@@ -160,7 +161,7 @@ class ResourceActor:
             written = await self._insert(conn, resource, fields, msg)
             assert written is not None  # noqa: S101  (under the row lock the version cannot have moved)
             if c.idempotency_key is not None:
-                await booking_store.store_idempotent(
+                await idempotency_store.store_idempotent(
                     conn, user_id=msg.owner_id, key=c.idempotency_key, status_code=201, response=written.view
                 )
         return replace(written, created=Created(written.view))

@@ -41,6 +41,7 @@ from actors.recurrence import Rule, instances, parse_rrule
 from actors.reminders import Plan
 from actors.views import booking_view, iso
 from storage import bookings as booking_store
+from storage import idempotency as idempotency_store
 from storage import resources as resource_store
 from storage import series as store
 from storage.bookings import Booking
@@ -218,7 +219,7 @@ class SeriesWriter:
             view = series_view(series, written)
             view["skipped"] = [_conflict_view(planned[i], ids) for i, ids in sorted(conflicts.items())]
             if msg.idempotency_key is not None:
-                await booking_store.store_idempotent(
+                await idempotency_store.store_idempotent(
                     conn, user_id=self.owner_id, key=msg.idempotency_key, status_code=201, response=view
                 )
         out.queued = queued
