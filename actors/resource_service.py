@@ -15,6 +15,7 @@ from actors.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from actors.ports import Deps
 from actors.zones import check_zone
 from storage import audit as audit_store
+from storage import resource_bookings as resource_booking_store
 from storage import resources as store
 from storage.errors import DuplicateName
 from storage.resources import Resource
@@ -116,7 +117,7 @@ class ResourceService:
             resource = await store.get_resource(conn, resource_id)
             if resource is None:
                 raise NotFound("resource not found")
-            found = await store.busy(conn, resource_seq=resource.seq, start=start, end=end)
+            found = await resource_booking_store.busy(conn, resource_seq=resource.seq, start=start, end=end)
         return [busy_view(b, actor) for b in found]
 
 

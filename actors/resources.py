@@ -12,7 +12,7 @@ events are emitted there, one message at a time); that actor hands the write to 
 which serializes the writes of one resource in this process. A resource actor never asks a user actor,
 and never another resource actor (a booking moving between resources goes to the target's actor; the
 database locks both rows in id order). Across processes the database is the last word
-(storage/resources.py).
+(storage/resource_bookings.py).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from actors.reminders import Plan
 from actors.views import booking_view, iso
 from storage import bookings as booking_store
 from storage import idempotency as idempotency_store
+from storage import resource_bookings as resource_booking_store
 from storage import resources as store
 from storage.bookings import Booking
 from storage.db import Connection
@@ -193,7 +194,7 @@ class ResourceActor:
             else None
         )
         busy_start, busy_end = busy_range(resource, fields["start_time"], fields["end_time"])
-        values = {name: fields.get(name) for name in store.NEW_RESOURCE_BOOKING_FIELDS}
+        values = {name: fields.get(name) for name in resource_booking_store.NEW_RESOURCE_BOOKING_FIELDS}
         values.update(
             id=booking_id,
             user_id=msg.owner_id,
@@ -205,7 +206,7 @@ class ResourceActor:
             busy_end=busy_end,
             resource_exclusive=resource.capacity == 1,
         )
-        written = await store.create_resource_booking(
+        written = await resource_booking_store.create_resource_booking(
             conn,
             actor_id=msg.create.actor_id,
             reminder_due_at=plan.due_at if plan else None,
@@ -249,13 +250,13 @@ class ResourceActor:
         if mine is not None:
             return Conflict(f"the booking overlaps active booking {mine}", conflictingId=str(mine))
         if resource.capacity == 1:
-            other = await store.exclusive_conflict(
+            other = await resource_booking_store.exclusive_conflict(
                 conn, resource_seq=resource.seq, busy_start=busy[0], busy_end=busy[1], exclude=exclude
             )
             ids = (
                 [other]
                 if other is not None
-                else await store.resource_conflicts(
+                else await resource_booking_store.resource_conflicts(
                     conn,
                     resource_seq=resource.seq,
                     busy_start=busy[0],
@@ -271,7 +272,7 @@ class ResourceActor:
                 conflictingId=str(ids[0]),
                 conflictingIds=[str(i) for i in ids],
             )
-        ids = await store.resource_conflicts(
+        ids = await resource_booking_store.resource_conflicts(
             conn,
             resource_seq=resource.seq,
             busy_start=busy[0],
@@ -350,7 +351,7 @@ class ResourceActor:
                 )
                 if changes.get("status", current.status) in ("scheduled", "in-progress"):
                     # Under the target's row lock: exact, whatever other processes write.
-                    ids_in_way = await store.resource_conflicts(
+                    ids_in_way = await resource_booking_store.resource_conflicts(
                         conn,
                         resource_seq=target.seq,
                         busy_start=busy[0],
@@ -392,7 +393,7 @@ class ResourceActor:
                 target = await store.get_resource(conn, target_id) if target_id else None
                 if target is not None:
                     busy = busy_range(target, start, end)
-                    other = await store.exclusive_conflict(
+                    other = await resource_booking_store.exclusive_conflict(
                         conn,
                         resource_seq=target.seq,
                         busy_start=busy[0],

@@ -42,6 +42,7 @@ from actors.reminders import Plan
 from actors.views import booking_view, iso
 from storage import bookings as booking_store
 from storage import idempotency as idempotency_store
+from storage import resource_bookings as resource_booking_store
 from storage import resources as resource_store
 from storage import series as store
 from storage.bookings import Booking
@@ -369,7 +370,7 @@ class SeriesWriter:
                         bs, be = _busy(resource, start, start + new_time[1])
                         values.update(busy_start=bs, busy_end=be)
                         assert bs is not None and be is not None  # noqa: S101
-                        in_way = await resource_store.resource_conflicts(
+                        in_way = await resource_booking_store.resource_conflicts(
                             conn,
                             resource_seq=resource.seq,
                             busy_start=bs,

@@ -75,7 +75,7 @@ def outbox_cte(created: Any, event_type: str) -> Any:
 
 
 def outbox_sql(event_type: str, source: str = "created") -> str:
-    """outbox_cte as SQL text, for statements written as text (storage/resources.py): one message per
+    """outbox_cte as SQL text, for statements written as text (storage/resource_bookings.py): one message per
     subscribed endpoint about each row of the CTE `source`. Keep the two in step."""
     return f"""
         INSERT INTO webhook_messages (endpoint_id, event_type, booking_id, payload, enqueued_at)
