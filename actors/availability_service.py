@@ -25,15 +25,14 @@ from actors.availability import (
     next_slot,
     slots,
 )
-from actors.bookings import Deps
 from actors.domain.resources import resource_hours
 from actors.domain.rules import check_version
 from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
-from actors.resources import ResourceEmitter
+from actors.ports import Deps, ResourceEmitter
 from actors.views import iso
 from actors.zones import check_zone, known_zones
+from storage import audit as audit_store
 from storage import availability as store
-from storage import bookings as booking_store
 from storage import resources as resource_store
 from storage.resources import Resource
 from storage.users import User, get_users_by_ids
@@ -148,7 +147,7 @@ class AvailabilityService:
             changed = await resource_store.update_resource(
                 conn, resource_id, {"hours_weekly": weekly, "hours_overrides": overrides}
             )
-            await booking_store.audit(
+            await audit_store.audit(
                 conn,
                 actor_id=actor.id,
                 action="hours",

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.errors import IdempotencyMismatch, Unavailable
-from storage import bookings as store
+from storage import idempotency as store
 from storage.db import Connection
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from storage import bookings as booking_store
+from storage import idempotency as idempotency_store
 from storage import reminders as reminder_store
 from storage import tokens as token_store
-from storage import webhooks as webhook_store
+from storage import webhook_log as webhook_store
 from storage.db import Database
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -39,7 +39,7 @@ class Maintenance:
         """One transaction: idempotency keys older than a day, notifications read more than
         `notification_days` ago, expired refresh tokens, settled webhook messages older than 30 days."""
         async with self._db.begin() as conn:
-            keys = await booking_store.purge_idempotency(conn, older_than=now - IDEMPOTENCY_TTL)
+            keys = await idempotency_store.purge_idempotency(conn, older_than=now - IDEMPOTENCY_TTL)
             notes = await reminder_store.purge_read_notifications(
                 conn, read_before=now - timedelta(days=notification_days)
             )

@@ -1,4 +1,5 @@
-"""Resources: the admin service over them, and the per-resource actor that writes their bookings.
+"""Resources: the per-resource actor that writes their bookings (the admin service over them is
+actors/resource_service.py).
 
 Who waits on whom (one fixed order, so no cycle and no deadlock):
 
@@ -11,7 +12,7 @@ events are emitted there, one message at a time); that actor hands the write to 
 which serializes the writes of one resource in this process. A resource actor never asks a user actor,
 and never another resource actor (a booking moving between resources goes to the target's actor; the
 database locks both rows in id order). Across processes the database is the last word
-(storage/resources.py).
+(storage/resource_bookings.py).
 """
 
 from __future__ import annotations
@@ -21,167 +22,40 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from actors.base import Handler, Registry
 from actors.domain.events import Event
 from actors.domain.messages import BookResource, ChangeResourceBooking, CreateBooking, Created, UpdateBooking
 from actors.domain.resources import (
     BUSY_CHANGED,
-    MAX_BUSY_WINDOW,
     busy_of,
     busy_range,
-    busy_view,
     check_hours,
     check_window,
-    duplicate,
     full,
-    resource_view,
     retired,
     unknown_resource,
 )
 from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
-from actors.errors import (
-    Conflict,
-    FieldError,
-    Forbidden,
-    NotFound,
-    ValidationFailed,
-)
+from actors.errors import Conflict, NotFound, ValidationFailed
 from actors.idempotency import claim, request_hash
+from actors.ports import Deps, ResourceEmitter
 from actors.reminders import Plan
 from actors.views import booking_view, iso
-from actors.zones import check_zone
 from storage import bookings as booking_store
+from storage import idempotency as idempotency_store
+from storage import resource_bookings as resource_booking_store
 from storage import resources as store
 from storage.bookings import Booking
 from storage.db import Connection
-from storage.errors import Deadlock, DuplicateName, Overlap
+from storage.errors import Deadlock, Overlap
 from storage.resources import Resource
 from storage.tables import RESOURCE_OVERLAP_CONSTRAINT
-from storage.users import User
-
-if TYPE_CHECKING:
-    from actors.bookings import Deps
 
 log = logging.getLogger(__name__)
 
 RETRIES = 3
-
-
-class ResourceEmitter(Protocol):
-    async def emit_resource(self, resource_id: uuid.UUID, event: Event) -> None: ...
-
-    async def emit_all(
-        self, to_users: list[tuple[uuid.UUID, Event]], to_resources: tuple[tuple[uuid.UUID, Event], ...]
-    ) -> None: ...
-
-
-def _check_zone(values: Mapping[str, Any]) -> None:
-    zone = values.get("time_zone")
-    if zone is not None:
-        check_zone(zone)
-
-
-# --- the admin service ------------------------------------------------------------------------------
-
-
-class ResourceService:
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-
-    async def create(self, actor: User, values: Mapping[str, Any]) -> Resource:
-        _require_admin(actor)
-        _check_zone(values)
-        async with self.deps.db.begin() as conn:
-            try:
-                resource = await store.create_resource(conn, dict(values))
-            except DuplicateName:
-                raise duplicate(values["name"]) from None
-            await booking_store.audit(
-                conn,
-                actor_id=actor.id,
-                action="create",
-                entity="resource",
-                entity_id=resource.id,
-                before=None,
-                after=resource_view(resource),
-            )
-        return resource
-
-    async def update(
-        self, actor: User, resource_id: uuid.UUID, changes: Mapping[str, Any], *, if_match: int | None = None
-    ) -> Resource:
-        _require_admin(actor)
-        if not changes:
-            raise ValidationFailed("nothing to change", [FieldError("body", "give at least one field")])
-        _check_zone(changes)
-        async with self.deps.db.begin() as conn:
-            # The row lock every booking writer of this resource takes: a change (capacity, buffers,
-            # retirement) is ordered against them, never in the middle of one.
-            current = await store.get_resource(conn, resource_id, for_update=True)
-            if current is None:
-                raise NotFound("resource not found")
-            check_version("resource", current.version, if_match)
-            values = {k: v for k, v in changes.items() if getattr(current, k) != v}
-            if not values:
-                return current
-            try:
-                resource = await store.update_resource(conn, resource_id, values)
-            except DuplicateName:
-                raise duplicate(values.get("name", current.name)) from None
-            await booking_store.audit(
-                conn,
-                actor_id=actor.id,
-                action="update",
-                entity="resource",
-                entity_id=resource.id,
-                before=resource_view(current),
-                after=resource_view(resource),
-            )
-        return resource
-
-    async def retire(self, actor: User, resource_id: uuid.UUID, *, if_match: int | None = None) -> Resource:
-        return await self.update(actor, resource_id, {"active": False}, if_match=if_match)
-
-    async def get(self, actor: User, resource_id: uuid.UUID) -> Resource:
-        async with self.deps.db.connect() as conn:
-            resource = await store.get_resource(conn, resource_id)
-        if resource is None:
-            raise NotFound("resource not found")
-        return resource
-
-    async def list_page(
-        self, actor: User, *, page: int, limit: int, include_retired: bool = False
-    ) -> tuple[list[Resource], int]:
-        if include_retired and not actor.is_admin:
-            raise Forbidden("only admins may list retired resources")
-        async with self.deps.db.connect() as conn:
-            return await store.list_resources(
-                conn, include_retired=include_retired, offset=(page - 1) * limit, limit=limit
-            )
-
-    async def busy(
-        self, actor: User, resource_id: uuid.UUID, *, start: datetime, end: datetime
-    ) -> list[dict[str, Any]]:
-        errors = []
-        if end <= start:
-            errors.append(FieldError("to", "must be after from"))
-        elif end - start > MAX_BUSY_WINDOW:
-            errors.append(FieldError("to", f"the window may span at most {MAX_BUSY_WINDOW.days} days"))
-        if errors:
-            raise ValidationFailed("; ".join(f"{e.field} {e.message}" for e in errors), errors)
-        async with self.deps.db.connect() as conn:
-            resource = await store.get_resource(conn, resource_id)
-            if resource is None:
-                raise NotFound("resource not found")
-            found = await store.busy(conn, resource_seq=resource.seq, start=start, end=end)
-        return [busy_view(b, actor) for b in found]
-
-
-def _require_admin(actor: User) -> None:
-    if not actor.is_admin:
-        raise Forbidden("admin role required")
 
 
 # --- booking a resource: the resource's actor --------------------------------------------------------
@@ -289,7 +163,7 @@ class ResourceActor:
             written = await self._insert(conn, resource, fields, msg)
             assert written is not None  # noqa: S101  (under the row lock the version cannot have moved)
             if c.idempotency_key is not None:
-                await booking_store.store_idempotent(
+                await idempotency_store.store_idempotent(
                     conn, user_id=msg.owner_id, key=c.idempotency_key, status_code=201, response=written.view
                 )
         return replace(written, created=Created(written.view))
@@ -321,7 +195,7 @@ class ResourceActor:
             else None
         )
         busy_start, busy_end = busy_range(resource, fields["start_time"], fields["end_time"])
-        values = {name: fields.get(name) for name in store.NEW_RESOURCE_BOOKING_FIELDS}
+        values = {name: fields.get(name) for name in resource_booking_store.NEW_RESOURCE_BOOKING_FIELDS}
         values.update(
             id=booking_id,
             user_id=msg.owner_id,
@@ -333,7 +207,7 @@ class ResourceActor:
             busy_end=busy_end,
             resource_exclusive=resource.capacity == 1,
         )
-        written = await store.create_resource_booking(
+        written = await resource_booking_store.create_resource_booking(
             conn,
             actor_id=msg.create.actor_id,
             reminder_due_at=plan.due_at if plan else None,
@@ -377,13 +251,13 @@ class ResourceActor:
         if mine is not None:
             return Conflict(f"the booking overlaps active booking {mine}", conflictingId=str(mine))
         if resource.capacity == 1:
-            other = await store.exclusive_conflict(
+            other = await resource_booking_store.exclusive_conflict(
                 conn, resource_seq=resource.seq, busy_start=busy[0], busy_end=busy[1], exclude=exclude
             )
             ids = (
                 [other]
                 if other is not None
-                else await store.resource_conflicts(
+                else await resource_booking_store.resource_conflicts(
                     conn,
                     resource_seq=resource.seq,
                     busy_start=busy[0],
@@ -399,7 +273,7 @@ class ResourceActor:
                 conflictingId=str(ids[0]),
                 conflictingIds=[str(i) for i in ids],
             )
-        ids = await store.resource_conflicts(
+        ids = await resource_booking_store.resource_conflicts(
             conn,
             resource_seq=resource.seq,
             busy_start=busy[0],
@@ -478,7 +352,7 @@ class ResourceActor:
                 )
                 if changes.get("status", current.status) in ("scheduled", "in-progress"):
                     # Under the target's row lock: exact, whatever other processes write.
-                    ids_in_way = await store.resource_conflicts(
+                    ids_in_way = await resource_booking_store.resource_conflicts(
                         conn,
                         resource_seq=target.seq,
                         busy_start=busy[0],
@@ -520,7 +394,7 @@ class ResourceActor:
                 target = await store.get_resource(conn, target_id) if target_id else None
                 if target is not None:
                     busy = busy_range(target, start, end)
-                    other = await store.exclusive_conflict(
+                    other = await resource_booking_store.exclusive_conflict(
                         conn,
                         resource_seq=target.seq,
                         busy_start=busy[0],

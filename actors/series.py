@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from actors.domain.events import Event
@@ -36,10 +36,13 @@ from actors.domain.series import (
 )
 from actors.errors import Conflict, NotFound
 from actors.idempotency import claim, request_hash
+from actors.ports import Deps
 from actors.recurrence import Rule, instances, parse_rrule
 from actors.reminders import Plan
 from actors.views import booking_view, iso
 from storage import bookings as booking_store
+from storage import idempotency as idempotency_store
+from storage import resource_bookings as resource_booking_store
 from storage import resources as resource_store
 from storage import series as store
 from storage.bookings import Booking
@@ -47,9 +50,6 @@ from storage.db import Connection
 from storage.errors import Deadlock, Overlap
 from storage.resources import Resource
 from storage.series import Occurrence, Series
-
-if TYPE_CHECKING:
-    from actors.bookings import Deps
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class SeriesWriter:
             view = series_view(series, written)
             view["skipped"] = [_conflict_view(planned[i], ids) for i, ids in sorted(conflicts.items())]
             if msg.idempotency_key is not None:
-                await booking_store.store_idempotent(
+                await idempotency_store.store_idempotent(
                     conn, user_id=self.owner_id, key=msg.idempotency_key, status_code=201, response=view
                 )
         out.queued = queued
@@ -370,7 +370,7 @@ class SeriesWriter:
                         bs, be = _busy(resource, start, start + new_time[1])
                         values.update(busy_start=bs, busy_end=be)
                         assert bs is not None and be is not None  # noqa: S101
-                        in_way = await resource_store.resource_conflicts(
+                        in_way = await resource_booking_store.resource_conflicts(
                             conn,
                             resource_seq=resource.seq,
                             busy_start=bs,

@@ -17,11 +17,15 @@ from typing import Any
 from actors import webhook_rules as rules
 from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from actors.views import iso
-from storage import webhooks as store
+from storage import webhook_endpoints as store
+from storage import webhook_log as log_store
+from storage import webhook_outbox as outbox_store
 from storage.db import Database
 from storage.errors import Deadlock
 from storage.users import User
-from storage.webhooks import Attempt, Endpoint, Message
+from storage.webhook_endpoints import Endpoint
+from storage.webhook_log import Attempt
+from storage.webhook_outbox import Message
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +198,14 @@ class WebhookService:
     ) -> tuple[list[tuple[Message, list[Attempt]]], int]:
         await self.get(actor, endpoint_id)
         async with self._db.connect() as conn:
-            return await store.deliveries(
+            return await log_store.deliveries(
                 conn, endpoint_id=endpoint_id, offset=(page - 1) * limit, limit=limit
             )
 
     async def redeliver(self, actor: User, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> Message:
         await self.get(actor, endpoint_id)
         async with self._db.connect() as conn:
-            message = await store.redeliver(conn, endpoint_id=endpoint_id, message_id=delivery_id)
+            message = await log_store.redeliver(conn, endpoint_id=endpoint_id, message_id=delivery_id)
         if message is None:
             raise NotFound("delivery not found")
         await self._hand_over([message.id])
@@ -211,7 +215,7 @@ class WebhookService:
         """A `webhook.test` message to this endpoint, whatever it subscribes to."""
         endpoint = await self.get(actor, endpoint_id)
         async with self._db.connect() as conn:
-            message = await store.enqueue_to(
+            message = await outbox_store.enqueue_to(
                 conn,
                 endpoint_id=endpoint.id,
                 event_type=rules.WEBHOOK_TEST,

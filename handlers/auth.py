@@ -8,17 +8,10 @@ from aiohttp import web
 from aiohttp_apigami import docs, request_schema
 
 from actors.auth import Session
+from handlers.auth_schemas import LoginRequest, MePatch, RefreshRequest, RegisterRequest, SessionOut, UserOut
 from handlers.common import client_ip, json_response, require_user, user_json
 from handlers.docparts import AUTH_ERRORS, BODY_ERRORS
-from handlers.schemas import (
-    LoginRequest,
-    MePatch,
-    Problem,
-    RefreshRequest,
-    RegisterRequest,
-    SessionOut,
-    UserOut,
-)
+from handlers.schemas import Problem
 from handlers.validation import body
 from server.web.keys import AUTH, LIMITER, SETTINGS
 

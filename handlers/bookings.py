@@ -11,6 +11,19 @@ from marshmallow import Schema
 
 from actors.domain.messages import SeriesWritten
 from actors.views import booking_view, snapshot_view
+from handlers.booking_schemas import (
+    AuditPage,
+    BookingLimitQuery,
+    BookingList,
+    BookingListQuery,
+    BookingOut,
+    BookingPage,
+    CreateBookingRequest,
+    ScopeQuery,
+    SeriesOut,
+    StatusRequest,
+    UpdateBookingRequest,
+)
 from handlers.common import json_response, page_meta, require_admin, require_user
 from handlers.docparts import (
     AUTH_ERRORS,
@@ -20,21 +33,7 @@ from handlers.docparts import (
     if_match,
 )
 from handlers.preconditions import idempotency_key, parse_if_match
-from handlers.schemas import (
-    AuditPage,
-    BookingLimitQuery,
-    BookingList,
-    BookingListQuery,
-    BookingOut,
-    BookingPage,
-    CreateBookingRequest,
-    PageQuery,
-    Problem,
-    ScopeQuery,
-    SeriesOut,
-    StatusRequest,
-    UpdateBookingRequest,
-)
+from handlers.schemas import PageQuery, Problem
 from handlers.users import path_uuid
 from handlers.validation import body, query
 from server.web.keys import BOOKINGS

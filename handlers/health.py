@@ -17,7 +17,7 @@ from server.base.version import VERSION
 from server.bus import jobstats
 from server.web.keys import DB, METRICS, REDIS, SETTINGS
 from server.web.metrics import exposition, reminder_delivery_families
-from server.worker import webhook_delivery
+from server.worker import webhook_stats
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,13 @@ async def _webhook_deliveries(request: web.Request) -> bytes:
     settings = request.app[SETTINGS]
     try:
         data = await asyncio.wait_for(
-            webhook_delivery.figures(request.app[REDIS], request.app[DB], prefix=settings.redis_prefix),
+            webhook_stats.figures(request.app[REDIS], request.app[DB], prefix=settings.redis_prefix),
             settings.health_timeout,
         )
     except Exception as exc:
         log.warning("/metrics without webhook deliveries (%s)", type(exc).__name__)
         return b""
-    return exposition(webhook_delivery.metric_families(data))
+    return exposition(webhook_stats.metric_families(data))
 
 
 @routes.get("/metrics")

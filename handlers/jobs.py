@@ -24,7 +24,7 @@ from handlers.validation import read_json
 from handlers.validation import validate as validate_body
 from server.bus import jobstats
 from server.web.keys import API_KEYS, AUTH, CURRENT_API_KEY, CURRENT_USER, DB, REDIS, SETTINGS
-from server.worker import webhook_delivery
+from server.worker import webhook_stats
 from server.worker.broker import group_name, stream_name
 
 routes = web.RouteTableDef()
@@ -104,7 +104,7 @@ async def _metrics(request: web.Request) -> dict[str, Any]:
             jobstats.read(redis, prefix=settings.redis_prefix),
             jobstats.queue_stats(redis, stream=stream_name(settings), group=group_name(settings)),
             Maintenance(request.app[DB]).pending_reminders(),
-            webhook_delivery.figures(redis, request.app[DB], prefix=settings.redis_prefix),
+            webhook_stats.figures(redis, request.app[DB], prefix=settings.redis_prefix),
             return_exceptions=True,
         )
     for result in results:
@@ -168,7 +168,7 @@ class _Snapshot:
             "Samples behind the lateness quantiles",
             value=data["lateness"]["samples"],
         )
-        yield from webhook_delivery.metric_families(data["webhooks"])
+        yield from webhook_stats.metric_families(data["webhooks"])
 
 
 def _wants_prometheus(request: web.Request) -> bool:

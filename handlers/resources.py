@@ -16,16 +16,16 @@ from handlers.docparts import (
     if_match,
 )
 from handlers.preconditions import parse_if_match
-from handlers.schemas import (
+from handlers.resource_schemas import (
     BusyList,
     BusyQuery,
     CreateResourceRequest,
-    Problem,
     ResourceListQuery,
     ResourceOut,
     ResourcePage,
     UpdateResourceRequest,
 )
+from handlers.schemas import Problem
 from handlers.users import path_uuid
 from handlers.validation import body, query
 from server.web.keys import RESOURCES

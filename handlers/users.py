@@ -8,11 +8,12 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 
 from actors.errors import NotFound, ValidationFailed
+from handlers.auth_schemas import UserOut, UserPage, UserPatch
 from handlers.common import json_response, page_meta, require_admin, user_json
 from handlers.docparts import (
     ADMIN_ERRORS,
 )
-from handlers.schemas import PageQuery, Problem, UserOut, UserPage, UserPatch
+from handlers.schemas import PageQuery, Problem
 from handlers.validation import body, query
 from server.web.keys import AUTH
 

@@ -17,14 +17,15 @@ from typing import Any, Protocol
 from marshmallow import fields
 from marshmallow import validate as rules
 
-from actors.bookings import BookingService
+from actors.booking_service import BookingService
 from actors.domain.messages import SeriesWritten
 from actors.errors import Conflict, Forbidden
-from actors.resources import ResourceService
+from actors.resource_service import ResourceService
 from actors.views import booking_view, iso
+from handlers.booking_schemas import BookingListQuery, CreateBookingRequest, UpdateBookingRequest
 from handlers.common import page_meta
 from handlers.preconditions import IDEMPOTENCY_KEY
-from handlers.schemas import BookingListQuery, CreateBookingRequest, Strict, UpdateBookingRequest
+from handlers.schemas import Strict
 from handlers.validation import validate
 from storage.users import User
 

@@ -12,11 +12,14 @@ from aiohttp import web
 from actors.auth import AuthService
 from actors.availability_service import AvailabilityService
 from actors.base import Registry
-from actors.bookings import BookingService, Deps, Rules, actor_factory
+from actors.booking_service import BookingService
+from actors.bookings import actor_factory
 from actors.calendar_feeds import CalendarFeedService
 from actors.hub import Hub
+from actors.ports import Deps, Rules
 from actors.reminders import NotificationService, Reminders
-from actors.resources import ResourceBookings, ResourceService, resource_actor_factory
+from actors.resource_service import ResourceService
+from actors.resources import ResourceBookings, resource_actor_factory
 from actors.security import TokenCodec
 from actors.usercache import UserCache
 from actors.webhooks import WebhookService

@@ -1,4 +1,5 @@
-"""Bookings, idempotency keys and the audit log: queries only, no rules."""
+"""Bookings: their rows, the one-statement create, overlaps, reads: queries only, no rules (idempotency
+keys are storage/idempotency.py, the audit log storage/audit.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from storage.tables import (
     OVERLAP_CONSTRAINT,
     audit_log,
     bookings,
-    idempotency_keys,
     reminders,
 )
-from storage.webhooks import outbox_cte
+from storage.webhook_outbox import outbox_cte
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,96 +252,3 @@ async def past(conn: Connection, *, user_id: uuid.UUID | None, now: datetime, li
     params = {"user_id": user_id} if user_id is not None else {}
     rows = await _window_query(user_id is not None, False).fetch(conn, now=now, limit=limit, **params)
     return [_booking(r) for r in rows]
-
-
-# --- idempotency ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    request_hash: str
-    status_code: int
-    response: dict[str, Any]
-
-
-_CLAIM_KEY = Query(
-    pg_insert(idempotency_keys)
-    .values(
-        user_id=P("user_id"),
-        key=P("key"),
-        request_hash=P("request_hash"),
-        status_code=0,
-        response=sa.text("'{}'::jsonb"),
-    )
-    .on_conflict_do_nothing()
-    .returning(idempotency_keys.c.key)
-)
-_GET_KEY = Query(
-    sa.select(
-        idempotency_keys.c.request_hash, idempotency_keys.c.status_code, idempotency_keys.c.response
-    ).where(idempotency_keys.c.user_id == P("user_id"), idempotency_keys.c.key == P("key"))
-)
-_STORE_KEY = Query(
-    sa.update(idempotency_keys)
-    .where(idempotency_keys.c.user_id == P("user_id"), idempotency_keys.c.key == P("key"))
-    .values(status_code=P("status_code"), response=P("response", type_=idempotency_keys.c.response.type))
-)
-_PURGE_KEYS = Query(sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < P("before")))
-
-
-async def claim_idempotency_key(conn: Connection, *, user_id: uuid.UUID, key: str, request_hash: str) -> bool:
-    """Take the key for this transaction; False when it is already taken. A concurrent claimant of the
-    same key waits here until the first one commits (then sees its response) or rolls back (then wins)."""
-    return await _CLAIM_KEY.fetchval(conn, user_id=user_id, key=key, request_hash=request_hash) is not None
-
-
-async def get_idempotent(conn: Connection, *, user_id: uuid.UUID, key: str) -> StoredResponse | None:
-    row = await _GET_KEY.fetchrow(conn, user_id=user_id, key=key)
-    return StoredResponse(row["request_hash"], row["status_code"], row["response"]) if row else None
-
-
-async def store_idempotent(
-    conn: Connection, *, user_id: uuid.UUID, key: str, status_code: int, response: dict[str, Any]
-) -> None:
-    await _STORE_KEY.execute(conn, user_id=user_id, key=key, status_code=status_code, response=response)
-
-
-async def purge_idempotency(conn: Connection, *, older_than: datetime) -> int:
-    return await _PURGE_KEYS.execute(conn, before=older_than)
-
-
-# --- audit ----------------------------------------------------------------------------------------
-
-_AUDIT = Query(
-    sa.insert(audit_log).values(
-        actor_id=P("actor_id"),
-        action=P("action"),
-        entity=P("entity"),
-        entity_id=P("entity_id"),
-        before=P("before", type_=audit_log.c.before.type),
-        after=P("after", type_=audit_log.c.after.type),
-    )
-)
-_AUDIT_PAGE = paged(audit_log, where=[audit_log.c.entity_id == P("entity_id")], order_by=[audit_log.c.id])
-
-
-async def audit(
-    conn: Connection,
-    *,
-    actor_id: uuid.UUID | None,
-    action: str,
-    entity_id: uuid.UUID,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    entity: str = "booking",
-) -> None:
-    await _AUDIT.execute(
-        conn, actor_id=actor_id, action=action, entity=entity, entity_id=entity_id, before=before, after=after
-    )
-
-
-async def audit_entries(
-    conn: Connection, *, entity_id: uuid.UUID, offset: int, limit: int
-) -> tuple[list[dict[str, Any]], int]:
-    total, rows = await page_of(_AUDIT_PAGE, conn, entity_id=entity_id, offset=offset, limit=limit)
-    return rows, total

@@ -271,7 +271,7 @@ _FEED_RESOURCE = Query(
     )
 )
 # The resource's active busy ranges (buffers included) ending after :since, through the partial GiST
-# index of resource busy ranges, as storage/resources.py's busy time reads them.
+# index of resource busy ranges, as storage/resource_bookings.py's busy time reads them.
 _FEED_BUSY = Query(
     sa.text(
         f"""

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from storage.bookings import Booking
 from storage.db import Connection, P, Query, Record, versioned_update
 from storage.tables import booking_series, bookings
-from storage.webhooks import outbox_sql
+from storage.webhook_outbox import outbox_sql
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ from actors.views import iso
 
 if TYPE_CHECKING:
     from storage.bookings import Booking
-    from storage.resources import Busy, Resource
+    from storage.resource_bookings import Busy
+    from storage.resources import Resource
     from storage.users import User
 
 MAX_BUSY_WINDOW = timedelta(days=31)

@@ -113,7 +113,8 @@ def upgrade() -> None:
 
     # Capacity N in one round trip: the row lock, then the count in a statement of its own (a VOLATILE
     # function's statements each take a fresh snapshot under READ COMMITTED, so the count sees every
-    # booking committed by the lock's previous holder). storage/resources.py calls it inside the insert.
+    # booking committed by the lock's previous holder). storage/resource_bookings.py calls it inside the
+    # insert.
     op.execute(
         f"""
         CREATE FUNCTION resource_has_room(

@@ -12,11 +12,11 @@ from actors.api_keys import ApiKeyService
 from actors.auth import AuthService
 from actors.availability_service import AvailabilityService
 from actors.base import Registry
-from actors.bookings import BookingService
+from actors.booking_service import BookingService
 from actors.calendar_feeds import CalendarFeedService
 from actors.hub import Hub
 from actors.reminders import NotificationService
-from actors.resources import ResourceService
+from actors.resource_service import ResourceService
 from actors.webhooks import WebhookService
 from server.base.settings import Settings
 from server.bus.events import EventBus

@@ -23,7 +23,7 @@ from server.bus.events import EventBus
 from server.bus.jobstats import JobStats
 from server.worker.broker import DELIVER_REMINDER, LEAD, enqueue_reminder
 from storage import reminders as store
-from storage import webhooks as webhook_store
+from storage import webhook_outbox as webhook_store
 from storage.bookings import Booking, get_booking
 from storage.db import Database
 from storage.reminders import Notification

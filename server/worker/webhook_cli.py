@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.base.settings import Settings, SettingsError
-from storage import webhooks as store
+from storage import webhook_endpoints as endpoint_store
+from storage import webhook_log as store
 from storage.db import Database
 
 
@@ -62,7 +63,7 @@ async def _list(db: Database) -> int:
 
 async def _replay(db: Database, args: argparse.Namespace) -> int:
     async with db.connect() as conn:
-        endpoint = await store.get_endpoint(conn, args.endpoint)
+        endpoint = await endpoint_store.get_endpoint(conn, args.endpoint)
         if endpoint is None:
             sys.exit(f"error: no webhook endpoint {args.endpoint}")
         if args.delivery is not None:

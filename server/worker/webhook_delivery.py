@@ -1,5 +1,6 @@
-"""Webhook delivery: the worker's task, the scheduler's dispatcher, the web process's hand-off, and the
-delivery figures workers keep in Redis (docs/WEBHOOKS.md).
+"""Webhook delivery: the worker's task, the scheduler's dispatcher and the web process's hand-off
+(docs/WEBHOOKS.md). The HTTP side is server/worker/webhook_http.py, the figures
+server/worker/webhook_stats.py.
 
 PostgreSQL's outbox (`webhook_messages`) is the truth, as for reminders: a message is written in the
 transaction of the change it reports; Redis carries only "deliver message X" tasks. The web process
@@ -13,19 +14,14 @@ run time.
 """
 
 import asyncio
-import ipaddress
 import logging
-import socket
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqMessage, TaskiqState
 
@@ -34,8 +30,12 @@ from actors.hub import make_event
 from server.base.settings import Settings
 from server.bus.events import EventBus
 from server.bus.redisgate import RedisDown, RedisGate
+from server.worker.webhook_http import Answer, client_session, post
+from server.worker.webhook_stats import WebhookStats
 from storage import reminders as notification_store
-from storage import webhooks as store
+from storage import webhook_claims as claim_store
+from storage import webhook_endpoints as endpoint_store
+from storage import webhook_outbox as outbox_store
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -65,218 +65,6 @@ class DeliveryConfig:
         )
 
 
-# --- the HTTP side ----------------------------------------------------------------------------------------
-
-
-class AddressRefused(OSError):
-    """A name resolved to an address webhooks may not be sent to (raised inside aiohttp's connector,
-    which wraps OSErrors from the resolver)."""
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves with the system resolver and, in production, refuses a name with any non-public
-    address. aiohttp connects to exactly the addresses returned here, so the check and the connection
-    use the same answer: a name re-pointed at a private address after creation (DNS rebinding) gets no
-    request."""
-
-    def __init__(self, *, production: bool) -> None:
-        self._production = production
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-        results: list[ResolveResult] = [
-            {
-                "hostname": host,
-                "host": str(info[4][0]),
-                "port": int(info[4][1]),
-                "family": info[0],
-                "proto": info[2],
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for info in infos
-        ]
-        if self._production:
-            try:
-                rules.refuse_addresses(host, [r["host"] for r in results])
-            except rules.UrlRefused as exc:
-                raise AddressRefused(str(exc)) from None
-        return results
-
-    async def close(self) -> None:
-        return None
-
-
-def client_session(*, production: bool, timeout: float) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        resolver=GuardedResolver(production=production),
-        family=socket.AF_UNSPEC,
-        limit=0,  # the per-endpoint limit is the claim's; the worker's task limit bounds the rest
-        ttl_dns_cache=None,  # resolve (and check) on every new connection
-        use_dns_cache=False,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout),
-        trust_env=False,  # never through a proxy from the environment
-        auto_decompress=False,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    outcome: str  # delivered | failed | gone | refused
-    status: int | None
-    latency_ms: float
-    body: str | None
-    error: str | None
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _storable(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-
-
-async def post(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, *, production: bool
-) -> Answer:
-    """One attempt. A 2xx is delivered; 410 is gone; any other status, a redirect (never followed), a
-    connection error or no answer within the session's timeout is a failure; in production, a URL that
-    is or resolves to a non-public address is refused with no request made."""
-    started = time.monotonic()
-
-    def elapsed() -> float:
-        return round((time.monotonic() - started) * 1000, 3)
-
-    try:
-        target = rules.parse_url(url, production=production)
-        if production and _is_literal(target.host):
-            # A literal address never reaches the resolver; a name is checked there (GuardedResolver).
-            rules.refuse_addresses(target.host, [target.host])
-    except rules.UrlRefused as exc:
-        return Answer("refused", None, elapsed(), None, f"refused: {exc}")
-    timeout = session.timeout.total or rules.TIMEOUT_SECONDS
-    try:
-        async with (
-            asyncio.timeout(timeout),
-            session.post(url, data=body, headers=headers, allow_redirects=False) as resp,
-        ):
-            kept = b""
-            while len(kept) < rules.RESPONSE_KEEP_BYTES:
-                chunk = await resp.content.read(rules.RESPONSE_KEEP_BYTES - len(kept))
-                if not chunk:
-                    break
-                kept += chunk
-            status = resp.status
-    except TimeoutError:
-        return Answer("failed", None, elapsed(), None, f"no answer within {timeout:g}s")
-    except aiohttp.ClientConnectorError as exc:
-        cause = exc.os_error
-        if isinstance(cause, AddressRefused):
-            return Answer("refused", None, elapsed(), None, f"refused: {cause}")
-        return Answer("failed", None, elapsed(), None, f"connection failed: {cause}"[:500])
-    except (aiohttp.ClientError, OSError) as exc:
-        return Answer("failed", None, elapsed(), None, f"{type(exc).__name__}: {exc}"[:500])
-    text = _storable(kept)
-    if 200 <= status < 300:
-        return Answer("delivered", status, elapsed(), text, None)
-    if status == 410:
-        return Answer("gone", status, elapsed(), text, "410 Gone: the endpoint was disabled")
-    why = "a redirect (not followed)" if 300 <= status < 400 else f"HTTP {status}"
-    return Answer("failed", status, elapsed(), text, why)
-
-
-# --- figures in Redis (every worker adds to them; /metrics and /jobs/metrics read them) -------------------
-
-LATENCY_SAMPLES = 1000
-
-
-class WebhookStats:
-    """Counted in memory per attempt, added to Redis by `flush` (the worker flushes every
-    FLUSH_SECONDS and at shutdown): one Redis round trip per interval, not per attempt."""
-
-    FLUSH_SECONDS = 0.5
-
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
-        self._redis = redis
-        self._counters = f"{prefix}webhooks:counters"
-        self._latency = f"{prefix}webhooks:latency"
-        self._pending: dict[str, int] = {}
-        self._samples: list[float] = []
-
-    def record(self, answer: Answer, *, retried: bool) -> None:
-        names = ["sent" if answer.outcome == "delivered" else "failed"]
-        if retried:
-            names.append("retried")
-        if answer.outcome in ("gone", "refused"):
-            names.append(answer.outcome)
-        for name in names:
-            self._pending[name] = self._pending.get(name, 0) + 1
-        self._samples.append(answer.latency_ms)
-
-    async def flush(self) -> None:
-        if not self._pending and not self._samples:
-            return
-        counts, samples = self._pending, self._samples[-LATENCY_SAMPLES:]
-        self._pending, self._samples = {}, []
-        pipe = self._redis.pipeline(transaction=False)
-        for name, value in counts.items():
-            pipe.hincrby(self._counters, name, value)
-        if samples:
-            pipe.lpush(self._latency, *samples)
-            pipe.ltrim(self._latency, 0, LATENCY_SAMPLES - 1)
-        try:
-            await pipe.execute()
-        except Exception:  # kept for the next flush: figures are late, never lost to a blip
-            for name, value in counts.items():
-                self._pending[name] = self._pending.get(name, 0) + value
-            self._samples[:0] = samples
-            raise
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.FLUSH_SECONDS)
-            try:
-                await self.flush()
-            except Exception as exc:
-                log.warning("webhook figures not flushed to Redis (%s)", type(exc).__name__)
-
-    async def read(self) -> dict[str, Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(self._counters)
-        pipe.lrange(self._latency, 0, -1)
-        counters_raw, samples_raw = await pipe.execute()
-        counters = {"sent": 0, "failed": 0, "retried": 0, "gone": 0, "refused": 0}
-        for key, value in counters_raw.items():
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            counters[name] = int(value)
-        samples = sorted(float(v) for v in samples_raw)
-        return {"counters": counters, "latencyMs": _quantiles(samples)}
-
-
-def _quantiles(samples: Sequence[float]) -> dict[str, float | int | None]:
-    def rank(q: float) -> float | None:
-        if not samples:
-            return None
-        return samples[min(len(samples) - 1, max(0, int(q * len(samples) + 0.999999) - 1))]
-
-    return {
-        "p50": rank(0.5),
-        "p99": rank(0.99),
-        "max": samples[-1] if samples else None,
-        "samples": len(samples),
-    }
-
-
 # --- one delivery ------------------------------------------------------------------------------------------
 
 Kick = Callable[[list[uuid.UUID]], Awaitable[None]]
@@ -293,9 +81,9 @@ class Deliverer:
 
     async def deliver(self, message_id: uuid.UUID) -> str:
         """Claim the message, POST it once, record the attempt and settle it; the outcome, or why no
-        attempt was made (see storage.webhooks.claim). Safe to run any number of times."""
+        attempt was made (see storage.webhook_claims.claim). Safe to run any number of times."""
         async with self.db.begin() as conn:
-            claim = await store.claim(
+            claim = await claim_store.claim(
                 conn, message_id, lease=self.config.lease, concurrency=self.config.concurrency
             )
         if isinstance(claim, str):
@@ -327,15 +115,15 @@ class Deliverer:
         return answer.outcome
 
     async def _settle(
-        self, claim: store.Claim, answer: Answer
-    ) -> tuple[store.Endpoint | None, list[uuid.UUID] | None]:
+        self, claim: claim_store.Claim, answer: Answer
+    ) -> tuple[endpoint_store.Endpoint | None, list[uuid.UUID] | None]:
         """Record the attempt; the endpoint when this attempt disabled it, and (after a success) the
         endpoint's next message to hand on."""
-        disabled: store.Endpoint | None = None
+        disabled: endpoint_store.Endpoint | None = None
         state, delay = "pending", 0.0
         if answer.outcome == "delivered":
             async with self.db.connect() as conn:  # one statement: no transaction block needed
-                settled, next_id = await store.record_delivered(
+                settled, next_id = await claim_store.record_delivered(
                     conn,
                     claim,
                     response_code=answer.status or 200,
@@ -348,20 +136,20 @@ class Deliverer:
         async with self.db.begin() as conn:
             if answer.outcome == "gone":
                 state = "failed"
-                disabled = await store.disable(
+                disabled = await endpoint_store.disable(
                     conn, claim.endpoint.id, reason="the endpoint answered 410 Gone"
                 )
             else:
                 next_delay = rules.retry_delay(claim.attempt, base=self.config.retry_base)
                 state, delay = ("failed", 0.0) if next_delay is None else ("pending", next_delay)
-                failing_for = await store.endpoint_failed(conn, claim.endpoint.id)
+                failing_for = await endpoint_store.endpoint_failed(conn, claim.endpoint.id)
                 if failing_for >= rules.DISABLE_AFTER.total_seconds():
-                    disabled = await store.disable(
+                    disabled = await endpoint_store.disable(
                         conn,
                         claim.endpoint.id,
                         reason=f"failing for {rules.DISABLE_AFTER.days} days without a success",
                     )
-            settled = await store.record(
+            settled = await claim_store.record(
                 conn,
                 claim,
                 outcome=answer.outcome,
@@ -389,14 +177,14 @@ class Deliverer:
         return disabled, None
 
     @staticmethod
-    def _lease_lost(claim: store.Claim) -> None:
+    def _lease_lost(claim: claim_store.Claim) -> None:
         log.warning(
             "webhook %s attempt %d finished after its lease; a newer attempt owns it",
             claim.message.id,
             claim.attempt,
         )
 
-    async def _tell_owner(self, endpoint: store.Endpoint) -> None:
+    async def _tell_owner(self, endpoint: endpoint_store.Endpoint) -> None:
         if self.bus is None:
             return
         event = make_event(
@@ -411,7 +199,7 @@ class Deliverer:
     async def _hand_on(self, endpoint_id: uuid.UUID) -> None:
         try:
             async with self.db.connect() as conn:
-                following = await store.next_for_endpoint(conn, endpoint_id, limit=1)
+                following = await outbox_store.next_for_endpoint(conn, endpoint_id, limit=1)
         except Exception as exc:  # the dispatcher finds it
             log.warning("next webhook message not found (%s)", type(exc).__name__)
             return
@@ -447,7 +235,7 @@ class HandOff:
             log.info("webhook messages not handed to the workers (%s); the scheduler will", exc)
             try:
                 async with self._db.connect() as conn:
-                    await store.not_handed_off(conn, message_ids)
+                    await outbox_store.not_handed_off(conn, message_ids)
             except Exception as db_exc:  # the dispatcher still takes them, one lease later
                 log.warning("webhook messages not marked for the scheduler (%s)", type(db_exc).__name__)
 
@@ -536,7 +324,7 @@ class Dispatcher:
 
     async def once(self) -> int:
         async with self.db.begin() as conn:
-            due = await store.take_due(
+            due = await outbox_store.take_due(
                 conn,
                 grace=self.grace,
                 requeue=self.config.lease,
@@ -548,41 +336,3 @@ class Dispatcher:
             self.dispatched += len(due)
             log.info("webhook dispatcher: %d message(s) enqueued", len(due))
         return len(due)
-
-
-# --- figures for /metrics and /jobs/metrics ------------------------------------------------------------
-
-
-async def figures(redis: Redis, db: Database, *, prefix: str) -> dict[str, Any]:
-    """Every worker's delivery counters and latency quantiles (Redis) and the outbox's queue depth
-    (pending messages in PostgreSQL): the same on every process."""
-    stats = await WebhookStats(redis, prefix=prefix).read()
-    async with db.connect() as conn:
-        stats["queueDepth"] = await store.count_pending(conn)
-    return stats
-
-
-def metric_families(data: dict[str, Any]) -> list[Metric]:
-    deliveries = CounterMetricFamily(
-        "webhook_deliveries",
-        "Webhook attempts by outcome, all workers: sent (2xx), failed, retried (attempts after the first), "
-        "gone (410), refused (SSRF guard); read from Redis, do not sum across processes",
-        labels=["outcome"],
-    )
-    for outcome, value in data["counters"].items():
-        deliveries.add_metric([outcome], value)
-    latency = GaugeMetricFamily(
-        "webhook_latency_milliseconds",
-        "Latency of the latest webhook attempts, nearest-rank quantiles, all workers",
-        labels=["quantile"],
-    )
-    for name, quantile in (("p50", "0.5"), ("p99", "0.99"), ("max", "1")):
-        value = data["latencyMs"].get(name)
-        if value is not None:
-            latency.add_metric([quantile], float(value))
-    depth = GaugeMetricFamily(
-        "webhook_queue_depth",
-        "Webhook messages not yet delivered or given up (the outbox)",
-        value=data["queueDepth"],
-    )
-    return [deliveries, latency, depth]

@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 
 from server.base.settings import Settings
 from server.web.keys import DB
-from storage import webhooks as store
+from storage import webhook_log as log_store
+from storage import webhook_outbox as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
 from tests.e2e.test_reminders_e2e import Proc, ready
@@ -99,7 +100,7 @@ async def book(client: Client, user: dict[str, Any], hours: float) -> dict[str, 
 
 async def messages(db: Database, endpoint_id: str) -> list[store.Message]:
     async with db.connect() as conn:
-        found, _ = await store.deliveries(conn, endpoint_id=uuid.UUID(endpoint_id), offset=0, limit=500)
+        found, _ = await log_store.deliveries(conn, endpoint_id=uuid.UUID(endpoint_id), offset=0, limit=500)
     return sorted((m for m, _ in found), key=lambda m: m.seq)
 
 

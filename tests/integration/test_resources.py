@@ -555,7 +555,7 @@ async def test_a_second_writer_waits_on_the_resource_row_lock_and_then_sees_the_
     snapshot) sees A's booking once A commits, so B is refused. Without the lock B would count before A
     commits and both would take the last seat."""
     from server.web.keys import DB
-    from storage import resources as store
+    from storage import resource_bookings as store
     from tests.support import wait_for
 
     alice, bob, carol = await register(), await register(), await register()

@@ -17,8 +17,12 @@ import pytest
 
 from server.base.settings import Settings
 from server.web.keys import DB
-from server.worker.webhook_delivery import Deliverer, DeliveryConfig, client_session
-from storage import webhooks as store
+from server.worker.webhook_delivery import Deliverer, DeliveryConfig
+from server.worker.webhook_http import client_session
+from storage import webhook_claims as store
+from storage import webhook_endpoints as endpoint_store
+from storage import webhook_log as log_store
+from storage import webhook_outbox as outbox_store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
 from tests.support import unique_email, wait_for
@@ -43,9 +47,9 @@ async def deliverer(client: Client) -> AsyncIterator[Deliverer]:
         await session.close()
 
 
-async def messages_of(db: Database, endpoint_id: str) -> list[store.Message]:
+async def messages_of(db: Database, endpoint_id: str) -> list[outbox_store.Message]:
     async with db.connect() as conn:
-        found, _ = await store.deliveries(conn, endpoint_id=uuid.UUID(endpoint_id), offset=0, limit=100)
+        found, _ = await log_store.deliveries(conn, endpoint_id=uuid.UUID(endpoint_id), offset=0, limit=100)
     return sorted((m for m, _ in found), key=lambda m: m.seq)
 
 
@@ -219,7 +223,7 @@ async def test_production_refuses_a_private_url_on_change_too(
     )
     user = await resp.json()
     async with prod.app[DB].connect() as conn:  # as if it had been public when created
-        endpoint = await store.create_endpoint(
+        endpoint = await endpoint_store.create_endpoint(
             conn,
             user_id=uuid.UUID(user["user"]["id"]),
             all_bookings=False,
@@ -247,7 +251,7 @@ async def test_production_delivery_to_a_private_address_makes_no_request(
     user = await register()
     port = receiver.base_url.rsplit(":", 1)[1]
     async with client.app[DB].connect() as conn:
-        endpoint = await store.create_endpoint(
+        endpoint = await endpoint_store.create_endpoint(
             conn,
             user_id=uuid.UUID(user["user"]["id"]),
             all_bookings=False,
@@ -371,7 +375,7 @@ async def test_a_refused_or_rolled_back_change_writes_no_message(client: Client,
     # A transaction that writes a message and then fails leaves none behind.
     with pytest.raises(RuntimeError):
         async with db.begin() as conn:
-            ids = await store.enqueue(
+            ids = await outbox_store.enqueue(
                 conn,
                 event_type="booking.updated",
                 user_id=uuid.UUID(owner["user"]["id"]),
@@ -639,7 +643,7 @@ async def test_metrics_count_the_deliveries_on_both_services(
     from redis.asyncio import Redis
 
     from server.jobs import create_jobs_app
-    from server.worker.webhook_delivery import WebhookStats
+    from server.worker.webhook_stats import WebhookStats
 
     redis = Redis.from_url(settings.redis_url)
     counted = replace(deliverer, stats=WebhookStats(redis, prefix=settings.redis_prefix))
@@ -825,7 +829,7 @@ async def test_a_hand_off_refused_by_redis_leaves_the_message_to_the_scheduler_a
     [message] = await messages_of(down.app[DB], endpoint["id"])
     assert message.enqueued_at is None and message.state == "pending"
     async with down.app[DB].begin() as conn:
-        due = await store.take_due(conn, grace=0, requeue=60, per_endpoint=4, batch=100)
+        due = await outbox_store.take_due(conn, grace=0, requeue=60, per_endpoint=4, batch=100)
     assert message.id in due
 
 
