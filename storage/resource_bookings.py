@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from storage.bookings import Booking
+from storage.bookings import NEW_BOOKING_FIELDS, Booking
 from storage.db import Connection, Query
 from storage.webhook_outbox import outbox_sql
 
@@ -56,17 +56,7 @@ _FULL_AT = """
 """
 
 NEW_RESOURCE_BOOKING_FIELDS = (
-    "id",
-    "user_id",
-    "user_seq",
-    "title",
-    "description",
-    "location",
-    "notes",
-    "start_time",
-    "end_time",
-    "reminder_minutes_before",
-    "attendees",
+    *NEW_BOOKING_FIELDS,
     "resource_id",
     "resource_seq",
     "busy_start",
