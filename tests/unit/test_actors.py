@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from actors.base import Actor, ActorStopped, Busy, Handler, Registry, message_context
+from actors.domain.events import Event
 from actors.errors import Conflict, RateLimited, Unavailable
 from actors.hub import Hub
 from server.web.problems import kind_of
@@ -236,11 +237,11 @@ async def test_an_idle_actor_stops_while_its_key_has_hub_subscribers(make_regist
     """Subscribers live in the hub, not on the actor: they keep no idle actor alive, and the actor
     spawned afterwards publishes to the same subscribers."""
     hub = Hub()
-    seen: list[dict[str, Any]] = []
+    seen: list[Event] = []
     key = uuid.uuid4()
 
     async def handler(message: str) -> str:
-        await hub.emit(key, {"n": message})
+        await hub.emit(key, ev(message))
         return message
 
     registry: Registry[uuid.UUID] = Registry(lambda k: handler, idle_timeout=0.05)
@@ -251,7 +252,7 @@ async def test_an_idle_actor_stops_while_its_key_has_hub_subscribers(make_regist
         await until(lambda: key not in registry, what="the idle actor to stop with a subscriber attached")
         assert first.task is not None and first.task.done()
         assert await within(registry.ask(key, "two")) == "two"
-        assert seen == [{"n": "one"}, {"n": "two"}]
+        assert seen == [ev("one"), ev("two")]
         unsubscribe()
     finally:
         await within(registry.close(grace=0.1))
@@ -369,28 +370,32 @@ async def test_close_cancels_a_handler_that_never_finishes_after_the_grace(
 ALICE, BOB, NOBODY = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
 
+def ev(n: object) -> Event:
+    return Event("test.event", {"n": n}, "2026-01-01T00:00:00Z")
+
+
 async def test_subscribe_returns_an_unsubscribe() -> None:
     hub = Hub()
-    seen: list[dict[str, Any]] = []
+    seen: list[Event] = []
     unsubscribe = hub.subscribe_user(ALICE, seen.append)
 
-    await hub.emit(ALICE, {"n": 1})
-    assert seen == [{"n": 1}]
+    await hub.emit(ALICE, ev(1))
+    assert seen == [ev(1)]
 
     unsubscribe()
     unsubscribe()  # idempotent: a `finally` may run it after a failed attach
-    await hub.emit(ALICE, {"n": 2})
-    assert seen == [{"n": 1}]
+    await hub.emit(ALICE, ev(2))
+    assert seen == [ev(1)]
     assert hub.subscribers(ALICE) == 0 and len(hub) == 0  # the room left with its last subscriber
 
 
 async def test_a_failing_subscriber_does_not_break_the_others() -> None:
     hub = Hub()
-    before: list[dict[str, Any]] = []
-    after: list[dict[str, Any]] = []
-    bob: list[dict[str, Any]] = []
+    before: list[Event] = []
+    after: list[Event] = []
+    bob: list[Event] = []
 
-    def broken(event: dict[str, Any]) -> None:
+    def broken(event: Event) -> None:
         raise RuntimeError("socket gone")
 
     hub.subscribe_user(ALICE, before.append)
@@ -400,39 +405,39 @@ async def test_a_failing_subscriber_does_not_break_the_others() -> None:
     for subscriber in (before.append, broken, after.append):
         hub.subscribe_all(subscriber)
 
-    await hub.emit(ALICE, {"n": 1})
-    await hub.broadcast({"n": 2})
+    await hub.emit(ALICE, ev(1))
+    await hub.broadcast(ev(2))
 
-    assert before == [{"n": 1}, {"n": 2}]
-    assert after == [{"n": 1}, {"n": 2}]
+    assert before == [ev(1), ev(2)]
+    assert after == [ev(1), ev(2)]
     # A broadcast goes to `subscribe_all` subscribers only, once each, not through the rooms.
     assert bob == []
 
 
 async def test_user_and_resource_rooms_are_apart_and_a_key_without_subscribers_gets_nothing() -> None:
     hub = Hub()
-    user: list[dict[str, Any]] = []
-    resource: list[dict[str, Any]] = []
-    everyone: list[dict[str, Any]] = []
+    user: list[Event] = []
+    resource: list[Event] = []
+    everyone: list[Event] = []
     hub.subscribe_user(ALICE, user.append)
     hub.subscribe_resource(ALICE, resource.append)  # the same id as a resource: another room
     unsubscribe = hub.subscribe_all(everyone.append)
-    await hub.emit(NOBODY, {"n": 1})
-    await hub.emit_all([(ALICE, {"n": 2})], [(ALICE, {"n": 3})])
-    await hub.emit_resource(ALICE, {"n": 4})
-    await hub.broadcast({"n": 5})
+    await hub.emit(NOBODY, ev(1))
+    await hub.emit_all([(ALICE, ev(2))], [(ALICE, ev(3))])
+    await hub.emit_resource(ALICE, ev(4))
+    await hub.broadcast(ev(5))
     unsubscribe()
-    await hub.broadcast({"n": 6})
+    await hub.broadcast(ev(6))
 
-    assert user == [{"n": 2}]
-    assert resource == [{"n": 3}, {"n": 4}]
-    assert everyone == [{"n": 5}]
+    assert user == [ev(2)]
+    assert resource == [ev(3), ev(4)]
+    assert everyone == [ev(5)]
     assert len(hub) == 2
 
 
 async def test_a_closed_hub_refuses_subscribers_but_still_delivers() -> None:
     hub = Hub()
-    seen: list[dict[str, Any]] = []
+    seen: list[Event] = []
     hub.subscribe_user(ALICE, seen.append)
     hub.close()
     for subscribe in (
@@ -442,8 +447,8 @@ async def test_a_closed_hub_refuses_subscribers_but_still_delivers() -> None:
     ):
         with pytest.raises(Unavailable):
             subscribe()
-    await hub.emit(ALICE, {"n": 1})
-    assert seen == [{"n": 1}]
+    await hub.emit(ALICE, ev(1))
+    assert seen == [ev(1)]
 
 
 # --- (i) context isolation ---------------------------------------------------------------------------
