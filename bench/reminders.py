@@ -90,12 +90,11 @@ async def reminder_lateness(
                     if message is None:
                         continue
                     arrived = time.time()
-                    envelope = json.loads(message["data"])
-                    event = envelope["event"]
-                    if event["event"] != "booking.reminder":
-                        continue
-                    booking_id = event["data"]["bookingId"]
-                    seen.setdefault(booking_id, []).append(arrived)
+                    published = json.loads(message["data"])
+                    for envelope in published.get("batch", [published]):  # one event, or several
+                        event = envelope["event"]
+                        if event["event"] == "booking.reminder":
+                            seen.setdefault(event["data"]["bookingId"], []).append(arrived)
                     progress.done = len(seen)
                     if len(seen) >= count and settle_until is None:
                         settle_until = time.monotonic() + 2.0  # a duplicate would still be caught
