@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo
 from icalendar import Calendar, Event, Timezone
 from icalendar.prop import vDDDLists, vDDDTypes, vInt, vRecur, vText
 
-from actors.errors import DomainError
-from actors.recurrence import MAX_OCCURRENCES, instances
+from actors.domain.errors import DomainError
+from actors.domain.recurrence import MAX_OCCURRENCES, instances
 from storage.calendar_feeds import FeedBooking, FeedBusy, FeedSeries
 
 log = logging.getLogger(__name__)
