@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from actors.errors import RateLimited, Unavailable
+from actors.domain.errors import RateLimited, Unavailable
 
 log = logging.getLogger(__name__)
 

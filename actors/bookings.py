@@ -1,5 +1,5 @@
 """Bookings: the per-user actor that serializes mutations (the service REST and WebSocket share is
-actors/booking_service.py).
+actors/services/bookings.py).
 
 Every mutation of a user's bookings runs inside that user's actor: validate against the current row,
 write (the exclusion constraint is the last word across processes), audit, then emit the event, in
@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from actors.base import Handler
+from actors.domain.errors import Conflict, NotFound
 from actors.domain.events import Event
 from actors.domain.messages import (
     ChangeSeries,
@@ -26,13 +27,12 @@ from actors.domain.messages import (
     UpdateBooking,
 )
 from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
-from actors.errors import Conflict, NotFound
+from actors.domain.views import booking_view
 from actors.idempotency import claim, request_hash
 from actors.ports import Deps
 from actors.reminders import Plan
 from actors.series import SeriesWriter, touch_for
-from actors.views import booking_view
-from actors.webhook_rules import BOOKING_DELETED, update_event
+from actors.services.webhook_rules import BOOKING_DELETED, update_event
 from storage import audit as audit_store
 from storage import bookings as store
 from storage import idempotency as idempotency_store

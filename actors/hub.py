@@ -16,9 +16,9 @@ from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from actors.domain.errors import Unavailable
 from actors.domain.events import Event
-from actors.errors import Unavailable
-from actors.views import iso
+from actors.domain.views import iso
 
 log = logging.getLogger(__name__)
 

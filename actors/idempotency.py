@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from actors.errors import IdempotencyMismatch, Unavailable
+from actors.domain.errors import IdempotencyMismatch, Unavailable
 from storage import idempotency as store
 from storage.db import Connection
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from actors.errors import NotFound
-from actors.views import iso
+from actors.domain.errors import NotFound
+from actors.domain.views import iso
 from storage import reminders as store
 from storage.bookings import Booking
 from storage.db import Connection, Database

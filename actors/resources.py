@@ -1,5 +1,5 @@
 """Resources: the per-resource actor that writes their bookings (the admin service over them is
-actors/resource_service.py).
+actors/services/resources.py).
 
 Who waits on whom (one fixed order, so no cycle and no deadlock):
 
@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from actors.base import Handler, Registry
+from actors.domain.errors import Conflict, NotFound, ValidationFailed
 from actors.domain.events import Event
 from actors.domain.messages import BookResource, ChangeResourceBooking, CreateBooking, Created, UpdateBooking
 from actors.domain.resources import (
@@ -38,11 +39,10 @@ from actors.domain.resources import (
     unknown_resource,
 )
 from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
-from actors.errors import Conflict, NotFound, ValidationFailed
+from actors.domain.views import booking_view, iso
 from actors.idempotency import claim, request_hash
 from actors.ports import Deps, ResourceEmitter
 from actors.reminders import Plan
-from actors.views import booking_view, iso
 from storage import bookings as booking_store
 from storage import idempotency as idempotency_store
 from storage import resource_bookings as resource_booking_store

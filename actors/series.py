@@ -1,6 +1,6 @@
 """Recurring series: create, change and cancel many occurrences as one, inside the owner's actor.
 
-A series is a rule (actors/recurrence.py) and a template; each occurrence is a real booking row under
+A series is a rule (actors/domain/recurrence.py) and a template; each occurrence is a real booking row under
 every constraint a single booking meets, with `series_id` and `occurrence_start` (its RECURRENCE-ID).
 Creation is one transaction: conflicts are read first (exactly, under the resource's row lock, for a
 capacity-N resource; as a snapshot otherwise), then one statement writes every occurrence ON CONFLICT
@@ -22,8 +22,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from actors.domain.errors import Conflict, NotFound
 from actors.domain.events import Event
 from actors.domain.messages import ChangeSeries, CreateSeries, DeleteSeries, SeriesWritten
+from actors.domain.recurrence import Rule, instances, parse_rrule
 from actors.domain.resources import BUSY_CHANGED, check_hours, check_window, full, retired, unknown_resource
 from actors.domain.rules import check_times, check_version
 from actors.domain.series import (
@@ -34,12 +36,10 @@ from actors.domain.series import (
     plan_occurrences,
     series_view,
 )
-from actors.errors import Conflict, NotFound
+from actors.domain.views import booking_view, iso
 from actors.idempotency import claim, request_hash
 from actors.ports import Deps
-from actors.recurrence import Rule, instances, parse_rrule
 from actors.reminders import Plan
-from actors.views import booking_view, iso
 from storage import bookings as booking_store
 from storage import idempotency as idempotency_store
 from storage import resource_bookings as resource_booking_store

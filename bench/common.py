@@ -19,7 +19,7 @@ from typing import IO, Any
 import asyncpg
 import psutil
 
-from actors.security import TokenCodec
+from actors.services.security import TokenCodec
 from tests.processes import BOOKING, WebProcess, start_web, stop
 from tests.support import create_database, drop_database, with_database
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 
-from actors import ics
+from actors.domain import ics
 from bench.common import BenchUser, Progress
 from storage import calendar_feeds as store
 

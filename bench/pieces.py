@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from actors.security import TokenCodec
+from actors.services.security import TokenCodec
 from handlers.bookings import _create
 from server.base.json import dumps
 from server.bus.ratelimit import RateLimiter

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp_apigami import docs, request_schema
 
-from actors.auth import Session
+from actors.services.auth import Session
 from handlers.auth_schemas import LoginRequest, MePatch, RefreshRequest, RegisterRequest, SessionOut, UserOut
 from handlers.common import client_ip, json_response, require_user, user_json
 from handlers.docparts import AUTH_ERRORS, BODY_ERRORS

@@ -9,7 +9,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 
-from actors.availability_service import (
+from actors.domain.views import iso
+from actors.domain.zones import check_zone
+from actors.services.availability import (
     availability_view,
     hours_view,
     label_zone,
@@ -17,8 +19,6 @@ from actors.availability_service import (
     slot_rules_view,
     span_view,
 )
-from actors.views import iso
-from actors.zones import check_zone
 from handlers.availability_schemas import (
     AvailabilityOut,
     AvailabilityRequest,

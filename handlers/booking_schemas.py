@@ -8,7 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-from actors.zones import ZONE_HINT, known_zones
+from actors.domain.zones import ZONE_HINT, known_zones
 from handlers.schemas import _TEXT, PageMeta, PageQuery, Strict, _aware, _desc
 
 # --- bookings -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from aiohttp_apigami import docs, querystring_schema, request_schema
 from marshmallow import Schema
 
 from actors.domain.messages import SeriesWritten
-from actors.views import booking_view, snapshot_view
+from actors.domain.views import booking_view, snapshot_view
 from handlers.booking_schemas import (
     AuditPage,
     BookingLimitQuery,

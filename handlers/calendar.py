@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp_apigami import docs, request_schema
 from marshmallow import Schema, fields, validate
 
-from actors import calendar_feeds as rules
-from actors.views import iso
+from actors.domain.views import iso
+from actors.services import calendar_feeds as rules
 from handlers.common import client_ip, json_response, require_user
 from handlers.docparts import AUTH_ERRORS, BODY_ERRORS, ID_PARAM
 from handlers.schemas import Problem, Strict

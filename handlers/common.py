@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.errors import Forbidden, Unauthorized
+from actors.domain.errors import Forbidden, Unauthorized
 from server.base.json import dumps, iso
 from server.web.keys import AUTH, CURRENT_USER, LIMITER, SETTINGS
 from storage.users import User

@@ -14,9 +14,9 @@ from marshmallow import Schema, ValidationError, fields, validate
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from actors.api_keys import looks_like_key
-from actors.errors import FieldError, Forbidden, Unauthorized, ValidationFailed
-from actors.maintenance import Maintenance
+from actors.domain.errors import FieldError, Forbidden, Unauthorized, ValidationFailed
+from actors.services.api_keys import looks_like_key
+from actors.services.maintenance import Maintenance
 from handlers import health
 from handlers.common import bearer_token, json_response
 from handlers.schemas import HealthOut, Problem, Strict

@@ -13,7 +13,7 @@ from marshmallow import Schema, ValidationError, fields, validates
 from marshmallow import validate as rules
 from redis.exceptions import RedisError
 
-from actors.errors import Unavailable
+from actors.domain.errors import Unavailable
 from actors.hub import make_event
 from actors.reminders import notification_view
 from handlers.common import json_response, page_meta, require_admin, require_user

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from actors.errors import FieldError, PreconditionFailed, ValidationFailed
+from actors.domain.errors import FieldError, PreconditionFailed, ValidationFailed
 
 # Also the WebSocket `idempotencyKey` field's pattern (handlers/ws_commands.py).
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -7,7 +7,7 @@ import uuid
 from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 
-from actors.errors import NotFound, ValidationFailed
+from actors.domain.errors import NotFound, ValidationFailed
 from handlers.auth_schemas import UserOut, UserPage, UserPatch
 from handlers.common import json_response, page_meta, require_admin, user_json
 from handlers.docparts import (

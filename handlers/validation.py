@@ -12,7 +12,7 @@ from aiohttp import web
 from marshmallow import Schema
 from marshmallow import ValidationError as MarshmallowError
 
-from actors.errors import FieldError, ValidationFailed
+from actors.domain.errors import FieldError, ValidationFailed
 
 # PostgreSQL refuses NUL in text (SQLSTATE 22021), and a lone surrogate has no UTF-8 encoding at all
 # (asyncpg, and any response that would echo it, fail). A valid astral character is one code point in a

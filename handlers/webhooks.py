@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 from marshmallow import Schema, fields, validate
 
-from actors import webhook_rules as rules
-from actors.webhooks import delivery_view, endpoint_view
+from actors.services import webhook_rules as rules
+from actors.services.webhooks import delivery_view, endpoint_view
 from handlers.common import json_response, page_meta, require_user
 from handlers.docparts import (
     AUTH_ERRORS,

@@ -21,10 +21,10 @@ from weakref import WeakSet
 from aiohttp import WSMsgType, web
 from aiohttp_apigami import docs
 
-from actors.booking_service import BookingService
+from actors.domain.errors import Unauthorized, Unavailable
 from actors.domain.events import Event
-from actors.errors import Unauthorized, Unavailable
-from actors.resource_service import ResourceService
+from actors.services.bookings import BookingService
+from actors.services.resources import ResourceService
 from handlers.common import bearer_token, count_api_call, user_json
 from handlers.ws_commands import COMMANDS
 from handlers.ws_protocol import (

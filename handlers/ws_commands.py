@@ -17,11 +17,11 @@ from typing import Any, Protocol
 from marshmallow import fields
 from marshmallow import validate as rules
 
-from actors.booking_service import BookingService
+from actors.domain.errors import Conflict, Forbidden
 from actors.domain.messages import SeriesWritten
-from actors.errors import Conflict, Forbidden
-from actors.resource_service import ResourceService
-from actors.views import booking_view, iso
+from actors.domain.views import booking_view, iso
+from actors.services.bookings import BookingService
+from actors.services.resources import ResourceService
 from handlers.booking_schemas import BookingListQuery, CreateBookingRequest, UpdateBookingRequest
 from handlers.common import page_meta
 from handlers.preconditions import IDEMPOTENCY_KEY

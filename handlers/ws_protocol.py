@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from actors.errors import DomainError, FieldError, ValidationFailed
+from actors.domain.errors import DomainError, FieldError, ValidationFailed
 from handlers.validation import parse_json, unstorable
 from server.web.problems import details, kind_of
 

@@ -9,20 +9,20 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from actors.auth import AuthService
-from actors.availability_service import AvailabilityService
 from actors.base import Registry
-from actors.booking_service import BookingService
 from actors.bookings import actor_factory
-from actors.calendar_feeds import CalendarFeedService
 from actors.hub import Hub
 from actors.ports import Deps, Rules
 from actors.reminders import NotificationService, Reminders
-from actors.resource_service import ResourceService
 from actors.resources import ResourceBookings, resource_actor_factory
-from actors.security import TokenCodec
-from actors.usercache import UserCache
-from actors.webhooks import WebhookService
+from actors.services.auth import AuthService
+from actors.services.availability import AvailabilityService
+from actors.services.bookings import BookingService
+from actors.services.calendar_feeds import CalendarFeedService
+from actors.services.resources import ResourceService
+from actors.services.security import TokenCodec
+from actors.services.usercache import UserCache
+from actors.services.webhooks import WebhookService
 from handlers import (
     auth,
     availability,

@@ -22,7 +22,7 @@ from server.base.settings import Settings, SettingsError
 from server.worker import webhook_cli
 
 if TYPE_CHECKING:
-    from actors.api_keys import ApiKeyService
+    from actors.services.api_keys import ApiKeyService
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,7 +114,7 @@ def _on_database(command: str, work: Callable[[Settings], T]) -> T:
     """Run `work` with the database `booking <command>` uses: DATABASE_URL, or with nothing configured
     this checkout's embedded one (server/local/localdb.py). A failure is one line naming that database and
     what to do, never a traceback; a refused input (DomainError) exits with its reason."""
-    from actors.errors import DomainError
+    from actors.domain.errors import DomainError
     from server.local.localdb import DatabaseUnavailable, cli_database, describe_failure
 
     settings = _settings()
@@ -170,7 +170,7 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
 
 def _with_api_keys(command: str, action: Callable[[ApiKeyService], Awaitable[T]]) -> T:
     """Run one ApiKeyService call on a one-connection pool (see _on_database for the database)."""
-    from actors.api_keys import ApiKeyService
+    from actors.services.api_keys import ApiKeyService
     from storage.db import Database
 
     async def run(settings: Settings) -> T:
@@ -234,7 +234,7 @@ def cmd_revoke_api_key(args: argparse.Namespace) -> int:
 
 
 def _days(raw: str) -> int:
-    from actors.api_keys import MAX_EXPIRY_DAYS
+    from actors.services.api_keys import MAX_EXPIRY_DAYS
 
     try:
         days = int(raw)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp_apigami.constants import SWAGGER_DICT
 
-from actors.api_keys import ApiKeyService
+from actors.services.api_keys import ApiKeyService
 from handlers import jobs
 from server.app import auth_service, database_ctx, redis_ctx
 from server.base.settings import Settings

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from actors.availability import Hours, describe, hours_of
-from actors.errors import Conflict, FieldError, ValidationFailed
-from actors.views import iso
+from actors.domain.availability import Hours, describe, hours_of
+from actors.domain.errors import Conflict, FieldError, ValidationFailed
+from actors.domain.views import iso
 
 if TYPE_CHECKING:
     from storage.bookings import Booking

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from actors.errors import Conflict, FieldError, PreconditionFailed, ValidationFailed
+from actors.domain.errors import Conflict, FieldError, PreconditionFailed, ValidationFailed
 
 EDITABLE = ("title", "description", "location", "notes", "start_time", "end_time", "reminder_minutes_before")
 

@@ -10,9 +10,9 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from actors.errors import FieldError, ValidationFailed
-from actors.recurrence import MAX_EXDATES, Rule, expand
-from actors.views import booking_view, iso
+from actors.domain.errors import FieldError, ValidationFailed
+from actors.domain.recurrence import MAX_EXDATES, Rule, expand
+from actors.domain.views import booking_view, iso
 
 if TYPE_CHECKING:
     from storage.bookings import Booking

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from actors.views import iso
+from actors.domain.views import iso
 
 
 def _default(value: Any) -> Any:

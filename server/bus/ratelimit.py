@@ -26,7 +26,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from actors.errors import RateLimited
+from actors.domain.errors import RateLimited
 from server.bus.redisgate import RedisDown, RedisGate
 
 _HIT = """

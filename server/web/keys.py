@@ -8,16 +8,16 @@ from weakref import WeakSet
 from aiohttp import web
 from redis.asyncio import Redis
 
-from actors.api_keys import ApiKeyService
-from actors.auth import AuthService
-from actors.availability_service import AvailabilityService
 from actors.base import Registry
-from actors.booking_service import BookingService
-from actors.calendar_feeds import CalendarFeedService
 from actors.hub import Hub
 from actors.reminders import NotificationService
-from actors.resource_service import ResourceService
-from actors.webhooks import WebhookService
+from actors.services.api_keys import ApiKeyService
+from actors.services.auth import AuthService
+from actors.services.availability import AvailabilityService
+from actors.services.bookings import BookingService
+from actors.services.calendar_feeds import CalendarFeedService
+from actors.services.resources import ResourceService
+from actors.services.webhooks import WebhookService
 from server.base.settings import Settings
 from server.bus.events import EventBus
 from server.bus.ratelimit import RateLimiter

@@ -12,7 +12,7 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.errors import (
+from actors.domain.errors import (
     Conflict,
     DomainError,
     Forbidden,

@@ -15,8 +15,8 @@ from redis.exceptions import RedisError
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 
 from actors.domain.events import Event
+from actors.domain.views import booking_view, iso
 from actors.hub import make_event
-from actors.views import booking_view, iso
 from server.base.settings import Settings
 from server.bus import redisconf
 from server.bus.events import EventBus

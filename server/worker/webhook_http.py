@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from actors import webhook_rules as rules
+from actors.services import webhook_rules as rules
 
 
 class AddressRefused(OSError):

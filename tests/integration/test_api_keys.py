@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from actors.api_keys import ApiKeyService, NewKey
+from actors.services.api_keys import ApiKeyService, NewKey
 from server.base.settings import Settings
 from server.jobs import JOBS_OPENAPI_PATH, create_jobs_app
 from server.web.keys import API_KEYS, DB

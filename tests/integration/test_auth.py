@@ -13,8 +13,8 @@ from typing import Any
 import jwt
 import pytest
 
-from actors.errors import Unauthorized
-from actors.security import TokenCodec
+from actors.domain.errors import Unauthorized
+from actors.services.security import TokenCodec
 from server.base.settings import DEV_JWT_SECRET, DEV_REFRESH_SECRET
 from tests.conftest import Client, Registrar, auth
 from tests.support import unique_email
@@ -364,7 +364,8 @@ async def test_a_forged_forwarded_for_does_not_escape_the_per_ip_login_limit(mak
 
 
 def test_a_cached_access_token_is_still_refused_once_expired() -> None:
-    """Verified claims are cached per token (actors/security.py), but `exp` is checked on every use."""
+    """Verified claims are cached per token (actors/services/security.py), but `exp` is checked on every
+    use."""
     now = [time.time()]
     codec = TokenCodec(
         access_secret=DEV_JWT_SECRET,

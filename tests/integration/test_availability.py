@@ -512,11 +512,11 @@ async def test_hours_opened_by_another_process_take_effect_at_once(
 async def test_full_spans_merged_in_postgresql_match_the_rules(
     client: Client, register: Registrar, admin: dict[str, Any], capacity: int
 ) -> None:
-    """storage.availability.resource_full (a sweep in SQL) against actors.availability.full_spans (the
+    """storage.availability.resource_full (a sweep in SQL) against actors.domain.availability.full_spans (the
     rules the property tests check) on random overlapping busy ranges, back to back ones included."""
     import random
 
-    from actors.availability import full_spans
+    from actors.domain.availability import full_spans
     from server.web.keys import DB
     from storage import availability as store
 

@@ -530,8 +530,9 @@ async def test_a_series_expands_to_exactly_its_rows_across_the_dst_change(
 async def test_a_rule_past_366_instances_is_bounded_at_the_last_one(
     client: Client, register: Registrar, db_conn: Any
 ) -> None:
-    """A series has at most 366 instances (actors/recurrence.py expands no more); a rule whose UNTIL lies
-    beyond gets an UNTIL at the 366th in the feed, so no client shows an instance there can be no row for."""
+    """A series has at most 366 instances (actors/domain/recurrence.py expands no more); a rule whose UNTIL
+    lies beyond gets an UNTIL at the 366th in the feed, so no client shows an instance there can be no row
+    for."""
     user = await register()
     series = await insert_series(db_conn, user, rrule="FREQ=DAILY;INTERVAL=1;UNTIL=20290101T000000Z")
     instants = [(SERIES_START + timedelta(days=i)).astimezone(UTC) for i in range(3)]
@@ -690,9 +691,9 @@ async def test_libical_finds_no_error_in_either_kind_of_feed(
 async def test_a_feed_is_what_icalendar_writes_for_it_whether_its_events_were_cached_or_not(
     client: Client, register: Registrar, db_conn: Any
 ) -> None:
-    """Serialized events are reused across renders (actors/ics.py); the text stays what the library writes
-    for the calendar it parses to, and a change shows at once."""
-    from actors import ics
+    """Serialized events are reused across renders (actors/domain/ics.py); the text stays what the library
+    writes for the calendar it parses to, and a change shows at once."""
+    from actors.domain import ics
 
     user = await register()
     booking = await create(client, user, title="Cached, or not")

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from actors.errors import RateLimited
+from actors.domain.errors import RateLimited
 from server.bus.ratelimit import RateLimiter
 from server.bus.redisgate import RedisGate
 

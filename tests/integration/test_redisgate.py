@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.errors import RateLimited
+from actors.domain.errors import RateLimited
 from actors.hub import make_event
 from actors.reminders import Plan, Reminders
 from server.bus.events import EventBus

@@ -892,7 +892,7 @@ async def test_deleting_an_endpoint_that_deadlocks_with_a_delivery_is_retried_ne
 
     import asyncpg
 
-    caplog.set_level(logging.INFO, logger="actors.webhooks")
+    caplog.set_level(logging.INFO, logger="actors.services.webhooks")
     owner = await register()
     endpoint = await add_endpoint(client, owner, "http://127.0.0.1:9/deadlock")
     sent = await (await client.post(f"/api/webhooks/{endpoint['id']}/test", headers=auth(owner))).json()

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from actors.base import Actor, ActorStopped, Busy, Handler, Registry, message_context
+from actors.domain.errors import Conflict, RateLimited, Unavailable
 from actors.domain.events import Event
-from actors.errors import Conflict, RateLimited, Unavailable
 from actors.hub import Hub
 from server.web.problems import kind_of
 

@@ -1,4 +1,4 @@
-"""The availability rules (actors/availability.py), pure logic: DST transitions by hand, then
+"""The availability rules (actors/domain/availability.py), pure logic: DST transitions by hand, then
 property-based runs against a brute-force oracle that looks at every minute."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.availability import (
+from actors.domain.availability import (
     Busy,
     Hours,
     LocalInterval,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.domain.errors import ValidationFailed
+from actors.domain.recurrence import expand, instances, parse_rrule
 from actors.domain.series import capacity_conflicts, plan_occurrences
-from actors.errors import ValidationFailed
-from actors.recurrence import expand, instances, parse_rrule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from actors import errors as e
 from actors.base import Busy
+from actors.domain import errors as e
 from actors.domain.rules import TRANSITIONS, Rules, check_status_change, check_times, check_version
 from actors.idempotency import request_hash
 from handlers.preconditions import IDEMPOTENCY_KEY, idempotency_key, parse_if_match

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from actors.usercache import UserCache
+from actors.services.usercache import UserCache
 from storage.users import User
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

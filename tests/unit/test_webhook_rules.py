@@ -11,7 +11,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from actors import webhook_rules as rules
+from actors.services import webhook_rules as rules
 from storage.bookings import Booking
 
 # --- retries ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.errors import Conflict, FieldError, RateLimited, ValidationFailed
+from actors.domain.errors import Conflict, FieldError, RateLimited, ValidationFailed
 from handlers.ws_protocol import BadFrame, Frame, TokenBucket, domain_error, parse_frame, peek_id, reply
 
 

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du
 
-from actors.errors import FieldError, ValidationFailed
+from actors.domain.errors import FieldError, ValidationFailed
 
 MAX_OCCURRENCES = 366
 MAX_RULE_CHARS = 500

@@ -22,14 +22,17 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache, partial
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from icalendar import Calendar, Event, Timezone
 from icalendar.prop import vDDDLists, vDDDTypes, vInt, vRecur, vText
 
-from actors.errors import DomainError
-from actors.recurrence import MAX_OCCURRENCES, instances
-from storage.calendar_feeds import FeedBooking, FeedBusy, FeedSeries
+from actors.domain.errors import DomainError
+from actors.domain.recurrence import MAX_OCCURRENCES, instances
+
+if TYPE_CHECKING:
+    from storage.calendar_feeds import FeedBooking, FeedBusy, FeedSeries
 
 log = logging.getLogger(__name__)
 

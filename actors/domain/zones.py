@@ -7,7 +7,7 @@ import zoneinfo
 from functools import cache
 from zoneinfo import ZoneInfo
 
-from actors.errors import FieldError, ValidationFailed
+from actors.domain.errors import FieldError, ValidationFailed
 
 ZONE_HINT = "must be an IANA time zone name, e.g. Europe/Paris"
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from actors import webhook_rules as rules
-from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
-from actors.views import iso
+from actors.domain.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from actors.domain.views import iso
+from actors.services import webhook_rules as rules
 from storage import webhook_endpoints as store
 from storage import webhook_log as log_store
 from storage import webhook_outbox as outbox_store

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
 
-from actors.views import booking_from_snapshot, booking_view, iso
+from actors.domain.views import booking_from_snapshot, booking_view, iso
 
 # --- the catalogue -------------------------------------------------------------------------------------
 

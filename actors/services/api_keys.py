@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from actors.errors import FieldError, NotFound, Unauthorized, ValidationFailed
+from actors.domain.errors import FieldError, NotFound, Unauthorized, ValidationFailed
 from storage import api_keys as store
 from storage.api_keys import ApiKey
 from storage.db import Database

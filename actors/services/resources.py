@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from actors.domain.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from actors.domain.resources import MAX_BUSY_WINDOW, busy_view, duplicate, resource_view
 from actors.domain.rules import check_version
-from actors.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from actors.domain.zones import check_zone
 from actors.ports import Deps
-from actors.zones import check_zone
 from storage import audit as audit_store
 from storage import resource_bookings as resource_booking_store
 from storage import resources as store

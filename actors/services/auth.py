@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from actors.errors import Conflict, FieldError, Forbidden, NotFound, Unauthorized, ValidationFailed
-from actors.security import TokenCodec, hash_password, verify_password
-from actors.usercache import UserCache
-from actors.zones import check_zone
+from actors.domain.errors import Conflict, FieldError, Forbidden, NotFound, Unauthorized, ValidationFailed
+from actors.domain.zones import check_zone
+from actors.services.security import TokenCodec, hash_password, verify_password
+from actors.services.usercache import UserCache
 from storage import tokens, users
 from storage.db import Connection, Database
 from storage.errors import DuplicateEmail

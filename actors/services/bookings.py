@@ -10,6 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from actors.base import Registry
+from actors.domain.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
 from actors.domain.messages import (
     ChangeSeries,
     CreateBooking,
@@ -19,13 +26,6 @@ from actors.domain.messages import (
     DeleteSeries,
     SeriesWritten,
     UpdateBooking,
-)
-from actors.errors import (
-    Conflict,
-    FieldError,
-    Forbidden,
-    NotFound,
-    ValidationFailed,
 )
 from actors.ports import Deps
 from storage import audit as audit_store

@@ -1,6 +1,6 @@
 """Working hours, users' own availability, open slots, the next free slot and free/busy.
 
-The rules are actors/availability.py (pure); this service reads what they need from PostgreSQL in as
+The rules are actors/domain/availability.py (pure); this service reads what they need from PostgreSQL in as
 few statements as it can and shapes the answers. Hours are admin-managed and versioned with their
 resource (a change of hours moves the resource's version, so its actor's cached row is re-read before
 the next booking is checked against them).
@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from actors.availability import (
+from actors.domain.availability import (
     Busy,
     Hours,
     SlotRules,
@@ -25,12 +25,12 @@ from actors.availability import (
     next_slot,
     slots,
 )
+from actors.domain.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from actors.domain.resources import resource_hours
 from actors.domain.rules import check_version
-from actors.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from actors.domain.views import iso
+from actors.domain.zones import check_zone, known_zones
 from actors.ports import Deps, ResourceEmitter
-from actors.views import iso
-from actors.zones import check_zone, known_zones
 from storage import audit as audit_store
 from storage import availability as store
 from storage import resources as resource_store

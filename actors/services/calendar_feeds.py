@@ -1,10 +1,10 @@
 """Calendar feeds: secret iCalendar URLs a calendar app subscribes to (docs/CALENDAR.md). The rules and the
-fetch, independent of HTTP; actors/ics.py renders.
+fetch, independent of HTTP; actors/domain/ics.py renders.
 
 A feed's URL is `/cal/<token>.ics` with `token = bkcal_<prefix>_<secret>`: the prefix (12 hex characters)
 is public, names the feed in listings and finds its row; the secret (`secrets.token_urlsafe(32)`, 256
 bits) is shown once, when the feed is created or rotated, and only its SHA-256 is stored (as for API
-keys, actors/api_keys.py). Every refusal — malformed, unknown prefix, wrong secret, revoked, owner
+keys, actors/services/api_keys.py). Every refusal — malformed, unknown prefix, wrong secret, revoked, owner
 suspended, resource gone — is the same "no feed" to the caller; the reason goes to the log, with the
 public prefix only. Feeds are managed by their owner only (an admin's role gives no access to anyone
 else's feeds: a feed URL is a credential of its owner's).
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from actors import ics
-from actors.errors import Conflict, FieldError, NotFound, ValidationFailed
+from actors.domain import ics
+from actors.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
 from storage import calendar_feeds as store
 from storage.calendar_feeds import CalendarFeed
 from storage.db import Connection, Database
