@@ -28,11 +28,11 @@ from actors.domain.messages import (
 )
 from actors.domain.rules import EDITABLE, check_status_change, check_times, check_version
 from actors.domain.views import booking_view
+from actors.domain.webhooks import BOOKING_DELETED, update_event
 from actors.idempotency import claim, request_hash
 from actors.ports import Deps
 from actors.reminders import Plan
 from actors.series import SeriesWriter, touch_for
-from actors.services.webhook_rules import BOOKING_DELETED, update_event
 from storage import audit as audit_store
 from storage import bookings as store
 from storage import idempotency as idempotency_store

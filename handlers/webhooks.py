@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, request_schema
 from marshmallow import Schema, fields, validate
 
-from actors.services import webhook_rules as rules
+from actors.domain import webhooks as rules
 from actors.services.webhooks import delivery_view, endpoint_view
 from handlers.common import json_response, page_meta, require_user
 from handlers.docparts import (

@@ -7,16 +7,19 @@ create and rotate.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from actors.domain import webhooks as rules
 from actors.domain.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from actors.domain.views import iso
-from actors.services import webhook_rules as rules
 from storage import webhook_endpoints as store
 from storage import webhook_log as log_store
 from storage import webhook_outbox as outbox_store
@@ -98,9 +101,35 @@ def check_events(events: list[str]) -> list[str]:
     return list(events)
 
 
+# --- URL checks: the domain's rules on the addresses a name resolves to (the I/O is here) --------------
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (a literal IP resolves to itself)."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise rules.UrlRefused(f"host {host!r} does not resolve ({exc})") from None
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def check_url(url: str, *, production: bool) -> None:
+    """At creation and on change: in production an https URL whose every address is public. In
+    development and test, any http(s) URL (loopback receivers for tests and laptops)."""
+    target = rules.parse_url(url, production=production)
+    if production:
+        rules.refuse_addresses(target.host, await resolve(target.host, target.port))
+
+
 async def _check_url(url: str, *, production: bool) -> None:
     try:
-        await rules.check_url(url, production=production)
+        await check_url(url, production=production)
     except rules.UrlRefused as exc:
         raise ValidationFailed(f"url {exc}", [FieldError("url", str(exc))]) from None
 

@@ -25,8 +25,8 @@ import aiohttp
 from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqDepends, TaskiqEvents, TaskiqMessage, TaskiqState
 
+from actors.domain import webhooks as rules
 from actors.hub import make_event
-from actors.services import webhook_rules as rules
 from server.base.settings import Settings
 from server.bus.events import EventBus
 from server.bus.redisgate import RedisDown, RedisGate

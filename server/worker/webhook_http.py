@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from actors.services import webhook_rules as rules
+from actors.domain import webhooks as rules
 
 
 class AddressRefused(OSError):

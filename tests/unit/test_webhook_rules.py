@@ -11,7 +11,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from actors.services import webhook_rules as rules
+from actors.domain import webhooks as rules
+from actors.services.webhooks import check_url
 from storage.bookings import Booking
 
 # --- retries ---------------------------------------------------------------------------------------------
@@ -232,14 +233,14 @@ def test_development_takes_http() -> None:
 )
 async def test_check_url_refuses_what_is_or_resolves_to_a_private_address(url: str) -> None:
     with pytest.raises(rules.UrlRefused):
-        await rules.check_url(url, production=True)
+        await check_url(url, production=True)
 
 
 async def test_check_url_refuses_a_name_that_does_not_resolve() -> None:
     with pytest.raises(rules.UrlRefused, match="does not resolve"):
-        await rules.check_url("https://no-such-host.invalid/", production=True)
+        await check_url("https://no-such-host.invalid/", production=True)
 
 
 async def test_check_url_lets_loopback_through_outside_production() -> None:
-    await rules.check_url("http://127.0.0.1:9/", production=False)
-    await rules.check_url("http://localhost:9/", production=False)
+    await check_url("http://127.0.0.1:9/", production=False)
+    await check_url("http://localhost:9/", production=False)

@@ -1,16 +1,15 @@
 """Outbound webhooks, the pure part: the event catalogue, the retry schedule, URL and address rules,
-secrets, signatures and the message body (docs/WEBHOOKS.md). No I/O except name resolution."""
+secrets, signatures and the message body (docs/WEBHOOKS.md). No I/O: the name resolution that URL
+checks need is the service's (actors/services/webhooks.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import ipaddress
 import json
 import random
 import secrets
-import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -140,21 +139,6 @@ def parse_url(url: str, *, production: bool) -> Target:
     return Target(scheme, parts.hostname, port or (443 if scheme == "https" else 80))
 
 
-async def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (a literal IP resolves to itself)."""
-    try:
-        ipaddress.ip_address(host)
-        return [host]
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UrlRefused(f"host {host!r} does not resolve ({exc})") from None
-    return sorted({str(info[4][0]) for info in infos})
-
-
 def refuse_addresses(host: str, addresses: Sequence[str]) -> None:
     """UrlRefused when any address of `host` is not public: a name with one private answer among
     public ones could be steered to it."""
@@ -165,14 +149,6 @@ def refuse_addresses(host: str, addresses: Sequence[str]) -> None:
         if problem is not None:
             shown = host if host == address else f"{host!r} resolves to {address}, which"
             raise UrlRefused(f"{shown} {problem}")
-
-
-async def check_url(url: str, *, production: bool) -> None:
-    """At creation and on change: in production an https URL whose every address is public. In
-    development and test, any http(s) URL (loopback receivers for tests and laptops)."""
-    target = parse_url(url, production=production)
-    if production:
-        refuse_addresses(target.host, await resolve(target.host, target.port))
 
 
 # --- secrets, signatures, bodies ---------------------------------------------------------------------
