@@ -39,7 +39,7 @@ from server.bus.redisgate import RedisDown, RedisGate
 log = logging.getLogger(__name__)
 
 BROADCAST = "*"
-MAX_BATCH = 256  # parts per PUBLISH: bounds one message (and one listener's parse) under a burst
+MAX_BATCH = 256  # emits per PUBLISH (an emit_all is one): bounds one message, and a listener's parse
 RESYNC_MESSAGE = (
     "Live updates were interrupted and some events may have been missed; re-read what you display "
     "(get-bookings)."
