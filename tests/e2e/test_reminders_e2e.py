@@ -71,6 +71,12 @@ class Proc:
 
 @pytest.fixture
 def processes(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    yield from process_starter(settings, tmp_path)
+
+
+def process_starter(settings: Settings, tmp_path: Path, **extra: str) -> Iterator[Callable[..., Proc]]:
+    """A `start(name, args, **env)` for `booking` processes on the test session's database and Redis
+    prefix (a fixture's body: every one started is stopped at the end)."""
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -78,6 +84,7 @@ def processes(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc
         "REDIS_KEY_PREFIX": settings.redis_prefix,
         "NODE_ENV": "test",
         "DB_POOL_SIZE": "3",
+        **extra,
     }
     started: list[Proc] = []
 
@@ -167,6 +174,25 @@ def lateness(envelope: dict[str, Any], arrived: datetime) -> float:
     return late
 
 
+async def reminder_stack(processes: Callable[..., Proc]) -> tuple[Proc, Proc]:
+    """A reminder worker and a scheduler, both ready."""
+    worker, scheduler = start_worker(processes), start_scheduler(processes)
+    await ready(worker, "reminder worker ready")
+    await ready(scheduler, "reminder scheduler ready")
+    return worker, scheduler
+
+
+async def each_reminded_once(
+    db: Database, user: dict[str, Any], seen: list[tuple[dict[str, Any], datetime]], ids: list[str]
+) -> None:
+    """Every booking of `ids` reminded exactly once: one event and one notification row each. Their
+    lateness is printed and collected for the session's summary, not asserted."""
+    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(ids)
+    for envelope, arrived in seen:
+        lateness(envelope, arrived)
+    assert await notifications(db, user) == len(ids)
+
+
 async def notifications(db: Database, user: dict[str, Any]) -> int:
     async with db.connect() as conn:
         _, total = await store.list_notifications(
@@ -197,9 +223,7 @@ async def in_flight(redis_url: str, settings: Settings) -> None:
 async def test_reminder_arrives_at_its_due_time_once_and_moves_and_cancels(
     client: Client, register: Registrar, processes: Callable[..., Proc], events: PubSub
 ) -> None:
-    worker, scheduler = start_worker(processes), start_scheduler(processes)
-    await ready(worker, "reminder worker ready")
-    await ready(scheduler, "reminder scheduler ready")
+    worker, scheduler = await reminder_stack(processes)
     user = await register()
     db = client.app[DB]
 
@@ -282,10 +306,7 @@ async def test_two_schedulers_send_each_reminder_once(
     booked = [await book(client, user, seconds=3 + i * 0.7) for i in range(4)]
 
     seen = await reminders_seen(events, user, until=time.monotonic() + 9, expect=4)
-    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(b["id"] for b in booked)
-    for envelope, arrived in seen:
-        lateness(envelope, arrived)
-    assert await notifications(client.app[DB], user) == 4
+    await each_reminded_once(client.app[DB], user, seen, [b["id"] for b in booked])
 
 
 async def test_redis_flushed_after_commit_still_delivers_once(
@@ -296,9 +317,7 @@ async def test_redis_flushed_after_commit_still_delivers_once(
     settings: Settings,
     redis_url: str,
 ) -> None:
-    worker, scheduler = start_worker(processes), start_scheduler(processes)
-    await ready(worker, "reminder worker ready")
-    await ready(scheduler, "reminder scheduler ready")
+    _worker, _scheduler = await reminder_stack(processes)
     user = await register()
     booked = [await book(client, user, seconds=4), await book(client, user, seconds=4.5)]
 
@@ -313,10 +332,7 @@ async def test_redis_flushed_after_commit_still_delivers_once(
         await redis.aclose()
 
     seen = await reminders_seen(events, user, until=time.monotonic() + 12, expect=2)
-    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted(b["id"] for b in booked)
-    for envelope, arrived in seen:
-        lateness(envelope, arrived)
-    assert await notifications(client.app[DB], user) == 2
+    await each_reminded_once(client.app[DB], user, seen, [b["id"] for b in booked])
 
 
 async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_starts(
@@ -327,9 +343,7 @@ async def test_worker_killed_mid_delivery_delivers_once_after_a_new_worker_start
     settings: Settings,
     redis_url: str,
 ) -> None:
-    worker, scheduler = start_worker(processes), start_scheduler(processes)
-    await ready(worker, "reminder worker ready")
-    await ready(scheduler, "reminder scheduler ready")
+    worker, _scheduler = await reminder_stack(processes)
     user = await register()
     booking = await book(client, user, seconds=4)
 
@@ -455,9 +469,7 @@ async def test_sigterm_mid_delivery_and_while_redis_is_down_exits_0_and_loses_no
 ) -> None:
     """SIGTERM is a normal stop whatever the worker is doing: exit code 0 within the grace, with a
     reminder in flight (it is delivered once, by this worker or after it), and with Redis unreachable."""
-    worker, scheduler = start_worker(processes), start_scheduler(processes)
-    await ready(worker, "reminder worker ready")
-    await ready(scheduler, "reminder scheduler ready")
+    worker, _scheduler = await reminder_stack(processes)
     user = await register()
     booking = await book(client, user, seconds=4)
     await in_flight(redis_url, settings)
@@ -536,10 +548,7 @@ async def test_booking_committed_while_redis_is_down_and_a_flush_are_both_remind
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     finally:
         await redis.aclose()
-    assert sorted(e["event"]["data"]["bookingId"] for e, _ in seen) == sorted([down_id, flushed["id"]])
-    for envelope, arrived in seen:
-        lateness(envelope, arrived)
-    assert await notifications(db, session) == 2
+    await each_reminded_once(db, session, seen, [down_id, flushed["id"]])
 
 
 async def test_each_occurrence_of_a_series_has_its_own_reminder_sent_once(
@@ -548,9 +557,7 @@ async def test_each_occurrence_of_a_series_has_its_own_reminder_sent_once(
     """A daily series whose first occurrence starts in a few seconds: that occurrence is reminded once,
     on time; the next ones keep their own pending reminders at their own starts; deleting one occurrence
     (scope=this) removes only its reminder."""
-    worker, scheduler = start_worker(processes), start_scheduler(processes)
-    await ready(worker, "reminder worker ready")
-    await ready(scheduler, "reminder scheduler ready")
+    _worker, _scheduler = await reminder_stack(processes)
     user = await register()
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
     body = {

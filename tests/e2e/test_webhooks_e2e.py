@@ -10,7 +10,6 @@ A receiver dedupes by `webhook-id` (the spec's contract): "exactly-once effect" 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,7 +25,7 @@ from storage import webhook_log as log_store
 from storage import webhook_outbox as store
 from storage.db import Database
 from tests.conftest import Client, Registrar, auth
-from tests.e2e.test_reminders_e2e import Proc, ready
+from tests.e2e.test_reminders_e2e import Proc, process_starter, ready
 from tests.private_redis import PrivateRedis
 from tests.support import wait_for
 from tests.webhook_support import Receiver, add_endpoint, running_receiver
@@ -60,25 +59,7 @@ async def quiet_outbox(client: Client) -> None:
 
 @pytest.fixture
 def processes(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "REDIS_KEY_PREFIX": settings.redis_prefix,
-        "NODE_ENV": "test",
-        "DB_POOL_SIZE": "3",
-        **WEBHOOK_ENV,
-    }
-    started: list[Proc] = []
-
-    def start(name: str, args: list[str], **overrides: str) -> Proc:
-        proc = Proc(f"{name}{len(started)}", args, {**env, **overrides}, tmp_path)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop(signal.SIGKILL if proc.popen.poll() is None else signal.SIGTERM, timeout=5)
+    yield from process_starter(settings, tmp_path, **WEBHOOK_ENV)
 
 
 async def start_pair(start: Callable[..., Proc], **env: str) -> tuple[Proc, Proc]:
