@@ -184,3 +184,42 @@ async def test_a_failed_coalesced_publish_reports_to_every_emitter_that_shared_i
     finally:
         await bus.close()
         await dead.aclose()
+
+
+async def test_malformed_messages_on_the_channel_are_ignored_and_the_listener_keeps_delivering(
+    buses: tuple[EventBus, EventBus, str], redis_url: str
+) -> None:
+    """Anything on the channel that is not a well-formed event (not JSON, no origin, an event without
+    its timestamp or with non-object data, a bad part in a batch, an id that is not a UUID) reaches no
+    socket; the well-formed event after them does."""
+    _, two, _ = buses
+    user = uuid.uuid4()
+    got: list[Event] = []
+    hub = Hub()
+    hub.subscribe_user(user, got.append)
+    two.start(hub)
+    await asyncio.wait_for(two.connected.wait(), 10)
+    good = make_event("booking.created", {"n": 1}).wire()
+    hostile = [
+        "not json",
+        json.dumps({"user": str(user), "event": good}),  # no origin
+        json.dumps({"origin": "x", "user": str(user), "event": {"event": "e", "data": {}}}),
+        json.dumps({"origin": "x", "user": str(user), "event": {**good, "data": [1]}}),
+        json.dumps({"origin": "x", "user": str(user), "event": {**good, "event": 7}}),
+        json.dumps({"origin": "x", "user": "not-a-uuid", "event": good}),
+        json.dumps({"origin": "x", "batch": [{"user": str(user)}]}),
+        "[1, 2]",
+    ]
+    raw = Redis.from_url(redis_url)
+    try:
+        for message in hostile:
+            await raw.publish(two.channel, message)
+        await raw.publish(two.channel, json.dumps({"origin": "x", "user": str(user), "event": good}))
+
+        async def delivered() -> bool:
+            return bool(got)
+
+        await wait_for(delivered, within=5, what="the well-formed event")
+    finally:
+        await raw.aclose()
+    assert [(e.name, dict(e.data)) for e in got] == [("booking.created", {"n": 1})]
