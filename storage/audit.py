@@ -21,6 +21,12 @@ _AUDIT = Query(
         after=P("after", type_=audit_log.c.after.type),
     )
 )
+# The audit row of every booking a create statement's `created` CTE returns (in the resource and series
+# create statements, beside their reminder and outbox arms).
+AUDIT_CREATED = (
+    "INSERT INTO audit_log (actor_id, action, entity, entity_id, after) "
+    "SELECT CAST(:actor_id AS uuid), 'create', 'booking', created.id, to_jsonb(created) FROM created"
+)
 _AUDIT_PAGE = paged(audit_log, where=[audit_log.c.entity_id == P("entity_id")], order_by=[audit_log.c.id])
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from storage.audit import AUDIT_CREATED
 from storage.bookings import NEW_BOOKING_FIELDS, Booking
 from storage.db import Connection, Query
 from storage.webhook_outbox import outbox_sql
@@ -102,10 +103,7 @@ def _create_statement(*, locked: bool) -> str:
         ON CONFLICT DO NOTHING
         RETURNING *
     ),
-    audited AS (
-        INSERT INTO audit_log (actor_id, action, entity, entity_id, after)
-        SELECT CAST(:actor_id AS uuid), 'create', 'booking', created.id, to_jsonb(created) FROM created
-    ),
+    audited AS ({AUDIT_CREATED}),
     armed AS (
         INSERT INTO reminders (booking_id, user_id, start_time, due_at)
         SELECT created.id, created.user_id, created.start_time, CAST(:reminder_due_at AS timestamptz)

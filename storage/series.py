@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from storage.audit import AUDIT_CREATED
 from storage.bookings import Booking
 from storage.db import Connection, P, Query, Record, versioned_update
 from storage.tables import booking_series, bookings
@@ -192,10 +193,7 @@ _CREATE_OCCURRENCES = Query(
         ON CONFLICT DO NOTHING
         RETURNING *
     ),
-    audited AS (
-        INSERT INTO audit_log (actor_id, action, entity, entity_id, after)
-        SELECT CAST(:actor_id AS uuid), 'create', 'booking', created.id, to_jsonb(created) FROM created
-    ),
+    audited AS ({AUDIT_CREATED}),
     armed AS (
         INSERT INTO reminders (booking_id, user_id, start_time, due_at)
         SELECT created.id, created.user_id, created.start_time, o.due_at
