@@ -147,6 +147,7 @@ async def http_rate(
     duration: float,
     warmup: float,
     web_pids: Sequence[int] = (),
+    path: str = "/api/booking",
 ) -> Rate:
     base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
     owned = _slots(users, concurrency, base)
@@ -158,7 +159,7 @@ async def http_rate(
             counter[0] += 1
             body = {"title": "Bench", "startTime": start.isoformat(), "endTime": (start + LENGTH).isoformat()}
             headers = {"Authorization": f"Bearer {user.token}"}
-            async with http.post(f"{urls[w % len(urls)]}/api/booking", json=body, headers=headers) as resp:
+            async with http.post(f"{urls[w % len(urls)]}{path}", json=body, headers=headers) as resp:
                 await resp.read()
                 return resp.status == 201
 

@@ -39,12 +39,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from bench.common import BenchUser, CpuMeter, ms, say
-from bench.create import LENGTH, SLOT, Rate, _run, _slots
+from bench.common import BenchUser, ms, say
+from bench.create import http_rate
 
 API = "/api/v1"
 PASSWORD = "bench password"  # noqa: S105 (throwaway users of a benchmark)
@@ -72,44 +71,19 @@ async def login_users(url: str, n: int) -> list[BenchUser]:
         return list(await asyncio.gather(*(one(http, i) for i in range(n))))
 
 
-async def create_rate(
-    url: str, users: list[BenchUser], *, concurrency: int, duration: float, warmup: float, pid: int | None
-) -> Rate:
-    """bench/create.py's `http_rate` against the NestJS routes: same slots, workers, timing and meter."""
-    base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    owned = _slots(users, concurrency, base)
-    failures: list[str] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-
-        async def once(w: int, n: int) -> bool:
-            user, counter = owned[w][n % len(owned[w])]
-            start = base + SLOT * counter[0]
-            counter[0] += 1
-            body = {"title": "Bench", "startTime": start.isoformat(), "endTime": (start + LENGTH).isoformat()}
-            headers = {"Authorization": f"Bearer {user.token}"}
-            try:
-                async with http.post(f"{url}{API}/booking", json=body, headers=headers) as resp:
-                    text = await resp.text()
-                    if resp.status == 201:
-                        return True
-                    failures.append(f"{resp.status} {text[:200]}")
-            except aiohttp.ClientError as exc:
-                failures.append(repr(exc))
-            return False
-
-        meter = CpuMeter([pid]) if pid else None
-        rate = await _run("NestJS create", concurrency, duration, warmup, once, meter=meter)
-    if failures:
-        say(f"first failure of {len(failures)} (warm-up included): {failures[0]}")
-    return rate
-
-
 async def main(args: argparse.Namespace) -> None:
     url = args.url.rstrip("/")
     say(f"nestjs: registering and logging in {args.users} users on {url}")
     users = await login_users(url, args.users)
-    rate = await create_rate(
-        url, users, concurrency=args.concurrency, duration=args.duration, warmup=args.warmup, pid=args.pid
+    # bench/create.py's load, on the NestJS routes: same slots, workers, timing and meter.
+    rate = await http_rate(
+        [url],
+        users,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        warmup=args.warmup,
+        web_pids=[args.pid] if args.pid else (),
+        path=f"{API}/booking",
     )
     node, servers = rate.cpu_ms
     cpu = f"node {node:.2f} ms / PostgreSQL+Redis {servers:.2f} ms" if args.pid else "n/a (no --pid)"
