@@ -190,11 +190,22 @@ class Database:
         )
         return cls(pool, timeout=timeout)
 
+    async def _acquire(self) -> PoolConnectionProxy[Record]:
+        """A pooled connection within the timeout. Not asyncpg's `acquire(timeout=)`: below Python 3.12
+        that wraps every acquire in a Task of its own (asyncpg.compat.wait_for), a cost on every
+        request; a timeout scope in the caller's task bounds the same wait (docs/BENCHMARKS.md)."""
+        async with asyncio.timeout(self.timeout):
+            proxy: PoolConnectionProxy[Record] = await self.pool.acquire()
+        return proxy
+
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
         try:
-            async with self.pool.acquire(timeout=self.timeout) as conn:
+            conn = await self._acquire()
+            try:
                 yield conn
+            finally:
+                await self.pool.release(conn)
         except asyncpg.PostgresError as exc:
             _raise_translated(exc)
 
@@ -203,8 +214,12 @@ class Database:
         """A transaction; an overlap or a deadlock (in a statement or at the commit) comes out as
         storage.errors.Overlap / Deadlock, after the rollback."""
         try:
-            async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
-                yield conn
+            conn = await self._acquire()
+            try:
+                async with conn.transaction():
+                    yield conn
+            finally:
+                await self.pool.release(conn)
         except asyncpg.PostgresError as exc:
             _raise_translated(exc)
 
