@@ -69,14 +69,25 @@ class Mailbox:
     def take(self) -> Envelope | object:
         return self._items.popleft()
 
-    async def get(self) -> Envelope | object:
+    async def get(self, idle: float) -> Envelope | object:
+        """The next item; TimeoutError when none arrives within `idle` seconds. The timer is armed only
+        when the mailbox is empty, and is one loop timer, not an `asyncio.timeout` scope per message
+        (docs/BENCHMARKS.md)."""
         while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(idle, _expire, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         return self._items.popleft()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 @dataclass(eq=False, slots=True)
@@ -128,8 +139,7 @@ class Actor(Generic[K]):
     async def _run(self) -> None:
         while True:
             try:
-                async with asyncio.timeout(self.idle_timeout):  # no extra task, unlike wait_for
-                    item = await self._mailbox.get()
+                item = await self._mailbox.get(self.idle_timeout)
             except TimeoutError:
                 # Decided without awaiting, so no ask can slip in between the check and the stop.
                 if not self._mailbox:

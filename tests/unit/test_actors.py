@@ -233,6 +233,28 @@ async def test_an_idle_actor_leaves_the_registry(make_registry: MakeRegistry) ->
     assert actor_of(registry, "alice") is not actor
 
 
+async def test_an_actor_kept_busy_past_its_idle_timeout_stays(make_registry: MakeRegistry) -> None:
+    """The idle timer measures a wait for the next message, not the actor's age: asks spaced closer
+    than the timeout, over several timeouts, are all served by the one actor."""
+
+    async def handler(message: int) -> int:
+        return message
+
+    registry = make_registry(lambda key: handler, idle_timeout=0.2)
+    assert await within(registry.ask("bob", 0)) == 0
+    actor = actor_of(registry, "bob")
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 0.8:  # four idle timeouts
+        n += 1
+        assert await within(registry.ask("bob", n)) == n
+        assert actor_of(registry, "bob") is actor, (
+            f"the actor stopped after {time.monotonic() - started:.2f}s"
+        )
+        await asyncio.sleep(0.05)
+    await until(lambda: "bob" not in registry, what="the actor to stop once left idle")
+
+
 async def test_an_idle_actor_stops_while_its_key_has_hub_subscribers(make_registry: MakeRegistry) -> None:
     """Subscribers live in the hub, not on the actor: they keep no idle actor alive, and the actor
     spawned afterwards publishes to the same subscribers."""
