@@ -4,6 +4,7 @@ reminder delivery figures every worker keeps in Redis (server/bus/jobstats.py), 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -11,6 +12,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from server.bus.jobstats import Snapshot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The `method` label: these, or OTHER (HTTP's parser takes some thirty methods, WebDAV's among them).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_CACHED_SERIES = 4096  # (method, route, status) series whose children are kept at hand
 
 
 class Metrics:
@@ -36,6 +40,26 @@ class Metrics:
             "Reminders armed or moved by bookings made through this process (counted once committed)",
             registry=self.registry,
         )
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One request in the request counter and, unless it became a WebSocket (101: its lifetime is
+        not a latency), the latency histogram. The labelled children are looked up once per series:
+        prometheus_client's `labels()` locks and builds a key on every call (docs/BENCHMARKS.md)."""
+        if method not in METHODS:
+            method = "OTHER"
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route) if status != 101 else None,
+            )
+            if len(self._series) < _CACHED_SERIES:
+                self._series[key] = series
+        series[0].inc()
+        if series[1] is not None:
+            series[1].observe(seconds)
 
 
 # Workers deliver reminders, web processes do not: these come from Redis and are the same on every web

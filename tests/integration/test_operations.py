@@ -100,6 +100,16 @@ async def test_metrics_count_requests_by_route(client: Client) -> None:
     assert "http_request_duration_seconds_bucket" in text
 
 
+async def test_metrics_count_other_methods_as_other(client: Client) -> None:
+    """HTTP's parser takes some thirty methods; the `method` label keeps the ones the API answers."""
+    for method in ("PROPFIND", "MKCOL", "PURGE"):
+        resp = await client.request(method, "/health")
+        assert resp.status == 405
+    text = await (await client.get("/metrics")).text()
+    assert "PROPFIND" not in text and "PURGE" not in text
+    assert 'http_requests_total{method="OTHER",route="unmatched",status="405"} 3.0' in text
+
+
 def metric(text: str, name: str) -> float | None:
     """The value of an unlabelled sample in Prometheus text, or None when absent."""
     found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.MULTILINE)
