@@ -4,6 +4,7 @@ availability_schemas.py; they validate requests (REST and WebSocket) and make th
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,6 +93,9 @@ EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})\Z", re.ASCII)
+
+
 class Instant(fields.AwareDateTime):
     """An aware datetime that Python and PostgreSQL can both hold once in UTC: years 1900 to 9000.
 
@@ -103,7 +107,15 @@ class Instant(fields.AwareDateTime):
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
-        parsed = super()._deserialize(value, attr, data, **kwargs)
+        # RFC 3339's one shape (what clients send) by the C parser; anything else, marshmallow's rules.
+        # The same instants either way: marshmallow's pattern accepts every string the fast one does.
+        if isinstance(value, str) and _RFC3339.match(value):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:  # 2026-02-30, 24:00, an offset of 24 hours
+                raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
+        else:
+            parsed = super()._deserialize(value, attr, data, **kwargs)
         try:
             in_utc = parsed.astimezone(UTC)
         except OverflowError:
