@@ -13,6 +13,7 @@ from marshmallow import Schema
 from marshmallow import ValidationError as MarshmallowError
 
 from actors.domain.errors import FieldError, ValidationFailed
+from server.base.json import JSONDecodeError, loads
 
 # PostgreSQL refuses NUL in text (SQLSTATE 22021), and a lone surrogate has no UTF-8 encoding at all
 # (asyncpg, and any response that would echo it, fail). A valid astral character is one code point in a
@@ -95,18 +96,54 @@ def validate(schema: Schema, payload: Any) -> dict[str, Any]:
 
 
 def parse_json(raw: str | bytes) -> Any:
-    """json.loads, where anything a client can send is a ValidationFailed on `body`, never a 500."""
+    """Strict JSON (no NaN or Infinity), where anything a client can send is a ValidationFailed on `body`,
+    never a 500.
+
+    orjson parses (server/base/json.py), except where its answer would differ from the standard
+    library's: an integer of 19 digits or more (orjson reads one past 64 bits as a float, and the value
+    must come back as sent) and an escaped unpaired surrogate (orjson refuses the document; read, it
+    reaches validation, which names the field that holds it, as docs/WEBSOCKET.md promises).
+    """
+    long_number = _LONG_BYTES.search(raw) if isinstance(raw, bytes) else _LONG_TEXT.search(raw)
+    if long_number is not None:
+        return _standard(raw)
     try:
-        return json.loads(raw)
+        return loads(raw)
+    except JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            return _standard(raw)
+        reason = _REASONS.get(str(exc).partition(":")[0], str(exc))
+    raise ValidationFailed(f"body is not valid JSON: {reason}", [FieldError("body", reason)])
+
+
+def _standard(raw: str | bytes) -> Any:
+    """The standard library's json.loads, as strict as orjson about NaN and Infinity."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
     except RecursionError:  # "[" * 100_000: the C scanner recurses per level
         reason = "nested too deeply"
     except UnicodeDecodeError:
         reason = "not UTF-8"
+    except _Constant as exc:
+        reason = str(exc)
     except json.JSONDecodeError as exc:
         reason = str(exc)
     except ValueError:  # an integer literal past Python's int/str conversion limit
         reason = f"a number has more than {sys.get_int_max_str_digits()} digits"
     raise ValidationFailed(f"body is not valid JSON: {reason}", [FieldError("body", reason)])
+
+
+_LONG_TEXT, _LONG_BYTES = re.compile(r"[0-9]{19}"), re.compile(rb"[0-9]{19}")
+# orjson's wording of a refusal, where this API has its own words for it.
+_REASONS = {"depth limit exceeded": "nested too deeply"}
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(f"{name} is not JSON")
 
 
 async def read_json(request: web.Request) -> Any:

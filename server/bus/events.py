@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -33,7 +32,7 @@ from redis.exceptions import RedisError
 
 from actors.domain.events import Event
 from actors.hub import Hub, make_event
-from server.base.json import dumps
+from server.base.json import dumps, loads
 from server.bus.redisgate import RedisDown, RedisGate
 
 log = logging.getLogger(__name__)
@@ -222,7 +221,7 @@ class EventBus:
         if raw.startswith(self._own[isinstance(raw, bytes)]):  # type: ignore[arg-type]
             return  # our own: dropped before parsing
         try:
-            message = json.loads(raw)
+            message = loads(raw)
             if message["origin"] == self.origin:
                 return
             if "signal" in message:
