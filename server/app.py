@@ -60,7 +60,7 @@ from server.web.keys import (
     WEBHOOKS,
 )
 from server.web.metrics import Metrics
-from server.web.middlewares import body_rules, cors, request_context
+from server.web.middlewares import api_context
 from server.web.openapi import setup_openapi
 from server.worker import webhook_delivery
 from server.worker.broker import DirectEnqueue, make_broker
@@ -238,7 +238,7 @@ def setup_routes(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, cors, body_rules],
+        middlewares=[api_context],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

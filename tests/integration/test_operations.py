@@ -110,6 +110,47 @@ async def test_metrics_count_other_methods_as_other(client: Client) -> None:
     assert 'http_requests_total{method="OTHER",route="unmatched",status="405"} 3.0' in text
 
 
+APP = "https://app.example"
+
+
+async def test_cors_preflight_and_headers_on_every_answer_to_an_allowed_origin(make_client: Any) -> None:
+    """An allowed origin gets its preflight answered and the CORS headers on every answer, a problem
+    too (a browser hides the body of an answer without them); any other origin gets none of it."""
+    client = await make_client(cors_origins=(APP,))
+    preflight = await client.options(
+        "/api/booking", headers={"Origin": APP, "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == APP
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Idempotency-Key" in preflight.headers["Access-Control-Allow-Headers"]
+
+    ok = await client.get("/health", headers={"Origin": APP})
+    refused = await client.post("/api/booking", json={}, headers={"Origin": APP})  # no token: 401
+    too_big = await client.post(
+        "/api/booking", data=b"x" * 300_000, headers={"Origin": APP, "Content-Type": "application/json"}
+    )
+    assert (ok.status, refused.status, too_big.status) == (200, 401, 413)
+    for answer in (ok, refused, too_big):
+        assert answer.headers["Access-Control-Allow-Origin"] == APP
+        assert "X-Request-ID" in answer.headers["Access-Control-Expose-Headers"]
+        assert answer.headers["Vary"] == "Origin"
+
+    other = "https://evil.example"
+    denied = await client.options(
+        "/api/booking", headers={"Origin": other, "Access-Control-Request-Method": "POST"}
+    )
+    assert denied.status == 405  # no preflight for it: the route has no OPTIONS
+    for answer in (denied, await client.get("/health", headers={"Origin": other})):
+        assert "Access-Control-Allow-Origin" not in answer.headers
+
+
+async def test_no_cors_headers_without_cors_origins(client: Client) -> None:
+    answer = await client.get("/health", headers={"Origin": APP})
+    assert answer.status == 200
+    assert "Access-Control-Allow-Origin" not in answer.headers
+
+
 def metric(text: str, name: str) -> float | None:
     """The value of an unlabelled sample in Prometheus text, or None when absent."""
     found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.MULTILINE)
