@@ -30,6 +30,7 @@ from bench import (
     availability,
     create,
     feeds,
+    floor,
     listing,
     memory,
     reminders,
@@ -188,6 +189,17 @@ async def run_create(stack: Stack, args: argparse.Namespace) -> list[Row]:
         warmup=args.warmup,
         web_pids=[w.process.pid for w in stack.webs],
     )
+    floor_rate = None
+    if not stack.external:  # the framework alone, same client, statement and pool (bench/floor.py)
+        floor_rate = await floor.rate(
+            stack.database_url,
+            await stack.seed_users(args.create_users, "floor"),
+            processes=len(stack.webs),
+            pool=args.pool_size,
+            concurrency=c,
+            duration=args.duration,
+            warmup=args.warmup,
+        )
     ratio = http.per_second / raw.per_second if raw and raw.per_second else math.nan
     ref = f"raw asyncpg {raw.per_second:,.0f}/s ({ratio:.0%})" if raw else "raw: n/a (--url)"
     ok = http.per_second >= 1000 and (raw is None or ratio >= 0.5)
@@ -211,6 +223,17 @@ async def run_create(stack: Stack, args: argparse.Namespace) -> list[Row]:
             "CPU per create: web / PostgreSQL+Redis",
             f"{http.cpu_ms[0]:.2f} ms / {http.cpu_ms[1]:.2f} ms",
             f"raw: PostgreSQL+Redis {raw.cpu_ms[1]:.2f} ms" if raw else "n/a",
+            "<= 0.5 ms web",
+            verdict(http.cpu_ms[0] <= 0.5),
+        ),
+        Row(
+            "create on aiohttp + asyncpg alone (floor)",
+            f"{floor_rate.cpu_ms[0]:.2f} ms web CPU, {floor_rate.per_second:,.0f}/s"
+            if floor_rate
+            else "n/a (--url)",
+            f"the service's own share: {http.cpu_ms[0] - floor_rate.cpu_ms[0]:.2f} ms"
+            if floor_rate
+            else "n/a",
             "-",
             "-",
         ),

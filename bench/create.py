@@ -22,7 +22,7 @@ LENGTH = timedelta(minutes=20)
 REMINDER = timedelta(minutes=10)
 
 
-class _NoReset(asyncpg.Connection):
+class NoReset(asyncpg.Connection):
     """Raw asyncpg without the pool's per-release reset round trip (the service disables it too)."""
 
     def get_reset_query(self) -> str:
@@ -105,7 +105,7 @@ async def raw_rate(
 ) -> Rate:
     base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
     owned = _slots(users, concurrency, base)
-    db = await asyncpg.create_pool(database_url, min_size=pool, max_size=pool, connection_class=_NoReset)
+    db = await asyncpg.create_pool(database_url, min_size=pool, max_size=pool, connection_class=NoReset)
     try:
 
         async def once(w: int, n: int) -> bool:

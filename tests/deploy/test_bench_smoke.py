@@ -15,6 +15,7 @@ ROWS = (
     "create over HTTP",
     "create latency p50/p99",
     "CPU per create",
+    "create on aiohttp + asyncpg alone (floor)",
     "WS commit->frame on other process",
     "reminder lateness",
     "webhook commit->delivery",
