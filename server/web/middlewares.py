@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("booking.access")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-# body_rules applies to these methods under this prefix; server/web/openapi.py documents 413/415 by the
+# `_body_rules` applies to these methods under this prefix; server/web/openapi.py documents 413/415 by the
 # same rule.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 BODY_RULES_PREFIX = "/api/"
