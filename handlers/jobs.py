@@ -249,6 +249,9 @@ class CleanupRequest(Strict):
     )
 
 
+_cleanup = CleanupRequest()
+
+
 class CleanupOut(Schema):
     idempotency_keys = fields.Integer(required=True, data_key="idempotencyKeys")
     notifications = fields.Integer(required=True)
@@ -278,7 +281,7 @@ async def cleanup(request: web.Request) -> web.Response:
     if request.body_exists:
         if request.content_type != "application/json":
             raise web.HTTPUnsupportedMediaType(text="request body must be application/json")
-        options = validate_body(CleanupRequest(), await read_json(request))
+        options = validate_body(_cleanup, await read_json(request))
     now = datetime.now(UTC)
     purged = await Maintenance(request.app[DB]).cleanup(
         now=now, notification_days=options["notification_days"]

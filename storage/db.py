@@ -213,15 +213,8 @@ class Database:
     async def begin(self) -> AsyncIterator[Connection]:
         """A transaction; an overlap or a deadlock (in a statement or at the commit) comes out as
         storage.errors.Overlap / Deadlock, after the rollback."""
-        try:
-            conn = await self._acquire()
-            try:
-                async with conn.transaction():
-                    yield conn
-            finally:
-                await self.pool.release(conn)
-        except asyncpg.PostgresError as exc:
-            _raise_translated(exc)
+        async with self.connect() as conn, conn.transaction():
+            yield conn
 
     async def close(self) -> None:
         try:
